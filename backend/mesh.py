@@ -1,0 +1,204 @@
+"""Triangle meshes: validation, normalisation, UV unwrapping (xatlas), file I/O (trimesh).
+
+Frame: Blender world everywhere (right-handed, Z up, metres). This module is the ONE place where axes change: glTF
+files are Y up by specification, so :func:`save_glb` / :func:`load_mesh` convert between Z-up and Y-up
+(x, y, z)_blender ↔ (x, z, −y)_gltf, exactly as Blender's glTF exporter does with "+Y up".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class MeshError(ValueError):
+    """The input mesh cannot be used (empty, non-finite, bad indices, degenerate); the message says why."""
+
+
+@dataclass
+class TriMesh:
+    """A triangle mesh with optional per-corner UVs.
+
+    Attributes:
+        v_pos: (N, 3) float32 vertex positions, metres, Blender world frame.
+        t_pos_idx: (F, 3) int32 vertex indices per triangle, counter-clockwise seen from outside.
+        uv: (M, 2) float32 texture coordinates, (0, 0) = bottom-left of the texture image, or None.
+        uv_idx: (F, 3) int32 indices into ``uv`` per triangle corner, or None.
+    """
+
+    v_pos: np.ndarray
+    t_pos_idx: np.ndarray
+    uv: np.ndarray | None = None
+    uv_idx: np.ndarray | None = None
+
+    @property
+    def has_uv(self) -> bool:
+        return self.uv is not None and self.uv_idx is not None
+
+
+def validate_mesh(mesh: TriMesh, name: str = "mesh", max_faces: int = 5_000_000) -> TriMesh:
+    """Check a mesh is usable and return it with canonical dtypes (float32 / int32, C-contiguous).
+
+    Raises:
+        MeshError: no vertices/faces, wrong shapes, NaN/Inf positions, indices out of range, more than ``max_faces``
+            triangles, every triangle of zero area, or a zero-size bounding box.
+    """
+    v_pos = np.asarray(mesh.v_pos)
+    tri = np.asarray(mesh.t_pos_idx)
+    if v_pos.ndim != 2 or v_pos.shape[1] != 3 or len(v_pos) == 0:
+        raise MeshError(f"{name} has no vertices (v_pos shape {v_pos.shape}, expected (N, 3) with N >= 1)")
+    if tri.ndim != 2 or tri.shape[1] != 3 or len(tri) == 0:
+        raise MeshError(f"{name} has no triangles (t_pos_idx shape {tri.shape}, expected (F, 3) with F >= 1)")
+    if len(tri) > max_faces:
+        raise MeshError(f"{name} has {len(tri)} triangles; the limit is {max_faces} (decimate it first)")
+    bad = ~np.isfinite(v_pos).all(axis=1)
+    if bad.any():
+        raise MeshError(f"{name} has {int(bad.sum())} vertices with NaN/Inf coordinates (first: vertex {int(np.argmax(bad))})")
+    if tri.min() < 0 or tri.max() >= len(v_pos):
+        raise MeshError(f"{name} has face indices outside [0, {len(v_pos)}): min {int(tri.min())}, max {int(tri.max())}")
+    v_pos = np.ascontiguousarray(v_pos, dtype=np.float32)
+    tri = np.ascontiguousarray(tri, dtype=np.int32)
+    extent = np.ptp(v_pos[np.unique(tri)], axis=0)
+    if float(extent.max()) <= 0.0:
+        raise MeshError(f"{name} has zero size (all used vertices coincide)")
+    e1 = v_pos[tri[:, 1]] - v_pos[tri[:, 0]]
+    e2 = v_pos[tri[:, 2]] - v_pos[tri[:, 0]]
+    area = 0.5 * np.linalg.norm(np.cross(e1, e2), axis=1)
+    if not (area > 1e-12 * float(extent.max()) ** 2).any():
+        raise MeshError(f"{name} has only zero-area triangles")
+    uv = uv_idx = None
+    if mesh.uv is not None or mesh.uv_idx is not None:
+        if mesh.uv is None or mesh.uv_idx is None:
+            raise MeshError(f"{name}: uv and uv_idx must be given together")
+        uv = np.ascontiguousarray(mesh.uv, dtype=np.float32)
+        uv_idx = np.ascontiguousarray(mesh.uv_idx, dtype=np.int32)
+        if uv.ndim != 2 or uv.shape[1] != 2 or uv_idx.shape != tri.shape:
+            raise MeshError(f"{name}: uv must be (M, 2) and uv_idx {tri.shape}, got {uv.shape} and {uv_idx.shape}")
+        if not np.isfinite(uv).all():
+            raise MeshError(f"{name} has NaN/Inf texture coordinates")
+        if uv_idx.min() < 0 or uv_idx.max() >= len(uv):
+            raise MeshError(f"{name} has uv indices outside [0, {len(uv)})")
+    return TriMesh(v_pos, tri, uv, uv_idx)
+
+
+def normalize_vertices(v_pos: np.ndarray, radius: float = 0.6) -> tuple[np.ndarray, np.ndarray, float]:
+    """Centre on the bounding-box centre and scale so the farthest vertex is ``radius`` from the origin.
+
+    Returns:
+        ``(v_norm (N, 3) float32, center (3,) float32, scale float)`` with ``v_norm = (v_pos − center) · scale``;
+        the inverse is ``v_pos = v_norm / scale + center``.
+    """
+    center = ((v_pos.min(axis=0) + v_pos.max(axis=0)) * 0.5).astype(np.float32)
+    dist = float(np.linalg.norm(v_pos - center, axis=1).max())
+    if dist <= 0:
+        raise MeshError("cannot normalise a mesh of zero size")
+    scale = radius / dist
+    return ((v_pos - center) * scale).astype(np.float32), center, scale
+
+
+def unwrap_uv(v_pos: np.ndarray, t_pos_idx: np.ndarray, padding: int = 4, resolution: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """UV-unwrap a triangle mesh with xatlas, keeping its vertices and faces.
+
+    Args:
+        v_pos: (N, 3) float32; t_pos_idx: (F, 3) int32.
+        padding: texels between charts at ``resolution`` (so texture filtering and VAE decoding do not bleed).
+
+    Returns:
+        ``uv`` (M, 2) float32 in [0, 1] and ``uv_idx`` (F, 3) int32: corner k of face f has texture coordinate
+        ``uv[uv_idx[f, k]]``. Faces keep their order; vertices are split only in UV space.
+    """
+    import xatlas
+
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(np.ascontiguousarray(v_pos, dtype=np.float32), np.ascontiguousarray(t_pos_idx, dtype=np.uint32))
+    pack = xatlas.PackOptions()
+    pack.padding = padding
+    pack.resolution = resolution
+    pack.bilinear = True
+    atlas.generate(pack_options=pack)
+    _vmapping, indices, uvs = atlas[0]
+    if len(indices) != len(t_pos_idx):
+        raise MeshError(f"xatlas returned {len(indices)} faces for {len(t_pos_idx)} (degenerate input?)")
+    return np.ascontiguousarray(uvs, dtype=np.float32), np.ascontiguousarray(indices, dtype=np.int32)
+
+
+def blender_to_gltf(v: np.ndarray) -> np.ndarray:
+    """Z-up Blender coordinates (N, 3) → Y-up glTF coordinates: (x, y, z) ↦ (x, z, −y)."""
+    return np.stack([v[:, 0], v[:, 2], -v[:, 1]], axis=1)
+
+
+def gltf_to_blender(v: np.ndarray) -> np.ndarray:
+    """Y-up glTF coordinates (N, 3) → Z-up Blender coordinates: (x, y, z) ↦ (x, −z, y)."""
+    return np.stack([v[:, 0], -v[:, 2], v[:, 1]], axis=1)
+
+
+def split_by_uv(mesh: TriMesh) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-vertex UV layout for formats that need one UV per vertex (glTF): split vertices on UV seams.
+
+    Returns:
+        ``(v_pos (K, 3), uv (K, 2), faces (F, 3) int32)`` where K = number of distinct (vertex, uv) corners.
+    """
+    pairs = np.stack([mesh.t_pos_idx.reshape(-1), mesh.uv_idx.reshape(-1)], axis=1)
+    unique, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    return mesh.v_pos[unique[:, 0]], mesh.uv[unique[:, 1]], inverse.reshape(-1, 3).astype(np.int32)
+
+
+def save_glb(path: str | Path, mesh: TriMesh, texture: np.ndarray | None = None) -> Path:
+    """Write a binary glTF with an optional base-colour texture.
+
+    Args:
+        mesh: Blender-frame mesh (converted to glTF's Y-up here).
+        texture: (H, W, 3|4) uint8, row 0 = top of the image (PNG convention); requires ``mesh.has_uv``.
+    """
+    import trimesh
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if texture is not None and mesh.has_uv:
+        v, uv, faces = split_by_uv(mesh)
+        material = trimesh.visual.material.PBRMaterial(baseColorTexture=Image.fromarray(texture), metallicFactor=0.0,
+                                                       roughnessFactor=0.8)
+        visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
+        tm = trimesh.Trimesh(blender_to_gltf(v), faces, visual=visual, process=False)
+    else:
+        tm = trimesh.Trimesh(blender_to_gltf(mesh.v_pos), mesh.t_pos_idx, process=False)
+    tm.export(path, file_type="glb")
+    return path
+
+
+def load_mesh(path: str | Path, up_axis: str = "auto") -> TriMesh:
+    """Read a mesh file (OBJ, PLY, STL, GLB/GLTF, OFF…) with trimesh into the Blender frame.
+
+    Args:
+        up_axis: ``"Y"`` (convert from Y-up: glTF by spec, OBJ as Blender exports it), ``"Z"`` (already Z-up) or
+            ``"auto"`` (Y for .glb/.gltf/.obj, Z otherwise).
+
+    Raises:
+        MeshError: unreadable file, no triangles, or invalid geometry.
+    """
+    import trimesh
+
+    path = Path(path)
+    if not path.is_file():
+        raise MeshError(f"mesh file {str(path)!r} does not exist")
+    try:
+        tm = trimesh.load(path, force="mesh", process=False)
+    except Exception as err:  # trimesh raises many types for malformed files
+        raise MeshError(f"could not read {str(path)!r}: {err}") from err
+    if not isinstance(tm, trimesh.Trimesh) or len(tm.faces) == 0:
+        raise MeshError(f"{str(path)!r} contains no triangles")
+    if up_axis == "auto":
+        up_axis = "Y" if path.suffix.lower() in (".glb", ".gltf", ".obj") else "Z"
+    if up_axis not in ("Y", "Z"):
+        raise MeshError(f"up_axis must be 'Y', 'Z' or 'auto', got {up_axis!r}")
+    v = np.asarray(tm.vertices, dtype=np.float64)
+    v = gltf_to_blender(v) if up_axis == "Y" else v
+    uv = getattr(tm.visual, "uv", None)
+    faces = np.asarray(tm.faces, dtype=np.int32)
+    mesh = TriMesh(v.astype(np.float32), faces)
+    if uv is not None and len(uv) == len(v):
+        mesh.uv, mesh.uv_idx = np.asarray(uv, dtype=np.float32), faces.copy()
+    return validate_mesh(mesh, name=path.name)

@@ -1,0 +1,294 @@
+"""Latent-Paint: texture a given mesh from text by score distillation in Stable Diffusion's latent space.
+
+After Metzer et al., "Latent-NeRF for Shape-Guided Generation of 3D Shapes and Textures" (CVPR 2023), §Latent-Paint:
+the texture is a 4-channel SD latent image on the mesh's UV atlas (4×128×128); each step renders the mesh at 64×64
+latent pixels from a random camera, SDS (:mod:`backend.guidance`) gives ∂L/∂latents, and Adam (lr 1e-2) updates the
+texture. The final texture is the VAE decode of the latent texture (128 → 1024 pixels).
+
+Frames: the mesh arrives in Blender world coordinates; it is centred and scaled to radius 0.6 for the cameras (the
+result keeps the caller's vertices untouched). Textures: latent/RGB texture tensors follow the rasterizer convention
+(row 0 ↔ v ≈ 0, bottom); wire/PNG images have row 0 at the top, so results are flipped once at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..cameras import CameraBatch, cameras_from_angles, sample_cameras
+from ..guidance import OracleDenoiser, ScoreDistillation, SDSConfig, StableDiffusionDenoiser, latents_to_rgb_linear
+from ..mesh import TriMesh, normalize_vertices, unwrap_uv, validate_mesh
+from ..models import DEFAULT_SD_MODEL
+from ..params import ParamError, param
+from ..render import Rasterizer, make_rasterizer
+from .base import JobContext, PipelineResult, to_uint8_image
+
+__all__ = ["LatentPaintConfig", "LatentPaintPipeline", "OracleDenoiser"]
+
+
+@dataclass
+class LatentPaintConfig:
+    """Settings of one Latent-Paint run (defaults from the paper and DESIGN.md §5)."""
+
+    prompt: str = param(doc="What the texture should show, e.g. 'a rusty metal barrel'.")
+    negative_prompt: str = param("", doc="What to steer away from (the unconditional branch of CFG).")
+    model: str = param(DEFAULT_SD_MODEL, doc="Stable Diffusion: Hugging Face id, local folder, .safetensors file, or 'tiny-random'.")
+    seed: int = param(0, doc="Seed of the texture init, cameras, timesteps and noise; same seed, same texture.", low=0, high=2**63 - 1)
+    iterations: int = param(5000, doc="Optimisation steps.", low=1, high=100_000)
+    guidance_scale: float = param(100.0, doc="Classifier-free guidance scale of SDS.", low=0.0, high=1000.0)
+    lr: float = param(1e-2, doc="Adam learning rate of the latent texture.", low=1e-6, high=10.0)
+    latent_texture_size: int = param(128, doc="Side of the 4-channel latent texture (texels).", low=16, high=512)
+    texture_size: int = param(1024, doc="Side of the final RGB texture in pixels (VAE decode, resized if != 8x latent).", low=64, high=8192)
+    render_size: int = param(64, doc="Side of the latent renders fed to the UNet (64 = 512 px images).", low=16, high=128)
+    batch_size: int = param(1, doc="Cameras per step.", low=1, high=16)
+    view_dependent_prompts: bool = param(True, doc="Append ', front view' / ', side view' / ... per camera.")
+    min_step_percent: float = param(0.02, doc="Smallest SDS timestep as a fraction of T.", low=0.0, high=1.0)
+    max_step_percent: float = param(0.98, doc="Largest SDS timestep as a fraction of T.", low=0.0, high=1.0)
+    weighting: str = param("sds", doc="SDS weight w(t).", choices=("sds", "sqrt_alpha", "uniform"))
+    radius_range: tuple[float, float] = param((1.0, 1.5), doc="Camera distance range (mesh normalised to radius 0.6).", low=0.1, high=100.0)
+    elevation_range: tuple[float, float] = param((-15.0, 45.0), doc="Camera elevation range, degrees.", low=-90.0, high=90.0)
+    fovy_range: tuple[float, float] = param((40.0, 70.0), doc="Vertical field of view range, degrees.", low=1.0, high=179.0)
+    preview_every: int = param(10, doc="Steps between linear-decoded previews (0 = never).", low=0, high=100_000)
+    vae_preview_every: int = param(500, doc="Steps between VAE-decoded previews (0 = never).", low=0, high=100_000)
+
+    def validate(self) -> None:
+        if not self.prompt.strip():
+            raise ParamError("prompt must not be empty")
+        if not self.model.strip():
+            raise ParamError("model must not be empty")
+        for name in ("radius_range", "elevation_range", "fovy_range"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ParamError(f"{name} = ({lo}, {hi}) has min > max")
+        if self.min_step_percent > self.max_step_percent:
+            raise ParamError("min_step_percent must be <= max_step_percent")
+
+
+class LatentPaintPipeline:
+    """Latent-Paint on one mesh.
+
+    Args:
+        vae: ``diffusers.AutoencoderKL`` of the SD model (final decode, background latent, VAE previews).
+        latent_scaling: SD latent scale (0.18215 for SD 1.x/2.x).
+        rasterizer: nvdiffrast on CUDA or the torch rasterizer (:func:`backend.render.make_rasterizer`).
+        device: where optimisation runs.
+    """
+
+    name = "latent_paint"
+    config_class = LatentPaintConfig
+
+    def __init__(self, vae, latent_scaling: float, rasterizer: Rasterizer, device: torch.device):
+        self.vae = vae
+        self.latent_scaling = latent_scaling
+        self.rasterizer = rasterizer
+        self.device = torch.device(device)
+
+    # ---- pieces, each usable on its own (tests, benchmarks) -------------------------------------------------------
+
+    def prepare_mesh(self, mesh: TriMesh) -> tuple[TriMesh, str]:
+        """Validate the mesh and make sure it has UVs (xatlas when it has none). Returns ``(mesh, uv_source)``."""
+        mesh = validate_mesh(mesh)
+        if mesh.has_uv:
+            return mesh, "input"
+        uv, uv_idx = unwrap_uv(mesh.v_pos, mesh.t_pos_idx)
+        return TriMesh(mesh.v_pos, mesh.t_pos_idx, uv, uv_idx), "xatlas"
+
+    def mesh_tensors(self, mesh: TriMesh) -> dict[str, torch.Tensor]:
+        """Normalised tensors for rendering: ``v_pos_h`` (N, 4) homogeneous, ``tri``, ``uv``, ``uv_idx`` on device."""
+        v_norm, _, _ = normalize_vertices(mesh.v_pos)
+        v = torch.from_numpy(v_norm).to(self.device)
+        return {"v_pos_h": torch.cat([v, torch.ones_like(v[:, :1])], dim=1),
+                "tri": torch.from_numpy(mesh.t_pos_idx).to(self.device),
+                "uv": torch.from_numpy(mesh.uv).to(self.device),
+                "uv_idx": torch.from_numpy(mesh.uv_idx).to(self.device)}
+
+    def render(self, texture: torch.Tensor, tensors: dict[str, torch.Tensor], cameras: CameraBatch,
+               resolution: int, background: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Render the textured mesh.
+
+        Args:
+            texture: (1, C, Ht, Wt) texture (latent or RGB), row 0 ↔ v ≈ 0.
+            tensors: from :meth:`mesh_tensors`.
+            cameras: B cameras.
+            resolution: output side in pixels.
+            background: (C,) colour of empty pixels.
+
+        Returns:
+            ``image`` (B, C, H, W) upright (row 0 = top), differentiable wrt ``texture``; ``mask`` (B, 1, H, W) float.
+        """
+        pos_clip = torch.einsum("vi,bji->bvj", tensors["v_pos_h"], cameras.mvp.to(self.device))
+        rast_out = self.rasterizer.rasterize(pos_clip.contiguous(), tensors["tri"], (resolution, resolution))
+        uv = self.rasterizer.interpolate(tensors["uv"], rast_out, tensors["uv_idx"])
+        tex = texture.permute(0, 2, 3, 1).expand(len(cameras), -1, -1, -1).contiguous()
+        feat = self.rasterizer.texture(tex, uv, filter_mode="linear")
+        mask = (rast_out[..., 3:] > 0).float()
+        image = feat * mask + background.view(1, 1, 1, -1) * (1.0 - mask)
+        # rasterizer rows start at the bottom (NDC y = −1); images for the UNet are upright.
+        return image.flip(1).permute(0, 3, 1, 2), mask.flip(1).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def encode_color(self, rgb: tuple[float, float, float]) -> torch.Tensor:
+        """(4,) scaled SD latent of a flat colour (the render background), via one small VAE encode."""
+        vae_param = next(self.vae.parameters())
+        img = torch.tensor(rgb, device=self.device, dtype=vae_param.dtype).view(1, 3, 1, 1).expand(1, 3, 64, 64)
+        latents = self.vae.encode(img * 2.0 - 1.0).latent_dist.mean * self.latent_scaling
+        return latents.float().mean(dim=(0, 2, 3))
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, 4, h, w) scaled latents → (B, 3, 8h, 8w) RGB float32 in [0, 1] with the VAE."""
+        vae_param = next(self.vae.parameters())
+        images = self.vae.decode(latents.to(vae_param.dtype) / self.latent_scaling).sample
+        return ((images.float() + 1.0) * 0.5).clamp(0.0, 1.0)
+
+    def uv_coverage(self, tensors: dict[str, torch.Tensor], size: int) -> torch.Tensor:
+        """(size, size) bool mask of texels covered by the UV atlas (row 0 ↔ v ≈ 0), by rasterizing in UV space."""
+        uv = tensors["uv"]
+        pos = torch.cat([uv * 2.0 - 1.0, torch.zeros_like(uv[:, :1]), torch.ones_like(uv[:, :1])], dim=1)
+        rast = self.rasterizer.rasterize(pos[None].contiguous(), tensors["uv_idx"], (size, size))
+        return rast[0, :, :, 3] > 0
+
+    @staticmethod
+    def dilate(texture: torch.Tensor, mask: torch.Tensor, iterations: int) -> torch.Tensor:
+        """Grow the texels inside ``mask`` outwards ``iterations`` texels (mean of covered neighbours).
+
+        Fills the gutter between UV charts so filtering and the VAE's receptive field do not pull unoptimised texels
+        into chart borders. ``texture`` (1, C, H, W), ``mask`` (H, W) bool. Returns a new texture.
+        """
+        tex = texture * mask
+        m = mask[None, None].to(texture.dtype)
+        kernel = torch.ones(1, 1, 3, 3, dtype=texture.dtype, device=texture.device)
+        for _ in range(iterations):
+            count = F.conv2d(m, kernel, padding=1)
+            summed = F.conv2d(tex.reshape(-1, 1, *tex.shape[-2:]), kernel, padding=1).reshape(tex.shape)
+            grow = (count > 0) & (m == 0)
+            tex = torch.where(grow, summed / count.clamp(min=1), tex)
+            m = torch.maximum(m, grow.to(m.dtype))
+        return tex
+
+    # ---- the run ----------------------------------------------------------------------------------------------------
+
+    def __call__(self, mesh: TriMesh, config: LatentPaintConfig, sds: ScoreDistillation,
+                 context: JobContext | None = None, initial_texture: torch.Tensor | None = None) -> PipelineResult:
+        """Optimise a latent texture for ``mesh`` with ``sds``.
+
+        Args:
+            mesh: world-space triangle mesh (UVs optional; xatlas unwraps when missing).
+            config: run settings (seed, iterations, sizes, cameras…).
+            sds: score distillation with a Stable Diffusion or an oracle denoiser.
+            context: progress/preview/cancel hooks; a silent one is used when None.
+            initial_texture: (1, 4, S, S) latent texture to start from (default: seeded N(0, 0.5²) around the
+                background latent).
+
+        Returns:
+            :class:`PipelineResult` with ``mesh.v_pos/t_pos_idx/uv/uv_idx`` (caller's vertices and face order) and
+            ``texture`` (texture_size, texture_size, 3) uint8, row 0 = top; metadata incl. ``uv_source``; timings.
+
+        Raises:
+            MeshError: unusable mesh. JobCancelled: cancelled through ``context``.
+        """
+        context = context or JobContext(device=self.device, models=None)
+        timings = {"render": 0.0, "guidance": 0.0, "backward": 0.0}
+        t_setup = time.perf_counter()
+
+        # 1. Mesh: validate, unwrap if needed, normalise for the cameras.
+        mesh, uv_source = self.prepare_mesh(mesh)
+        tensors = self.mesh_tensors(mesh)
+
+        # 2. Seeded randomness: one generator for init, cameras, timesteps and noise.
+        generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        background = self.encode_color((1.0, 1.0, 1.0))
+        size = config.latent_texture_size
+        if initial_texture is None:
+            noise = torch.randn((1, 4, size, size), generator=generator, device=self.device)
+            initial_texture = background.view(1, 4, 1, 1) + 0.5 * noise
+        texture = torch.nn.Parameter(initial_texture.detach().clone().float().to(self.device))
+        optimizer = torch.optim.Adam([texture], lr=config.lr, eps=1e-15 if self.device.type == "cuda" else 1e-8)
+        preview_camera = cameras_from_angles(15.0, 30.0, 1.3, 50.0).to(self.device)
+        timings["setup"] = time.perf_counter() - t_setup
+        context.restart_clock()
+
+        # 3. Optimisation loop: render → SDS → Adam.
+        for step in range(1, config.iterations + 1):
+            context.check_cancelled()
+            t0 = time.perf_counter()
+            cameras = sample_cameras(config.batch_size, generator, radius_range=config.radius_range,
+                                     elevation_range=config.elevation_range, fovy_range=config.fovy_range,
+                                     device=self.device)
+            latents, _ = self.render(texture, tensors, cameras, config.render_size, background)
+            t1 = time.perf_counter()
+            out = sds(latents, cameras, generator)
+            t2 = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            t3 = time.perf_counter()
+            timings["render"] += t1 - t0
+            timings["guidance"] += t2 - t1
+            timings["backward"] += t3 - t2
+            loss = float(out.loss.detach())
+            if not math.isfinite(loss):
+                raise FloatingPointError(f"SDS loss became {loss} at step {step}")
+            context.progress("optimize", step, config.iterations, {"sds": loss, "grad_norm": out.grad_norm,
+                                                                    "t": float(out.timesteps.float().mean())})
+            self._maybe_preview(step, config, texture, tensors, preview_camera, background, context)
+
+        # 4. Final texture: fill the chart gutters, VAE decode, resize, flip to image row order.
+        t_dec = time.perf_counter()
+        context.progress("decode", config.iterations, config.iterations)
+        with torch.no_grad():
+            coverage = self.uv_coverage(tensors, size)
+            latent_tex = self.dilate(texture.detach(), coverage, iterations=max(2, size // 16))
+            rgb = self.decode_latents(latent_tex)
+            if rgb.shape[-1] != config.texture_size:
+                rgb = F.interpolate(rgb, size=(config.texture_size, config.texture_size), mode="bicubic",
+                                    align_corners=False, antialias=True).clamp(0, 1)
+        timings["decode"] = time.perf_counter() - t_dec
+        texture_img = to_uint8_image(rgb[0].flip(1))
+        arrays = {"mesh.v_pos": mesh.v_pos, "mesh.t_pos_idx": mesh.t_pos_idx, "mesh.uv": mesh.uv,
+                  "mesh.uv_idx": mesh.uv_idx, "texture": texture_img}
+        metadata = {"pipeline": self.name, "prompt": config.prompt, "negative_prompt": config.negative_prompt,
+                    "seed": config.seed, "model": config.model, "iterations": config.iterations,
+                    "guidance_scale": config.guidance_scale, "texture_size": config.texture_size,
+                    "uv_source": uv_source}
+        return PipelineResult(arrays=arrays, metadata=metadata, timings=timings,
+                              extras={"latent_texture": texture.detach()})
+
+    def _maybe_preview(self, step, config, texture, tensors, camera, background, context) -> None:
+        vae_now = config.vae_preview_every and step % config.vae_preview_every == 0
+        linear_now = config.preview_every and step % config.preview_every == 0
+        if not (vae_now or linear_now or step == config.iterations):
+            return
+        with torch.no_grad():
+            latents, _ = self.render(texture, tensors, camera, config.render_size, background)
+            if vae_now:
+                image, decoder = self.decode_latents(latents)[0], "vae"
+            else:
+                image, decoder = latents_to_rgb_linear(latents)[0], "linear"
+                image = F.interpolate(image[None], scale_factor=4, mode="nearest")[0]
+        context.preview(step, to_uint8_image(image), decoder)
+
+
+def run_job(config: LatentPaintConfig, inputs: dict[str, np.ndarray], context: JobContext) -> PipelineResult:
+    """Service/CLI entry point: load (or reuse) the model, build SDS, run Latent-Paint on ``inputs['mesh.*']``.
+
+    Raises:
+        MeshError, ModelNotFoundError, ParamError, JobCancelled.
+    """
+    mesh = TriMesh(inputs.get("mesh.v_pos"), inputs.get("mesh.t_pos_idx"), inputs.get("mesh.uv"), inputs.get("mesh.uv_idx"))
+    if mesh.v_pos is None or mesh.t_pos_idx is None:
+        raise ParamError("latent_paint needs an input mesh (arrays mesh.v_pos and mesh.t_pos_idx)")
+    context.progress("load_model", 0, config.iterations)
+    sd = context.models.stable_diffusion(config.model, context.device)
+    denoiser = StableDiffusionDenoiser(sd, config.prompt, config.negative_prompt, config.guidance_scale,
+                                       config.view_dependent_prompts)
+    sds = ScoreDistillation(sd.scheduler.alphas_cumprod, denoiser,
+                            SDSConfig(config.guidance_scale, config.min_step_percent, config.max_step_percent,
+                                      config.weighting))
+    pipeline = LatentPaintPipeline(sd.vae, sd.latent_scaling, make_rasterizer(context.device), context.device)
+    return pipeline(mesh, config, sds, context)
