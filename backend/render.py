@@ -172,11 +172,15 @@ class TorchRasterizer:
 
     Differences from nvdiffrast: a triangle with any vertex at w <= 0 (at or behind the camera plane) is skipped
     instead of clipped against the near plane; fragments with z/w outside [-1, 1] are discarded (as nvdiffrast's
-    depth clip does); no top-left fill rule (depth ties on shared edges go to the lower triangle id).
+    depth clip does); vertices are not snapped to nvdiffrast's 1/16-pixel grid and there is no top-left fill rule
+    (depth ties on shared edges go to the lower triangle id), so pixel centres within ~1/32 pixel of an edge may
+    pick the neighbouring triangle: measured on an H100, triangle ids agree on >= 99% of pixels for meshes of
+    ~2k triangles at 64x64 and 25k at 512x512, ~97% for 25k triangles at 64x64 (sub-pixel triangles); u, v, z/w
+    and interpolated attributes agree to ~1e-5 where the ids agree.
 
-    ``rast_out``'s (u, v, z/w) are differentiable wrt ``pos_clip`` with the triangle assignment held fixed (as
-    nvdiffrast's rasterize without antialiasing), so vertex positions can receive gradients through
-    :meth:`interpolate`; coverage itself is not differentiable.
+    ``rast_out``'s (u, v, z/w) are differentiable wrt ``pos_clip`` with the triangle assignment held fixed, so vertex
+    positions receive gradients through :meth:`interpolate` (matching nvdiffrast's rasterize without antialiasing
+    to ~1e-5; nvdiffrast gives no gradient through the z/w channel, this does); coverage is not differentiable.
 
     Args:
         device: where inputs are expected and outputs are produced ("cpu" or "cuda[:i]").
