@@ -140,9 +140,11 @@ def split_by_uv(mesh: TriMesh) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     Returns:
         ``(v_pos (K, 3), uv (K, 2), faces (F, 3) int32)`` where K = number of distinct (vertex, uv) corners.
     """
-    pairs = np.stack([mesh.t_pos_idx.reshape(-1), mesh.uv_idx.reshape(-1)], axis=1)
-    unique, inverse = np.unique(pairs, axis=0, return_inverse=True)
-    return mesh.v_pos[unique[:, 0]], mesh.uv[unique[:, 1]], inverse.reshape(-1, 3).astype(np.int32)
+    # One int64 key per corner (a 1-D unique is ~20x faster than np.unique(axis=0) on row pairs).
+    key = mesh.t_pos_idx.reshape(-1).astype(np.int64) * len(mesh.uv) + mesh.uv_idx.reshape(-1)
+    unique, inverse = np.unique(key, return_inverse=True)
+    v_idx, uv_idx = np.divmod(unique, len(mesh.uv))
+    return mesh.v_pos[v_idx], mesh.uv[uv_idx], inverse.reshape(-1, 3).astype(np.int32)
 
 
 def save_glb(path: str | Path, mesh: TriMesh, texture: np.ndarray | None = None) -> Path:

@@ -139,7 +139,7 @@ class Connection:
         self.send("welcome", self.server.welcome_fields())
         return True
 
-    def _send_error(self, err: BaseException, job_id: str | None = None) -> None:
+    def _send_error(self, err: BaseException, job_id: str | None = None, request_id: str | None = None) -> None:
         if isinstance(err, protocol.ProtocolError):
             code, message = err.code, err.message
         elif isinstance(err, socket.timeout):
@@ -151,6 +151,8 @@ class Connection:
         fields = {"code": code, "message": message}
         if job_id:
             fields["job_id"] = job_id
+        if request_id:
+            fields["request_id"] = request_id
         self.send("error", fields)
 
     def _read_loop(self) -> None:
@@ -171,7 +173,7 @@ class Connection:
             except Exception as err:  # noqa: BLE001 — a bad request must never kill the connection or the server
                 if error_code(err) == "internal":
                     log.exception("error handling %s", msg.type)
-                self._send_error(err, msg.fields.get("job_id"))
+                self._send_error(err, msg.fields.get("job_id"), msg.fields.get("request_id"))
 
     def dispatch(self, msg: protocol.Message) -> None:
         service = self.server.service

@@ -80,9 +80,10 @@ def test_bad_clients_get_clear_errors_and_the_server_keeps_serving(backend_serve
     assert c.recv().fields["code"] == "bad_array"
 
     # semantic errors from the service: unknown pipeline, bad params, unknown model id, empty mesh
-    c.send("submit", {"pipeline": "dream_machine", "params": {}}, arrays)
+    c.send("submit", {"pipeline": "dream_machine", "params": {}, "request_id": "q7"}, arrays)
     err = c.recv()
     assert err.fields["code"] == "bad_params" and "latent_paint" in err.fields["message"]
+    assert err.fields["request_id"] == "q7"  # the client knows which submit was refused
     c.send("submit", {"pipeline": "latent_paint", "params": {**TINY_PARAMS, "texture_size": 10**6}}, arrays)
     assert "texture_size" in c.recv().fields["message"]
     c.send("submit", {"pipeline": "latent_paint", "params": {**TINY_PARAMS, "prompt": ""}}, arrays)

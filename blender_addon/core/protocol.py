@@ -369,6 +369,7 @@ MESSAGE_TYPES: Mapping[str, MessageSpec] = MappingProxyType({
         "code": _f("str", doc="an ERROR_CODES code, or a server code (see docs)"),
         "message": _f("str", doc="what went wrong, for the user"),
         "job_id": _f("str", False, doc="job the error is about, if any"),
+        "request_id": _f("str", False, doc="submit.request_id of the rejected submit, echoed"),
     }), doc="a request or frame was rejected, or a job-level failure"),
     "cancelled": MessageSpec(_S2C, MappingProxyType({
         "job_id": _f("str", doc="job that was cancelled"),

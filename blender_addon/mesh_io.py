@@ -1,0 +1,410 @@
+"""Mesh and image data between Blender and the wire arrays (bpy side; main thread only).
+
+Bulk data moves only through ``foreach_get``/``foreach_set`` and numpy; the array logic lives in
+:mod:`.core.arrays` (bpy-free, tested without Blender).
+
+Frames: ``v_pos`` is in Blender's world frame (object transform applied; right-handed, Z up, metres). Wire images
+have row 0 at the top; Blender's ``Image.pixels`` start bottom-left.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import bpy
+import numpy as np
+
+from .core import arrays as lf_arrays
+
+UV_MAP_NAME = "LatentForge"
+"""Name of the UV map the add-on creates when the backend unwrapped the mesh (xatlas) or for a new object."""
+
+PREVIEW_IMAGE_NAME = "LatentForge Preview"
+
+
+@dataclass
+class MeshArrays:
+    """A triangulated evaluated mesh, ready to send.
+
+    Attributes:
+        v_pos: (N,3) float32 world-space vertex positions, metres.
+        t_pos_idx: (F,3) int32 vertex indices per triangle (Blender's ``loop_triangles`` order).
+        tri_loops: (F,3) int32 loop index of each triangle corner in the evaluated mesh.
+        uv: (L,2) float32 UVs per loop of the requested UV map, or None.
+        uv_idx: (F,3) int32 (= ``tri_loops``) indices into ``uv``, or None.
+        n_loops: L, loops of the evaluated mesh.
+        same_loops_as_base: True when the evaluated mesh has the base mesh's vertices and loops (same count, same
+            loop -> vertex map), so per-loop data computed on it can be written to the base mesh.
+    """
+
+    v_pos: np.ndarray
+    t_pos_idx: np.ndarray
+    tri_loops: np.ndarray
+    uv: np.ndarray | None
+    uv_idx: np.ndarray | None
+    n_loops: int
+    same_loops_as_base: bool
+
+    def wire_arrays(self, group: str = "mesh") -> dict[str, np.ndarray]:
+        """``{"mesh.v_pos", "mesh.t_pos_idx"[, "mesh.uv", "mesh.uv_idx"]}`` for a ``submit``."""
+        out = {f"{group}.v_pos": self.v_pos, f"{group}.t_pos_idx": self.t_pos_idx}
+        if self.uv is not None:
+            out[f"{group}.uv"] = self.uv
+            out[f"{group}.uv_idx"] = self.uv_idx
+        return out
+
+
+def _loop_vertex_index(mesh: bpy.types.Mesh) -> np.ndarray:
+    out = np.empty(len(mesh.loops), dtype=np.int32)
+    mesh.loops.foreach_get("vertex_index", out)
+    return out
+
+
+def _loop_triangles(mesh: bpy.types.Mesh) -> tuple[np.ndarray, np.ndarray]:
+    """``(t_pos_idx (F,3) int32, tri_loops (F,3) int32)`` of a mesh (computes its loop triangles)."""
+    mesh.calc_loop_triangles()
+    n_tris = len(mesh.loop_triangles)
+    t_pos_idx = np.empty(n_tris * 3, dtype=np.int32)
+    tri_loops = np.empty(n_tris * 3, dtype=np.int32)
+    mesh.loop_triangles.foreach_get("vertices", t_pos_idx)
+    mesh.loop_triangles.foreach_get("loops", tri_loops)
+    return t_pos_idx.reshape(n_tris, 3), tri_loops.reshape(n_tris, 3)
+
+
+def read_loop_uvs(mesh: bpy.types.Mesh, uv_layer_name: str) -> np.ndarray:
+    """(L,2) float32 UVs of the UV map ``uv_layer_name``. Raises KeyError when the mesh has no such map."""
+    layer = mesh.uv_layers.get(uv_layer_name)
+    if layer is None:
+        raise KeyError(f"mesh {mesh.name!r} has no UV map {uv_layer_name!r}")
+    out = np.empty(len(mesh.loops) * 2, dtype=np.float32)
+    layer.uv.foreach_get("vector", out)
+    return out.reshape(-1, 2)
+
+
+def write_loop_uvs(mesh: bpy.types.Mesh, uv_layer_name: str, loop_uv: np.ndarray,
+                   update: bool = True) -> bpy.types.MeshUVLoopLayer:
+    """Write (L,2) UVs into the UV map ``uv_layer_name`` (created if missing) and make it active.
+
+    ``update=False`` skips ``mesh.update()`` for callers that update once after all their writes.
+
+    Raises:
+        ValueError: ``loop_uv`` is not (len(mesh.loops), 2).
+    """
+    if loop_uv.shape != (len(mesh.loops), 2):
+        raise ValueError(f"loop_uv is {loop_uv.shape}, mesh {mesh.name!r} has {len(mesh.loops)} loops")
+    layer = mesh.uv_layers.get(uv_layer_name) or mesh.uv_layers.new(name=uv_layer_name)
+    layer.uv.foreach_set("vector", np.ascontiguousarray(loop_uv, dtype=np.float32).reshape(-1))
+    mesh.uv_layers.active = layer
+    if update:
+        mesh.update()
+    return layer
+
+
+def evaluated_mesh_arrays(obj: bpy.types.Object, depsgraph: bpy.types.Depsgraph,
+                          uv_layer_name: str | None) -> MeshArrays:
+    """Triangulate ``obj``'s evaluated mesh (modifiers applied) in world space.
+
+    Args:
+        obj: a mesh object (original, not evaluated); in edit mode its edits are flushed first.
+        depsgraph: ``context.evaluated_depsgraph_get()``.
+        uv_layer_name: UV map to read (modifiers carry named maps through), or None to send no UVs.
+
+    Raises:
+        ValueError: the object is not a mesh, or its evaluated mesh has no faces.
+        KeyError: the evaluated mesh lacks ``uv_layer_name``.
+    """
+    if obj.type != "MESH":
+        raise ValueError(f"{obj.name!r} is a {obj.type}, not a mesh")
+    if obj.mode == "EDIT":
+        obj.update_from_editmode()
+        depsgraph.update()
+    obj_eval = obj.evaluated_get(depsgraph)
+    mesh = obj_eval.to_mesh()
+    try:
+        if len(mesh.polygons) == 0:
+            raise ValueError(f"{obj.name!r} has no faces after modifiers")
+        co = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
+        mesh.vertices.foreach_get("co", co)
+        v_pos = lf_arrays.transform_points(co.reshape(-1, 3), np.array(obj_eval.matrix_world, dtype=np.float64))
+        t_pos_idx, tri_loops = _loop_triangles(mesh)
+        base = obj.data
+        same = (len(mesh.vertices) == len(base.vertices) and len(mesh.loops) == len(base.loops)
+                and np.array_equal(_loop_vertex_index(mesh), _loop_vertex_index(base)))
+        uv = uv_idx = None
+        if uv_layer_name is not None:
+            uv, uv_idx = lf_arrays.loop_uvs_to_wire(read_loop_uvs(mesh, uv_layer_name), tri_loops)
+        return MeshArrays(v_pos, t_pos_idx, tri_loops, uv, uv_idx, len(mesh.loops), bool(same))
+    finally:
+        obj_eval.to_mesh_clear()
+
+
+def ensure_uv_map(context: bpy.types.Context, obj: bpy.types.Object, angle_limit_deg: float = 66.0,
+                  island_margin: float = 0.02) -> tuple[str, bool]:
+    """Return the name of ``obj``'s active UV map, making one with Smart UV Project when it has none.
+
+    Runs ``bpy.ops.uv.smart_project`` on ``obj`` alone (other selected objects are deselected for the call and
+    reselected after; mode, active object and selection are restored).
+
+    Returns:
+        ``(uv_map_name, created)``.
+    Raises:
+        RuntimeError: Smart UV Project did not produce a UV map.
+    """
+    mesh = obj.data
+    if mesh.uv_layers.active is not None:
+        return mesh.uv_layers.active.name, False
+    view_layer = context.view_layer
+    prev_active = view_layer.objects.active
+    prev_selected = [o for o in view_layer.objects if o.select_get()]
+    prev_mode = obj.mode
+    try:
+        if prev_active is not None and prev_active.mode != "OBJECT":
+            bpy.ops.object.mode_set(mode="OBJECT")
+        for o in prev_selected:
+            o.select_set(False)
+        obj.select_set(True)
+        view_layer.objects.active = obj
+        bpy.ops.object.mode_set(mode="EDIT")
+        bpy.ops.mesh.select_all(action="SELECT")
+        bpy.ops.uv.smart_project(angle_limit=math.radians(angle_limit_deg), island_margin=island_margin)
+        bpy.ops.object.mode_set(mode="OBJECT")
+    finally:
+        obj.select_set(False)
+        for o in prev_selected:
+            o.select_set(True)
+        view_layer.objects.active = prev_active
+        if prev_active is not None and prev_mode != "OBJECT" and prev_active is obj:
+            bpy.ops.object.mode_set(mode=prev_mode)
+    if mesh.uv_layers.active is None:
+        raise RuntimeError(f"Smart UV Project made no UV map on {obj.name!r}")
+    return mesh.uv_layers.active.name, True
+
+
+# ----------------------------------------------------------------------------------------------- images
+
+def set_image_pixels(image: bpy.types.Image, texture: np.ndarray) -> None:
+    """Resize ``image`` to the texture and copy it in (row 0 of ``texture`` = top), via ``pixels.foreach_set``."""
+    h, w = texture.shape[:2]
+    if tuple(image.size) != (w, h):
+        image.scale(w, h)
+    image.pixels.foreach_set(lf_arrays.texture_to_pixels(texture))
+    image.update()
+
+
+def create_texture_image(name: str, texture: np.ndarray) -> bpy.types.Image:
+    """A new image datablock holding ``texture`` (H,W,3|4) uint8, row 0 = top.
+
+    When the .blend file is saved the image is written to ``//latentforge/<name>.png`` and referenced relatively;
+    otherwise it is packed into the .blend.
+    """
+    h, w, c = texture.shape
+    image = bpy.data.images.new(name, width=w, height=h, alpha=(c == 4))
+    image.pixels.foreach_set(lf_arrays.texture_to_pixels(texture))
+    image.update()
+    if bpy.data.is_saved:
+        folder = bpy.path.abspath("//latentforge")
+        os.makedirs(folder, exist_ok=True)
+        filename = bpy.path.clean_name(image.name) + ".png"
+        image.filepath_raw = os.path.join(folder, filename)
+        image.file_format = "PNG"
+        image.save()
+        image.filepath_raw = "//latentforge/" + filename
+    else:
+        image.pack()
+    return image
+
+
+def update_preview_image(image_rgb: np.ndarray) -> bpy.types.Image:
+    """Copy a preview (H,W,3) uint8 (row 0 = top) into the image datablock "LatentForge Preview" (created once)."""
+    h, w = image_rgb.shape[:2]
+    image = bpy.data.images.get(PREVIEW_IMAGE_NAME)
+    if image is None:
+        image = bpy.data.images.new(PREVIEW_IMAGE_NAME, width=w, height=h, alpha=False)
+    set_image_pixels(image, image_rgb)
+    return image
+
+
+# --------------------------------------------------------------------------------------------- materials
+
+def make_texture_material(name: str, image: bpy.types.Image, uv_map_name: str) -> bpy.types.Material:
+    """A Principled BSDF material whose Base Color is ``image`` sampled with the UV map ``uv_map_name``."""
+    mat = bpy.data.materials.new(name)
+    if not mat.node_tree:  # Blender < 5.0 creates materials without nodes
+        mat.use_nodes = True
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    bsdf = next((n for n in nodes if n.bl_idname == "ShaderNodeBsdfPrincipled"), None)
+    if bsdf is None:
+        bsdf = nodes.new("ShaderNodeBsdfPrincipled")
+        out = next((n for n in nodes if n.bl_idname == "ShaderNodeOutputMaterial"), None) \
+            or nodes.new("ShaderNodeOutputMaterial")
+        links.new(bsdf.outputs["BSDF"], out.inputs["Surface"])
+    tex = nodes.new("ShaderNodeTexImage")
+    tex.image = image
+    tex.location = (bsdf.location.x - 350, bsdf.location.y)
+    uvmap = nodes.new("ShaderNodeUVMap")
+    uvmap.uv_map = uv_map_name
+    uvmap.location = (tex.location.x - 250, tex.location.y)
+    links.new(uvmap.outputs["UV"], tex.inputs["Vector"])
+    links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
+    return mat
+
+
+def assign_material(obj: bpy.types.Object, mat: bpy.types.Material) -> None:
+    """Put ``mat`` in every material slot of ``obj`` (one slot is added when it has none)."""
+    if len(obj.material_slots) == 0:
+        obj.data.materials.append(mat)
+    for slot in obj.material_slots:
+        slot.material = mat
+
+
+# ----------------------------------------------------------------------------------------------- results
+
+@dataclass
+class JobTarget:
+    """What the add-on remembers about a submitted ``latent_paint`` job, to apply its result.
+
+    Attributes:
+        object_name: the textured object's name at submit time.
+        n_vertices: vertices of the evaluated mesh that was sent (the result's ``mesh.v_pos`` rows).
+        uv_map: the object's UV map that was sent, or "" when the backend unwraps (xatlas).
+        tri_loops: (F,3) int32 loop per triangle corner at submit time (None after a restart of Blender).
+    """
+
+    object_name: str
+    n_vertices: int
+    uv_map: str
+    tri_loops: np.ndarray | None = None
+
+
+@dataclass
+class ApplyReport:
+    """Outcome of :func:`apply_texture_result`: the object, its UV map, the image and notes for the user."""
+
+    obj: bpy.types.Object
+    uv_map: str
+    image: bpy.types.Image
+    created_object: bool
+    n_uv_conflicts: int = 0
+
+
+def find_target_object(target: JobTarget | None) -> bpy.types.Object | None:
+    """The object recorded for a job if it still exists with the same name and evaluated vertex count."""
+    if target is None:
+        return None
+    obj = bpy.data.objects.get(target.object_name)
+    if obj is None or obj.type != "MESH":
+        return None
+    obj_eval = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
+    try:
+        n_eval = len(obj_eval.to_mesh().vertices)
+    finally:
+        obj_eval.to_mesh_clear()
+    return obj if n_eval == target.n_vertices else None
+
+
+def _base_tri_loops_matching(obj: bpy.types.Object, t_pos_idx: np.ndarray,
+                             tri_loops: np.ndarray | None) -> np.ndarray:
+    """Loop per triangle corner on ``obj``'s base mesh for the result triangles ``t_pos_idx``.
+
+    Raises ValueError when the base mesh's loops do not carry the result's triangles (other topology).
+    """
+    mesh = obj.data
+    loop_vertex = _loop_vertex_index(mesh)
+    candidates = [] if tri_loops is None else [tri_loops]
+    candidates.append(_loop_triangles(mesh)[1])
+    for cand in candidates:
+        if cand.shape == t_pos_idx.shape and cand.max(initial=-1) < len(loop_vertex) \
+                and np.array_equal(loop_vertex[cand], t_pos_idx):
+            return cand
+    raise ValueError(f"the result's triangles do not match the mesh of {obj.name!r} (did its topology change?)")
+
+
+def new_object_from_result(context: bpy.types.Context, name: str, v_pos: np.ndarray, t_pos_idx: np.ndarray,
+                           uv: np.ndarray, uv_idx: np.ndarray) -> bpy.types.Object:
+    """A new triangle-mesh object (identity transform, vertices in world space) with the UV map "LatentForge",
+    linked to the active collection.
+
+    Bulk data goes through the attribute API (``position``, ``.corner_vert``) with one ``foreach_set`` each and a
+    single ``mesh.update``; index ranges and finite values were checked by the protocol, so instead of the slow
+    ``mesh.validate()`` only what it would silently delete is refused here.
+
+    Raises:
+        ValueError: a triangle uses the same vertex twice (degenerate by index).
+    """
+    t_pos_idx = np.ascontiguousarray(t_pos_idx, dtype=np.int32)
+    degenerate = ((t_pos_idx[:, 0] == t_pos_idx[:, 1]) | (t_pos_idx[:, 1] == t_pos_idx[:, 2])
+                  | (t_pos_idx[:, 0] == t_pos_idx[:, 2]))
+    if degenerate.any():
+        raise ValueError(f"result mesh has {int(degenerate.sum())} triangles that repeat a vertex "
+                         f"(first: triangle {int(np.argmax(degenerate))})")
+    n_tris = t_pos_idx.shape[0]
+    mesh = bpy.data.meshes.new(name)
+    mesh.vertices.add(v_pos.shape[0])
+    mesh.loops.add(n_tris * 3)
+    mesh.polygons.add(n_tris)
+    mesh.attributes["position"].data.foreach_set("vector", np.ascontiguousarray(v_pos, dtype=np.float32).reshape(-1))
+    mesh.attributes[".corner_vert"].data.foreach_set("value", t_pos_idx.reshape(-1))
+    mesh.polygons.foreach_set("loop_start", np.arange(0, n_tris * 3, 3, dtype=np.int32))
+    write_loop_uvs(mesh, UV_MAP_NAME, np.asarray(uv, dtype=np.float32)[np.asarray(uv_idx).reshape(-1)], update=False)
+    mesh.update(calc_edges=True)
+    obj = bpy.data.objects.new(name, mesh)
+    context.collection.objects.link(obj)
+    return obj
+
+
+def apply_texture_result(context: bpy.types.Context, job_id: str, result_arrays: dict[str, np.ndarray],
+                         metadata: dict, target: JobTarget | None, pipeline: str = "latent_paint") -> ApplyReport:
+    """Put a ``latent_paint`` result on its object (or on a new object when that is gone).
+
+    Existing object (name + evaluated vertex count still match ``target``): topology, transform and name are left
+    alone. If the backend used the UVs we sent (``metadata["uv_source"] == "input"``) and that UV map still exists,
+    the material uses it; otherwise (xatlas) the result's per-corner UVs are written into the UV map
+    "LatentForge" of the base mesh, which requires the base mesh to carry the sent triangles (counted conflicts:
+    loops shared by triangles that xatlas gave different UVs keep the first one).
+
+    Args:
+        result_arrays: the result message's arrays: ``mesh.v_pos`` (N,3) float32, ``mesh.t_pos_idx`` (F,3) int32,
+            ``mesh.uv`` (M,2) float32, ``mesh.uv_idx`` (F,3) int32, ``texture`` (H,W,3|4) uint8 row 0 = top.
+        metadata: the result's metadata (prompt, seed, model, uv_source...).
+
+    When the recorded object's base mesh no longer carries the sent triangles (its topology changed), the result
+    goes to a new object instead, as when the object is gone.
+
+    Raises:
+        KeyError: a required array is missing.
+    """
+    v_pos = result_arrays["mesh.v_pos"]
+    t_pos_idx = result_arrays["mesh.t_pos_idx"]
+    uv = result_arrays["mesh.uv"]
+    uv_idx = result_arrays["mesh.uv_idx"]
+    texture = result_arrays["texture"]
+    obj = find_target_object(target)
+    conflicts = 0
+    uv_map = UV_MAP_NAME
+    if obj is not None:
+        if metadata.get("uv_source") == "input" and target.uv_map and obj.data.uv_layers.get(target.uv_map):
+            uv_map = target.uv_map
+        else:
+            try:
+                tri_loops = _base_tri_loops_matching(obj, t_pos_idx, target.tri_loops)
+            except ValueError as e:  # its topology changed since: keep it untouched, texture a copy of the result
+                print(f"LatentForge: {e}; importing job {job_id} as a new object")
+                obj = None
+            else:
+                loop_uv, conflicts, _unused = lf_arrays.scatter_corner_uvs(uv, uv_idx, tri_loops,
+                                                                           len(obj.data.loops))
+                write_loop_uvs(obj.data, UV_MAP_NAME, loop_uv)
+    created = obj is None
+    if created:
+        obj = new_object_from_result(context, f"LatentForge {job_id[:8]}", v_pos, t_pos_idx, uv, uv_idx)
+    image = create_texture_image(f"LatentForge {obj.name} {job_id[:8]}", texture)
+    mat = make_texture_material(f"LatentForge {obj.name}", image, uv_map)
+    assign_material(obj, mat)
+    obj["latentforge_prompt"] = str(metadata.get("prompt", ""))
+    obj["latentforge_seed"] = int(metadata.get("seed", 0) or 0)
+    obj["latentforge_model"] = str(metadata.get("model", ""))
+    obj["latentforge_job_id"] = job_id
+    obj["latentforge_pipeline"] = pipeline
+    return ApplyReport(obj, uv_map, image, created, conflicts)

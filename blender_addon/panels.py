@@ -1,0 +1,133 @@
+"""The "LatentForge" tab of the 3D viewport's sidebar (thin: draws state, calls operators)."""
+
+import bpy
+
+from . import session
+
+STATUS_ICONS = {"queued": "SORTTIME", "running": "PLAY", "done": "CHECKMARK", "failed": "ERROR",
+                "cancelled": "CANCEL"}
+
+
+class LATENTFORGE_UL_jobs(bpy.types.UIList):
+    """Rows of ``window_manager.latentforge.jobs``: status icon, short job id, prompt."""
+
+    bl_idname = "LATENTFORGE_UL_jobs"
+
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0, flt_flag=0):
+        row = layout.row(align=True)
+        row.label(text=item.job_id[:8], icon=STATUS_ICONS.get(item.status, "QUESTION"))
+        row.label(text=item.prompt or item.pipeline)
+
+
+class _SidebarPanel:
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "LatentForge"
+
+
+class LATENTFORGE_PT_main(_SidebarPanel, bpy.types.Panel):
+    """Connection, prompt settings, Texture Selected / Cancel, progress and preview."""
+
+    bl_idname = "LATENTFORGE_PT_main"
+    bl_label = "LatentForge"
+
+    def draw(self, context):
+        layout = self.layout
+        state = context.window_manager.latentforge
+        settings = context.scene.latentforge
+
+        box = layout.box()
+        row = box.row()
+        row.label(text=state.connection_status, icon="LINKED" if state.connected else "UNLINKED")
+        row.operator("latentforge.disconnect" if state.connected else "latentforge.connect", text="",
+                     icon="X" if state.connected else "PLAY")
+        if state.backend_info:
+            box.label(text=state.backend_info)
+
+        col = layout.column()
+        col.prop(settings, "prompt")
+        col.prop(settings, "negative_prompt")
+        col.prop(settings, "model")
+        col.prop(settings, "uv_method")
+        sub = col.column(align=True)
+        sub.prop(settings, "seed")
+        sub.prop(settings, "iterations")
+        sub.prop(settings, "guidance_scale")
+        sub.prop(settings, "texture_size")
+
+        row = layout.row(align=True)
+        row.scale_y = 1.4
+        row.operator("latentforge.texture_selected", icon="TEXTURE")
+        cancel = row.row(align=True)
+        cancel.enabled = bool(state.active_job_id)
+        cancel.operator("latentforge.cancel_job", text="", icon="CANCEL")
+
+        if state.active_job_id or state.stage:
+            eta = session.format_eta(state.eta_s)
+            text = f"{state.stage}  {eta}".strip() or "…"
+            if hasattr(layout, "progress"):  # Blender 4.0+
+                layout.progress(factor=state.progress, type="BAR", text=text)
+            else:
+                layout.prop(state, "progress", text=text, slider=True)
+        if state.last_error:
+            layout.label(text=state.last_error, icon="ERROR")
+        elif state.last_info:
+            layout.label(text=state.last_info, icon="INFO")
+
+
+class LATENTFORGE_PT_preview(_SidebarPanel, bpy.types.Panel):
+    """The live preview of the active job (the image "LatentForge Preview")."""
+
+    bl_idname = "LATENTFORGE_PT_preview"
+    bl_label = "Preview"
+    bl_parent_id = "LATENTFORGE_PT_main"
+
+    def draw(self, context):
+        layout = self.layout
+        try:
+            icon_id = session.get_session().preview_icon_id()
+        except RuntimeError:
+            icon_id = 0
+        if icon_id:
+            layout.template_icon(icon_value=icon_id, scale=10.0)
+        else:
+            layout.label(text="No preview yet")
+        image = bpy.data.images.get("LatentForge Preview")
+        if image is not None:
+            layout.label(text=f"{image.name}: {image.size[0]}×{image.size[1]} (open it in an Image Editor)")
+
+
+class LATENTFORGE_PT_jobs(_SidebarPanel, bpy.types.Panel):
+    """The backend's jobs, with Refresh and Import."""
+
+    bl_idname = "LATENTFORGE_PT_jobs"
+    bl_label = "Jobs"
+    bl_parent_id = "LATENTFORGE_PT_main"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    def draw(self, context):
+        layout = self.layout
+        state = context.window_manager.latentforge
+        row = layout.row()
+        row.template_list("LATENTFORGE_UL_jobs", "", state, "jobs", state, "jobs_index", rows=4)
+        col = row.column(align=True)
+        col.operator("latentforge.refresh_jobs", text="", icon="FILE_REFRESH")
+        col.operator("latentforge.import_job", text="", icon="IMPORT")
+        if 0 <= state.jobs_index < len(state.jobs):
+            job = state.jobs[state.jobs_index]
+            layout.label(text=f"{job.job_id} · {job.status} · {job.created}")
+            if job.error:
+                layout.label(text=job.error, icon="ERROR")
+
+
+classes = (LATENTFORGE_UL_jobs, LATENTFORGE_PT_main, LATENTFORGE_PT_preview, LATENTFORGE_PT_jobs)
+
+
+def register() -> None:
+    for cls in classes:
+        bpy.utils.register_class(cls)
+
+
+def unregister() -> None:
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,84 @@
+"""Blender properties of the add-on.
+
+- ``Scene.latentforge`` (:class:`LATENTFORGE_PG_settings`): what the user asks for; saved with the .blend.
+- ``WindowManager.latentforge`` (:class:`LATENTFORGE_PG_runtime`): connection/job state shown by the panel; never
+  saved (window-manager properties live only for the session), written only by ``session.py`` on the main thread.
+"""
+
+import bpy
+from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
+                       StringProperty)
+
+UV_METHODS = (
+    ("SMART_PROJECT", "Smart UV Project",
+     "Keep the object's active UV map; if it has none, Blender's Smart UV Project makes one before sending "
+     "(works with n-gons and modifiers)"),
+    ("XATLAS", "xatlas (backend)",
+     "Send the mesh without UVs and let the backend unwrap it with xatlas; needs modifiers that keep the topology. "
+     "xatlas sees triangles, so seams may cut quads: such corners are reported"),
+)
+
+
+class LATENTFORGE_PG_settings(bpy.types.PropertyGroup):
+    """Texture-generation settings of a scene (``scene.latentforge``)."""
+
+    prompt: StringProperty(name="Prompt", description="What the texture should show", default="")
+    negative_prompt: StringProperty(name="Negative Prompt", description="What the texture should not show",
+                                    default="")
+    seed: IntProperty(name="Seed", description="Random seed (same seed + settings = same result)", default=0, min=0)
+    iterations: IntProperty(name="Iterations", description="Optimization steps (Latent-Paint uses 5000)",
+                            default=5000, min=1, soft_max=20000)
+    guidance_scale: FloatProperty(name="Guidance Scale", description="Classifier-free guidance weight for SDS",
+                                  default=100.0, min=0.0, soft_max=200.0)
+    texture_size: IntProperty(name="Texture Size", description="Width = height of the texture image, pixels",
+                              default=1024, min=64, max=4096, soft_min=256, soft_max=4096)
+    model: StringProperty(name="Model",
+                          description="Diffusion model id or local path; empty = the backend's default "
+                                      "('tiny-random' = tiny random weights, for testing)",
+                          default="")
+    uv_method: EnumProperty(name="UVs", description="Where the UV map of the texture comes from", items=UV_METHODS,
+                            default="SMART_PROJECT")
+
+
+class LATENTFORGE_PG_job(bpy.types.PropertyGroup):
+    """One row of the backend's job list (``wm.latentforge.jobs``); ``name`` holds the job id."""
+
+    job_id: StringProperty(name="Job")
+    pipeline: StringProperty(name="Pipeline")
+    status: StringProperty(name="Status")
+    prompt: StringProperty(name="Prompt")
+    created: StringProperty(name="Created")
+    error: StringProperty(name="Error")
+
+
+class LATENTFORGE_PG_runtime(bpy.types.PropertyGroup):
+    """Live state of the connection and of the active job (``window_manager.latentforge``)."""
+
+    connection_status: StringProperty(name="Connection", default="Not connected")
+    connected: BoolProperty(name="Connected", default=False)
+    backend_info: StringProperty(name="Backend", description="Device and version of the connected backend")
+    active_job_id: StringProperty(name="Active Job")
+    progress: FloatProperty(name="Progress", default=0.0, min=0.0, max=1.0, subtype="FACTOR")
+    stage: StringProperty(name="Stage", default="")
+    eta_s: FloatProperty(name="ETA", description="Estimated seconds left; negative = unknown", default=-1.0)
+    last_error: StringProperty(name="Last Error", default="")
+    last_info: StringProperty(name="Last Message", default="")
+    jobs: CollectionProperty(type=LATENTFORGE_PG_job)
+    jobs_index: IntProperty(name="Selected Job", default=0)
+
+
+classes = (LATENTFORGE_PG_settings, LATENTFORGE_PG_job, LATENTFORGE_PG_runtime)
+
+
+def register() -> None:
+    for cls in classes:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.latentforge = PointerProperty(type=LATENTFORGE_PG_settings)
+    bpy.types.WindowManager.latentforge = PointerProperty(type=LATENTFORGE_PG_runtime)
+
+
+def unregister() -> None:
+    del bpy.types.WindowManager.latentforge
+    del bpy.types.Scene.latentforge
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)
