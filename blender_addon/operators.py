@@ -10,12 +10,28 @@ from .preferences import get_preferences
 PIPELINE = "latent_paint"
 
 
+SESSION_ERRORS = (OSError, ValueError, RuntimeError, protocol.ProtocolError)
+
+
 def _session_or_report(op: bpy.types.Operator) -> session.Session | None:
     try:
         return session.get_session()
     except RuntimeError as e:
         op.report({"ERROR"}, str(e))
         return None
+
+
+def _run(op: bpy.types.Operator, action, error_prefix: str = "") -> set[str]:
+    """Run ``action(session)``, turning a failure into an ERROR report; the operator's return value."""
+    sess = _session_or_report(op)
+    if sess is None:
+        return {"CANCELLED"}
+    try:
+        action(sess)
+    except SESSION_ERRORS as e:
+        op.report({"ERROR"}, f"{error_prefix}{e}")
+        return {"CANCELLED"}
+    return {"FINISHED"}
 
 
 def texture_params(settings) -> dict:
@@ -123,15 +139,7 @@ class LATENTFORGE_OT_connect(bpy.types.Operator):
     bl_options = {"REGISTER", "INTERNAL"}
 
     def execute(self, context):
-        sess = _session_or_report(self)
-        if sess is None:
-            return {"CANCELLED"}
-        try:
-            sess.connect(get_preferences(context))
-        except (OSError, ValueError, RuntimeError) as e:
-            self.report({"ERROR"}, str(e))
-            return {"CANCELLED"}
-        return {"FINISHED"}
+        return _run(self, lambda sess: sess.connect(get_preferences(context)))
 
 
 class LATENTFORGE_OT_disconnect(bpy.types.Operator):
@@ -142,11 +150,7 @@ class LATENTFORGE_OT_disconnect(bpy.types.Operator):
     bl_options = {"REGISTER", "INTERNAL"}
 
     def execute(self, context):
-        sess = _session_or_report(self)
-        if sess is None:
-            return {"CANCELLED"}
-        sess.close_client()
-        return {"FINISHED"}
+        return _run(self, lambda sess: sess.close_client())
 
 
 class LATENTFORGE_OT_start_backend(bpy.types.Operator):
@@ -157,16 +161,11 @@ class LATENTFORGE_OT_start_backend(bpy.types.Operator):
     bl_options = {"REGISTER", "INTERNAL"}
 
     def execute(self, context):
-        sess = _session_or_report(self)
-        if sess is None:
-            return {"CANCELLED"}
-        try:
+        def restart(sess):
             sess.close_client()
             sess.start_local_backend(get_preferences(context))
-        except (OSError, ValueError, RuntimeError) as e:
-            self.report({"ERROR"}, str(e))
-            return {"CANCELLED"}
-        return {"FINISHED"}
+
+        return _run(self, restart)
 
 
 class LATENTFORGE_OT_stop_backend(bpy.types.Operator):
@@ -196,15 +195,7 @@ class LATENTFORGE_OT_refresh_jobs(bpy.types.Operator):
     bl_options = {"REGISTER", "INTERNAL"}
 
     def execute(self, context):
-        sess = _session_or_report(self)
-        if sess is None:
-            return {"CANCELLED"}
-        try:
-            sess.list_jobs()
-        except (protocol.ProtocolError, RuntimeError) as e:
-            self.report({"ERROR"}, str(e))
-            return {"CANCELLED"}
-        return {"FINISHED"}
+        return _run(self, lambda sess: sess.list_jobs())
 
 
 class LATENTFORGE_OT_import_job(bpy.types.Operator):
@@ -246,11 +237,4 @@ classes = (LATENTFORGE_OT_texture_selected, LATENTFORGE_OT_cancel_job, LATENTFOR
            LATENTFORGE_OT_refresh_jobs, LATENTFORGE_OT_import_job)
 
 
-def register() -> None:
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

@@ -123,11 +123,4 @@ class LATENTFORGE_PT_jobs(_SidebarPanel, bpy.types.Panel):
 classes = (LATENTFORGE_UL_jobs, LATENTFORGE_PT_main, LATENTFORGE_PT_preview, LATENTFORGE_PT_jobs)
 
 
-def register() -> None:
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

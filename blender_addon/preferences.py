@@ -78,11 +78,4 @@ def get_preferences(context=None) -> LATENTFORGE_AP_preferences:
 classes = (LATENTFORGE_AP_preferences,)
 
 
-def register() -> None:
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)
