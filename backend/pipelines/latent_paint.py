@@ -20,53 +20,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..cameras import CameraBatch, cameras_from_angles, sample_cameras
-from ..guidance import OracleDenoiser, ScoreDistillation, SDSConfig, StableDiffusionDenoiser, latents_to_rgb_linear
+from ..cameras import CameraBatch, sample_cameras
+from ..guidance import ScoreDistillation
 from ..mesh import TriMesh, normalize_vertices, unwrap_uv, validate_mesh
-from ..models import DEFAULT_SD_MODEL
 from ..params import ParamError, param
 from ..render import Rasterizer, make_rasterizer
 from .base import JobContext, PipelineResult, to_uint8_image
-
-__all__ = ["LatentPaintConfig", "LatentPaintPipeline", "OracleDenoiser"]
+from .common import SDSPipelineConfig, VaeCodec, build_sds, dilate, maybe_preview, preview_camera
 
 
 @dataclass
-class LatentPaintConfig:
+class LatentPaintConfig(SDSPipelineConfig):
     """Settings of one Latent-Paint run (defaults from the paper and DESIGN.md §5)."""
 
-    prompt: str = param(doc="What the texture should show, e.g. 'a rusty metal barrel'.")
-    negative_prompt: str = param("", doc="What to steer away from (the unconditional branch of CFG).")
-    model: str = param(DEFAULT_SD_MODEL, doc="Stable Diffusion: Hugging Face id, local folder, .safetensors file, or 'tiny-random'.")
-    seed: int = param(0, doc="Seed of the texture init, cameras, timesteps and noise; same seed, same texture.", low=0, high=2**63 - 1)
-    iterations: int = param(5000, doc="Optimisation steps.", low=1, high=100_000)
-    guidance_scale: float = param(100.0, doc="Classifier-free guidance scale of SDS.", low=0.0, high=1000.0)
     lr: float = param(1e-2, doc="Adam learning rate of the latent texture.", low=1e-6, high=10.0)
     latent_texture_size: int = param(128, doc="Side of the 4-channel latent texture (texels).", low=16, high=512)
     texture_size: int = param(1024, doc="Side of the final RGB texture in pixels (VAE decode, resized if != 8x latent).", low=64, high=8192)
-    render_size: int = param(64, doc="Side of the latent renders fed to the UNet (64 = 512 px images).", low=16, high=128)
-    batch_size: int = param(1, doc="Cameras per step.", low=1, high=16)
-    view_dependent_prompts: bool = param(True, doc="Append ', front view' / ', side view' / ... per camera.")
-    min_step_percent: float = param(0.02, doc="Smallest SDS timestep as a fraction of T.", low=0.0, high=1.0)
-    max_step_percent: float = param(0.98, doc="Largest SDS timestep as a fraction of T.", low=0.0, high=1.0)
-    weighting: str = param("sds", doc="SDS weight w(t).", choices=("sds", "sqrt_alpha", "uniform"))
-    radius_range: tuple[float, float] = param((1.0, 1.5), doc="Camera distance range (mesh normalised to radius 0.6).", low=0.1, high=100.0)
-    elevation_range: tuple[float, float] = param((-15.0, 45.0), doc="Camera elevation range, degrees.", low=-90.0, high=90.0)
-    fovy_range: tuple[float, float] = param((40.0, 70.0), doc="Vertical field of view range, degrees.", low=1.0, high=179.0)
-    preview_every: int = param(10, doc="Steps between linear-decoded previews (0 = never).", low=0, high=100_000)
-    vae_preview_every: int = param(500, doc="Steps between VAE-decoded previews (0 = never).", low=0, high=100_000)
-
-    def validate(self) -> None:
-        if not self.prompt.strip():
-            raise ParamError("prompt must not be empty")
-        if not self.model.strip():
-            raise ParamError("model must not be empty")
-        for name in ("radius_range", "elevation_range", "fovy_range"):
-            lo, hi = getattr(self, name)
-            if lo > hi:
-                raise ParamError(f"{name} = ({lo}, {hi}) has min > max")
-        if self.min_step_percent > self.max_step_percent:
-            raise ParamError("min_step_percent must be <= max_step_percent")
 
 
 class LatentPaintPipeline:
@@ -83,8 +52,7 @@ class LatentPaintPipeline:
     config_class = LatentPaintConfig
 
     def __init__(self, vae, latent_scaling: float, rasterizer: Rasterizer, device: torch.device):
-        self.vae = vae
-        self.latent_scaling = latent_scaling
+        self.codec = VaeCodec(vae, latent_scaling)
         self.rasterizer = rasterizer
         self.device = torch.device(device)
 
@@ -131,20 +99,13 @@ class LatentPaintPipeline:
         # rasterizer rows start at the bottom (NDC y = −1); images for the UNet are upright.
         return image.flip(1).permute(0, 3, 1, 2), mask.flip(1).permute(0, 3, 1, 2)
 
-    @torch.no_grad()
     def encode_color(self, rgb: tuple[float, float, float]) -> torch.Tensor:
-        """(4,) scaled SD latent of a flat colour (the render background), via one small VAE encode."""
-        vae_param = next(self.vae.parameters())
-        img = torch.tensor(rgb, device=self.device, dtype=vae_param.dtype).view(1, 3, 1, 1).expand(1, 3, 64, 64)
-        latents = self.vae.encode(img * 2.0 - 1.0).latent_dist.mean * self.latent_scaling
-        return latents.float().mean(dim=(0, 2, 3))
+        """(4,) scaled SD latent of a flat colour (the render background)."""
+        return self.codec.encode_color(rgb, self.device)
 
-    @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, 4, h, w) scaled latents → (B, 3, 8h, 8w) RGB float32 in [0, 1] with the VAE."""
-        vae_param = next(self.vae.parameters())
-        images = self.vae.decode(latents.to(vae_param.dtype) / self.latent_scaling).sample
-        return ((images.float() + 1.0) * 0.5).clamp(0.0, 1.0)
+        return self.codec.decode(latents)
 
     def uv_coverage(self, tensors: dict[str, torch.Tensor], size: int) -> torch.Tensor:
         """(size, size) bool mask of texels covered by the UV atlas (row 0 ↔ v ≈ 0), by rasterizing in UV space."""
@@ -152,24 +113,6 @@ class LatentPaintPipeline:
         pos = torch.cat([uv * 2.0 - 1.0, torch.zeros_like(uv[:, :1]), torch.ones_like(uv[:, :1])], dim=1)
         rast = self.rasterizer.rasterize(pos[None].contiguous(), tensors["uv_idx"], (size, size))
         return rast[0, :, :, 3] > 0
-
-    @staticmethod
-    def dilate(texture: torch.Tensor, mask: torch.Tensor, iterations: int) -> torch.Tensor:
-        """Grow the texels inside ``mask`` outwards ``iterations`` texels (mean of covered neighbours).
-
-        Fills the gutter between UV charts so filtering and the VAE's receptive field do not pull unoptimised texels
-        into chart borders. ``texture`` (1, C, H, W), ``mask`` (H, W) bool. Returns a new texture.
-        """
-        tex = texture * mask
-        m = mask[None, None].to(texture.dtype)
-        kernel = torch.ones(1, 1, 3, 3, dtype=texture.dtype, device=texture.device)
-        for _ in range(iterations):
-            count = F.conv2d(m, kernel, padding=1)
-            summed = F.conv2d(tex.reshape(-1, 1, *tex.shape[-2:]), kernel, padding=1).reshape(tex.shape)
-            grow = (count > 0) & (m == 0)
-            tex = torch.where(grow, summed / count.clamp(min=1), tex)
-            m = torch.maximum(m, grow.to(m.dtype))
-        return tex
 
     # ---- the run ----------------------------------------------------------------------------------------------------
 
@@ -209,7 +152,7 @@ class LatentPaintPipeline:
             initial_texture = background.view(1, 4, 1, 1) + 0.5 * noise
         texture = torch.nn.Parameter(initial_texture.detach().clone().float().to(self.device))
         optimizer = torch.optim.Adam([texture], lr=config.lr, eps=1e-15 if self.device.type == "cuda" else 1e-8)
-        preview_camera = cameras_from_angles(15.0, 30.0, 1.3, 50.0).to(self.device)
+        preview_cam = preview_camera(self.device)
         timings["setup"] = time.perf_counter() - t_setup
         context.restart_clock()
 
@@ -217,9 +160,7 @@ class LatentPaintPipeline:
         for step in range(1, config.iterations + 1):
             context.check_cancelled()
             t0 = time.perf_counter()
-            cameras = sample_cameras(config.batch_size, generator, radius_range=config.radius_range,
-                                     elevation_range=config.elevation_range, fovy_range=config.fovy_range,
-                                     device=self.device)
+            cameras = sample_cameras(config.batch_size, generator, device=self.device, **config.camera_ranges())
             latents, _ = self.render(texture, tensors, cameras, config.render_size, background)
             t1 = time.perf_counter()
             out = sds(latents, cameras, generator)
@@ -236,14 +177,15 @@ class LatentPaintPipeline:
                 raise FloatingPointError(f"SDS loss became {loss} at step {step}")
             context.progress("optimize", step, config.iterations, {"sds": loss, "grad_norm": out.grad_norm,
                                                                     "t": float(out.timesteps.float().mean())})
-            self._maybe_preview(step, config, texture, tensors, preview_camera, background, context)
+            maybe_preview(step, config, lambda: self.render(texture, tensors, preview_cam, config.render_size, background)[0],
+                          self.codec, context)
 
         # 4. Final texture: fill the chart gutters, VAE decode, resize, flip to image row order.
         t_dec = time.perf_counter()
         context.progress("decode", config.iterations, config.iterations)
         with torch.no_grad():
             coverage = self.uv_coverage(tensors, size)
-            latent_tex = self.dilate(texture.detach(), coverage, iterations=max(2, size // 16))
+            latent_tex = dilate(texture.detach(), coverage, iterations=max(2, size // 16))
             rgb = self.decode_latents(latent_tex)
             if rgb.shape[-1] != config.texture_size:
                 rgb = F.interpolate(rgb, size=(config.texture_size, config.texture_size), mode="bicubic",
@@ -259,20 +201,6 @@ class LatentPaintPipeline:
         return PipelineResult(arrays=arrays, metadata=metadata, timings=timings,
                               extras={"latent_texture": texture.detach()})
 
-    def _maybe_preview(self, step, config, texture, tensors, camera, background, context) -> None:
-        vae_now = config.vae_preview_every and step % config.vae_preview_every == 0
-        linear_now = config.preview_every and step % config.preview_every == 0
-        if not (vae_now or linear_now or step == config.iterations):
-            return
-        with torch.no_grad():
-            latents, _ = self.render(texture, tensors, camera, config.render_size, background)
-            if vae_now:
-                image, decoder = self.decode_latents(latents)[0], "vae"
-            else:
-                image, decoder = latents_to_rgb_linear(latents)[0], "linear"
-                image = F.interpolate(image[None], scale_factor=4, mode="nearest")[0]
-        context.preview(step, to_uint8_image(image), decoder)
-
 
 def run_job(config: LatentPaintConfig, inputs: dict[str, np.ndarray], context: JobContext) -> PipelineResult:
     """Service/CLI entry point: load (or reuse) the model, build SDS, run Latent-Paint on ``inputs['mesh.*']``.
@@ -285,10 +213,5 @@ def run_job(config: LatentPaintConfig, inputs: dict[str, np.ndarray], context: J
         raise ParamError("latent_paint needs an input mesh (arrays mesh.v_pos and mesh.t_pos_idx)")
     context.progress("load_model", 0, config.iterations)
     sd = context.models.stable_diffusion(config.model, context.device)
-    denoiser = StableDiffusionDenoiser(sd, config.prompt, config.negative_prompt, config.guidance_scale,
-                                       config.view_dependent_prompts)
-    sds = ScoreDistillation(sd.scheduler.alphas_cumprod, denoiser,
-                            SDSConfig(config.guidance_scale, config.min_step_percent, config.max_step_percent,
-                                      config.weighting))
     pipeline = LatentPaintPipeline(sd.vae, sd.latent_scaling, make_rasterizer(context.device), context.device)
-    return pipeline(mesh, config, sds, context)
+    return pipeline(mesh, config, build_sds(sd, config), context)
