@@ -80,9 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     run_sub = run.add_subparsers(dest="pipeline", required=True)
     for name, spec in PIPELINES.items():
         p = run_sub.add_parser(name, help=spec.summary, description=spec.summary)
-        p.add_argument("--mesh", type=Path, help="input mesh file (OBJ/PLY/STL/GLB…)")
+        for mesh_input in spec.mesh_inputs:
+            p.add_argument(f"--{mesh_input.group}", type=Path, required=mesh_input.required,
+                           help=f"{mesh_input.help} (OBJ/PLY/STL/GLB…)")
         p.add_argument("--up-axis", choices=("auto", "Y", "Z"), default="auto",
-                       help="up axis of --mesh (auto: Y for glb/gltf/obj, Z otherwise)")
+                       help="up axis of the input mesh files (auto: Y for glb/gltf/obj, Z otherwise)")
         p.add_argument("--out", type=Path, required=True, help="output .glb (a .png texture is written beside it)")
         p.add_argument("--allow-download", action="store_true", help="download the model if it is not cached")
         _config_flags(p, spec.config_class)
@@ -157,15 +159,19 @@ def cmd_run(args) -> int:
     params = {f.name: getattr(args, f.name) for f in dataclasses.fields(spec.config_class) if hasattr(args, f.name)}
     params = {k: list(v) if isinstance(v, list) else v for k, v in params.items()}
     inputs = {}
-    if args.mesh is not None:
+    for mesh_input in spec.mesh_inputs:
+        path = getattr(args, mesh_input.group)
+        if path is None:
+            continue
         try:
-            mesh = load_mesh(args.mesh, args.up_axis)
+            mesh = load_mesh(path, args.up_axis)
         except MeshError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        inputs = {"mesh.v_pos": mesh.v_pos, "mesh.t_pos_idx": mesh.t_pos_idx}
+        group = mesh_input.group
+        inputs.update({f"{group}.v_pos": mesh.v_pos, f"{group}.t_pos_idx": mesh.t_pos_idx})
         if mesh.has_uv:
-            inputs.update({"mesh.uv": mesh.uv, "mesh.uv_idx": mesh.uv_idx})
+            inputs.update({f"{group}.uv": mesh.uv, f"{group}.uv_idx": mesh.uv_idx})
     service = JobService(_data_dir(args), _device(args), ModelCache(1, args.allow_download), start_worker=False)
     done = threading.Event()
     outcome: dict = {}

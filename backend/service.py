@@ -28,7 +28,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .mesh import MeshError, TriMesh, save_glb
+from .mesh import MeshError, TriMesh, save_glb, validate_mesh
 from .models import ModelCache, ModelNotFoundError
 from .params import ParamError, parse_config
 from .pipelines import PIPELINES
@@ -220,11 +220,12 @@ class JobService:
         missing = [name for name in spec.required_inputs if name not in inputs]
         if missing:
             raise ParamError(f"{pipeline} needs input arrays {missing}")
-        if "mesh.v_pos" in inputs:
-            from .mesh import validate_mesh
-
-            validate_mesh(TriMesh(inputs["mesh.v_pos"], inputs["mesh.t_pos_idx"], inputs.get("mesh.uv"),
-                                  inputs.get("mesh.uv_idx")))
+        for mesh_input in spec.mesh_inputs:  # bad meshes are refused before they take a place in the queue
+            v_name, f_name = mesh_input.arrays
+            if v_name in inputs or f_name in inputs:
+                g = mesh_input.group
+                validate_mesh(TriMesh(inputs.get(v_name), inputs.get(f_name), inputs.get(f"{g}.uv"),
+                                      inputs.get(f"{g}.uv_idx")), name=g)
         job_id = uuid.uuid4().hex[:12]
         stored_params = {f: getattr(config, f) for f in config.__dataclass_fields__}
         self.store.insert(job_id, pipeline, stored_params, inputs)

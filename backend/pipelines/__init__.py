@@ -13,17 +13,34 @@ from . import latent_paint
 
 
 @dataclass(frozen=True)
+class MeshInput:
+    """A mesh a pipeline takes as input: arrays ``<group>.v_pos``/``<group>.t_pos_idx``; CLI flag ``--<group> FILE``."""
+
+    group: str
+    required: bool
+    help: str
+
+    @property
+    def arrays(self) -> tuple[str, str]:
+        return f"{self.group}.v_pos", f"{self.group}.t_pos_idx"
+
+
+@dataclass(frozen=True)
 class PipelineSpec:
-    """A registered pipeline: its config dataclass, its job entry point and the input arrays it requires."""
+    """A registered pipeline: its config dataclass, its job entry point and the meshes it takes."""
 
     config_class: type
     run_job: Callable
-    required_inputs: tuple[str, ...]
+    mesh_inputs: tuple[MeshInput, ...]
     summary: str
+
+    @property
+    def required_inputs(self) -> tuple[str, ...]:
+        return tuple(name for m in self.mesh_inputs if m.required for name in m.arrays)
 
 
 PIPELINES: dict[str, PipelineSpec] = {
     "latent_paint": PipelineSpec(latent_paint.LatentPaintConfig, latent_paint.run_job,
-                                 ("mesh.v_pos", "mesh.t_pos_idx"),
+                                 (MeshInput("mesh", True, "mesh to texture (UVs kept if it has them, else xatlas)"),),
                                  "Texture a mesh from text (Latent-Paint: SDS on a latent UV texture)."),
 }
