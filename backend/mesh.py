@@ -111,8 +111,15 @@ def unwrap_uv(v_pos: np.ndarray, t_pos_idx: np.ndarray, padding: int = 4, resolu
     """
     import xatlas
 
+    # xatlas skips faces below an absolute area epsilon (FLT_EPSILON) and leaves their UVs at (0, 0): small triangles
+    # of a mesh in a unit frame (marching-cubes slivers) fall below it. Layouts do not depend on scale, so unwrap a
+    # copy scaled to a bounding-box diagonal of 1000.
+    diag = float(np.linalg.norm(np.ptp(v_pos[np.asarray(t_pos_idx).reshape(-1)], axis=0)))
+    if not np.isfinite(diag) or diag <= 0:
+        raise MeshError(f"cannot unwrap a mesh of size {diag}")
     atlas = xatlas.Atlas()
-    atlas.add_mesh(np.ascontiguousarray(v_pos, dtype=np.float32), np.ascontiguousarray(t_pos_idx, dtype=np.uint32))
+    atlas.add_mesh(np.ascontiguousarray(v_pos * (1000.0 / diag), dtype=np.float32),
+                   np.ascontiguousarray(t_pos_idx, dtype=np.uint32))
     pack = xatlas.PackOptions()
     pack.padding = padding
     pack.resolution = resolution

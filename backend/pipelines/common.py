@@ -1,5 +1,5 @@
 """What the score-distillation pipelines (Latent-Paint, Latent-NeRF) share: their common settings, building the SDS
-guidance from a Stable Diffusion model, the VAE codec, previews, and a gutter-filling dilation for baked textures."""
+guidance from a Stable Diffusion model, the VAE codec and previews."""
 
 from __future__ import annotations
 
@@ -122,21 +122,3 @@ def maybe_preview(step: int, config: SDSPipelineConfig, render_latents: Callable
         if image.shape[-1] < 256:
             image = F.interpolate(image[None], scale_factor=max(1, 256 // image.shape[-1]), mode="nearest")[0]
     context.preview(step, to_uint8_image(image), decoder)
-
-
-def dilate(texture: torch.Tensor, mask: torch.Tensor, iterations: int) -> torch.Tensor:
-    """Grow the texels inside ``mask`` outwards ``iterations`` texels (mean of covered neighbours).
-
-    Fills the gutter between UV charts so filtering and the VAE's receptive field do not pull unoptimised texels
-    into chart borders. ``texture`` (1, C, H, W), ``mask`` (H, W) bool. Returns a new texture.
-    """
-    tex = texture * mask
-    m = mask[None, None].to(texture.dtype)
-    kernel = torch.ones(1, 1, 3, 3, dtype=texture.dtype, device=texture.device)
-    for _ in range(iterations):
-        count = F.conv2d(m, kernel, padding=1)
-        summed = F.conv2d(tex.reshape(-1, 1, *tex.shape[-2:]), kernel, padding=1).reshape(tex.shape)
-        grow = (count > 0) & (m == 0)
-        tex = torch.where(grow, summed / count.clamp(min=1), tex)
-        m = torch.maximum(m, grow.to(m.dtype))
-    return tex

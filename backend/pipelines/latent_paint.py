@@ -21,12 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from ..cameras import CameraBatch, sample_cameras
+from ..extract import dilate_texture
 from ..guidance import ScoreDistillation
 from ..mesh import TriMesh, normalize_vertices, unwrap_uv, validate_mesh
 from ..params import ParamError, param
 from ..render import Rasterizer, make_rasterizer
 from .base import JobContext, PipelineResult, to_uint8_image
-from .common import SDSPipelineConfig, VaeCodec, build_sds, dilate, maybe_preview, preview_camera
+from .common import SDSPipelineConfig, VaeCodec, build_sds, maybe_preview, preview_camera
 
 
 @dataclass
@@ -185,7 +186,8 @@ class LatentPaintPipeline:
         context.progress("decode", config.iterations, config.iterations)
         with torch.no_grad():
             coverage = self.uv_coverage(tensors, size)
-            latent_tex = dilate(texture.detach(), coverage, iterations=max(2, size // 16))
+            latent_tex = dilate_texture(texture.detach()[0].permute(1, 2, 0), coverage, iterations=max(2, size // 16))
+            latent_tex = latent_tex.permute(2, 0, 1)[None]
             rgb = self.decode_latents(latent_tex)
             if rgb.shape[-1] != config.texture_size:
                 rgb = F.interpolate(rgb, size=(config.texture_size, config.texture_size), mode="bicubic",
