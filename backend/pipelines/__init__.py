@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from . import latent_paint
+from . import latent_nerf, latent_paint
 
 
 @dataclass(frozen=True)
@@ -43,4 +43,7 @@ PIPELINES: dict[str, PipelineSpec] = {
     "latent_paint": PipelineSpec(latent_paint.LatentPaintConfig, latent_paint.run_job,
                                  (MeshInput("mesh", True, "mesh to texture (UVs kept if it has them, else xatlas)"),),
                                  "Texture a mesh from text (Latent-Paint: SDS on a latent UV texture)."),
+    "latent_nerf": PipelineSpec(latent_nerf.LatentNeRFConfig, latent_nerf.run_job,
+                                (MeshInput("sketch", False, "sketch shape: a rough blockout the result follows"),),
+                                "Generate a textured mesh from text, optionally following a sketch shape (Latent-NeRF)."),
 }
