@@ -44,8 +44,8 @@ class LatentNeRFConfig(SDSPipelineConfig):
     lr: float = param(1e-3, doc="Adam learning rate of the MLP (x10 for the hash grid).", low=1e-6, high=1.0)
     encoding: str = param("hashgrid", doc="Position encoding of the field.", choices=("hashgrid", "frequency"))
     num_samples: int = param(64, doc="Samples per ray in volume rendering.", low=8, high=512)
-    background: str = param("learned", doc="Background behind the object: a learned function of the view direction, "
-                                           "white, or a random colour per step.", choices=("learned", "white", "random"))
+    background: str = param("learned", doc="Background behind the object: a learned function of the view direction "
+                                           "(Latent-NeRF's background model) or white.", choices=("learned", "white"))
     lambda_shape: float = param(5e-6, doc="Weight of the Sketch-Shape loss (summed over samples, as in the official code).", low=0.0, high=1.0)
     lambda_sparsity: float = param(5e-4, doc="Weight of the opacity entropy loss (crisp silhouettes).", low=0.0, high=1.0)
     sketch_sigma: float = param(0.3, doc="Proximity sigma of the Sketch-Shape loss: near the sketch surface the shape is free.", low=1e-3, high=2.0)
@@ -60,9 +60,6 @@ class LatentNeRFConfig(SDSPipelineConfig):
     partial_resolution: int = param(64, doc="Marching-cubes grid of the intermediate meshes.", low=16, high=256)
     face_budget: int = param(0, doc="Decimate the final mesh to at most this many triangles (0 = keep all).", low=0, high=10_000_000)
     texture_size: int = param(1024, doc="Side of the baked RGB texture in pixels.", low=64, high=8192)
-
-    def validate(self) -> None:
-        super().validate()
 
 
 class BackgroundField(torch.nn.Module):
@@ -115,7 +112,7 @@ class LatentNeRFPipeline:
         out["image"] = image + (1.0 - opacity) * bg
         return out
 
-    def make_background(self, config: LatentNeRFConfig, generator: torch.Generator) -> BackgroundField:
+    def make_background(self, config: LatentNeRFConfig) -> BackgroundField:
         white = self.codec.encode_color((1.0, 1.0, 1.0), self.device)
         mode = "learned" if config.background == "learned" else "constant"
         return BackgroundField(4, mode, white).to(self.device)
@@ -154,7 +151,7 @@ class LatentNeRFPipeline:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(config.seed)
             nerf = LatentNeRF(NeRFConfig(encoding=config.encoding)).to(self.device)
-            background = self.make_background(config, generator)
+            background = self.make_background(config)
         params = nerf.param_groups(config.lr) + [{"params": list(background.parameters()), "lr": config.lr}]
         optimizer = torch.optim.Adam([g for g in params if g["params"]], betas=(0.9, 0.99), eps=1e-15)
         preview_cam = preview_camera(self.device)
