@@ -7,6 +7,7 @@ files are Y up by specification, so :func:`save_glb` / :func:`load_mesh` convert
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,28 +155,67 @@ def split_by_uv(mesh: TriMesh) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return mesh.v_pos[v_idx], mesh.uv[uv_idx], inverse.reshape(-1, 3).astype(np.int32)
 
 
-def save_glb(path: str | Path, mesh: TriMesh, texture: np.ndarray | None = None) -> Path:
-    """Write a binary glTF with an optional base-colour texture.
+def save_glb(path: str | Path, mesh: TriMesh | Sequence[TriMesh], texture: np.ndarray | None = None,
+             names: Sequence[str] | None = None, offsets: np.ndarray | None = None) -> Path:
+    """Write a binary glTF: one mesh, or several meshes as separate nodes of one scene.
 
     Args:
-        mesh: Blender-frame mesh (converted to glTF's Y-up here).
-        texture: (H, W, 3|4) uint8, row 0 = top of the image (PNG convention); requires ``mesh.has_uv``.
+        mesh: a Blender-frame :class:`TriMesh`, or a sequence of them (converted to glTF's Y-up here).
+        texture: (H, W, 3|4) uint8, row 0 = top of the image (PNG convention); base colour of the FIRST mesh, which
+            must have UVs (the protocol's rule: ``texture`` belongs to group ``mesh``).
+        names: node/mesh names, one per mesh (default ``mesh``, ``mesh_1``, … as the protocol's groups).
+        offsets: (K, 3) float translations of the K nodes in the Blender frame, metres (e.g. to lay samples out side
+            by side); the vertex data stays as given. Default: no translation.
+
+    Raises:
+        ValueError: no mesh, or ``names``/``offsets`` of the wrong length.
     """
     import trimesh
     from PIL import Image
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if texture is not None and mesh.has_uv:
-        v, uv, faces = split_by_uv(mesh)
-        material = trimesh.visual.material.PBRMaterial(baseColorTexture=Image.fromarray(texture), metallicFactor=0.0,
-                                                       roughnessFactor=0.8)
-        visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
-        tm = trimesh.Trimesh(blender_to_gltf(v), faces, visual=visual, process=False)
-    else:
-        tm = trimesh.Trimesh(blender_to_gltf(mesh.v_pos), mesh.t_pos_idx, process=False)
-    tm.export(path, file_type="glb")
+    meshes = [mesh] if isinstance(mesh, TriMesh) else list(mesh)
+    if not meshes:
+        raise ValueError("save_glb needs at least one mesh")
+    names = list(names) if names is not None else ["mesh"] + [f"mesh_{i}" for i in range(1, len(meshes))]
+    offsets = np.zeros((len(meshes), 3)) if offsets is None else np.asarray(offsets, dtype=np.float64)
+    if len(names) != len(meshes) or offsets.shape != (len(meshes), 3):
+        raise ValueError(f"save_glb got {len(meshes)} meshes, {len(names)} names and offsets of shape {offsets.shape}")
+    parts = []
+    for i, m in enumerate(meshes):
+        if i == 0 and texture is not None and m.has_uv:
+            v, uv, faces = split_by_uv(m)
+            material = trimesh.visual.material.PBRMaterial(baseColorTexture=Image.fromarray(texture),
+                                                           metallicFactor=0.0, roughnessFactor=0.8)
+            visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
+            parts.append(trimesh.Trimesh(blender_to_gltf(v), faces, visual=visual, process=False))
+        else:
+            parts.append(trimesh.Trimesh(blender_to_gltf(m.v_pos), m.t_pos_idx, process=False))
+    if len(parts) == 1 and not offsets.any():
+        parts[0].export(path, file_type="glb")
+        return path
+    scene = trimesh.Scene()
+    for part, name, offset in zip(parts, names, blender_to_gltf(offsets)):
+        scene.add_geometry(part, node_name=name, geom_name=name,
+                           transform=trimesh.transformations.translation_matrix(offset))
+    scene.export(path, file_type="glb")
     return path
+
+
+def side_by_side(meshes: Sequence[TriMesh], gap: float = 0.2) -> np.ndarray:
+    """Translations that lay meshes out in a row along +X (Blender frame), first mesh in place.
+
+    Each next mesh's bounding box starts ``gap`` × (the widest mesh's X extent) after the previous one's; Y and Z
+    are unchanged. Returns (K, 3) float64 offsets (metres) for :func:`save_glb`.
+    """
+    lo = np.array([m.v_pos[:, 0].min() for m in meshes], dtype=np.float64)
+    hi = np.array([m.v_pos[:, 0].max() for m in meshes], dtype=np.float64)
+    spacing = gap * float((hi - lo).max()) if len(meshes) else 0.0
+    offsets = np.zeros((len(meshes), 3))
+    for i in range(1, len(meshes)):
+        offsets[i, 0] = (hi[i - 1] + offsets[i - 1, 0]) + spacing - lo[i]
+    return offsets
 
 
 def load_mesh(path: str | Path, up_axis: str = "auto") -> TriMesh:

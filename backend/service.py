@@ -28,7 +28,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .mesh import MeshError, TriMesh, save_glb, validate_mesh
+from blender_addon.core.protocol import mesh_groups
+
+from .mesh import MeshError, TriMesh, save_glb, side_by_side, validate_mesh
 from .models import ModelCache, ModelNotFoundError
 from .params import ParamError, parse_config
 from .pipelines import PIPELINES
@@ -142,7 +144,8 @@ class JobStore:
             return {k: data[k] for k in data.files}
 
     def save_result(self, job_id: str, result: PipelineResult) -> None:
-        """Write ``result.npz`` (all wire arrays), ``texture.png`` and ``result.glb`` into the job folder."""
+        """Write ``result.npz`` (all wire arrays, every mesh group), ``texture.png`` and ``result.glb`` (every mesh:
+        one node per group ``mesh``, ``mesh_1``, …, laid out side by side) into the job folder."""
         from PIL import Image
 
         folder = self.job_dir(job_id)
@@ -150,10 +153,10 @@ class JobStore:
         texture = result.arrays.get("texture")
         if texture is not None:
             Image.fromarray(texture.squeeze(-1) if texture.shape[-1] == 1 else texture).save(folder / "texture.png")
-        arrays = result.arrays
-        if "mesh.v_pos" in arrays:
-            mesh = TriMesh(arrays["mesh.v_pos"], arrays["mesh.t_pos_idx"], arrays.get("mesh.uv"), arrays.get("mesh.uv_idx"))
-            save_glb(folder / "result.glb", mesh, texture)
+        meshes = result_meshes(result.arrays)
+        if meshes:  # several meshes (samples): one node each, side by side along +X
+            offsets = side_by_side(meshes) if len(meshes) > 1 else None
+            save_glb(folder / "result.glb", meshes, texture, offsets=offsets)
 
     def load_result(self, job_id: str) -> dict[str, np.ndarray]:
         with np.load(self.job_dir(job_id) / "result.npz", allow_pickle=False) as data:
@@ -172,6 +175,12 @@ class JobStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def result_meshes(arrays: dict[str, np.ndarray]) -> list[TriMesh]:
+    """The meshes of a result's wire arrays, in group order ``mesh``, ``mesh_1``, … (empty when there is none)."""
+    return [TriMesh(arrays[f"{g}.v_pos"], arrays[f"{g}.t_pos_idx"], arrays.get(f"{g}.uv"), arrays.get(f"{g}.uv_idx"))
+            for g in mesh_groups(arrays)]
 
 
 def job_summary(job: dict) -> dict:

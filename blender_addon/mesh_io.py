@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import bpy
@@ -22,6 +24,18 @@ UV_MAP_NAME = "LatentForge"
 """Name of the UV map the add-on creates when the backend unwrapped the mesh (xatlas) or for a new object."""
 
 PREVIEW_IMAGE_NAME = "LatentForge Preview"
+
+PREVIEW_OBJECT_NAME = "LatentForge preview"
+"""Name of the one temporary object that shows a running job's intermediate (``partial``) meshes."""
+
+PREVIEW_JOB_KEY = "latentforge_preview_job"
+"""Custom property that marks the temporary preview object; its value is the job id it shows."""
+
+COLOR_ATTRIBUTE_NAME = "LatentForge Color"
+"""Colour attribute (point domain, float RGBA) holding a result's or a partial mesh's ``v_color``."""
+
+OBJECT_NAME_MAX_CHARS = 40
+"""Longest object name :func:`object_name_from_prompt` makes (Blender's limit is 63 UTF-8 bytes)."""
 
 
 @dataclass
@@ -228,8 +242,8 @@ def update_preview_image(image_rgb: np.ndarray) -> bpy.types.Image:
 
 # --------------------------------------------------------------------------------------------- materials
 
-def make_texture_material(name: str, image: bpy.types.Image, uv_map_name: str) -> bpy.types.Material:
-    """A Principled BSDF material whose Base Color is ``image`` sampled with the UV map ``uv_map_name``."""
+def _principled_material(name: str) -> tuple[bpy.types.Material, bpy.types.ShaderNode]:
+    """A new node material ``name`` with a Principled BSDF wired to the output; returns it and the BSDF node."""
     mat = bpy.data.materials.new(name)
     if not mat.node_tree:  # Blender < 5.0 creates materials without nodes
         mat.use_nodes = True
@@ -240,6 +254,13 @@ def make_texture_material(name: str, image: bpy.types.Image, uv_map_name: str) -
         out = next((n for n in nodes if n.bl_idname == "ShaderNodeOutputMaterial"), None) \
             or nodes.new("ShaderNodeOutputMaterial")
         links.new(bsdf.outputs["BSDF"], out.inputs["Surface"])
+    return mat, bsdf
+
+
+def make_texture_material(name: str, image: bpy.types.Image, uv_map_name: str) -> bpy.types.Material:
+    """A Principled BSDF material whose Base Color is ``image`` sampled with the UV map ``uv_map_name``."""
+    mat, bsdf = _principled_material(name)
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
     tex = nodes.new("ShaderNodeTexImage")
     tex.image = image
     tex.location = (bsdf.location.x - 350, bsdf.location.y)
@@ -248,6 +269,20 @@ def make_texture_material(name: str, image: bpy.types.Image, uv_map_name: str) -
     uvmap.location = (tex.location.x - 250, tex.location.y)
     links.new(uvmap.outputs["UV"], tex.inputs["Vector"])
     links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
+    return mat
+
+
+def make_color_attribute_material(name: str, attribute_name: str = COLOR_ATTRIBUTE_NAME) -> bpy.types.Material:
+    """The material ``name`` (made once, then reused) whose Base Color is the colour attribute ``attribute_name``."""
+    mat = bpy.data.materials.get(name)
+    if mat is not None:
+        return mat
+    mat, bsdf = _principled_material(name)
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    color = nodes.new("ShaderNodeVertexColor")
+    color.layer_name = attribute_name
+    color.location = (bsdf.location.x - 300, bsdf.location.y)
+    links.new(color.outputs["Color"], bsdf.inputs["Base Color"])
     return mat
 
 
@@ -263,7 +298,7 @@ def assign_material(obj: bpy.types.Object, mat: bpy.types.Material) -> None:
 
 @dataclass
 class JobTarget:
-    """What the add-on remembers about a submitted ``latent_paint`` job, to apply its result.
+    """What the add-on remembers about a submitted ``latent_paint`` job, to apply its result (the object to texture).
 
     Attributes:
         object_name: the textured object's name at submit time.
@@ -277,16 +312,47 @@ class JobTarget:
     uv_map: str
     tri_loops: np.ndarray | None = None
 
+    def to_record(self) -> dict:
+        """The JSON-able part saved in the scene (``tri_loops`` is not: it is only valid in this session)."""
+        return {"object": self.object_name, "n_vertices": int(self.n_vertices), "uv_map": self.uv_map}
+
+    @classmethod
+    def from_record(cls, record) -> JobTarget:
+        """Inverse of :meth:`to_record` (``record``: a dict or Blender ID-property group). Raises KeyError."""
+        return cls(str(record["object"]), int(record["n_vertices"]), str(record.get("uv_map", "")))
+
+
+@dataclass
+class GenerateTarget:
+    """What the add-on remembers about a submitted ``latent_nerf`` job: the sketch object's name at submit time
+    ("" = text only). The result always becomes a new object."""
+
+    sketch_name: str = ""
+
+    def to_record(self) -> dict:
+        """The JSON-able record saved in the scene."""
+        return {"sketch": self.sketch_name}
+
+    @classmethod
+    def from_record(cls, record) -> GenerateTarget:
+        """Inverse of :meth:`to_record`."""
+        return cls(str(record.get("sketch", "")))
+
 
 @dataclass
 class ApplyReport:
-    """Outcome of :func:`apply_texture_result`: the object, its UV map, the image and notes for the user."""
+    """Outcome of applying a result: the object, its UV map, the image and notes for the user.
+
+    Attributes:
+        message: one line for the user describing what was done (the session reports it).
+    """
 
     obj: bpy.types.Object
     uv_map: str
     image: bpy.types.Image
     created_object: bool
     n_uv_conflicts: int = 0
+    message: str = ""
 
 
 def find_target_object(target: JobTarget | None) -> bpy.types.Object | None:
@@ -321,36 +387,90 @@ def _base_tri_loops_matching(obj: bpy.types.Object, t_pos_idx: np.ndarray,
     raise ValueError(f"the result's triangles do not match the mesh of {obj.name!r} (did its topology change?)")
 
 
-def new_object_from_result(context: bpy.types.Context, name: str, v_pos: np.ndarray, t_pos_idx: np.ndarray,
-                           uv: np.ndarray, uv_idx: np.ndarray) -> bpy.types.Object:
-    """A new triangle-mesh object (identity transform, vertices in world space) with the UV map "LatentForge",
-    linked to the active collection.
+def set_mesh_triangles(mesh: bpy.types.Mesh, v_pos: np.ndarray, t_pos_idx: np.ndarray) -> None:
+    """Replace all geometry of ``mesh`` by the triangles ``t_pos_idx`` (F,3) int over ``v_pos`` (N,3) float.
 
-    Bulk data goes through the attribute API (``position``, ``.corner_vert``) with one ``foreach_set`` each and a
-    single ``mesh.update``; index ranges and finite values were checked by the protocol, so instead of the slow
-    ``mesh.validate()`` only what it would silently delete is refused here.
+    ``mesh.clear_geometry()`` first drops everything (vertices, faces, UV maps, attributes) but keeps the datablock,
+    its name, materials and users, so an object showing it is updated in place. Bulk data goes through the
+    attribute API (``position``, ``.corner_vert``) with one ``foreach_set`` each; index ranges and finite values
+    were checked by the protocol, so instead of the slow ``mesh.validate()`` only what it would silently delete is
+    refused here. The caller runs ``mesh.update(calc_edges=True)`` after its own writes (UVs, colours).
 
     Raises:
-        ValueError: a triangle uses the same vertex twice (degenerate by index).
+        ValueError: wrong shapes, or a triangle uses the same vertex twice (degenerate by index).
     """
+    v_pos = np.asarray(v_pos)
     t_pos_idx = np.ascontiguousarray(t_pos_idx, dtype=np.int32)
+    if v_pos.ndim != 2 or v_pos.shape[1] != 3:
+        raise ValueError(f"v_pos must be (N,3), got {v_pos.shape}")
+    if t_pos_idx.ndim != 2 or t_pos_idx.shape[1] != 3:
+        raise ValueError(f"t_pos_idx must be (F,3), got {t_pos_idx.shape}")
     degenerate = ((t_pos_idx[:, 0] == t_pos_idx[:, 1]) | (t_pos_idx[:, 1] == t_pos_idx[:, 2])
                   | (t_pos_idx[:, 0] == t_pos_idx[:, 2]))
     if degenerate.any():
         raise ValueError(f"result mesh has {int(degenerate.sum())} triangles that repeat a vertex "
                          f"(first: triangle {int(np.argmax(degenerate))})")
     n_tris = t_pos_idx.shape[0]
-    mesh = bpy.data.meshes.new(name)
+    mesh.clear_geometry()
     mesh.vertices.add(v_pos.shape[0])
     mesh.loops.add(n_tris * 3)
     mesh.polygons.add(n_tris)
     mesh.attributes["position"].data.foreach_set("vector", np.ascontiguousarray(v_pos, dtype=np.float32).reshape(-1))
     mesh.attributes[".corner_vert"].data.foreach_set("value", t_pos_idx.reshape(-1))
     mesh.polygons.foreach_set("loop_start", np.arange(0, n_tris * 3, 3, dtype=np.int32))
+
+
+def write_vertex_colors(mesh: bpy.types.Mesh, v_color: np.ndarray,
+                        name: str = COLOR_ATTRIBUTE_NAME) -> bpy.types.Attribute:
+    """Store per-vertex colours as the colour attribute ``name`` (point domain, float RGBA; made active).
+
+    Args:
+        v_color: (N,3) or (N,4) float linear RGB(A) in [0, 1], N = ``len(mesh.vertices)``; alpha 1 when absent.
+
+    Raises:
+        ValueError: wrong shape.
+    """
+    v_color = np.asarray(v_color, dtype=np.float32)
+    if v_color.ndim != 2 or v_color.shape[1] not in (3, 4) or v_color.shape[0] != len(mesh.vertices):
+        raise ValueError(f"v_color is {v_color.shape}, mesh {mesh.name!r} has {len(mesh.vertices)} vertices "
+                         "(expected (N,3) or (N,4))")
+    rgba = np.ones((v_color.shape[0], 4), dtype=np.float32)
+    rgba[:, :v_color.shape[1]] = v_color
+    attr = mesh.color_attributes.get(name)
+    if attr is not None and (attr.domain != "POINT" or attr.data_type != "FLOAT_COLOR"):
+        mesh.color_attributes.remove(attr)
+        attr = None
+    if attr is None:
+        attr = mesh.color_attributes.new(name, "FLOAT_COLOR", "POINT")
+    attr.data.foreach_set("color", rgba.reshape(-1))
+    mesh.color_attributes.active_color = attr
+    return attr
+
+
+def _link_to_scene(context: bpy.types.Context, obj: bpy.types.Object) -> None:
+    """Link ``obj`` to the active collection (the scene's master collection when the context has none)."""
+    collection = getattr(context, "collection", None) or context.scene.collection
+    collection.objects.link(obj)
+
+
+def new_object_from_result(context: bpy.types.Context, name: str, v_pos: np.ndarray, t_pos_idx: np.ndarray,
+                           uv: np.ndarray, uv_idx: np.ndarray) -> bpy.types.Object:
+    """A new triangle-mesh object (identity transform, vertices in world space) with the UV map "LatentForge",
+    linked to the active collection. Geometry is written by :func:`set_mesh_triangles`.
+
+    Raises:
+        ValueError: a triangle uses the same vertex twice (degenerate by index), or wrong shapes.
+    """
+    mesh = bpy.data.meshes.new(name)
+    try:
+        set_mesh_triangles(mesh, v_pos, t_pos_idx)
+    except ValueError:
+        bpy.data.meshes.remove(mesh)
+        raise
     write_loop_uvs(mesh, UV_MAP_NAME, np.asarray(uv, dtype=np.float32)[np.asarray(uv_idx).reshape(-1)], update=False)
     mesh.update(calc_edges=True)
     obj = bpy.data.objects.new(name, mesh)
-    context.collection.objects.link(obj)
+    _link_to_scene(context, obj)
     return obj
 
 
@@ -407,4 +527,154 @@ def apply_texture_result(context: bpy.types.Context, job_id: str, result_arrays:
     obj["latentforge_model"] = str(metadata.get("model", ""))
     obj["latentforge_job_id"] = job_id
     obj["latentforge_pipeline"] = pipeline
-    return ApplyReport(obj, uv_map, image, created, conflicts)
+    where = "a new object" if created else "the object"
+    message = f"job {job_id}: texture applied to {where} {obj.name!r} (UV map {uv_map!r}, image {image.name!r})"
+    return ApplyReport(obj, uv_map, image, created, conflicts, message)
+
+
+# ---------------------------------------------------------------------------------------- generated meshes
+
+_NAME_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]+")
+
+
+def object_name_from_prompt(prompt: str, max_chars: int = OBJECT_NAME_MAX_CHARS) -> str:
+    """An object name from a prompt: control and path characters dropped, whitespace collapsed, cut at a word
+    boundary to at most ``max_chars`` characters (and 60 UTF-8 bytes); "LatentForge" when nothing is left.
+
+    ``"  a gingerbread house,\t highly detailed "`` -> ``"a gingerbread house, highly detailed"``.
+
+    Raises:
+        ValueError: ``max_chars`` < 1.
+    """
+    if max_chars < 1:
+        raise ValueError(f"max_chars must be >= 1, got {max_chars}")
+    name = " ".join(_NAME_UNSAFE.sub(" ", prompt).split())
+    if len(name) > max_chars:
+        cut = name[:max_chars + 1]
+        space = cut.rfind(" ")
+        name = (cut[:space] if space >= max_chars // 2 else cut[:max_chars]).rstrip(" ,.;-")
+    while len(name.encode("utf-8")) > 60:  # Blender truncates names at 63 bytes
+        name = name[:-1]
+    return name.strip() or "LatentForge"
+
+
+def find_preview_object(job_id: str | None = None) -> bpy.types.Object | None:
+    """The temporary preview object (marked with :data:`PREVIEW_JOB_KEY`), of ``job_id`` if given; else None."""
+    for obj in bpy.data.objects:
+        marker = obj.get(PREVIEW_JOB_KEY)
+        if marker is not None and (job_id is None or marker == job_id):
+            return obj
+    return None
+
+
+def update_preview_object(context: bpy.types.Context, job_id: str, v_pos: np.ndarray, t_pos_idx: np.ndarray,
+                          v_color: np.ndarray | None = None) -> bpy.types.Object:
+    """Show an intermediate mesh as the ONE temporary object "LatentForge preview".
+
+    The first call makes the object (identity transform, not selectable, with a material showing ``v_color``);
+    later calls replace its mesh data in place (same object, same mesh datablock), whatever job they belong to.
+
+    Args:
+        job_id: the job the mesh comes from (stored in the object's :data:`PREVIEW_JOB_KEY`).
+        v_pos: (N,3) float32 world-space vertices, metres. t_pos_idx: (F,3) int32 triangles.
+        v_color: optional (N,3|4) float32 linear colours in [0, 1] (colour attribute :data:`COLOR_ATTRIBUTE_NAME`).
+
+    Raises:
+        ValueError: wrong shapes or degenerate triangles (the object is left as it was only if shapes were wrong).
+    """
+    obj = find_preview_object()
+    if obj is None:
+        mesh = bpy.data.meshes.new(PREVIEW_OBJECT_NAME)
+        obj = bpy.data.objects.new(PREVIEW_OBJECT_NAME, mesh)
+        _link_to_scene(context, obj)
+        obj.hide_select = True  # never picked up as a sketch or edited by mistake
+        mesh.materials.append(make_color_attribute_material(PREVIEW_OBJECT_NAME))
+    mesh = obj.data
+    set_mesh_triangles(mesh, v_pos, t_pos_idx)
+    if v_color is not None:
+        write_vertex_colors(mesh, v_color)
+    mesh.update(calc_edges=True)
+    obj[PREVIEW_JOB_KEY] = job_id
+    return obj
+
+
+def remove_preview_object(job_id: str | None = None) -> bool:
+    """Delete the temporary preview object (only if it shows ``job_id``, when given) and its mesh; True if removed."""
+    obj = find_preview_object(job_id)
+    if obj is None:
+        return False
+    mesh = obj.data
+    bpy.data.objects.remove(obj)
+    if mesh is not None and mesh.users == 0:
+        bpy.data.meshes.remove(mesh)
+    return True
+
+
+def apply_generated_result(context: bpy.types.Context, job_id: str, result_arrays: dict[str, np.ndarray],
+                           metadata: dict, target: GenerateTarget | None,
+                           pipeline: str = "latent_nerf") -> ApplyReport:
+    """Make a new object from a generator's result (``latent_nerf``): named after the prompt, identity transform.
+
+    Args:
+        result_arrays: ``mesh.v_pos`` (N,3) float32 world frame (already placed where the sketch stood),
+            ``mesh.t_pos_idx`` (F,3) int32, ``mesh.uv`` (M,2) float32, ``mesh.uv_idx`` (F,3) int32, ``texture``
+            (H,W,3|4) uint8 row 0 = top, optional ``mesh.v_color`` (N,3|4) float32 in [0, 1].
+        metadata: the result's metadata (prompt, seed, iterations, model, sketch: bool).
+        target: the sketch recorded at submit time, or None (unknown: e.g. a job submitted elsewhere).
+
+    The object gets the UV map "LatentForge", a material with the texture image, the colour attribute
+    :data:`COLOR_ATTRIBUTE_NAME` (when the result has ``mesh.v_color``) and the custom properties
+    ``latentforge_prompt/_seed/_iterations/_model/_job_id/_pipeline/_sketch`` (sketch object name, "" = text only,
+    "(unknown)" when a sketch was used but its name was not recorded).
+
+    Raises:
+        KeyError: a required array is missing. ValueError: degenerate triangles or a bad ``v_color`` shape.
+    """
+    v_pos = result_arrays["mesh.v_pos"]
+    texture = result_arrays["texture"]
+    prompt = str(metadata.get("prompt", ""))
+    obj = new_object_from_result(context, object_name_from_prompt(prompt), v_pos, result_arrays["mesh.t_pos_idx"],
+                                 result_arrays["mesh.uv"], result_arrays["mesh.uv_idx"])
+    if "mesh.v_color" in result_arrays:
+        write_vertex_colors(obj.data, result_arrays["mesh.v_color"])
+    image = create_texture_image(f"LatentForge {obj.name} {job_id[:8]}", texture)
+    assign_material(obj, make_texture_material(f"LatentForge {obj.name}", image, UV_MAP_NAME))
+    if target is not None:
+        sketch = target.sketch_name
+    else:
+        sketch = "(unknown)" if metadata.get("sketch") else ""
+    obj["latentforge_prompt"] = prompt
+    obj["latentforge_seed"] = int(metadata.get("seed", 0) or 0)
+    obj["latentforge_iterations"] = int(metadata.get("iterations", 0) or 0)
+    obj["latentforge_model"] = str(metadata.get("model", ""))
+    obj["latentforge_job_id"] = job_id
+    obj["latentforge_pipeline"] = pipeline
+    obj["latentforge_sketch"] = sketch
+    shape = f"following the sketch {sketch!r}" if sketch else "from the text alone"
+    message = (f"job {job_id}: generated {obj.name!r} {shape} ({len(obj.data.vertices)} vertices, "
+               f"{len(obj.data.polygons)} triangles, image {image.name!r})")
+    return ApplyReport(obj, UV_MAP_NAME, image, True, 0, message)
+
+
+@dataclass(frozen=True)
+class ResultImporter:
+    """How a pipeline's result enters the scene.
+
+    Attributes:
+        apply: ``(context, job_id, result_arrays, metadata, target, pipeline) -> ApplyReport``.
+        target_class: the class of the per-job target (``to_record``/``from_record``).
+        required_arrays: arrays the result must carry.
+    """
+
+    apply: Callable[..., ApplyReport]
+    target_class: type
+    required_arrays: tuple[str, ...]
+
+
+RESULT_IMPORTERS: dict[str, ResultImporter] = {
+    "latent_paint": ResultImporter(apply_texture_result, JobTarget,
+                                   ("mesh.v_pos", "mesh.t_pos_idx", "mesh.uv", "mesh.uv_idx", "texture")),
+    "latent_nerf": ResultImporter(apply_generated_result, GenerateTarget,
+                                  ("mesh.v_pos", "mesh.t_pos_idx", "mesh.uv", "mesh.uv_idx", "texture")),
+}
+"""Pipeline name -> its :class:`ResultImporter` (the session looks results up here, no per-pipeline branches)."""

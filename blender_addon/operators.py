@@ -8,6 +8,7 @@ from .core import protocol
 from .preferences import get_preferences
 
 PIPELINE = "latent_paint"
+GENERATE_PIPELINE = "latent_nerf"
 
 
 SESSION_ERRORS = (OSError, ValueError, RuntimeError, protocol.ProtocolError)
@@ -42,6 +43,44 @@ def texture_params(settings) -> dict:
     if settings.model.strip():
         params["model"] = settings.model.strip()
     return params
+
+
+def generate_params(settings) -> dict:
+    """The ``latent_nerf`` params from ``scene.latentforge`` (``model`` left out when empty = backend default)."""
+    params = {"prompt": settings.prompt.strip(), "negative_prompt": settings.negative_prompt.strip(),
+              "seed": int(settings.seed), "iterations": int(settings.iterations),
+              "guidance_scale": float(settings.guidance_scale), "mesh_resolution": int(settings.mesh_resolution),
+              "texture_size": int(settings.texture_size), "partial_every": int(settings.partial_every)}
+    if settings.model.strip():
+        params["model"] = settings.model.strip()
+    return params
+
+
+def sketch_object(context, settings) -> bpy.types.Object | None:
+    """The mesh object Generate uses as its sketch shape, or None for text only.
+
+    ``settings.sketch_mode``: "NONE" -> None; "OBJECT" -> ``settings.sketch_object``; "SELECTED" -> the active
+    object if it is selected, else None (nothing selected = text only).
+
+    Raises:
+        ValueError: "OBJECT" with no object picked, or the chosen object is not a mesh.
+    """
+    mode = settings.sketch_mode
+    if mode == "NONE":
+        return None
+    if mode == "OBJECT":
+        obj = settings.sketch_object
+        if obj is None:
+            raise ValueError("Sketch Shape is 'Object' but no object is picked: pick a mesh, or choose 'None' "
+                             "for text only")
+    else:
+        obj = context.active_object
+        if obj is None or not obj.select_get():
+            return None
+    if obj.type != "MESH":
+        raise ValueError(f"The sketch shape {obj.name!r} is a {obj.type}, not a mesh: select a mesh, or choose "
+                         "Sketch Shape 'None' for text only")
+    return obj
 
 
 class LATENTFORGE_OT_texture_selected(bpy.types.Operator):
@@ -102,6 +141,59 @@ class LATENTFORGE_OT_texture_selected(bpy.types.Operator):
             return {"CANCELLED"}
         self.report({"INFO"}, f"Sent {obj.name!r} ({arrays.v_pos.shape[0]} vertices, "
                               f"{arrays.t_pos_idx.shape[0]} triangles) to the backend")
+        return {"FINISHED"}
+
+
+class LATENTFORGE_OT_generate(bpy.types.Operator):
+    """Generate a new textured mesh from the prompt with Latent-NeRF, shaped like the sketch mesh if one is chosen
+    (runs on the backend; the result lands where the sketch stands, at its size)"""
+
+    bl_idname = "latentforge.generate"
+    bl_label = "Generate"
+    bl_options = {"REGISTER"}
+
+    def execute(self, context):
+        settings = context.scene.latentforge
+        sess = _session_or_report(self)
+        if sess is None:
+            return {"CANCELLED"}
+
+        def fail(text: str) -> set[str]:  # shown in the panel too, not only in the status bar
+            sess.report("ERROR", text)
+            state = context.window_manager.latentforge
+            if not state.active_job_id:  # leave a running job's progress line alone
+                state.stage = "failed"
+            self.report({"ERROR"}, text)
+            return {"CANCELLED"}
+
+        if not settings.prompt.strip():
+            return fail("The prompt is empty: describe what to generate first")
+        try:
+            sketch = sketch_object(context, settings)
+        except ValueError as e:
+            return fail(str(e))
+        arrays = {}
+        if sketch is not None:
+            try:
+                arrays = mesh_io.evaluated_mesh_arrays(sketch, context.evaluated_depsgraph_get(), None) \
+                    .wire_arrays("sketch")
+            except (ValueError, RuntimeError) as e:
+                return fail(f"Sketch shape: {e}. Block the shape out with primitives that have faces, or choose "
+                            "Sketch Shape 'None' for text only")
+        try:
+            sess.ensure_connected(get_preferences(context))
+        except (OSError, ValueError, RuntimeError) as e:
+            return fail(f"Cannot reach the backend: {e}")
+        target = mesh_io.GenerateTarget(sketch.name if sketch is not None else "")
+        try:
+            sess.submit_job(GENERATE_PIPELINE, generate_params(settings), arrays, target)
+        except (protocol.ProtocolError, RuntimeError) as e:
+            return fail(f"Not sent: {e}")
+        if sketch is None:
+            self.report({"INFO"}, "Generating from the text alone (no sketch shape)")
+        else:
+            self.report({"INFO"}, f"Generating with the sketch shape {sketch.name!r} "
+                                  f"({arrays['sketch.t_pos_idx'].shape[0]} triangles)")
         return {"FINISHED"}
 
 
@@ -199,8 +291,8 @@ class LATENTFORGE_OT_refresh_jobs(bpy.types.Operator):
 
 
 class LATENTFORGE_OT_import_job(bpy.types.Operator):
-    """Import a finished job's result: onto its object if it still exists (same name and vertex count), else as a
-    new object"""
+    """Import a finished job's result: a texture onto its object if it still exists (same name and vertex count),
+    else as a new object; a generated mesh always as a new object"""
 
     bl_idname = "latentforge.import_job"
     bl_label = "Import Result"
@@ -232,8 +324,8 @@ class LATENTFORGE_OT_import_job(bpy.types.Operator):
         return {"FINISHED"}
 
 
-classes = (LATENTFORGE_OT_texture_selected, LATENTFORGE_OT_cancel_job, LATENTFORGE_OT_connect,
-           LATENTFORGE_OT_disconnect, LATENTFORGE_OT_start_backend, LATENTFORGE_OT_stop_backend,
+classes = (LATENTFORGE_OT_texture_selected, LATENTFORGE_OT_generate, LATENTFORGE_OT_cancel_job,
+           LATENTFORGE_OT_connect, LATENTFORGE_OT_disconnect, LATENTFORGE_OT_start_backend, LATENTFORGE_OT_stop_backend,
            LATENTFORGE_OT_refresh_jobs, LATENTFORGE_OT_import_job)
 
 

@@ -2,7 +2,7 @@
 
 import bpy
 
-from . import session
+from . import operators, session
 
 STATUS_ICONS = {"queued": "SORTTIME", "running": "PLAY", "done": "CHECKMARK", "failed": "ERROR",
                 "cancelled": "CANCEL"}
@@ -19,6 +19,22 @@ class LATENTFORGE_UL_jobs(bpy.types.UIList):
         row.label(text=item.prompt or item.pipeline)
 
 
+def draw_sketch_status(layout, context, settings) -> None:
+    """One line saying what Generate will use: the sketch object, text only, or why it cannot run."""
+    try:
+        sketch = operators.sketch_object(context, settings)
+    except ValueError as e:
+        row = layout.row()
+        row.alert = True
+        row.label(text=str(e), icon="ERROR")
+        return
+    if sketch is None:
+        why = "nothing selected" if settings.sketch_mode == "SELECTED" else "no sketch"
+        layout.label(text=f"Text only ({why})", icon="FONT_DATA")
+    else:
+        layout.label(text=f"Shaped like {sketch.name!r}", icon="MESH_CUBE")
+
+
 class _SidebarPanel:
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
@@ -26,7 +42,7 @@ class _SidebarPanel:
 
 
 class LATENTFORGE_PT_main(_SidebarPanel, bpy.types.Panel):
-    """Connection, prompt settings, Texture Selected / Cancel, progress and preview."""
+    """Connection, prompt settings, Texture Selected, Generate with its sketch-shape picker, Cancel, progress."""
 
     bl_idname = "LATENTFORGE_PT_main"
     bl_label = "LatentForge"
@@ -48,19 +64,36 @@ class LATENTFORGE_PT_main(_SidebarPanel, bpy.types.Panel):
         col.prop(settings, "prompt")
         col.prop(settings, "negative_prompt")
         col.prop(settings, "model")
-        col.prop(settings, "uv_method")
         sub = col.column(align=True)
         sub.prop(settings, "seed")
         sub.prop(settings, "iterations")
         sub.prop(settings, "guidance_scale")
         sub.prop(settings, "texture_size")
 
-        row = layout.row(align=True)
+        box = layout.box()
+        box.label(text="Texture a mesh (Latent-Paint)", icon="TEXTURE")
+        box.prop(settings, "uv_method")
+        row = box.row()
         row.scale_y = 1.4
         row.operator("latentforge.texture_selected", icon="TEXTURE")
-        cancel = row.row(align=True)
-        cancel.enabled = bool(state.active_job_id)
-        cancel.operator("latentforge.cancel_job", text="", icon="CANCEL")
+
+        box = layout.box()
+        box.label(text="Generate a new mesh (Latent-NeRF)", icon="MESH_MONKEY")
+        box.label(text="Sketch Shape:")
+        box.row().prop(settings, "sketch_mode", expand=True)
+        if settings.sketch_mode == "OBJECT":
+            box.prop(settings, "sketch_object", text="")
+        draw_sketch_status(box, context, settings)
+        sub = box.column(align=True)
+        sub.prop(settings, "mesh_resolution")
+        sub.prop(settings, "partial_every")
+        row = box.row()
+        row.scale_y = 1.4
+        row.operator("latentforge.generate", icon="PLAY")
+
+        row = layout.row()
+        row.enabled = bool(state.active_job_id)
+        row.operator("latentforge.cancel_job", text="Cancel Job", icon="CANCEL")
 
         if state.active_job_id or state.stage:
             eta = session.format_eta(state.eta_s)

@@ -18,15 +18,29 @@ UV_METHODS = (
      "xatlas sees triangles, so seams may cut quads: such corners are reported"),
 )
 
+SKETCH_MODES = (
+    ("SELECTED", "Selected", ("Use the active selected mesh as the sketch shape; with no mesh selected, generate "
+                              "from the text alone")),
+    ("OBJECT", "Object", "Use the mesh picked below as the sketch shape, whatever is selected"),
+    ("NONE", "None", "No sketch: generate from the text alone"),
+)
+"""``scene.latentforge.sketch_mode`` items: where Generate's sketch shape comes from."""
+
+
+def _is_mesh_object(_settings, obj) -> bool:
+    """Poll of ``sketch_object``: only mesh objects can be picked."""
+    return obj.type == "MESH"
+
 
 class LATENTFORGE_PG_settings(bpy.types.PropertyGroup):
-    """Texture-generation settings of a scene (``scene.latentforge``)."""
+    """Generation and texturing settings of a scene (``scene.latentforge``): the prompt settings are shared by
+    Texture Selected (``latent_paint``) and Generate (``latent_nerf``)."""
 
-    prompt: StringProperty(name="Prompt", description="What the texture should show", default="")
-    negative_prompt: StringProperty(name="Negative Prompt", description="What the texture should not show",
+    prompt: StringProperty(name="Prompt", description="What the texture or the generated object should show", default="")
+    negative_prompt: StringProperty(name="Negative Prompt", description="What the result should not show",
                                     default="")
     seed: IntProperty(name="Seed", description="Random seed (same seed + settings = same result)", default=0, min=0)
-    iterations: IntProperty(name="Iterations", description="Optimization steps (Latent-Paint uses 5000)",
+    iterations: IntProperty(name="Iterations", description="Optimization steps (Latent-Paint and Latent-NeRF use 5000)",
                             default=5000, min=1, soft_max=20000)
     guidance_scale: FloatProperty(name="Guidance Scale", description="Classifier-free guidance weight for SDS",
                                   default=100.0, min=0.0, soft_max=200.0)
@@ -38,6 +52,17 @@ class LATENTFORGE_PG_settings(bpy.types.PropertyGroup):
                           default="")
     uv_method: EnumProperty(name="UVs", description="Where the UV map of the texture comes from", items=UV_METHODS,
                             default="SMART_PROJECT")
+    sketch_mode: EnumProperty(name="Sketch Shape", description="Which mesh constrains the shape Generate makes",
+                              items=SKETCH_MODES, default="SELECTED")
+    sketch_object: PointerProperty(name="Sketch Object", type=bpy.types.Object, poll=_is_mesh_object,
+                                   description="Mesh used as the sketch shape when the sketch mode is 'Object'")
+    mesh_resolution: IntProperty(name="Mesh Resolution",
+                                 description="Marching-cubes grid of the generated mesh (cells per side)",
+                                 default=256, min=32, max=512)
+    partial_every: IntProperty(name="Preview Mesh Every",
+                               description="Steps between intermediate meshes shown as the temporary object "
+                                           "'LatentForge preview' (0 = none)",
+                               default=500, min=0, soft_max=5000)
 
 
 class LATENTFORGE_PG_job(bpy.types.PropertyGroup):

@@ -31,8 +31,11 @@ TIMER_INTERVAL_BUSY_S = 0.05
 TIMER_INTERVAL_IDLE_S = 0.25
 MAX_SAVED_JOB_TARGETS = 200
 SCENE_JOBS_KEY = "latentforge_jobs"
-"""Scene ID property: job id -> {"object", "n_vertices", "uv_map", "pipeline"}, so that a result can find its
-object after Blender restarted (the mapping is saved with the .blend)."""
+"""Scene ID property: job id -> {"pipeline", **target.to_record()} (latent_paint: "object", "n_vertices", "uv_map";
+latent_nerf: "sketch"), so that a result can find its object after Blender restarted (saved with the .blend)."""
+
+JobTarget = Any
+"""A pipeline's per-job target: ``mesh_io.JobTarget`` (latent_paint), ``mesh_io.GenerateTarget`` (latent_nerf)."""
 
 
 @dataclass
@@ -41,7 +44,7 @@ class PendingRequest:
 
     request_id: str
     pipeline: str
-    target: mesh_io.JobTarget | None
+    target: JobTarget | None
     submitted: float = field(default_factory=time.monotonic)
 
 
@@ -94,7 +97,7 @@ class Session:
         self.client: BackendClient | None = None
         self.local_backend: LocalBackend | None = None
         self.log: collections.deque[tuple[str, str]] = collections.deque(maxlen=500)
-        self.targets: dict[str, mesh_io.JobTarget] = {}
+        self.targets: dict[str, JobTarget] = {}
         self.pipelines: dict[str, str] = {}
         self.pending: collections.OrderedDict[str, PendingRequest] = collections.OrderedDict()
         self.live_jobs: set[str] = set()
@@ -217,6 +220,10 @@ class Session:
             self.local_backend.stop()
             self.local_backend = None
         self._previews_remove()
+        try:
+            mesh_io.remove_preview_object()
+        except (AttributeError, ReferenceError, RuntimeError):  # bpy.data not writable right now: keep it
+            pass
 
     def _set_connection_status(self, text: str, connected: bool) -> None:
         try:
@@ -246,8 +253,11 @@ class Session:
             raise RuntimeError("not connected to a LatentForge backend (press Connect)")
 
     def submit_job(self, pipeline: str, params: dict[str, Any], arrays: dict[str, np.ndarray],
-                   target: mesh_io.JobTarget | None) -> str:
-        """Send a ``submit``; returns its request id. ``target`` is where the result goes (None: a new object).
+                   target: JobTarget | None) -> str:
+        """Send a ``submit``; returns its request id.
+
+        ``target``: what the result needs to find its place, of the pipeline's ``mesh_io.RESULT_IMPORTERS[...]
+        .target_class`` (latent_paint: the object to texture; latent_nerf: the sketch's name), or None.
 
         Raises like :meth:`_send`.
         """
@@ -277,7 +287,8 @@ class Session:
 
     # ------------------------------------------------------------------------------------------ job targets
 
-    def remember_target(self, job_id: str, pipeline: str, target: mesh_io.JobTarget | None) -> None:
+    def remember_target(self, job_id: str, pipeline: str, target: JobTarget | None) -> None:
+        """Record ``job_id``'s pipeline and target, in memory and in the scene (``SCENE_JOBS_KEY``)."""
         self.pipelines[job_id] = pipeline
         if target is None:
             return
@@ -285,20 +296,24 @@ class Session:
         try:
             scene = bpy.context.scene
             jobs = {k: dict(v) for k, v in scene.get(SCENE_JOBS_KEY, {}).items()}
-            jobs[job_id] = {"object": target.object_name, "n_vertices": int(target.n_vertices),
-                            "uv_map": target.uv_map, "pipeline": pipeline}
+            jobs[job_id] = {**target.to_record(), "pipeline": pipeline}
             scene[SCENE_JOBS_KEY] = dict(list(jobs.items())[-MAX_SAVED_JOB_TARGETS:])
         except (AttributeError, TypeError):
             pass
 
-    def target_for(self, job_id: str) -> mesh_io.JobTarget | None:
-        """The object recorded for ``job_id``: in memory, else in any scene's saved mapping, else None."""
+    def target_for(self, job_id: str, pipeline: str = "latent_paint") -> JobTarget | None:
+        """The target recorded for ``job_id``: in memory, else in any scene's saved mapping (read with
+        ``pipeline``'s target class), else None."""
         if job_id in self.targets:
             return self.targets[job_id]
+        importer = mesh_io.RESULT_IMPORTERS.get(pipeline)
         for scene in bpy.data.scenes:
             rec = scene.get(SCENE_JOBS_KEY, {}).get(job_id)
-            if rec is not None:
-                return mesh_io.JobTarget(str(rec["object"]), int(rec["n_vertices"]), str(rec.get("uv_map", "")))
+            if rec is not None and importer is not None and str(rec.get("pipeline", pipeline)) == pipeline:
+                try:
+                    return importer.target_class.from_record(rec)
+                except (KeyError, TypeError, ValueError):
+                    return None
         return None
 
     # ------------------------------------------------------------------------------------------ event pump
@@ -430,6 +445,7 @@ class Session:
         state = runtime_state()
         if status in ("failed", "cancelled"):
             self.live_jobs.discard(job_id)
+            mesh_io.remove_preview_object(job_id)
         if job_id != state.active_job_id:
             return
         if status == "queued":
@@ -464,8 +480,16 @@ class Session:
         mesh_io.update_preview_image(image)
         self._update_preview_icon(image)
 
-    def _on_partial(self, f: dict, _arrays: dict) -> None:
-        self.log.append(("INFO", f"partial mesh of job {f['job_id']} at step {f['step']} (not shown)"))
+    def _on_partial(self, f: dict, arrays: dict) -> None:
+        """Show the active job's intermediate mesh as the one temporary object (``mesh_io.PREVIEW_OBJECT_NAME``)."""
+        job_id = f["job_id"]
+        if job_id != runtime_state().active_job_id:
+            self.log.append(("INFO", f"partial mesh of job {job_id} at step {f['step']} not shown (not the active job)"))
+            return
+        obj = mesh_io.update_preview_object(bpy.context, job_id, arrays["mesh.v_pos"], arrays["mesh.t_pos_idx"],
+                                            arrays.get("mesh.v_color"))
+        text = f"partial mesh of job {job_id} at step {f['step']}: {len(obj.data.vertices)} vertices in {obj.name!r}"
+        self.log.append(("INFO", text))
 
     def _on_result(self, f: dict, arrays: dict) -> None:
         job_id = f["job_id"]
@@ -475,24 +499,41 @@ class Session:
             self.log.append(("INFO", f"result of job {job_id} not applied (already applied or not ours)"))
             return
         self.wanted_results.discard(job_id)
+        mesh_io.remove_preview_object(job_id)  # the final result replaces the intermediate mesh
         metadata = f.get("metadata") or {}
         pipeline = self.pipelines.get(job_id) or str(metadata.get("pipeline", "latent_paint"))
-        if "texture" not in arrays:
-            raise ValueError(f"result of job {job_id} has no texture (pipeline {pipeline}); cannot apply it")
-        report = mesh_io.apply_texture_result(bpy.context, job_id, arrays, metadata, self.target_for(job_id),
-                                              pipeline)
+        try:
+            report = self._import_result(job_id, pipeline, arrays, metadata)
+        except Exception:
+            if job_id == runtime_state().active_job_id:
+                self._finish_active("failed: the result could not be imported")
+            raise
         self.applied.add(job_id)
-        self._update_job_row(job_id, status="done")
+        self._update_job_row(job_id, status="done", pipeline=pipeline)
         state = runtime_state()
         if job_id == state.active_job_id:
             self._finish_active("done")
-        where = "a new object" if report.created_object else "the object"
-        self.report("INFO", f"job {job_id}: texture applied to {where} {report.obj.name!r} "
-                            f"(UV map {report.uv_map!r}, image {report.image.name!r})")
+        self.report("INFO", report.message)
         if report.n_uv_conflicts:
             self.report("WARNING", f"{report.n_uv_conflicts} face corners of {report.obj.name!r} got two different "
                                    "UVs from xatlas (a seam crosses a quad/n-gon); they keep one of them. "
                                    "Use Smart UV Project to avoid this")
+
+    def _import_result(self, job_id: str, pipeline: str, arrays: dict, metadata: dict) -> mesh_io.ApplyReport:
+        """Apply a result through ``mesh_io.RESULT_IMPORTERS[pipeline]``.
+
+        Raises:
+            ValueError: no importer for ``pipeline``, a required array is missing, or the importer refused the data.
+        """
+        importer = mesh_io.RESULT_IMPORTERS.get(pipeline)
+        if importer is None:
+            raise ValueError(f"result of job {job_id} comes from pipeline {pipeline!r}, which this add-on cannot "
+                             f"import (known: {', '.join(sorted(mesh_io.RESULT_IMPORTERS))})")
+        missing = [name for name in importer.required_arrays if name not in arrays]
+        if missing:
+            raise ValueError(f"result of job {job_id} (pipeline {pipeline}) lacks {', '.join(missing)}; "
+                             "cannot apply it")
+        return importer.apply(bpy.context, job_id, arrays, metadata, self.target_for(job_id, pipeline), pipeline)
 
     def _on_error(self, f: dict, _arrays: dict) -> None:
         code, message = f.get("code", "error"), f.get("message", "")
@@ -501,6 +542,7 @@ class Session:
         if job_id:
             self.live_jobs.discard(job_id)
             self.wanted_results.discard(job_id)
+            mesh_io.remove_preview_object(job_id)
             self._update_job_row(job_id, error=message)
             if job_id == state.active_job_id:
                 state.stage = "failed"
@@ -513,6 +555,7 @@ class Session:
     def _on_cancelled(self, f: dict, _arrays: dict) -> None:
         job_id = f["job_id"]
         self.live_jobs.discard(job_id)
+        mesh_io.remove_preview_object(job_id)
         self._update_job_row(job_id, status="cancelled")
         if job_id == runtime_state().active_job_id:
             self._finish_active("cancelled")

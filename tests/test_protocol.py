@@ -22,6 +22,7 @@ from blender_addon.core import protocol as P
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOC = REPO_ROOT / "docs" / "protocol.md"
+VER = P.PROTOCOL_VERSION
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -136,7 +137,7 @@ def _assert_same_arrays(got: dict, sent: dict):
 # one sample per message type, using EVERY field of its schema (optional ones included)
 V, F, UV, UVI = _tri_mesh()
 SAMPLES: dict[str, tuple[dict, dict]] = {
-    "hello": ({"protocol_version": 1, "token": "s3cr\u00e9t", "client": "blender 4.2 / latentforge 0.1"}, {}),
+    "hello": ({"protocol_version": VER, "token": "s3cr\u00e9t", "client": "blender 4.2 / latentforge 0.1"}, {}),
     "submit": ({"pipeline": "latent_paint", "params": {"prompt": "a red teapot", "seed": 7, "guidance_scale": 100.0},
                 "request_id": "r-1"},
                {**P.mesh_arrays("mesh", V, F, UV, UVI), "sketch.v_pos": V[:3] * 2, "sketch.t_pos_idx": F[:1] % 3,
@@ -146,7 +147,7 @@ SAMPLES: dict[str, tuple[dict, dict]] = {
     "list_jobs": ({"limit": 20}, {}),
     "get_result": ({"job_id": "j1"}, {}),
     "ping": ({"nonce": "n1"}, {}),
-    "welcome": ({"protocol_version": 1, "server_version": "0.1.0", "device": "cpu",
+    "welcome": ({"protocol_version": VER, "server_version": "0.1.0", "device": "cpu",
                  "pipelines": {"latent_paint": {"inputs": ["mesh"]}}, "default_model": "tiny-random",
                  "models": ["tiny-random", {"id": "sd-1.5"}]}, {}),
     "accepted": ({"job_id": "j1", "request_id": "r-1", "queue_position": 0}, {}),
@@ -235,7 +236,7 @@ def test_frame_layout_matches_spec_byte_for_byte():
     magic, hl, pl = struct.unpack(">4sIQ", frame[:16])
     assert magic == b"LFRG" and len(frame) == 16 + hl + pl
     header = json.loads(frame[16:16 + hl].decode("utf-8"))
-    assert header["type"] == "partial" and header["v"] == 1
+    assert header["type"] == "partial" and header["v"] == VER
     payload = frame[16 + hl:]
     entries = {e["name"]: e for e in header["arrays"]}
     vp = entries["mesh.v_pos"]
@@ -250,7 +251,7 @@ def test_decoder_accepts_unaligned_back_to_back_layout():
     v_pos, t_pos_idx, uv, uv_idx = _tri_mesh(5)
     img = np.arange(3 * 1 * 1, dtype=np.uint8).reshape(3, 1, 1)  # 3 bytes: next array starts unaligned
     arrays = {"image": img, **P.mesh_arrays("m", v_pos, t_pos_idx, uv, uv_idx)}
-    msg = P.decode_frame(_hand_frame({"type": "submit", "v": 1, "pipeline": "x", "params": {}}, arrays))
+    msg = P.decode_frame(_hand_frame({"type": "submit", "v": VER, "pipeline": "x", "params": {}}, arrays))
     _assert_same_arrays(msg.arrays, arrays)
 
 
@@ -272,7 +273,7 @@ def test_encoder_is_deterministic_and_uses_schema_field_order():
 
 
 def test_message_repr_redacts_token():
-    msg = P.decode_frame(P.encode_message("hello", {"protocol_version": 1, "token": "topsecret"}))
+    msg = P.decode_frame(P.encode_message("hello", {"protocol_version": VER, "token": "topsecret"}))
     assert "topsecret" not in repr(msg) and msg.fields["token"] == "topsecret"
 
 
@@ -386,7 +387,7 @@ def test_bad_json(header, contains):
 
 
 def test_unknown_type():
-    _expect(_hand_frame({"type": "reboot", "v": 1}), "unknown_type", contains="'reboot'")
+    _expect(_hand_frame({"type": "reboot", "v": VER}), "unknown_type", contains="'reboot'")
 
 
 def test_direction_is_enforced_when_asked():
@@ -399,10 +400,10 @@ def test_direction_is_enforced_when_asked():
 
 
 @pytest.mark.parametrize("header", [
-    {"type": "ping", "v": 2},
+    {"type": "ping", "v": VER + 1},
     {"type": "ping", "v": 0},
-    {"type": "hello", "v": 1, "protocol_version": 2, "token": "t"},
-    {"type": "welcome", "v": 1, "protocol_version": 3, "server_version": "x", "device": "cpu", "pipelines": {},
+    {"type": "hello", "v": VER, "protocol_version": VER + 1, "token": "t"},
+    {"type": "welcome", "v": VER, "protocol_version": VER + 2, "server_version": "x", "device": "cpu", "pipelines": {},
      "default_model": "m", "models": []},
 ])
 def test_wrong_version(header):
@@ -412,31 +413,31 @@ def test_wrong_version(header):
 
 def test_version_is_checked_before_type():
     """A newer peer's new message type reports the real problem: the version."""
-    _expect(_hand_frame({"type": "shiny_v2_message", "v": 2}), "version_mismatch")
+    _expect(_hand_frame({"type": "shiny_new_message", "v": VER + 1}), "version_mismatch")
 
 
 @pytest.mark.parametrize("header, contains", [
     ({"type": "ping"}, 'no "v"'),
     ({"type": "ping", "v": True}, '"v" is bool'),
     ({"type": "ping", "v": "1"}, '"v" is str'),
-    ({"type": "ping", "v": 1.0}, '"v" is number'),
-    ({"v": 1}, 'no "type"'),
-    ({"type": 5, "v": 1}, '"type" is int'),
-    ({"type": "cancel", "v": 1}, "cancel: missing required field 'job_id' (str)"),
-    ({"type": "submit", "v": 1, "pipeline": "p"}, "missing required field 'params' (object)"),
-    ({"type": "cancel", "v": 1, "job_id": 17}, "cancel.job_id is int 17, expected str"),
-    ({"type": "submit", "v": 1, "pipeline": "p", "params": "x"}, "submit.params is str 'x', expected object"),
-    ({"type": "accepted", "v": 1, "job_id": "j", "queue_position": True}, "queue_position is bool True"),
-    ({"type": "accepted", "v": 1, "job_id": "j", "queue_position": 1.5}, "queue_position is number 1.5"),
-    ({"type": "accepted", "v": 1, "job_id": "j", "queue_position": -1}, "must be >= 0"),
-    ({"type": "list_jobs", "v": 1, "limit": 0}, "list_jobs.limit is 0, must be >= 1"),
-    ({"type": "status", "v": 1, "job_id": "j", "status": "exploded"}, "expected one of queued, running"),
-    ({"type": "preview", "v": 1, "job_id": "j", "step": 0, "decoder": "gan", "arrays": []}, "linear, vae"),
-    ({"type": "progress", "v": 1, "job_id": "j", "stage": "s", "step": 1, "total": 2, "losses": {"a": "x"},
+    ({"type": "ping", "v": float(VER)}, '"v" is number'),
+    ({"v": VER}, 'no "type"'),
+    ({"type": 5, "v": VER}, '"type" is int'),
+    ({"type": "cancel", "v": VER}, "cancel: missing required field 'job_id' (str)"),
+    ({"type": "submit", "v": VER, "pipeline": "p"}, "missing required field 'params' (object)"),
+    ({"type": "cancel", "v": VER, "job_id": 17}, "cancel.job_id is int 17, expected str"),
+    ({"type": "submit", "v": VER, "pipeline": "p", "params": "x"}, "submit.params is str 'x', expected object"),
+    ({"type": "accepted", "v": VER, "job_id": "j", "queue_position": True}, "queue_position is bool True"),
+    ({"type": "accepted", "v": VER, "job_id": "j", "queue_position": 1.5}, "queue_position is number 1.5"),
+    ({"type": "accepted", "v": VER, "job_id": "j", "queue_position": -1}, "must be >= 0"),
+    ({"type": "list_jobs", "v": VER, "limit": 0}, "list_jobs.limit is 0, must be >= 1"),
+    ({"type": "status", "v": VER, "job_id": "j", "status": "exploded"}, "expected one of queued, running"),
+    ({"type": "preview", "v": VER, "job_id": "j", "step": 0, "decoder": "gan", "arrays": []}, "linear, vae"),
+    ({"type": "progress", "v": VER, "job_id": "j", "stage": "s", "step": 1, "total": 2, "losses": {"a": "x"},
       "eta_s": None}, "progress.losses['a'] is str"),
-    ({"type": "jobs", "v": 1, "jobs": [1]}, "jobs.jobs[0] is int 1, expected object"),
-    ({"type": "ping", "v": 1, "nonce": "n", "extra": 1}, "ping: unknown field 'extra' (allowed: nonce)"),
-    ({"type": "cancel", "v": 1, "job_id": "j", "token": "t"}, "unknown field 'token'"),
+    ({"type": "jobs", "v": VER, "jobs": [1]}, "jobs.jobs[0] is int 1, expected object"),
+    ({"type": "ping", "v": VER, "nonce": "n", "extra": 1}, "ping: unknown field 'extra' (allowed: nonce)"),
+    ({"type": "cancel", "v": VER, "job_id": "j", "token": "t"}, "unknown field 'token'"),
 ])
 def test_bad_field(header, contains):
     err = _expect(_hand_frame(header), "bad_field", contains=contains)
@@ -445,7 +446,7 @@ def test_bad_field(header, contains):
 
 def test_message_level_error_leaves_stream_in_sync(pair):
     a, b = pair
-    bad = _hand_frame({"type": "cancel", "v": 1, "job_id": 5})
+    bad = _hand_frame({"type": "cancel", "v": VER, "job_id": 5})
     bad_arrays = _mutate(_valid_frame("result"), lambda h: h["arrays"][0].update(dtype="float64"))
     a.sendall(bad + bad_arrays + _valid_frame("ping"))
     for code in ("bad_field", "bad_array"):
@@ -496,7 +497,7 @@ def test_bad_array_table(edit, contains):
 
 
 def test_arrays_on_a_message_without_arrays():
-    frame = _hand_frame({"type": "ping", "v": 1}, {"image": np.zeros((1, 1, 3), np.uint8)})
+    frame = _hand_frame({"type": "ping", "v": VER}, {"image": np.zeros((1, 1, 3), np.uint8)})
     _expect(frame, "bad_array", contains="ping carries no arrays")
     with pytest.raises(P.ProtocolError, match="bad_array: ping carries no arrays, got 'image'"):
         P.encode_message("ping", {}, {"image": np.zeros((1, 1, 3), np.uint8)})
@@ -506,7 +507,7 @@ def test_arrays_on_a_message_without_arrays():
 # per-kind and group rules (frames written by hand: the encoder refuses all of these)
 # --------------------------------------------------------------------------------------------------------------
 
-SUBMIT = {"type": "submit", "v": 1, "pipeline": "latent_paint", "params": {}}
+SUBMIT = {"type": "submit", "v": VER, "pipeline": "latent_paint", "params": {}}
 
 
 def _mesh_frame(**override):
@@ -585,13 +586,88 @@ def test_image_shape_rules(shape, contains):
 
 
 def test_message_slots_narrow_kind_rules():
-    preview = {"type": "preview", "v": 1, "job_id": "j", "step": 0, "decoder": "vae"}
+    preview = {"type": "preview", "v": VER, "job_id": "j", "step": 0, "decoder": "vae"}
     _expect(_hand_frame(preview, {"image": np.zeros((2, 2, 4), np.uint8)}), "bad_array", contains="expected 3")
     _expect(_hand_frame(preview, {"image": np.zeros((2, 2, 3), np.float16)}), "bad_array", contains="expected uint8")
     _expect(_hand_frame(preview, {}), "bad_array", contains="preview requires array 'image'")
     result = dict(SAMPLES["result"][1], texture=np.zeros((2, 2, 1), np.uint8))
-    _expect(_hand_frame({"type": "result", "v": 1, "job_id": "j", "metadata": {}}, result), "bad_array",
+    _expect(_hand_frame({"type": "result", "v": VER, "job_id": "j", "metadata": {}}, result), "bad_array",
             contains="texture has 1 channel (shape [2, 2, 1]), expected 3 or 4")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# several meshes in one partial/result (groups mesh, mesh_1, mesh_2, ...)
+# --------------------------------------------------------------------------------------------------------------
+
+RESULT = {"type": "result", "v": VER, "job_id": "j", "metadata": {}}
+
+
+def _meshes(count: int) -> dict:
+    arrays = {}
+    for i in range(count):
+        v_pos, t_pos_idx, _, _ = _tri_mesh(3 + i, seed=i)
+        arrays.update(P.mesh_arrays("mesh" if i == 0 else f"mesh_{i}", v_pos, t_pos_idx))
+    return arrays
+
+
+def test_several_meshes_round_trip_in_order(pair):
+    arrays = _meshes(3)
+    v_pos, t_pos_idx, uv, uv_idx = _tri_mesh(5, seed=9)
+    arrays.update(P.mesh_arrays("mesh_3", v_pos, t_pos_idx, uv, uv_idx, v_color=np.ones_like(v_pos)))
+    arrays["texture"] = np.zeros((4, 4, 3), np.uint8)
+    msg = _roundtrip(pair, "result", {"job_id": "j", "metadata": {"samples": 4}}, arrays)
+    _assert_same_arrays(msg.arrays, arrays)
+    assert P.mesh_groups(msg.arrays) == ["mesh", "mesh_1", "mesh_2", "mesh_3"]
+    partial = _meshes(2)
+    assert P.decode_frame(P.encode_message("partial", {"job_id": "j", "step": 3}, partial)).arrays.keys() == \
+        partial.keys()
+    # the largest count passes, one more does not
+    assert len(P.mesh_groups(P.decode_frame(_hand_frame(RESULT, _meshes(P.MAX_MESHES))).arrays)) == P.MAX_MESHES
+    _expect(_hand_frame(RESULT, _meshes(P.MAX_MESHES + 1)), "bad_array",
+            contains=f"result does not carry array 'mesh_{P.MAX_MESHES}.v_pos'")
+
+
+def test_mesh_groups_orders_by_number_not_by_name():
+    arrays = {f"mesh_{i}.v_pos": None for i in (10, 2, 1)} | {"mesh.v_pos": None, "mesh_1.t_pos_idx": None,
+                                                               "sketch.v_pos": None, "mesh_x.v_pos": None}
+    assert P.mesh_groups(arrays) == ["mesh", "mesh_1", "mesh_2", "mesh_10"]
+    assert P.mesh_groups({"texture": None}) == []
+
+
+def test_each_numbered_mesh_is_checked_like_the_first():
+    arrays = _meshes(3)
+    # a group with v_pos but no t_pos_idx
+    _expect(_hand_frame(RESULT, {k: v for k, v in arrays.items() if k != "mesh_2.t_pos_idx"}), "bad_array",
+            contains="result requires array 'mesh_2.t_pos_idx'")
+    _expect(_hand_frame(RESULT, {k: v for k, v in arrays.items() if k != "mesh_1.v_pos"}), "bad_array",
+            contains="result requires array 'mesh_1.v_pos'")
+    # index ranges are per group: mesh_1 has 6 vertices, mesh_2 has 7
+    bad = dict(arrays)
+    t = arrays["mesh_1.t_pos_idx"].copy()
+    t[0, 0] = 6
+    bad["mesh_1.t_pos_idx"] = t
+    _expect(_hand_frame(RESULT, bad), "bad_array", contains="mesh_1.t_pos_idx has 1 index outside [0, 6) of mesh_1.v_pos")
+    v = arrays["mesh_2.v_pos"].copy()
+    v[1, 1] = np.nan
+    _expect(_hand_frame(RESULT, dict(arrays, **{"mesh_2.v_pos": v})), "non_finite", contains="mesh_2.v_pos has 1")
+    # kind rules narrowed by the slot hold for every group
+    _expect(_hand_frame(RESULT, dict(arrays, **{"mesh_1.v_color": np.zeros((6, 2), np.float32)})), "bad_array",
+            contains="mesh_1.v_color has 2 columns")
+    # consecutive numbers, no leading zeros, no texture per numbered mesh, the first mesh still required
+    _expect(_hand_frame(RESULT, {k: v for k, v in arrays.items() if not k.startswith("mesh_1.")}), "bad_array",
+            contains="carries group mesh_2 but not mesh_1")
+    renamed = {k.replace("mesh_1.", "mesh_01."): v for k, v in arrays.items()}
+    _expect(_hand_frame(RESULT, renamed), "bad_array", contains="does not carry array 'mesh_01.v_pos'")
+    _expect(_hand_frame(RESULT, dict(arrays, **{"mesh_1.texture": np.zeros((2, 2, 3), np.uint8)})), "bad_array",
+            contains="does not carry array 'mesh_1.texture'")
+    _expect(_hand_frame(RESULT, {k: v for k, v in arrays.items() if not k.startswith("mesh.")}), "bad_array",
+            contains="result requires array 'mesh.v_pos'")
+    # the encoder refuses the same
+    with pytest.raises(P.ProtocolError, match="requires array 'mesh_2.t_pos_idx'"):
+        P.encode_message("partial", {"job_id": "j", "step": 0},
+                         {k: v for k, v in arrays.items() if k != "mesh_2.t_pos_idx"})
+    # submit has no fixed slots: numbered names there are ordinary groups
+    assert P.decode_frame(_hand_frame(SUBMIT, {"mesh_7.v_pos": arrays["mesh.v_pos"]})).arrays
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -626,7 +702,7 @@ def test_encoder_runs_the_receiver_checks():
     with pytest.raises(P.ProtocolError, match="'v' is part of the envelope"):
         P.encode_message("ping", {"v": 1})
     with pytest.raises(P.ProtocolError, match="version_mismatch"):
-        P.encode_message("hello", {"protocol_version": 2, "token": "t"})
+        P.encode_message("hello", {"protocol_version": VER + 1, "token": "t"})
     with pytest.raises(P.ProtocolError, match="non_finite: progress.eta_s is nan"):
         P.encode_message("progress", {"job_id": "j", "stage": "s", "step": 1, "total": 2, "losses": {},
                                       "eta_s": float("nan")})
@@ -834,6 +910,9 @@ def test_doc_lists_every_message_and_field_exactly():
                 assert required == ("yes" if slot.required else "no"), (msg_type, slot.name)
                 assert dtype == " or ".join(slot.dtypes or kind.dtypes), (msg_type, slot.name)
                 assert last == " or ".join(map(str, slot.last_dim or kind.last_dim)), (msg_type, slot.name)
+            repeated = {P.split_array_name(s.name)[0] for s in spec.array_slots if s.repeat}
+            for group in repeated:  # numbered groups are announced in the message's section
+                assert "several meshes" in body and f"`{group}_1`" in body, (msg_type, group)
     documented = {t.split("`")[1] for t in sections if t.startswith("`") and "→" in t}
     assert documented == set(P.MESSAGE_TYPES)
 
@@ -852,7 +931,9 @@ def test_doc_lists_kinds_error_codes_and_limits():
         assert row[1] == ("yes" if code in P.FATAL_CODES else "no"), code
     for value in (P.MAX_HEADER_BYTES, P.DEFAULT_MAX_PAYLOAD_BYTES, P.MAX_IMAGE_SIDE, P.ARRAY_ALIGNMENT):
         assert f"{value}" in text
-    assert "hmac.compare_digest" in text and "PROTOCOL_VERSION = 1" in text
+    assert "hmac.compare_digest" in text and f"PROTOCOL_VERSION = {VER}" in text
+    several = sections["Several meshes"]
+    assert f"`MAX_MESHES` = {P.MAX_MESHES}" in several and f"`mesh_{P.MAX_MESHES - 1}`" in several
 
 
 def _hexdump(data: bytes) -> str:

@@ -61,7 +61,7 @@ def test_bad_clients_get_clear_errors_and_the_server_keeps_serving(backend_serve
     arrays = sphere_arrays()
     v = arrays["mesh.v_pos"].copy()
     v[3, 1] = np.nan
-    header = json.dumps({"type": "submit", "v": 1, "pipeline": "latent_paint", "params": TINY_PARAMS, "arrays": [
+    header = json.dumps({"type": "submit", "v": protocol.PROTOCOL_VERSION, "pipeline": "latent_paint", "params": TINY_PARAMS, "arrays": [
         {"name": "mesh.v_pos", "dtype": "float32", "shape": list(v.shape), "offset": 0, "nbytes": v.nbytes},
         {"name": "mesh.t_pos_idx", "dtype": "int32", "shape": list(arrays["mesh.t_pos_idx"].shape),
          "offset": v.nbytes, "nbytes": arrays["mesh.t_pos_idx"].nbytes}]}).encode()
@@ -71,7 +71,7 @@ def test_bad_clients_get_clear_errors_and_the_server_keeps_serving(backend_serve
     assert err.fields["code"] == "non_finite" and "mesh.v_pos" in err.fields["message"]
 
     wrong_dtype = {"mesh.v_pos": arrays["mesh.v_pos"].astype(np.float16), "mesh.t_pos_idx": arrays["mesh.t_pos_idx"]}
-    header = json.dumps({"type": "submit", "v": 1, "pipeline": "latent_paint", "params": TINY_PARAMS, "arrays": [
+    header = json.dumps({"type": "submit", "v": protocol.PROTOCOL_VERSION, "pipeline": "latent_paint", "params": TINY_PARAMS, "arrays": [
         {"name": "mesh.v_pos", "dtype": "float16", "shape": list(v.shape), "offset": 0, "nbytes": v.nbytes // 2}]}).encode()
     c.send_raw(protocol.PREFIX.pack(protocol.MAGIC, len(header), v.nbytes // 2) + header
                + wrong_dtype["mesh.v_pos"].tobytes())

@@ -1,4 +1,4 @@
-"""LatentForge wire protocol, version 1: framing, message schema, validation, socket helpers.
+"""LatentForge wire protocol, version 2: framing, message schema, validation, socket helpers.
 
 The one source of truth for the bytes exchanged between the Blender add-on and the backend. Stdlib + numpy only
 (it runs inside Blender and in the backend, which imports it as ``from blender_addon.core import protocol``).
@@ -39,20 +39,21 @@ import numpy as np
 
 __all__ = [
     "PROTOCOL_VERSION", "MAGIC", "PREFIX", "PREFIX_BYTES", "MAX_HEADER_BYTES", "DEFAULT_MAX_PAYLOAD_BYTES",
-    "ARRAY_ALIGNMENT", "MAX_IMAGE_SIDE", "WIRE_DTYPES", "ERROR_CODES", "FATAL_CODES", "JSON_TYPES",
+    "ARRAY_ALIGNMENT", "MAX_IMAGE_SIDE", "MAX_MESHES", "WIRE_DTYPES", "ERROR_CODES", "FATAL_CODES", "JSON_TYPES",
     "CLIENT_TO_SERVER", "SERVER_TO_CLIENT", "JOB_STATUSES", "JOB_RECORD_KEYS",
     "ProtocolError", "ConnectionClosed", "FieldSpec", "ArraySlot", "KindSpec", "MessageSpec", "Message",
     "KIND_SPECS", "MESSAGE_TYPES",
     "encode_message", "decode_message", "decode_frame", "parse_prefix", "send_message", "recv_message",
-    "tokens_match", "mesh_arrays", "split_groups", "split_array_name",
+    "tokens_match", "mesh_arrays", "mesh_groups", "split_groups", "split_array_name",
 ]
 
 # ---------------------------------------------------------------------------------------------------------------
 # Constants
 # ---------------------------------------------------------------------------------------------------------------
 
-PROTOCOL_VERSION = 1
-"""Version carried in every header's ``"v"`` and in hello/welcome ``protocol_version``; a mismatch is fatal."""
+PROTOCOL_VERSION = 2
+"""Version carried in every header's ``"v"`` and in hello/welcome ``protocol_version``; a mismatch is fatal.
+History: 1 = first release; 2 = ``partial``/``result`` may carry several meshes (groups ``mesh``, ``mesh_1``, …)."""
 
 MAGIC = b"LFRG"
 """First 4 bytes of every frame."""
@@ -74,6 +75,10 @@ decoders accept any offsets that satisfy the table rules."""
 
 MAX_IMAGE_SIDE = 16384
 """Largest image/texture height or width in pixels."""
+
+MAX_MESHES = 64
+"""Most meshes one ``partial``/``result`` carries: groups ``mesh``, ``mesh_1`` … ``mesh_63``
+(see :attr:`ArraySlot.repeat`)."""
 
 WIRE_DTYPES: Mapping[str, np.dtype] = MappingProxyType({
     "float32": np.dtype("<f4"),
@@ -193,6 +198,9 @@ class ArraySlot:
     """Allowed wire dtypes (subset of the kind's)."""
     last_dim: tuple[int, ...] | None = None
     """Allowed sizes of the last axis (e.g. image channels), subset of the kind's."""
+    repeat: bool = False
+    """The slot's group may also appear numbered, ``<group>_1`` … ``<group>_{MAX_MESHES - 1}`` (one more mesh
+    each, consecutive from 1), with the same rules: a required slot is required in every numbered group present."""
 
 
 @dataclass(frozen=True)
@@ -250,12 +258,21 @@ class MessageSpec:
         return frozenset(split_array_name(slot.name)[1] for slot in self.array_slots)
 
     def slot(self, name: str) -> ArraySlot | None:
-        """The slot for array ``name``, or None when the message has fixed slots and ``name`` is not one."""
+        """The slot for array ``name``, or None when the message has fixed slots and ``name`` is not one.
+
+        ``mesh_3.v_pos`` resolves to the slot ``mesh.v_pos`` when that slot has ``repeat`` (numbers 1 …
+        ``MAX_MESHES - 1``, no leading zeros).
+        """
         if self.array_slots is None:
             return ArraySlot(name) if self.arrays_allowed else None
         for slot in self.array_slots:
             if slot.name == name:
                 return slot
+        base = _repeat_base(name)
+        if base is not None:
+            for slot in self.array_slots:
+                if slot.repeat and slot.name == base[0]:
+                    return slot
         return None
 
 
@@ -287,9 +304,10 @@ def _f(types: str, required: bool = True, doc: str = "", **kw) -> FieldSpec:
     return FieldSpec(tuple(types.split("|")), required, doc, **kw)
 
 
-def _mesh_slots(required: bool) -> tuple[ArraySlot, ...]:
-    return (ArraySlot("mesh.v_pos", required), ArraySlot("mesh.t_pos_idx", required), ArraySlot("mesh.uv"),
-            ArraySlot("mesh.uv_idx"), ArraySlot("mesh.v_color"))
+def _mesh_slots(required: bool, repeat: bool = False) -> tuple[ArraySlot, ...]:
+    return (ArraySlot("mesh.v_pos", required, repeat=repeat), ArraySlot("mesh.t_pos_idx", required, repeat=repeat),
+            ArraySlot("mesh.uv", repeat=repeat), ArraySlot("mesh.uv_idx", repeat=repeat),
+            ArraySlot("mesh.v_color", repeat=repeat))
 
 
 _JOB_ID = "job id assigned by the server in accepted"
@@ -298,7 +316,7 @@ _C2S, _S2C = CLIENT_TO_SERVER, SERVER_TO_CLIENT
 MESSAGE_TYPES: Mapping[str, MessageSpec] = MappingProxyType({
     # client -> server
     "hello": MessageSpec(_C2S, MappingProxyType({
-        "protocol_version": _f("int", doc="must equal PROTOCOL_VERSION (1), else version_mismatch"),
+        "protocol_version": _f("int", doc="must equal PROTOCOL_VERSION (2), else version_mismatch"),
         "token": _f("str", doc="shared secret from the token file; compared with hmac.compare_digest"),
         "client": _f("str", False, doc='free-form client description, e.g. "blender 4.2.1 / latentforge 0.1.0"'),
     }), doc="first message of every connection: version + token"),
@@ -324,7 +342,7 @@ MESSAGE_TYPES: Mapping[str, MessageSpec] = MappingProxyType({
     }), doc="liveness check; answered by pong"),
     # server -> client
     "welcome": MessageSpec(_S2C, MappingProxyType({
-        "protocol_version": _f("int", doc="must equal PROTOCOL_VERSION (1), else version_mismatch"),
+        "protocol_version": _f("int", doc="must equal PROTOCOL_VERSION (2), else version_mismatch"),
         "server_version": _f("str", doc="backend package version"),
         "device": _f("str", doc='compute device, e.g. "cuda:0 (NVIDIA RTX 4090)" or "cpu"'),
         "pipelines": _f("object", doc="pipeline name -> description object (inputs, defaults)"),
@@ -359,11 +377,12 @@ MESSAGE_TYPES: Mapping[str, MessageSpec] = MappingProxyType({
     "partial": MessageSpec(_S2C, MappingProxyType({
         "job_id": _f("str", doc=_JOB_ID),
         "step": _f("int", doc="step the mesh was extracted at", minimum=0),
-    }), arrays_allowed=True, array_slots=_mesh_slots(True), doc="intermediate mesh"),
+    }), arrays_allowed=True, array_slots=_mesh_slots(True, repeat=True), doc="intermediate mesh(es)"),
     "result": MessageSpec(_S2C, MappingProxyType({
         "job_id": _f("str", doc=_JOB_ID),
         "metadata": _f("object", doc="pipeline, params, seed, timings, model ids, ..."),
-    }), arrays_allowed=True, array_slots=_mesh_slots(True) + (ArraySlot("texture", False, ("uint8",), (3, 4)),),
+    }), arrays_allowed=True,
+        array_slots=_mesh_slots(True, repeat=True) + (ArraySlot("texture", False, ("uint8",), (3, 4)),),
         doc="final output of a done job (sent when it finishes, and on get_result)"),
     "error": MessageSpec(_S2C, MappingProxyType({
         "code": _f("str", doc="an ERROR_CODES code, or a server code (see docs)"),
@@ -423,6 +442,17 @@ def split_array_name(name: str) -> tuple[str, str]:
     """
     group, _, kind = name.rpartition(".")
     return group, kind
+
+
+_REPEAT_RE = re.compile(r"(.+)_([1-9][0-9]*)\.([A-Za-z0-9_]+)\Z")
+
+
+def _repeat_base(name: str) -> tuple[str, int] | None:
+    """``"mesh_3.v_pos" -> ("mesh.v_pos", 3)`` when the number is in [1, MAX_MESHES); else None. No validation."""
+    match = _REPEAT_RE.match(name)
+    if match is None or int(match.group(2)) >= MAX_MESHES:
+        return None
+    return f"{match.group(1)}.{match.group(3)}", int(match.group(2))
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -614,6 +644,7 @@ def _check_array_contents(msg_type: str, spec: MessageSpec, arrays: Mapping[str,
     for slot in spec.array_slots or ():
         if slot.required and slot.name not in arrays:
             raise ProtocolError("bad_array", f"{msg_type} requires array {slot.name!r}")
+    _check_repeated_groups(msg_type, spec, arrays)
     groups = split_groups(arrays)
     # 1) structure: needed kinds and matching row counts (cheap, before any data pass)
     for group, members in groups.items():
@@ -650,6 +681,34 @@ def _check_array_contents(msg_type: str, spec: MessageSpec, arrays: Mapping[str,
                     raise ProtocolError("bad_array", f"{name} has {_plural(count, 'index')} outside [0, {n}) of "
                                                      f"{prefix}{ks.index_into} "
                                                      f"({_first_bad_row_text(name, ks, arr, bad)})")
+
+
+def _check_repeated_groups(msg_type: str, spec: MessageSpec, arrays: Mapping[str, np.ndarray]) -> None:
+    """Numbered groups (``mesh_1`` …) of repeatable slots: consecutive from 1, each with the required slots."""
+    repeating = [s for s in spec.array_slots or () if s.repeat]
+    if not repeating:
+        return
+    numbers: dict[str, set[int]] = {}
+    for name in arrays:
+        if name in (s.name for s in repeating):
+            continue
+        base = _repeat_base(name)
+        if base is not None and spec.slot(name) is not None:
+            numbers.setdefault(split_array_name(base[0])[0], set()).add(base[1])
+    for group, present in numbers.items():
+        gap = next(i for i in range(1, max(present) + 2) if i not in present)
+        if gap < max(present):
+            raise ProtocolError("bad_array", f"{msg_type} carries group {group}_{max(present)} but not {group}_{gap}; "
+                                             f"numbered groups must be consecutive from {group}_1")
+        for slot in repeating:
+            slot_group, kind = split_array_name(slot.name)
+            if slot_group != group or not slot.required:
+                continue
+            for i in sorted(present):
+                if f"{group}_{i}.{kind}" not in arrays:
+                    raise ProtocolError("bad_array", f"{msg_type} requires array {f'{group}_{i}.{kind}'!r} (group "
+                                                     f"{group}_{i} is present, and every numbered group needs what "
+                                                     f"{group} needs)")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1027,6 +1086,27 @@ def mesh_arrays(group: str, v_pos: np.ndarray, t_pos_idx: np.ndarray, uv: np.nda
     if v_color is not None:
         out[f"{group}.v_color"] = v_color
     return out
+
+
+def mesh_groups(arrays: Mapping[str, np.ndarray], group: str = "mesh") -> list[str]:
+    """The mesh groups a ``partial``/``result`` carries, in order: ``["mesh", "mesh_1", "mesh_2", ...]``.
+
+    Args:
+        arrays: a message's arrays (names ``"<group>.<kind>"``).
+        group: the first group's name; the others are ``<group>_1``, ``<group>_2``, …
+    Returns:
+        Group names that have a ``v_pos`` array, the first group first, then by number (empty when there is none).
+    """
+    found: dict[int, str] = {}
+    for name in arrays:
+        g, kind = split_array_name(name)
+        if kind != "v_pos":
+            continue
+        if g == group:
+            found[0] = g
+        elif g.startswith(group + "_") and g[len(group) + 1:].isdigit():
+            found[int(g[len(group) + 1:])] = g
+    return [found[i] for i in sorted(found)]
 
 
 def split_groups(arrays: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
