@@ -2,9 +2,12 @@
 
 - ``serve``: the socket service the Blender add-on talks to.
 - ``run <pipeline>``: one job in this process, no Blender, with a progress bar; writes a GLB (+ PNG texture). Every
-  field of the pipeline's config is a flag (``--texture-size 2048``); ``--help`` lists them with their defaults.
+  field of the pipeline's config is a flag (``--texture-size 2048``); ``--help`` lists them with their defaults. A
+  result with several meshes (``shape_ldm --num-samples 4``) becomes one GLB with one node per mesh, side by side.
 - ``jobs``: list the job store; ``--export JOB --out file.glb`` copies a finished job's result.
-- ``download <model>``: fetch a Stable Diffusion model into the Hugging Face cache (the only command that downloads).
+- ``download <model>``: fetch a Stable Diffusion model, or a public Michelangelo checkpoint (``text-ASLDM-256``,
+  ``image-ASLDM-256``, ``shapevae-256``) with the CLIP it needs, into the Hugging Face cache (the only command that
+  downloads).
 """
 
 from __future__ import annotations
@@ -81,11 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, spec in PIPELINES.items():
         p = run_sub.add_parser(name, help=spec.summary, description=spec.summary)
         for mesh_input in spec.mesh_inputs:
-            p.add_argument(f"--{mesh_input.group}", type=Path, required=mesh_input.required,
-                           help=f"{mesh_input.help} (OBJ/PLY/STL/GLB…)")
-        p.add_argument("--up-axis", choices=("auto", "Y", "Z"), default="auto",
-                       help="up axis of the input mesh files (auto: Y for glb/gltf/obj, Z otherwise)")
-        p.add_argument("--out", type=Path, required=True, help="output .glb (a .png texture is written beside it)")
+            p.add_argument(f"--{mesh_input.group.replace('_', '-')}", dest=mesh_input.group, type=Path,
+                           required=mesh_input.required, help=f"{mesh_input.help} (OBJ/PLY/STL/GLB…)")
+        if spec.mesh_inputs:
+            p.add_argument("--up-axis", choices=("auto", "Y", "Z"), default="auto",
+                           help="up axis of the input mesh files (auto: Y for glb/gltf/obj, Z otherwise)")
+        for image_input in spec.image_inputs:
+            p.add_argument(f"--{image_input.name.replace('_', '-')}", dest=image_input.name, type=Path,
+                           required=image_input.required, help=f"{image_input.help} (PNG/JPEG…)")
+        p.add_argument("--out", type=Path, required=True,
+                       help="output .glb (a .png texture is written beside it; several meshes: one node each)")
         p.add_argument("--allow-download", action="store_true", help="download the model if it is not cached")
         _config_flags(p, spec.config_class)
         _add_common(p)
@@ -96,10 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--out", type=Path)
     _add_common(jobs)
 
-    download = sub.add_parser("download", help="download a Stable Diffusion model into the Hugging Face cache")
+    download = sub.add_parser("download", help="download a Stable Diffusion model or a Michelangelo checkpoint into "
+                                               "the Hugging Face cache")
     from .models import DEFAULT_SD_MODEL
 
-    download.add_argument("model", nargs="?", default=DEFAULT_SD_MODEL)
+    download.add_argument("model", nargs="?", default=DEFAULT_SD_MODEL,
+                          help=f"a Stable Diffusion Hugging Face id (default {DEFAULT_SD_MODEL}), or text-ASLDM-256, "
+                               f"image-ASLDM-256, shapevae-256 (Michelangelo, with CLIP ViT-L/14)")
     return parser
 
 
@@ -172,6 +183,17 @@ def cmd_run(args) -> int:
         inputs.update({f"{group}.v_pos": mesh.v_pos, f"{group}.t_pos_idx": mesh.t_pos_idx})
         if mesh.has_uv:
             inputs.update({f"{group}.uv": mesh.uv, f"{group}.uv_idx": mesh.uv_idx})
+    for image_input in spec.image_inputs:
+        path = getattr(args, image_input.name)
+        if path is None:
+            continue
+        from .michelangelo.conditioner import load_image
+
+        try:
+            inputs[image_input.name] = load_image(path)
+        except (OSError, ValueError) as err:
+            print(f"error: --{image_input.name.replace('_', '-')}: {err}", file=sys.stderr)
+            return 2
     service = JobService(_data_dir(args), _device(args), ModelCache(1, args.allow_download), start_worker=False)
     done = threading.Event()
     outcome: dict = {}
@@ -239,9 +261,13 @@ def cmd_jobs(args) -> int:
 
 
 def cmd_download(args) -> int:
+    from .michelangelo.model import PUBLIC_FILES, download_public_checkpoint
     from .models import download_stable_diffusion
 
-    print(download_stable_diffusion(args.model))
+    if args.model in PUBLIC_FILES:
+        print(download_public_checkpoint(args.model))
+    else:
+        print(download_stable_diffusion(args.model))
     return 0
 
 

@@ -305,7 +305,19 @@ class ModelCache:
 
     def stable_diffusion(self, model: str, device: torch.device, dtype: torch.dtype | None = None):
         """The :func:`load_stable_diffusion` result for ``(model, device, dtype)``, loading it at most once while cached."""
-        key = ("sd", model, str(device), str(dtype))
+        return self._get(("sd", model, str(device), str(dtype)),
+                         lambda: load_stable_diffusion(model, device, dtype, allow_download=self.allow_download))
+
+    def michelangelo(self, model: str, device: torch.device, dtype: torch.dtype | None = None):
+        """The :func:`backend.michelangelo.model.load_michelangelo` bundle for ``(model, device, dtype)``, loaded at most once
+        while cached."""
+        from .michelangelo.model import load_michelangelo
+
+        return self._get(("michelangelo", model, str(device), str(dtype)),
+                         lambda: load_michelangelo(model, device, dtype, allow_download=self.allow_download))
+
+    def _get(self, key: tuple, load) -> Any:
+        """The cached value for ``key``, else ``load()`` (evicting least recently used entries first) and cache it."""
         with self._lock:
             if key in self._entries:
                 self._entries[key] = self._entries.pop(key)  # mark most recently used
@@ -314,7 +326,7 @@ class ModelCache:
                 self._entries.pop(next(iter(self._entries)))
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-            comps = load_stable_diffusion(model, device, dtype, allow_download=self.allow_download)
+            value = load()
             self.loads += 1
-            self._entries[key] = comps
-            return comps
+            self._entries[key] = value
+            return value

@@ -226,6 +226,7 @@ class BackendServer:
 
     def welcome_fields(self) -> dict[str, Any]:
         pipelines = {name: {"summary": spec.summary, "inputs": list(spec.required_inputs),
+                            "optional_inputs": list(spec.optional_inputs),
                             "params": describe_config(spec.config_class)} for name, spec in PIPELINES.items()}
         return {"protocol_version": protocol.PROTOCOL_VERSION, "server_version": __version__,
                 "device": device_description(self.service.device), "pipelines": pipelines,

@@ -220,7 +220,8 @@ class JobService:
         """Validate and queue a job. Returns ``(job_id, queue_position)`` (0 = runs next/now).
 
         Raises:
-            ParamError: unknown pipeline, bad params or missing inputs. MeshError: unusable input mesh.
+            ParamError: unknown pipeline, bad params or missing inputs. MeshError: unusable input mesh. ValueError:
+            another unusable input (e.g. a 1×1 image).
         """
         spec = PIPELINES.get(pipeline)
         if spec is None:
@@ -235,6 +236,8 @@ class JobService:
                 g = mesh_input.group
                 validate_mesh(TriMesh(inputs.get(v_name), inputs.get(f_name), inputs.get(f"{g}.uv"),
                                       inputs.get(f"{g}.uv_idx")), name=g)
+        if spec.check_inputs is not None:  # pipeline-specific input rules (e.g. a prompt or an image)
+            spec.check_inputs(config, inputs)
         job_id = uuid.uuid4().hex[:12]
         stored_params = {f: getattr(config, f) for f in config.__dataclass_fields__}
         self.store.insert(job_id, pipeline, stored_params, inputs)
