@@ -538,9 +538,11 @@ def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
         if not file.is_file():
             raise CheckpointError(f"{root}: {file.name} listed in {CONFIG_FILE} but missing")
         state = load_file(str(file), device="cpu")
-        module: nn.Module = ShapeVAE(config.vae) if name == "vae" else ASLDMDenoiser(config.denoiser)
+        with torch.device("meta"):  # no random init: every tensor comes from the file
+            module: nn.Module = ShapeVAE(config.vae) if name == "vae" else ASLDMDenoiser(config.denoiser)
         _check_state(module, state, str(file))
-        module.load_state_dict(state, strict=True)
+        module = module.to_empty(device="cpu")
+        _load_strict(module, state, str(file))
         built[name] = module.to(device=device, dtype=dtype).eval()
     return LoadedCheckpoint(config=config, vae=built.get("vae"), denoiser=built.get("denoiser"),  # type: ignore
                             metadata=dict(header.get("metadata") or {}))
