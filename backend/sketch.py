@@ -215,6 +215,7 @@ class SketchShape:
                                      self.distance_resolution)
         self._winding = _to_volume(winding, self.device)
         self._distance = _to_volume(distance, self.device)
+        self._face_corners = self._face_areas = None  # built by the first sample_near_surface
         self.precompute_seconds = time.perf_counter() - t_start
 
     def __repr__(self) -> str:
@@ -231,6 +232,30 @@ class SketchShape:
     def to_normalized(self, v_world: np.ndarray) -> np.ndarray:
         """(N, 3) Blender world metres → (N, 3) float64 normalised frame: ``(v_world − center) · scale``."""
         return (np.asarray(v_world, dtype=np.float64) - self.center) * self.scale
+
+    def sample_near_surface(self, n: int, std: float, generator: torch.Generator) -> torch.Tensor:
+        """``n`` points near the sketch surface: area-uniform on its triangles plus isotropic Gaussian noise.
+
+        Args:
+            n: number of points, >= 1.
+            std: standard deviation of the offset, normalised units, >= 0.
+            generator: torch generator on :attr:`device` (reproducible draws).
+
+        Returns:
+            (n, 3) float32 normalised-frame points on :attr:`device`.
+        """
+        if self._face_corners is None:
+            self._face_corners = torch.as_tensor(self.v_pos[self.t_pos_idx], device=self.device)  # (F, 3, 3)
+            e1 = self._face_corners[:, 1] - self._face_corners[:, 0]
+            e2 = self._face_corners[:, 2] - self._face_corners[:, 0]
+            self._face_areas = torch.linalg.cross(e1, e2).norm(dim=1) + 1e-12
+        face = torch.multinomial(self._face_areas, n, replacement=True, generator=generator)
+        u, v = torch.rand((2, n, 1), generator=generator, device=self.device)
+        flip = (u + v) > 1.0  # fold the unit square onto the triangle: uniform barycentrics
+        u, v = torch.where(flip, 1.0 - u, u), torch.where(flip, 1.0 - v, v)
+        a, b, c = self._face_corners[face].unbind(1)
+        points = a + u * (b - a) + v * (c - a)
+        return points + std * torch.randn((n, 3), generator=generator, device=self.device)
 
     # ---- queries -----------------------------------------------------------------------------------------------------
 
@@ -298,7 +323,7 @@ class SketchShape:
         return occupancy, distance_direct(self.v_pos, self.t_pos_idx, q).astype(np.float32)
 
 
-def sketch_loss(points: torch.Tensor, density: torch.Tensor, sketch: SketchShape, sigma: float = 0.3,
+def sketch_loss(points: torch.Tensor, density: torch.Tensor, sketch: SketchShape, sigma: float | None = 0.3,
                 reduction: str = "mean") -> torch.Tensor:
     """Latent-NeRF's Sketch-Shape loss (Metzer et al., CVPR 2023, §4.2) on the NeRF's own sample points.
 
@@ -312,7 +337,8 @@ def sketch_loss(points: torch.Tensor, density: torch.Tensor, sketch: SketchShape
         points: (N, 3) sample positions in the normalised (NeRF) frame (e.g. ``volume_render(...)["points"]``).
         density: (N,) NeRF density >= 0 at those points, differentiable.
         sketch: the precomputed sketch.
-        sigma: σ_S of the proximity weight, normalised units, > 0 (paper: 0.3).
+        sigma: σ_S of the proximity weight, normalised units, > 0 (paper: 0.3); None = weight 1 everywhere (a plain
+            fit to the sketch's occupancy, used to initialise the shape from the sketch).
         reduction: "mean" (weighted terms averaged over the N points) or "sum" (the official code's, used with
             its λ = 5e-6 per-sample weighting).
 
@@ -327,14 +353,14 @@ def sketch_loss(points: torch.Tensor, density: torch.Tensor, sketch: SketchShape
                          f"{tuple(density.shape)}")
     if points.shape[0] == 0:
         raise ValueError("sketch_loss needs at least one point")
-    if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
-        raise ValueError(f"sigma must be a finite number > 0, got {sigma!r}")
+    if sigma is not None and not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+        raise ValueError(f"sigma must be None or a finite number > 0, got {sigma!r}")
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     with torch.no_grad():
         occupancy, distance = sketch.query(points)
         inside = occupancy.to(density.device) > 0.5
-        weight = 1.0 - torch.exp(distance.to(density.device).square() * (-0.5 / (sigma * sigma)))
+        weight = 1.0 if sigma is None else 1.0 - torch.exp(distance.to(density.device).square() * (-0.5 / (sigma * sigma)))
         # Target clamped to [0.01, 0.99]: log α_GT and log(1 − α_GT) take two values, log 0.99 and log 0.01.
         log_hi, log_lo = math.log(1.0 - _TARGET_CLAMP), math.log(_TARGET_CLAMP)
         log_target = torch.where(inside, log_hi, log_lo)

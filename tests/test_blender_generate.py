@@ -31,7 +31,7 @@ PREVIEW_PREFIX = "LatentForge preview"
 JOB_TIMEOUT_S = 300.0
 BBOX_TOLERANCE = 0.15
 TINY = {"model": "tiny-random", "seed": 7, "texture_size": 64}
-FAST_PARAMS = {"render_size": 16, "num_samples": 16, "sketch_grid_resolution": 32, "sketch_init_iterations": 100,
+FAST_PARAMS = {"render_size": 16, "num_samples": 16, "sketch_grid_resolution": 64, "sketch_init_iterations": 100,
                "sketch_init_points": 4096, "partial_resolution": 16, "preview_every": 1, "vae_preview_every": 0}
 """Backend settings the panel does not show, added to Generate's params for speed on 2 CPU cores (smaller renders
 and grids, a shorter sketch initialisation). The shape settings (Sketch-Shape loss weight and sigma) stay the
