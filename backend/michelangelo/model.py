@@ -122,24 +122,31 @@ def download_public_checkpoint(name: str) -> Path:
 
 
 def _conditioner(config: MichelangeloConfig, device: torch.device, allow_download: bool) -> CLIPConditioner:
-    """CLIP for ``config.clip``: open_clip when it imports and has its weights cached, else transformers."""
+    """CLIP for ``config.clip``: open_clip when it imports and has its weights cached, else transformers from the cache,
+    else (``allow_download``) transformers downloaded — never two copies of the weights."""
     clip_dtype = default_dtype(device)
     if config.clip.model_id == TINY_RANDOM:
         return CLIPConditioner.from_config(config.clip, device, torch.float32)
+
+    def with_backend(backend: str):
+        return MichelangeloConfig.from_dict({**config.to_dict(), "clip": {**config.clip.to_dict(),
+                                                                           "backend": backend}}).clip
+
     try:
         import open_clip  # noqa: F401  (imports torchvision; absent on CPU-only installs)
     except Exception:  # ImportError, or torchvision failing inside open_clip's import
         pass
     else:
-        oc = MichelangeloConfig.from_dict({**config.to_dict(), "clip": {**config.clip.to_dict(),
-                                                                         "backend": "open_clip"}}).clip
         try:
-            return CLIPConditioner.from_config(oc, device, clip_dtype, allow_download)
+            return CLIPConditioner.from_config(with_backend("open_clip"), device, clip_dtype, allow_download=False)
         except (ImportError, ModelNotFoundError) as err:
-            log.info("open_clip CLIP unavailable (%s); using transformers", err)
-    tf = MichelangeloConfig.from_dict({**config.to_dict(), "clip": {**config.clip.to_dict(),
-                                                                     "backend": "transformers"}}).clip
-    return CLIPConditioner.from_config(tf, device, clip_dtype, allow_download)
+            log.info("open_clip CLIP not usable here (%s); using transformers", err)
+    try:
+        return CLIPConditioner.from_config(with_backend("transformers"), device, clip_dtype, allow_download=False)
+    except ModelNotFoundError:
+        if not allow_download:
+            raise
+        return CLIPConditioner.from_config(with_backend("transformers"), device, clip_dtype, allow_download=True)
 
 
 def load_michelangelo(model: str, device: str | torch.device = "auto", dtype: torch.dtype | None = None,
