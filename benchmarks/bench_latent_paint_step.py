@@ -11,9 +11,7 @@ pipeline's training resolution of 64×64 latent pixels.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,6 +26,7 @@ from backend.mesh import TriMesh  # noqa: E402
 from backend.models import RANDOM_SD15, TINY_RANDOM, load_stable_diffusion, resolve_device  # noqa: E402
 from backend.pipelines.latent_paint import LatentPaintPipeline  # noqa: E402
 from backend.render import make_rasterizer  # noqa: E402
+from benchmarks.steptime import device_name, print_split, time_steps  # noqa: E402
 
 
 def main() -> None:
@@ -53,42 +52,21 @@ def main() -> None:
     optimizer = torch.optim.Adam([texture], lr=1e-2)
     generator = torch.Generator(device=device).manual_seed(0)
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    parts: dict[str, list[float]] = {"render": [], "unet": [], "backward": []}
-    for step in range(args.warmup + args.steps):
-        sync()
-        t0 = time.perf_counter()
+    def step(mark) -> None:
         cameras = sample_cameras(args.batch_size, generator, device=device)
         latents, _ = pipe.render(texture, tensors, cameras, 64, background)
-        sync()
-        t1 = time.perf_counter()
+        mark("render")
         out = sds(latents, cameras, generator)
-        sync()
-        t2 = time.perf_counter()
+        mark("unet")
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         optimizer.step()
-        sync()
-        t3 = time.perf_counter()
-        if step >= args.warmup:
-            parts["render"].append(t1 - t0)
-            parts["unet"].append(t2 - t1)
-            parts["backward"].append(t3 - t2)
+        mark("backward")
 
-    total = [sum(p) for p in zip(*parts.values())]
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"Latent-Paint step, arch={args.arch}, device={name}, rasterizer={type(rasterizer).__name__}, "
-          f"batch={args.batch_size}, {len(tensors['tri'])} triangles, {args.steps} steps after {args.warmup} warm-up")
-    print(f"{'part':<10}{'median ms':>12}{'share of step':>16}")
-    for key, values in parts.items():
-        med = statistics.median(values)
-        print(f"{key:<10}{med * 1e3:>12.2f}{med / statistics.median(total):>15.1%}")
-    print(f"{'step':<10}{statistics.median(total) * 1e3:>12.2f}{1:>15.1%}")
-    print(f"{'steps/s':<10}{1 / statistics.median(total):>12.2f}")
-
+    parts = time_steps(step, args.steps, args.warmup, device)
+    print_split(f"Latent-Paint step, arch={args.arch}, device={device_name(device)}, "
+                f"rasterizer={type(rasterizer).__name__}, batch={args.batch_size}, {len(tensors['tri'])} triangles, "
+                f"{args.steps} steps after {args.warmup} warm-up", parts)
 
 if __name__ == "__main__":
     main()
