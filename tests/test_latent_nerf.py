@@ -3,6 +3,9 @@ oracle denoiser (silhouettes approach a reference shape's)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -10,13 +13,14 @@ import trimesh
 
 from backend.cameras import CameraBatch, cameras_from_angles
 from backend.guidance import OracleDenoiser, ScoreDistillation, SDSConfig
-from backend.mesh import MeshError
+from backend.mesh import MeshError, load_mesh
 from backend.models import ModelCache, build_random_stable_diffusion
 from backend.nerf import LatentNeRF, NeRFConfig
 from backend.params import ParamError, parse_config
 from backend.pipelines.base import JobContext
 from backend.pipelines.latent_nerf import LatentNeRFConfig, LatentNeRFPipeline, run_job
 from backend.render import TorchRasterizer
+from conftest import REPO_ROOT
 
 CPU = torch.device("cpu")
 
@@ -45,17 +49,37 @@ def test_sketch_guided_result_lands_where_the_sketch_stands(blockout):
                                              "partial_every": 5, "partial_resolution": 32})
     result = run_job(config, blockout, ctx)
     a = result.arrays
-    lo, hi = blockout["sketch.v_pos"].min(0), blockout["sketch.v_pos"].max(0)
-    rlo, rhi = a["mesh.v_pos"].min(0), a["mesh.v_pos"].max(0)
-    size, rsize = hi - lo, rhi - rlo
-    print("sketch bbox", lo, hi, "result bbox", rlo, rhi)
-    np.testing.assert_array_less(np.abs(rsize / size - 1.0), 0.15)  # same size per axis within 15 %
-    np.testing.assert_array_less(np.abs((rlo + rhi) / 2 - (lo + hi) / 2) / size, 0.15)  # same place
+    _assert_same_bbox(blockout["sketch.v_pos"], a["mesh.v_pos"])
+    lo, size = blockout["sketch.v_pos"].min(0), np.ptp(blockout["sketch.v_pos"], axis=0)
     assert a["mesh.v_color"].shape == (len(a["mesh.v_pos"]), 3) and np.isfinite(a["mesh.v_color"]).all()
     assert a["texture"].shape == (64, 64, 3) and a["mesh.uv_idx"].shape == a["mesh.t_pos_idx"].shape
     assert [s for s, _ in partials] == [5]  # the last step's mesh is the result itself
     assert partials[0][1]["mesh.v_pos"].min(0)[0] > lo[0] - 0.5 * size[0]  # partial meshes are in the world frame too
     assert result.metadata["sketch"] is True
+
+
+def _assert_same_bbox(sketch_v: np.ndarray, result_v: np.ndarray, tolerance: float = 0.15) -> None:
+    """Bounding boxes agree: size per axis within ``tolerance``, centres within ``tolerance`` × the sketch's size."""
+    lo, hi, rlo, rhi = sketch_v.min(0), sketch_v.max(0), result_v.min(0), result_v.max(0)
+    size = hi - lo
+    print("sketch bbox", lo, hi, "result bbox", rlo, rhi)
+    np.testing.assert_array_less(np.abs((rhi - rlo) / size - 1.0), tolerance)
+    np.testing.assert_array_less(np.abs((rlo + rhi) / 2 - (lo + hi) / 2) / size, tolerance)
+
+
+def test_cli_with_a_sketch_file_writes_a_glb_where_the_sketch_stands(blockout, tmp_path):
+    sketch_file = tmp_path / "blockout.ply"  # PLY: Z-up, read as is
+    trimesh.Trimesh(blockout["sketch.v_pos"], blockout["sketch.t_pos_idx"], process=False).export(sketch_file)
+    out = tmp_path / "house.glb"
+    flags = {"--prompt": "a gingerbread house", "--sketch": sketch_file, "--model": "tiny-random", "--iterations": 5,
+             "--render-size": 16, "--num-samples": 16, "--sketch-grid-resolution": 64, "--sketch-init-iterations": 100,
+             "--mesh-resolution": 64, "--texture-size": 64, "--preview-every": 0, "--vae-preview-every": 0,
+             "--partial-every": 0, "--device": "cpu", "--data-dir": tmp_path / "data", "--out": out}
+    cmd = [sys.executable, "-m", "backend", "run", "latent_nerf", *[str(x) for kv in flags.items() for x in kv]]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert out.is_file() and out.with_suffix(".png").is_file()
+    _assert_same_bbox(blockout["sketch.v_pos"], load_mesh(out).v_pos)  # the GLB is Y-up; load_mesh maps it back
 
 
 def test_text_only_generation_gives_a_mesh():
