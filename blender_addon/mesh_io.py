@@ -13,12 +13,14 @@ import math
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import bpy
+import mathutils
 import numpy as np
 
 from .core import arrays as lf_arrays
+from .core import protocol
 
 UV_MAP_NAME = "LatentForge"
 """Name of the UV map the add-on creates when the backend unwrapped the mesh (xatlas) or for a new object."""
@@ -344,15 +346,20 @@ class ApplyReport:
     """Outcome of applying a result: the object, its UV map, the image and notes for the user.
 
     Attributes:
+        obj: the (first) object that received the result.
+        uv_map: its UV map carrying the texture ("" for untextured shapes).
+        image: the texture image, or None for untextured shapes.
         message: one line for the user describing what was done (the session reports it).
+        objects: every object the result made or changed, in the result's mesh order (``[obj]`` for one mesh).
     """
 
     obj: bpy.types.Object
     uv_map: str
-    image: bpy.types.Image
+    image: bpy.types.Image | None
     created_object: bool
     n_uv_conflicts: int = 0
     message: str = ""
+    objects: list = field(default_factory=list)
 
 
 def find_target_object(target: JobTarget | None) -> bpy.types.Object | None:
@@ -529,7 +536,7 @@ def apply_texture_result(context: bpy.types.Context, job_id: str, result_arrays:
     obj["latentforge_pipeline"] = pipeline
     where = "a new object" if created else "the object"
     message = f"job {job_id}: texture applied to {where} {obj.name!r} (UV map {uv_map!r}, image {image.name!r})"
-    return ApplyReport(obj, uv_map, image, created, conflicts, message)
+    return ApplyReport(obj, uv_map, image, created, conflicts, message, [obj])
 
 
 # ---------------------------------------------------------------------------------------- generated meshes
@@ -653,7 +660,408 @@ def apply_generated_result(context: bpy.types.Context, job_id: str, result_array
     shape = f"following the sketch {sketch!r}" if sketch else "from the text alone"
     message = (f"job {job_id}: generated {obj.name!r} {shape} ({len(obj.data.vertices)} vertices, "
                f"{len(obj.data.polygons)} triangles, image {image.name!r})")
-    return ApplyReport(obj, UV_MAP_NAME, image, True, 0, message)
+    return ApplyReport(obj, UV_MAP_NAME, image, True, 0, message, [obj])
+
+
+# ------------------------------------------------------------------------------------- shapes (Michelangelo)
+
+MIN_IMAGE_SIDE = 16
+"""Smallest width and height of a Generate Shape image, pixels: the backend's limit
+(``backend.michelangelo.conditioner.MIN_IMAGE_SIDE``), checked here too so a too-small image is refused before
+anything is sent."""
+
+DEFAULT_SHAPE_GAP = 0.25
+"""Free space between neighbouring shape objects along X, metres, when a job's own setting is unknown."""
+
+SHAPE_MATERIAL_NAME = "LatentForge Shape"
+"""The plain material (one, shared) of the shape objects."""
+
+SHAPE_PREVIEW_TINTS = np.array([(0.80, 0.45, 0.25), (0.25, 0.55, 0.80), (0.35, 0.70, 0.30), (0.75, 0.35, 0.65),
+                                (0.80, 0.70, 0.25), (0.30, 0.70, 0.70)], dtype=np.float32)
+"""Linear RGB colours of the samples in the shape preview object (sample i gets tint i mod 6)."""
+
+
+def image_rgba8(image: bpy.types.Image) -> np.ndarray:
+    """An image datablock's pixels as the wire's image: (H, W, 4) uint8 RGBA, row 0 = top.
+
+    All pixels are read with one ``foreach_get``. Byte images (ordinary PNG/JPEG) hold their colour space's encoded
+    values and are sent as they are; float images (EXR, HDR, float buffers) hold scene-linear values and are
+    sRGB-encoded first. Grey images get R = G = B; images without alpha get alpha 255 (Blender reports alpha 1).
+
+    Raises:
+        ValueError: the image has no pixels (its file is missing or not an image Blender can read), an
+            unexpected channel count, or a side below :data:`MIN_IMAGE_SIDE`.
+    """
+    n = len(image.pixels)  # reading the length loads the image buffer when it is not in memory yet
+    w, h = (int(x) for x in image.size)
+    if n == 0 or w == 0 or h == 0:
+        source = image.filepath_from_user() if image.source == "FILE" else ""
+        where = f" (file {source!r})" if source else ""
+        raise ValueError(f"could not read image {image.name!r}{where}: it has no pixels; the file is missing or "
+                         "not an image Blender can read")
+    if min(w, h) < MIN_IMAGE_SIDE:
+        raise ValueError(f"image {image.name!r} is {w}×{h} pixels; Generate Shape needs at least "
+                         f"{MIN_IMAGE_SIDE}×{MIN_IMAGE_SIDE}")
+    channels = n // (w * h)
+    if channels not in (1, 3, 4) or channels * w * h != n:
+        raise ValueError(f"image {image.name!r} has {n} values for {w}×{h} pixels (expected 1, 3 or 4 channels)")
+    pixels = np.empty(n, dtype=np.float32)
+    image.pixels.foreach_get(pixels)
+    pixels = pixels.reshape(h, w, channels)[::-1]  # Blender: row 0 = bottom
+    color = pixels[..., :min(channels, 3)]
+    if image.is_float:
+        color = lf_arrays.linear_to_srgb(color)
+    rgba = np.ones((h, w, 4), dtype=np.float32)
+    rgba[..., :3] = color
+    if channels == 4:
+        rgba[..., 3] = pixels[..., 3]
+    return np.clip(np.rint(rgba * 255.0), 0, 255).astype(np.uint8)
+
+
+def read_image_file(path: str) -> np.ndarray:
+    """Load an image file with Blender (any format it reads) and return it as :func:`image_rgba8` does.
+
+    A datablock made for the file is removed again; one that already showed the file is reused and kept.
+
+    Args:
+        path: file path; ``//`` is relative to the saved .blend.
+
+    Raises:
+        ValueError: no such file, not an image Blender can read, or too small (see :func:`image_rgba8`).
+    """
+    abspath = bpy.path.abspath(path)
+    if not os.path.isfile(abspath):
+        raise ValueError(f"image file {path!r} does not exist")
+    existing = {im.as_pointer() for im in bpy.data.images}
+    try:
+        image = bpy.data.images.load(abspath, check_existing=True)
+    except RuntimeError as e:
+        raise ValueError(f"could not read image {path!r}: {str(e).strip()}") from None
+    try:
+        return image_rgba8(image)
+    finally:
+        if image.as_pointer() not in existing:
+            bpy.data.images.remove(image)
+
+
+def _x_extents(boxes: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    return np.array([lo[0] for lo, _ in boxes]), np.array([hi[0] for _, hi in boxes])
+
+
+def _short_name(name: str, max_chars: int) -> str:
+    """``name`` cleaned and cut like :func:`object_name_from_prompt`, and to at most ``2 * max_chars`` UTF-8 bytes."""
+    name = object_name_from_prompt(name, max_chars)
+    while len(name.encode("utf-8")) > 2 * max_chars:
+        name = name[:-1]
+    return name.rstrip() or "Shape"
+
+
+@dataclass
+class ShapeTarget:
+    """What the add-on remembers about a ``shape_ldm`` job: what its objects are named after and where they go.
+
+    The backend makes every sample around the world origin (the model's [-1.1, 1.1]³ box, metres); the samples are
+    laid out side by side along +X, ``gap`` apart, the row centred on ``location``. Each object's origin is its
+    sample's model origin.
+
+    Attributes:
+        label: the prompt, or the image's name (the objects are named after it).
+        location: (x, y, z) world point the row is centred on (the 3D cursor at submit time), metres.
+        gap: free space between neighbouring samples along X, metres.
+        image: True when the shapes come from an image.
+    """
+
+    label: str = ""
+    location: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    gap: float = DEFAULT_SHAPE_GAP
+    image: bool = False
+
+    def to_record(self) -> dict:
+        """The JSON-able record saved in the scene."""
+        return {"label": self.label, "location": [float(x) for x in self.location], "gap": float(self.gap),
+                "image": bool(self.image)}
+
+    @classmethod
+    def from_record(cls, record) -> ShapeTarget:
+        """Inverse of :meth:`to_record`. Raises KeyError / ValueError on a broken record."""
+        location = tuple(float(x) for x in record["location"])
+        if len(location) != 3:
+            raise ValueError(f"location must have 3 values, got {location}")
+        return cls(str(record.get("label", "")), location, float(record.get("gap", DEFAULT_SHAPE_GAP)),
+                   bool(record.get("image", False)))
+
+    @classmethod
+    def fallback(cls, context: bpy.types.Context, metadata: dict) -> ShapeTarget:
+        """For a job whose target was not recorded: named after its prompt, at the 3D cursor now."""
+        image = bool(metadata.get("image"))
+        label = str(metadata.get("prompt") or ("Shape from image" if image else "Shape"))
+        return cls(label, tuple(context.scene.cursor.location), DEFAULT_SHAPE_GAP, image)
+
+    def placements(self, boxes: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(anchor, location)`` per mesh (world vertex = local + location, local = vertex - anchor)."""
+        shifts = lf_arrays.row_offsets(*_x_extents(boxes), self.gap)
+        base = np.asarray(self.location, dtype=np.float64)
+        return [(np.zeros(3), base + (s, 0.0, 0.0)) for s in shifts]
+
+    def names(self, n: int, metadata: dict) -> list[str]:
+        """``"<label>"`` for one sample, ``"<label> 1"``, ``"<label> 2"``, … for several."""
+        base = object_name_from_prompt(self.label)
+        return [base] if n == 1 else [f"{base} {i + 1}" for i in range(n)]
+
+    def properties(self, index: int, metadata: dict) -> dict:
+        """Custom properties of sample ``index`` beyond the common ones."""
+        return {"latentforge_image": self.label if self.image else ""}
+
+
+@dataclass
+class VariationsTarget:
+    """What the add-on remembers about a ``shape_variations`` job: the source object and where the row goes.
+
+    The backend returns every variant where the source stood, at its size; the variants are moved along +X into a
+    row that starts ``gap`` right of the source. Each object's origin sits where the source's origin sits relative
+    to its variant.
+
+    Attributes:
+        source: the source object's name at submit time.
+        origin: (x, y, z) the source object's world location at submit time, metres.
+        start_x: world X where the first variant's left edge goes (the source's right edge + gap), metres.
+        gap: free space between neighbouring variants along X, metres.
+    """
+
+    source: str = ""
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    start_x: float | None = None
+    gap: float = DEFAULT_SHAPE_GAP
+
+    def to_record(self) -> dict:
+        """The JSON-able record saved in the scene (``start_x`` None is left out)."""
+        record = {"source": self.source, "origin": [float(x) for x in self.origin], "gap": float(self.gap)}
+        if self.start_x is not None:
+            record["start_x"] = float(self.start_x)
+        return record
+
+    @classmethod
+    def from_record(cls, record) -> VariationsTarget:
+        """Inverse of :meth:`to_record`. Raises KeyError / ValueError on a broken record."""
+        origin = tuple(float(x) for x in record["origin"])
+        if len(origin) != 3:
+            raise ValueError(f"origin must have 3 values, got {origin}")
+        start_x = record.get("start_x")
+        return cls(str(record.get("source", "")), origin, None if start_x is None else float(start_x),
+                   float(record.get("gap", DEFAULT_SHAPE_GAP)))
+
+    @classmethod
+    def fallback(cls, context: bpy.types.Context, metadata: dict) -> VariationsTarget:
+        """For a job whose target was not recorded: the row starts right of where the variants stand."""
+        return cls("", (0.0, 0.0, 0.0), None, DEFAULT_SHAPE_GAP)
+
+    def placements(self, boxes: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(anchor, location)`` per mesh (world vertex = local + location, local = vertex - anchor)."""
+        x_min, x_max = _x_extents(boxes)
+        start = self.start_x if self.start_x is not None else float(x_max.max()) + self.gap
+        shifts = lf_arrays.row_offsets(x_min, x_max, self.gap, start=start)
+        origin = np.asarray(self.origin, dtype=np.float64)
+        return [(origin, origin + (s, 0.0, 0.0)) for s in shifts]
+
+    def names(self, n: int, metadata: dict) -> list[str]:
+        """``"<source> variation 1"``, … (``"Shape variation 1"``, … when the source is unknown)."""
+        base = _short_name(self.source, 30) if self.source else "Shape"
+        return [f"{base} variation {i + 1}" for i in range(n)]
+
+    def properties(self, index: int, metadata: dict) -> dict:
+        """Custom properties of variant ``index`` beyond the common ones."""
+        return {"latentforge_source": self.source, "latentforge_strength": float(metadata.get("strength", 0.0) or 0.0)}
+
+
+@dataclass
+class InterpolateTarget:
+    """What the add-on remembers about a ``shape_interpolate`` job: the names of its two meshes (start, end).
+
+    The backend places every in-between shape between the two inputs (centre and size interpolated like the
+    latents); each object keeps that place, its origin at its bounding-box centre.
+    """
+
+    source_a: str = ""
+    source_b: str = ""
+
+    def to_record(self) -> dict:
+        """The JSON-able record saved in the scene."""
+        return {"source_a": self.source_a, "source_b": self.source_b}
+
+    @classmethod
+    def from_record(cls, record) -> InterpolateTarget:
+        """Inverse of :meth:`to_record`."""
+        return cls(str(record.get("source_a", "")), str(record.get("source_b", "")))
+
+    @classmethod
+    def fallback(cls, context: bpy.types.Context, metadata: dict) -> InterpolateTarget:
+        """For a job whose target was not recorded (the names are unknown)."""
+        return cls("", "")
+
+    def placements(self, boxes: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(anchor, location)`` per mesh: both its bounding-box centre (the mesh stays where it is)."""
+        return [(c, c) for c in ((lo.astype(np.float64) + hi) / 2.0 for lo, hi in boxes)]
+
+    def names(self, n: int, metadata: dict) -> list[str]:
+        """``"<a>→<b> 1/K"``, … ``"<a>→<b> K/K"``."""
+        a = _short_name(self.source_a, 20) if self.source_a else "A"
+        b = _short_name(self.source_b, 20) if self.source_b else "B"
+        return [f"{a}→{b} {i + 1}/{n}" for i in range(n)]
+
+    def properties(self, index: int, metadata: dict) -> dict:
+        """Custom properties of in-between shape ``index`` beyond the common ones (its weight: 0 = a, 1 = b)."""
+        weights = metadata.get("weights") or []
+        weight = float(weights[index]) if index < len(weights) else -1.0
+        return {"latentforge_source_a": self.source_a, "latentforge_source_b": self.source_b,
+                "latentforge_weight": weight}
+
+
+def shape_material() -> bpy.types.Material:
+    """The plain material :data:`SHAPE_MATERIAL_NAME` (a light grey Principled BSDF), made once, then reused."""
+    mat = bpy.data.materials.get(SHAPE_MATERIAL_NAME)
+    if mat is not None:
+        return mat
+    mat, bsdf = _principled_material(SHAPE_MATERIAL_NAME)
+    bsdf.inputs["Base Color"].default_value = (0.8, 0.8, 0.8, 1.0)
+    bsdf.inputs["Roughness"].default_value = 0.5
+    mat.diffuse_color = (0.8, 0.8, 0.8, 1.0)  # the viewport's solid mode
+    return mat
+
+
+def new_mesh_object(context: bpy.types.Context, name: str, v_pos: np.ndarray, t_pos_idx: np.ndarray,
+                    location: np.ndarray, smooth: bool = True) -> bpy.types.Object:
+    """A new triangle-mesh object at ``location`` (no rotation, scale 1), linked to the active collection.
+
+    Args:
+        v_pos: (N,3) float32 vertex positions relative to ``location`` (the object's local frame), metres.
+        t_pos_idx: (F,3) int32 triangles. location: (3,) world position of the object's origin.
+        smooth: smooth shading (per-face ``sharp_face`` off) or flat.
+
+    Raises:
+        ValueError: wrong shapes or degenerate triangles (nothing is left behind).
+    """
+    mesh = bpy.data.meshes.new(name)
+    try:
+        set_mesh_triangles(mesh, v_pos, t_pos_idx)
+    except ValueError:
+        bpy.data.meshes.remove(mesh)
+        raise
+    mesh.update(calc_edges=True)
+    if smooth:
+        mesh.shade_smooth()
+    else:
+        mesh.shade_flat()
+    obj = bpy.data.objects.new(name, mesh)
+    # matrix_world too (it sets location), so that it is right before the next depsgraph update
+    obj.matrix_world = mathutils.Matrix.Translation([float(x) for x in location])
+    _link_to_scene(context, obj)
+    return obj
+
+
+def _remove_object(obj: bpy.types.Object) -> None:
+    mesh = obj.data
+    bpy.data.objects.remove(obj)
+    if mesh is not None and mesh.users == 0:
+        bpy.data.meshes.remove(mesh)
+
+
+def _placed_shapes(context: bpy.types.Context, arrays: dict[str, np.ndarray], metadata: dict, target, pipeline: str):
+    """``(target, [(v_pos, t_pos_idx)], [(anchor, location)])`` of a shape result or partial: every mesh group in
+    order, placed by ``target`` (or by the pipeline's fallback target when None).
+
+    Raises:
+        ValueError: the message carries no mesh group.
+    """
+    groups = protocol.mesh_groups(arrays)
+    if not groups:
+        raise ValueError(f"a {pipeline} message carries no mesh (arrays: {', '.join(arrays) or 'none'})")
+    if target is None:
+        target = RESULT_IMPORTERS[pipeline].target_class.fallback(context, metadata)
+    meshes = [(np.asarray(arrays[f"{g}.v_pos"]), np.asarray(arrays[f"{g}.t_pos_idx"])) for g in groups]
+    boxes = [(v.min(axis=0), v.max(axis=0)) if len(v) else (np.zeros(3), np.zeros(3)) for v, _ in meshes]
+    return target, meshes, target.placements(boxes)
+
+
+def apply_shape_result(context: bpy.types.Context, job_id: str, result_arrays: dict[str, np.ndarray],
+                       metadata: dict, target, pipeline: str = "shape_ldm") -> ApplyReport:
+    """Make one new object per mesh of a shape result (``shape_ldm``, ``shape_variations``, ``shape_interpolate``).
+
+    Meshes come in the protocol groups ``mesh``, ``mesh_1``, … (Blender world frame, metres); ``target``
+    (:class:`ShapeTarget`, :class:`VariationsTarget`, :class:`InterpolateTarget`; None = the pipeline's fallback)
+    names and places them. Geometry goes in with the attribute API (no per-vertex Python). Every object gets smooth
+    shading (marching-cubes surfaces are smooth; ``metadata["shading"] == "flat"`` asks for flat), the shared plain
+    material :data:`SHAPE_MATERIAL_NAME`, and the custom properties ``latentforge_job_id/_pipeline/_prompt/_seed/
+    _sample_index/_model/_grid_resolution`` plus the target's own (``_image``; ``_source``, ``_strength``;
+    ``_source_a``, ``_source_b``, ``_weight``).
+
+    Raises:
+        ValueError: no mesh, wrong shapes or degenerate triangles (objects made so far are removed again).
+    """
+    target, meshes, placements = _placed_shapes(context, result_arrays, metadata, target, pipeline)
+    names = target.names(len(meshes), metadata)
+    material = shape_material()
+    smooth = str(metadata.get("shading", "smooth")).lower() != "flat"
+    objects = []
+    try:
+        for i, ((v_pos, t_pos_idx), (anchor, location), name) in enumerate(zip(meshes, placements, names)):
+            local = (v_pos.astype(np.float64) - anchor).astype(np.float32)
+            obj = new_mesh_object(context, name, local, t_pos_idx, location, smooth)
+            assign_material(obj, material)
+            props = {"latentforge_job_id": job_id, "latentforge_pipeline": pipeline,
+                     "latentforge_prompt": str(metadata.get("prompt", "")),
+                     "latentforge_seed": int(metadata.get("seed", 0) or 0), "latentforge_sample_index": i,
+                     "latentforge_model": str(metadata.get("model", "")),
+                     "latentforge_grid_resolution": int(metadata.get("grid_resolution", 0) or 0),
+                     **target.properties(i, metadata)}
+            for key, value in props.items():
+                obj[key] = value
+            objects.append(obj)
+    except ValueError:
+        for obj in objects:
+            _remove_object(obj)
+        raise
+    n_tris = sum(len(t) for _, t in meshes)
+    shown = ", ".join(repr(o.name) for o in objects[:4]) + (", …" if len(objects) > 4 else "")
+    message = f"job {job_id}: {len(objects)} shape object{'s' if len(objects) != 1 else ''} ({shown}; {n_tris} " \
+              "triangles in all)"
+    return ApplyReport(objects[0], "", None, True, 0, message, objects)
+
+
+def shape_preview_mesh(context: bpy.types.Context, arrays: dict[str, np.ndarray], target,
+                       pipeline: str = "shape_ldm") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The one mesh the temporary preview object shows for a shape ``partial``: every sample placed where its final
+    object will go (same layout as :func:`apply_shape_result`, from the coarse meshes' boxes), joined, each sample
+    tinted with its own :data:`SHAPE_PREVIEW_TINTS` colour.
+
+    Returns:
+        ``(v_pos (N,3) float32 world, t_pos_idx (F,3) int32, v_color (N,3) float32 linear)``.
+
+    Raises:
+        ValueError: the partial carries no mesh.
+    """
+    _target, meshes, placements = _placed_shapes(context, arrays, {}, target, pipeline)
+    v_parts, t_parts, c_parts = [], [], []
+    offset = 0
+    for i, ((v_pos, t_pos_idx), (anchor, location)) in enumerate(zip(meshes, placements)):
+        v_parts.append((v_pos.astype(np.float64) - anchor + location).astype(np.float32))
+        t_parts.append(t_pos_idx.astype(np.int32) + offset)
+        c_parts.append(np.broadcast_to(SHAPE_PREVIEW_TINTS[i % len(SHAPE_PREVIEW_TINTS)], (len(v_pos), 3)))
+        offset += len(v_pos)
+    return np.concatenate(v_parts), np.concatenate(t_parts), np.concatenate(c_parts).astype(np.float32)
+
+
+def preview_mesh(pipeline: str, context: bpy.types.Context, arrays: dict[str, np.ndarray],
+                 target) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The mesh the temporary preview object shows for a ``partial`` of ``pipeline``: its importer's ``preview``,
+    else the first mesh group as it is. Returns ``(v_pos, t_pos_idx, v_color or None)``.
+
+    Raises:
+        KeyError / ValueError: the partial lacks the arrays the pipeline's preview needs.
+    """
+    importer = RESULT_IMPORTERS.get(pipeline)
+    if importer is None or importer.preview is None:
+        return arrays["mesh.v_pos"], arrays["mesh.t_pos_idx"], arrays.get("mesh.v_color")
+    return importer.preview(context, arrays, target, pipeline)
 
 
 @dataclass(frozen=True)
@@ -664,11 +1072,15 @@ class ResultImporter:
         apply: ``(context, job_id, result_arrays, metadata, target, pipeline) -> ApplyReport``.
         target_class: the class of the per-job target (``to_record``/``from_record``).
         required_arrays: arrays the result must carry.
+        preview: ``(context, partial_arrays, target) -> (v_pos (N,3) float32 world, t_pos_idx (F,3) int32,
+            v_color (N,3|4) float32 or None)``: the one mesh the temporary preview object shows for a ``partial``
+            (which may carry several mesh groups); None = the partial's first group (``mesh.*``) as it is.
     """
 
     apply: Callable[..., ApplyReport]
     target_class: type
     required_arrays: tuple[str, ...]
+    preview: Callable[..., tuple] | None = None
 
 
 RESULT_IMPORTERS: dict[str, ResultImporter] = {
@@ -676,5 +1088,11 @@ RESULT_IMPORTERS: dict[str, ResultImporter] = {
                                    ("mesh.v_pos", "mesh.t_pos_idx", "mesh.uv", "mesh.uv_idx", "texture")),
     "latent_nerf": ResultImporter(apply_generated_result, GenerateTarget,
                                   ("mesh.v_pos", "mesh.t_pos_idx", "mesh.uv", "mesh.uv_idx", "texture")),
+    "shape_ldm": ResultImporter(apply_shape_result, ShapeTarget, ("mesh.v_pos", "mesh.t_pos_idx"),
+                                shape_preview_mesh),
+    "shape_variations": ResultImporter(apply_shape_result, VariationsTarget, ("mesh.v_pos", "mesh.t_pos_idx"),
+                                       shape_preview_mesh),
+    "shape_interpolate": ResultImporter(apply_shape_result, InterpolateTarget, ("mesh.v_pos", "mesh.t_pos_idx"),
+                                        shape_preview_mesh),
 }
 """Pipeline name -> its :class:`ResultImporter` (the session looks results up here, no per-pipeline branches)."""

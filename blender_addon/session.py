@@ -32,10 +32,14 @@ TIMER_INTERVAL_IDLE_S = 0.25
 MAX_SAVED_JOB_TARGETS = 200
 SCENE_JOBS_KEY = "latentforge_jobs"
 """Scene ID property: job id -> {"pipeline", **target.to_record()} (latent_paint: "object", "n_vertices", "uv_map";
-latent_nerf: "sketch"), so that a result can find its object after Blender restarted (saved with the .blend)."""
+latent_nerf: "sketch"; shape_ldm: "label", "location", "gap", "image"; shape_variations: "source", "origin",
+"start_x", "gap"; shape_interpolate: "source_a", "source_b"), so that a result can find its object (or its place)
+after Blender restarted (saved with the .blend)."""
 
 JobTarget = Any
-"""A pipeline's per-job target: ``mesh_io.JobTarget`` (latent_paint), ``mesh_io.GenerateTarget`` (latent_nerf)."""
+"""A pipeline's per-job target, of ``mesh_io.RESULT_IMPORTERS[pipeline].target_class``: ``mesh_io.JobTarget``
+(latent_paint), ``GenerateTarget`` (latent_nerf), ``ShapeTarget`` / ``VariationsTarget`` / ``InterpolateTarget``
+(the shape pipelines)."""
 
 
 @dataclass
@@ -481,13 +485,17 @@ class Session:
         self._update_preview_icon(image)
 
     def _on_partial(self, f: dict, arrays: dict) -> None:
-        """Show the active job's intermediate mesh as the one temporary object (``mesh_io.PREVIEW_OBJECT_NAME``)."""
+        """Show the active job's intermediate mesh(es) as the one temporary object (``mesh_io.PREVIEW_OBJECT_NAME``);
+        the pipeline's importer turns a partial into that one mesh (``mesh_io.preview_mesh``: shape samples are
+        placed like their final objects and joined)."""
         job_id = f["job_id"]
         if job_id != runtime_state().active_job_id:
             self.log.append(("INFO", f"partial mesh of job {job_id} at step {f['step']} not shown (not the active job)"))
             return
-        obj = mesh_io.update_preview_object(bpy.context, job_id, arrays["mesh.v_pos"], arrays["mesh.t_pos_idx"],
-                                            arrays.get("mesh.v_color"))
+        pipeline = self.pipelines.get(job_id, "")
+        v_pos, t_pos_idx, v_color = mesh_io.preview_mesh(pipeline, bpy.context, arrays,
+                                                         self.target_for(job_id, pipeline) if pipeline else None)
+        obj = mesh_io.update_preview_object(bpy.context, job_id, v_pos, t_pos_idx, v_color)
         text = f"partial mesh of job {job_id} at step {f['step']}: {len(obj.data.vertices)} vertices in {obj.name!r}"
         self.log.append(("INFO", text))
 
