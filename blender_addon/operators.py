@@ -1,6 +1,7 @@
 """Operators (thin): validate the context, call :mod:`.mesh_io` / :mod:`.session`, report."""
 
 import bpy
+import numpy as np
 from bpy.props import StringProperty
 
 from . import mesh_io, session
@@ -9,6 +10,9 @@ from .preferences import get_preferences
 
 PIPELINE = "latent_paint"
 GENERATE_PIPELINE = "latent_nerf"
+SHAPE_PIPELINE = "shape_ldm"
+VARIATIONS_PIPELINE = "shape_variations"
+INTERPOLATE_PIPELINE = "shape_interpolate"
 
 
 SESSION_ERRORS = (OSError, ValueError, RuntimeError, protocol.ProtocolError)
@@ -20,6 +24,17 @@ def _session_or_report(op: bpy.types.Operator) -> session.Session | None:
     except RuntimeError as e:
         op.report({"ERROR"}, str(e))
         return None
+
+
+def _fail(op: bpy.types.Operator, context, sess: session.Session, text: str) -> set[str]:
+    """Report ``text`` in the panel (``last_error``, stage "failed" unless a job is running) and the status bar;
+    returns the operator's ``{"CANCELLED"}``."""
+    sess.report("ERROR", text)
+    state = context.window_manager.latentforge
+    if not state.active_job_id:  # leave a running job's progress line alone
+        state.stage = "failed"
+    op.report({"ERROR"}, text)
+    return {"CANCELLED"}
 
 
 def _run(op: bpy.types.Operator, action, error_prefix: str = "") -> set[str]:
@@ -54,6 +69,100 @@ def generate_params(settings) -> dict:
     if settings.model.strip():
         params["model"] = settings.model.strip()
     return params
+
+
+def shape_grid_resolution(settings) -> int:
+    """Samples per side of the final shape meshes' occupancy grid: the ``shape_grid`` preset, or the custom value."""
+    return int(settings.shape_grid_resolution) if settings.shape_grid == "CUSTOM" else int(settings.shape_grid)
+
+
+def shape_common_params(settings) -> dict:
+    """The params every shape pipeline takes, from ``scene.latentforge`` (``model`` left out when empty = 'auto')."""
+    params = {"seed": int(settings.seed), "num_inference_steps": int(settings.shape_steps),
+              "guidance_scale": float(settings.shape_guidance_scale),
+              "grid_resolution": shape_grid_resolution(settings)}
+    if settings.shape_model.strip():
+        params["model"] = settings.shape_model.strip()
+    return params
+
+
+def shape_ldm_params(settings, from_image: bool) -> dict:
+    """The ``shape_ldm`` params; the prompt only without an image (the backend takes one condition, not both)."""
+    params = {**shape_common_params(settings), "num_samples": int(settings.shape_num_samples)}
+    if not from_image:
+        params["prompt"] = settings.prompt.strip()
+    return params
+
+
+def shape_variations_params(settings) -> dict:
+    """The ``shape_variations`` params; the prompt only with "Steer with Prompt"."""
+    params = {**shape_common_params(settings), "strength": float(settings.shape_strength),
+              "num_samples": int(settings.shape_variation_count)}
+    if settings.shape_variation_prompt:
+        params["prompt"] = settings.prompt.strip()
+    return params
+
+
+def shape_interpolate_params(settings) -> dict:
+    """The ``shape_interpolate`` params."""
+    return {**shape_common_params(settings), "num_shapes": int(settings.shape_interpolate_count)}
+
+
+def shape_input_image(settings) -> tuple[np.ndarray | None, str]:
+    """The image Generate Shape is conditioned on: ``(rgba (H,W,4) uint8 row 0 = top, label)``, or ``(None, "")``
+    for the prompt (``settings.shape_input`` "PROMPT").
+
+    Raises:
+        ValueError: "IMAGE" with no image picked, "FILE" with no path, or an image that cannot be read or is smaller
+            than ``mesh_io.MIN_IMAGE_SIDE``.
+    """
+    mode = settings.shape_input
+    if mode == "PROMPT":
+        return None, ""
+    if mode == "IMAGE":
+        image = settings.shape_image
+        if image is None:
+            raise ValueError("Shape From is 'Image' but no image is picked: pick one, or choose 'Prompt'")
+        return mesh_io.image_rgba8(image), image.name
+    path = settings.shape_image_path.strip()
+    if not path:
+        raise ValueError("Shape From is 'File' but no image file is chosen: choose one, or choose 'Prompt'")
+    return mesh_io.read_image_file(path), bpy.path.basename(bpy.path.abspath(path))
+
+
+def variation_source(context) -> bpy.types.Object:
+    """The mesh Variations of Selected varies: the active object, if it is a selected mesh.
+
+    Raises:
+        ValueError: no active selected object, or it is not a mesh.
+    """
+    obj = context.active_object
+    if obj is None or not obj.select_get():
+        raise ValueError("Select the mesh to make variations of (it must be the active object)")
+    if obj.type != "MESH":
+        raise ValueError(f"{obj.name!r} is a {obj.type}, not a mesh: select a mesh to make variations of")
+    return obj
+
+
+def interpolation_pair(context) -> tuple[bpy.types.Object, bpy.types.Object]:
+    """The two meshes Interpolate goes between: ``(start, end)`` = (the other selected mesh, the active one);
+    when neither is active, by name.
+
+    Raises:
+        ValueError: not exactly two selected objects, or one of them is not a mesh.
+    """
+    selected = list(context.selected_objects)
+    if len(selected) != 2:
+        raise ValueError(f"Select exactly two meshes to interpolate between ({len(selected)} selected)")
+    for obj in selected:
+        if obj.type != "MESH":
+            raise ValueError(f"{obj.name!r} is a {obj.type}, not a mesh: select two meshes to interpolate between")
+    active = context.active_object
+    if active in selected:
+        start = selected[0] if selected[1] == active else selected[1]
+        return start, active
+    first, second = sorted(selected, key=lambda o: o.name)
+    return first, second
 
 
 def sketch_object(context, settings) -> bpy.types.Object | None:
@@ -159,12 +268,7 @@ class LATENTFORGE_OT_generate(bpy.types.Operator):
             return {"CANCELLED"}
 
         def fail(text: str) -> set[str]:  # shown in the panel too, not only in the status bar
-            sess.report("ERROR", text)
-            state = context.window_manager.latentforge
-            if not state.active_job_id:  # leave a running job's progress line alone
-                state.stage = "failed"
-            self.report({"ERROR"}, text)
-            return {"CANCELLED"}
+            return _fail(self, context, sess, text)
 
         if not settings.prompt.strip():
             return fail("The prompt is empty: describe what to generate first")
@@ -194,6 +298,125 @@ class LATENTFORGE_OT_generate(bpy.types.Operator):
         else:
             self.report({"INFO"}, f"Generating with the sketch shape {sketch.name!r} "
                                   f"({arrays['sketch.t_pos_idx'].shape[0]} triangles)")
+        return {"FINISHED"}
+
+
+class LATENTFORGE_OT_generate_shape(bpy.types.Operator):
+    """Generate shapes from the prompt or an image with Michelangelo, in seconds (runs on the backend); each sample
+    becomes an object, side by side along X at the 3D cursor"""
+
+    bl_idname = "latentforge.generate_shape"
+    bl_label = "Generate Shape"
+    bl_options = {"REGISTER"}
+
+    def execute(self, context):
+        settings = context.scene.latentforge
+        sess = _session_or_report(self)
+        if sess is None:
+            return {"CANCELLED"}
+        try:
+            image, image_label = shape_input_image(settings)
+        except ValueError as e:
+            return _fail(self, context, sess, str(e))
+        if image is None and not settings.prompt.strip():
+            return _fail(self, context, sess, "The prompt is empty and no image is chosen: type a prompt, or set "
+                                              "Shape From to 'Image' or 'File'")
+        try:
+            sess.ensure_connected(get_preferences(context))
+        except (OSError, ValueError, RuntimeError) as e:
+            return _fail(self, context, sess, f"Cannot reach the backend: {e}")
+        label = image_label or settings.prompt.strip()
+        target = mesh_io.ShapeTarget(label, tuple(context.scene.cursor.location), float(settings.shape_spacing),
+                                     image is not None)
+        arrays = {"image": image} if image is not None else {}
+        try:
+            sess.submit_job(SHAPE_PIPELINE, shape_ldm_params(settings, image is not None), arrays, target)
+        except (protocol.ProtocolError, RuntimeError) as e:
+            return _fail(self, context, sess, f"Not sent: {e}")
+        what = f"the image {image_label!r} ({image.shape[1]}×{image.shape[0]})" if image is not None \
+            else f"{label!r}"
+        self.report({"INFO"}, f"Generating {settings.shape_num_samples} shape(s) from {what}")
+        return {"FINISHED"}
+
+
+class LATENTFORGE_OT_shape_variations(bpy.types.Operator):
+    """Make variations of the active mesh with Michelangelo (encode it, noise it to the strength, denoise); they
+    appear in a row next to it"""
+
+    bl_idname = "latentforge.shape_variations"
+    bl_label = "Variations of Selected"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context):
+        obj = context.active_object
+        return obj is not None and obj.type == "MESH"
+
+    def execute(self, context):
+        settings = context.scene.latentforge
+        sess = _session_or_report(self)
+        if sess is None:
+            return {"CANCELLED"}
+        try:
+            source = variation_source(context)
+            arrays = mesh_io.evaluated_mesh_arrays(source, context.evaluated_depsgraph_get(), None)
+        except ValueError as e:
+            return _fail(self, context, sess, f"Variations: {e}; select a mesh with faces")
+        if settings.shape_variation_prompt and not settings.prompt.strip():
+            return _fail(self, context, sess, "'Steer with Prompt' is on but the prompt is empty: type one, or turn "
+                                              "it off")
+        try:
+            sess.ensure_connected(get_preferences(context))
+        except (OSError, ValueError, RuntimeError) as e:
+            return _fail(self, context, sess, f"Cannot reach the backend: {e}")
+        gap = float(settings.shape_spacing)
+        target = mesh_io.VariationsTarget(source.name, tuple(source.matrix_world.translation),
+                                          float(arrays.v_pos[:, 0].max()) + gap, gap)
+        try:
+            sess.submit_job(VARIATIONS_PIPELINE, shape_variations_params(settings), arrays.wire_arrays("mesh"),
+                            target)
+        except (protocol.ProtocolError, RuntimeError) as e:
+            return _fail(self, context, sess, f"Not sent: {e}")
+        self.report({"INFO"}, f"Making {settings.shape_variation_count} variation(s) of {source.name!r} "
+                              f"({arrays.t_pos_idx.shape[0]} triangles)")
+        return {"FINISHED"}
+
+
+class LATENTFORGE_OT_shape_interpolate(bpy.types.Operator):
+    """Make in-between shapes of the two selected meshes with Michelangelo (from the other selected mesh to the
+    active one); they appear between the two"""
+
+    bl_idname = "latentforge.shape_interpolate"
+    bl_label = "Interpolate"
+    bl_options = {"REGISTER"}
+
+    def execute(self, context):
+        settings = context.scene.latentforge
+        sess = _session_or_report(self)
+        if sess is None:
+            return {"CANCELLED"}
+        try:
+            start, end = interpolation_pair(context)
+        except ValueError as e:
+            return _fail(self, context, sess, str(e))
+        arrays = {}
+        depsgraph = context.evaluated_depsgraph_get()
+        for obj, group in ((start, "mesh"), (end, "mesh_b")):
+            try:
+                arrays.update(mesh_io.evaluated_mesh_arrays(obj, depsgraph, None).wire_arrays(group))
+            except ValueError as e:
+                return _fail(self, context, sess, f"Interpolate: {e}; select two meshes with faces")
+        try:
+            sess.ensure_connected(get_preferences(context))
+        except (OSError, ValueError, RuntimeError) as e:
+            return _fail(self, context, sess, f"Cannot reach the backend: {e}")
+        target = mesh_io.InterpolateTarget(start.name, end.name)
+        try:
+            sess.submit_job(INTERPOLATE_PIPELINE, shape_interpolate_params(settings), arrays, target)
+        except (protocol.ProtocolError, RuntimeError) as e:
+            return _fail(self, context, sess, f"Not sent: {e}")
+        self.report({"INFO"}, f"Making {settings.shape_interpolate_count} shape(s) between {start.name!r} and "
+                              f"{end.name!r}")
         return {"FINISHED"}
 
 
@@ -292,7 +515,7 @@ class LATENTFORGE_OT_refresh_jobs(bpy.types.Operator):
 
 class LATENTFORGE_OT_import_job(bpy.types.Operator):
     """Import a finished job's result: a texture onto its object if it still exists (same name and vertex count),
-    else as a new object; a generated mesh always as a new object"""
+    else as a new object; a generated mesh, and generated shapes, always as new objects"""
 
     bl_idname = "latentforge.import_job"
     bl_label = "Import Result"
@@ -324,7 +547,8 @@ class LATENTFORGE_OT_import_job(bpy.types.Operator):
         return {"FINISHED"}
 
 
-classes = (LATENTFORGE_OT_texture_selected, LATENTFORGE_OT_generate, LATENTFORGE_OT_cancel_job,
+classes = (LATENTFORGE_OT_texture_selected, LATENTFORGE_OT_generate, LATENTFORGE_OT_generate_shape,
+           LATENTFORGE_OT_shape_variations, LATENTFORGE_OT_shape_interpolate, LATENTFORGE_OT_cancel_job,
            LATENTFORGE_OT_connect, LATENTFORGE_OT_disconnect, LATENTFORGE_OT_start_backend, LATENTFORGE_OT_stop_backend,
            LATENTFORGE_OT_refresh_jobs, LATENTFORGE_OT_import_job)
 

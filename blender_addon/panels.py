@@ -35,6 +35,19 @@ def draw_sketch_status(layout, context, settings) -> None:
         layout.label(text=f"Shaped like {sketch.name!r}", icon="MESH_CUBE")
 
 
+def _status_line(layout, compute, describe) -> None:
+    """One line: ``describe(compute())`` with an info icon, or the ValueError ``compute`` raised, in red."""
+    try:
+        value = compute()
+    except ValueError as e:
+        row = layout.row()
+        row.alert = True
+        row.label(text=str(e), icon="ERROR")
+        return
+    text, icon = describe(value)
+    layout.label(text=text, icon=icon)
+
+
 class _SidebarPanel:
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
@@ -108,6 +121,65 @@ class LATENTFORGE_PT_main(_SidebarPanel, bpy.types.Panel):
             layout.label(text=state.last_info, icon="INFO")
 
 
+class LATENTFORGE_PT_shape(_SidebarPanel, bpy.types.Panel):
+    """Michelangelo shapes in seconds: Generate Shape (prompt or image), Variations of Selected, Interpolate; their
+    jobs share the main panel's progress, Cancel and the Jobs list."""
+
+    bl_idname = "LATENTFORGE_PT_shape"
+    bl_label = "Shape (Michelangelo)"
+    bl_parent_id = "LATENTFORGE_PT_main"
+
+    def draw(self, context):
+        layout = self.layout
+        settings = context.scene.latentforge
+
+        box = layout.box()
+        box.label(text="Generate shapes from text or an image", icon="MESH_ICOSPHERE")
+        box.row().prop(settings, "shape_input", expand=True)
+        if settings.shape_input == "PROMPT":
+            box.prop(settings, "prompt")
+        elif settings.shape_input == "IMAGE":
+            box.template_ID(settings, "shape_image", open="image.open")
+        else:
+            box.prop(settings, "shape_image_path", text="")
+        box.prop(settings, "shape_num_samples")
+        row = box.row()
+        row.scale_y = 1.4
+        row.operator("latentforge.generate_shape", icon="PLAY")
+
+        box = layout.box()
+        box.label(text="Variations of a mesh", icon="MOD_ARRAY")
+        _status_line(box, lambda: operators.variation_source(context),
+                     lambda obj: (f"Varies {obj.name!r}", "MESH_DATA"))
+        sub = box.column(align=True)
+        sub.prop(settings, "shape_strength")
+        sub.prop(settings, "shape_variation_count")
+        box.prop(settings, "shape_variation_prompt")
+        row = box.row()
+        row.scale_y = 1.4
+        row.operator("latentforge.shape_variations", icon="PLAY")
+
+        box = layout.box()
+        box.label(text="In-between shapes of two meshes", icon="ARROW_LEFTRIGHT")
+        _status_line(box, lambda: operators.interpolation_pair(context),
+                     lambda pair: (f"From {pair[0].name!r} to {pair[1].name!r}", "MESH_DATA"))
+        box.prop(settings, "shape_interpolate_count")
+        row = box.row()
+        row.scale_y = 1.4
+        row.operator("latentforge.shape_interpolate", icon="PLAY")
+
+        col = layout.column(align=True)
+        col.label(text="Shape settings:")
+        col.row().prop(settings, "shape_grid", expand=True)
+        if settings.shape_grid == "CUSTOM":
+            col.prop(settings, "shape_grid_resolution")
+        col.prop(settings, "shape_steps")
+        col.prop(settings, "shape_guidance_scale")
+        col.prop(settings, "seed")
+        col.prop(settings, "shape_spacing")
+        layout.prop(settings, "shape_model")
+
+
 class LATENTFORGE_PT_preview(_SidebarPanel, bpy.types.Panel):
     """The live preview of the active job (the image "LatentForge Preview")."""
 
@@ -153,7 +225,7 @@ class LATENTFORGE_PT_jobs(_SidebarPanel, bpy.types.Panel):
                 layout.label(text=job.error, icon="ERROR")
 
 
-classes = (LATENTFORGE_UL_jobs, LATENTFORGE_PT_main, LATENTFORGE_PT_preview, LATENTFORGE_PT_jobs)
+classes = (LATENTFORGE_UL_jobs, LATENTFORGE_PT_main, LATENTFORGE_PT_shape, LATENTFORGE_PT_preview, LATENTFORGE_PT_jobs)
 
 
 register, unregister = bpy.utils.register_classes_factory(classes)

@@ -27,6 +27,24 @@ SKETCH_MODES = (
 """``scene.latentforge.sketch_mode`` items: where Generate's sketch shape comes from."""
 
 
+SHAPE_INPUTS = (
+    ("PROMPT", "Prompt", "Generate from the prompt (text-conditioned model)"),
+    ("IMAGE", "Image", "Generate from an image already in the .blend (image-conditioned model)"),
+    ("FILE", "File", "Generate from an image file on disk (PNG, JPEG, … anything Blender reads)"),
+)
+"""``scene.latentforge.shape_input`` items: what Generate Shape is conditioned on."""
+
+SHAPE_GRIDS = (
+    ("129", "129³", "The public model's grid: 129 samples (128 cells) per side"),
+    ("257", "257³", "Twice the detail: 257 samples (256 cells) per side; 8× the occupancy queries"),
+    ("CUSTOM", "Custom", "Any grid the backend accepts (16–512 samples per side)"),
+)
+"""``scene.latentforge.shape_grid`` items: the occupancy grid of the final shape meshes."""
+
+SHAPE_GRID_MIN, SHAPE_GRID_MAX = 16, 512
+"""The backend's range of ``grid_resolution`` (samples per side)."""
+
+
 def _is_mesh_object(_settings, obj) -> bool:
     """Poll of ``sketch_object``: only mesh objects can be picked."""
     return obj.type == "MESH"
@@ -34,7 +52,8 @@ def _is_mesh_object(_settings, obj) -> bool:
 
 class LATENTFORGE_PG_settings(bpy.types.PropertyGroup):
     """Generation and texturing settings of a scene (``scene.latentforge``): the prompt settings are shared by
-    Texture Selected (``latent_paint``) and Generate (``latent_nerf``)."""
+    Texture Selected (``latent_paint``) and Generate (``latent_nerf``); the prompt and the seed also by the shape
+    operators (``shape_*`` settings: Generate Shape, Variations of Selected, Interpolate)."""
 
     prompt: StringProperty(name="Prompt", description="What the texture or the generated object should show", default="")
     negative_prompt: StringProperty(name="Negative Prompt", description="What the result should not show",
@@ -63,6 +82,46 @@ class LATENTFORGE_PG_settings(bpy.types.PropertyGroup):
                                description="Steps between intermediate meshes shown as the temporary object "
                                            "'LatentForge preview' (0 = none)",
                                default=500, min=0, soft_max=5000)
+
+    # Shapes (Michelangelo): Generate Shape, Variations of Selected, Interpolate.
+    shape_input: EnumProperty(name="Shape From", description="What Generate Shape is conditioned on",
+                              items=SHAPE_INPUTS, default="PROMPT")
+    shape_image: PointerProperty(name="Image", type=bpy.types.Image,
+                                 description="Concept image (RGB or RGBA; transparent parts count as white)")
+    shape_image_path: StringProperty(name="Image File", subtype="FILE_PATH",
+                                     description="Concept image file (RGB or RGBA; transparent parts count as "
+                                                 "white)", default="")
+    shape_num_samples: IntProperty(name="Samples", description="Shapes Generate Shape makes; each becomes its own "
+                                                               "object, side by side along X at the 3D cursor",
+                                   default=1, min=1, max=16)
+    shape_grid: EnumProperty(name="Grid", description="Occupancy grid the final meshes are extracted on",
+                             items=SHAPE_GRIDS, default="129")
+    shape_grid_resolution: IntProperty(name="Grid Samples", description="Samples per side of a custom grid",
+                                       default=129, min=SHAPE_GRID_MIN, max=SHAPE_GRID_MAX)
+    shape_guidance_scale: FloatProperty(name="Guidance", description="Classifier-free guidance scale of the shape "
+                                                                     "model (7.5; 1 = conditional only)",
+                                        default=7.5, min=0.0, max=100.0, soft_max=15.0)
+    shape_steps: IntProperty(name="Steps", description="DDIM denoising steps (50; fewer = faster, coarser)",
+                             default=50, min=1, max=1000, soft_max=200)
+    shape_model: StringProperty(name="Shape Model",
+                                description="Michelangelo model: empty = automatic (text-ASLDM-256 for prompts and "
+                                            "meshes, image-ASLDM-256 for images), a public name, a .ckpt file, a "
+                                            "training folder, or 'tiny-random' (tiny random weights, for testing)",
+                                default="")
+    shape_spacing: FloatProperty(name="Spacing", description="Free space between neighbouring new shape objects "
+                                                             "(and between a mesh and its variations)",
+                                 default=0.25, min=0.0, soft_max=5.0, subtype="DISTANCE", unit="LENGTH")
+    shape_strength: FloatProperty(name="Strength", description="How far the selected mesh is noised before "
+                                                               "denoising: small = close to it, 1 = a new shape",
+                                  default=0.5, min=0.01, max=1.0, subtype="FACTOR")
+    shape_variation_count: IntProperty(name="Variations", description="Variants Variations of Selected makes",
+                                       default=4, min=1, max=16)
+    shape_variation_prompt: BoolProperty(name="Steer with Prompt",
+                                         description="Denoise the variants towards the prompt (off: no text)",
+                                         default=False)
+    shape_interpolate_count: IntProperty(name="In-Between Shapes",
+                                         description="Shapes Interpolate makes between the two selected meshes",
+                                         default=3, min=1, max=32)
 
 
 class LATENTFORGE_PG_job(bpy.types.PropertyGroup):
