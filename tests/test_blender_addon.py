@@ -476,6 +476,10 @@ def test_backend_errors_show_up_and_the_addon_stays_usable(scene, connected):
     addon.pump(lambda: addon.state.last_error, 60, "the error")
     assert "no-such-org/no-such-model" in addon.state.last_error and addon.state.stage == "failed"
     assert len(suzanne.material_slots) == 0
+    # The failed job is reported twice (status "failed", then an error message); both must be in before the log
+    # is checked clean for the next job.
+    addon.pump(lambda: any(text.startswith("backend: ") and "no-such-org/no-such-model" in text
+                           for level, text in addon.session.log if level == "ERROR"), 30, "the job's error message")
 
     # Still usable.
     texture_and_wait(addon, suzanne)
