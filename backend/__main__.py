@@ -1,9 +1,11 @@
-"""Command line: ``python -m backend {serve,run,jobs,download}``.
+"""Command line: ``python -m backend {serve,run,train,jobs,download}``.
 
 - ``serve``: the socket service the Blender add-on talks to.
 - ``run <pipeline>``: one job in this process, no Blender, with a progress bar; writes a GLB (+ PNG texture). Every
   field of the pipeline's config is a flag (``--texture-size 2048``); ``--help`` lists them with their defaults. A
   result with several meshes (``shape_ldm --num-samples 4``) becomes one GLB with one node per mesh, side by side.
+- ``train shape_vae|shape_ldm``: train Michelangelo's shape VAE, then its denoiser, on a folder of meshes
+  (``--data DIR --out DIR``; every field of the training config is a flag, ``--resume`` continues a run).
 - ``jobs``: list the job store; ``--export JOB --out file.glb`` copies a finished job's result.
 - ``download <model>``: fetch a Stable Diffusion model, or a public Michelangelo checkpoint (``text-ASLDM-256``,
   ``image-ASLDM-256``, ``shapevae-256``) with the CLIP it needs, into the Hugging Face cache (the only command that
@@ -97,6 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--allow-download", action="store_true", help="download the model if it is not cached")
         _config_flags(p, spec.config_class)
         _add_common(p)
+
+    from .michelangelo.train import TRAINERS
+
+    train = sub.add_parser("train", help="train Michelangelo (shape VAE, then denoiser) on a folder of meshes")
+    train_sub = train.add_subparsers(dest="trainer", required=True)
+    for name, (config_class, _fn) in TRAINERS.items():
+        summary = (config_class.__doc__ or "").strip().splitlines()[0]
+        t = train_sub.add_parser(name, help=summary, description=summary)
+        _config_flags(t, config_class)
+        t.add_argument("--no-progress", action="store_true", help="no progress bar")
+        t.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
     jobs = sub.add_parser("jobs", help="list the job store, or export a finished job")
     jobs.add_argument("--limit", type=int, default=20)
@@ -260,6 +273,22 @@ def cmd_jobs(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from .michelangelo.train import TRAINERS
+
+    config_class, train_fn = TRAINERS[args.trainer]
+    params = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class) if hasattr(args, f.name)}
+    try:
+        result = train_fn(params, progress=not args.no_progress)
+    except FloatingPointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    last = result.history[-1] if result.history else {}
+    losses = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k not in ("step", "lr", "grad_norm"))
+    print(f"{args.trainer}: step {result.step} saved in {result.out}" + (f" ({losses})" if losses else ""))
+    return 0
+
+
 def cmd_download(args) -> int:
     from .michelangelo.model import PUBLIC_FILES, download_public_checkpoint
     from .models import download_stable_diffusion
@@ -278,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "urllib3", "huggingface_hub", "diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return {"serve": cmd_serve, "run": cmd_run, "jobs": cmd_jobs, "download": cmd_download}[args.command](args)
+        return {"serve": cmd_serve, "run": cmd_run, "train": cmd_train, "jobs": cmd_jobs,
+                "download": cmd_download}[args.command](args)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
