@@ -128,7 +128,7 @@ def check_images(images: np.ndarray | torch.Tensor | Sequence[np.ndarray | torch
         if not isinstance(im, (np.ndarray, torch.Tensor)):
             raise ValueError(f"image {i} must be a uint8 array, got {type(im).__name__}")
         _check_one(im, f"image {i}")
-        out.append(torch.as_tensor(np.ascontiguousarray(im) if isinstance(im, np.ndarray) else im.cpu()))
+        out.append(torch.from_numpy(np.require(im, requirements=("C", "W"))) if isinstance(im, np.ndarray) else im.cpu())
     return out
 
 
