@@ -163,6 +163,17 @@ def test_denoiser_generates_the_shape_paired_with_each_prompt(trained_vae, paire
             print(f"{prompt!r} sample {k}: IoU with its shape {right:.3f}, with the other {wrong:.3f}")
             assert right >= 0.6 and wrong <= 0.45 and right - wrong >= 0.3, (prompt, k, right, wrong)
 
+    # End to end through the shape_ldm pipeline (CLI `run`, the training folder as --model): a ball and a ring.
+    from backend.__main__ import main
+
+    for prompt, euler in (("a smooth round ball", 2), ("a donut shaped ring", 0)):
+        glb = tmp_path / f"{euler}.glb"
+        assert main(["run", "shape_ldm", "--model", str(result.out), "--prompt", prompt, "--num-inference-steps", "25",
+                     "--grid-resolution", "40", "--preview-resolution", "0", "--out", str(glb), "--device", "cpu",
+                     "--data-dir", str(tmp_path / "jobs")]) == 0
+        mesh = trimesh.load(glb, force="mesh")
+        assert mesh.is_watertight and mesh.euler_number == euler, (prompt, mesh.euler_number)
+
 
 def _tiny_vae_cfg(data, out, **kw) -> dict:
     return dict(data=str(data), out=str(out), steps=20, batch_size=2, lr=1e-3, warmup_steps=5, num_surface_points=64,
