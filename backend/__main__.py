@@ -276,10 +276,15 @@ def cmd_jobs(args) -> int:
 def cmd_train(args) -> int:
     from .michelangelo.train import TRAINERS
 
+    from .models import ModelNotFoundError
+
     config_class, train_fn = TRAINERS[args.trainer]
     params = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class) if hasattr(args, f.name)}
     try:
         result = train_fn(params, progress=not args.no_progress)
+    except (ModelNotFoundError, ImportError) as err:  # CLIP not cached / open_clip unusable
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except FloatingPointError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

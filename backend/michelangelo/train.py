@@ -567,8 +567,9 @@ def train_shape_ldm(cfg: ShapeLDMTrainConfig | dict[str, Any], model_config: Mic
         denoiser = denoiser.to(device)
     vae.eval().requires_grad_(False)
 
-    dataset = ShapeDataset(cfg.data, num_surface_points=cfg.num_surface_points, num_volume_points=1,
-                           num_near_points=1, seed=cfg.seed)
+    # Query points are not used here; a few hundred per shape keep the dataset's empty-volume check meaningful.
+    dataset = ShapeDataset(cfg.data, num_surface_points=cfg.num_surface_points, num_volume_points=256,
+                           num_near_points=256, seed=cfg.seed)
     condition = config.condition
     lacking = [f.name for f, c, im in zip(dataset.files, dataset.captions, dataset.image_paths)
                if (condition == "text" and not c) or (condition == "image" and im is None)]
