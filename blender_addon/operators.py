@@ -37,6 +37,21 @@ def _fail(op: bpy.types.Operator, context, sess: session.Session, text: str) -> 
     return {"CANCELLED"}
 
 
+def _connect_and_submit(op: bpy.types.Operator, context, sess: session.Session, pipeline: str, params: dict,
+                        arrays: dict, target) -> set[str] | None:
+    """Connect to the backend if needed and queue the job; on failure report it like :func:`_fail` and return the
+    operator's ``{"CANCELLED"}``, else None."""
+    try:
+        sess.ensure_connected(get_preferences(context))
+    except (OSError, ValueError, RuntimeError) as e:
+        return _fail(op, context, sess, f"Cannot reach the backend: {e}")
+    try:
+        sess.submit_job(pipeline, params, arrays, target)
+    except (protocol.ProtocolError, RuntimeError) as e:
+        return _fail(op, context, sess, f"Not sent: {e}")
+    return None
+
+
 def _run(op: bpy.types.Operator, action, error_prefix: str = "") -> set[str]:
     """Run ``action(session)``, turning a failure into an ERROR report; the operator's return value."""
     sess = _session_or_report(op)
@@ -284,15 +299,10 @@ class LATENTFORGE_OT_generate(bpy.types.Operator):
             except (ValueError, RuntimeError) as e:
                 return fail(f"Sketch shape: {e}. Block the shape out with primitives that have faces, or choose "
                             "Sketch Shape 'None' for text only")
-        try:
-            sess.ensure_connected(get_preferences(context))
-        except (OSError, ValueError, RuntimeError) as e:
-            return fail(f"Cannot reach the backend: {e}")
         target = mesh_io.GenerateTarget(sketch.name if sketch is not None else "")
-        try:
-            sess.submit_job(GENERATE_PIPELINE, generate_params(settings), arrays, target)
-        except (protocol.ProtocolError, RuntimeError) as e:
-            return fail(f"Not sent: {e}")
+        failed = _connect_and_submit(self, context, sess, GENERATE_PIPELINE, generate_params(settings), arrays, target)
+        if failed:
+            return failed
         if sketch is None:
             self.report({"INFO"}, "Generating from the text alone (no sketch shape)")
         else:
@@ -321,18 +331,14 @@ class LATENTFORGE_OT_generate_shape(bpy.types.Operator):
         if image is None and not settings.prompt.strip():
             return _fail(self, context, sess, "The prompt is empty and no image is chosen: type a prompt, or set "
                                               "Shape From to 'Image' or 'File'")
-        try:
-            sess.ensure_connected(get_preferences(context))
-        except (OSError, ValueError, RuntimeError) as e:
-            return _fail(self, context, sess, f"Cannot reach the backend: {e}")
         label = image_label or settings.prompt.strip()
         target = mesh_io.ShapeTarget(label, tuple(context.scene.cursor.location), float(settings.shape_spacing),
                                      image is not None)
         arrays = {"image": image} if image is not None else {}
-        try:
-            sess.submit_job(SHAPE_PIPELINE, shape_ldm_params(settings, image is not None), arrays, target)
-        except (protocol.ProtocolError, RuntimeError) as e:
-            return _fail(self, context, sess, f"Not sent: {e}")
+        failed = _connect_and_submit(self, context, sess, SHAPE_PIPELINE, shape_ldm_params(settings, image is not None),
+                                     arrays, target)
+        if failed:
+            return failed
         what = f"the image {image_label!r} ({image.shape[1]}×{image.shape[0]})" if image is not None \
             else f"{label!r}"
         self.report({"INFO"}, f"Generating {settings.shape_num_samples} shape(s) from {what}")
@@ -365,18 +371,13 @@ class LATENTFORGE_OT_shape_variations(bpy.types.Operator):
         if settings.shape_variation_prompt and not settings.prompt.strip():
             return _fail(self, context, sess, "'Steer with Prompt' is on but the prompt is empty: type one, or turn "
                                               "it off")
-        try:
-            sess.ensure_connected(get_preferences(context))
-        except (OSError, ValueError, RuntimeError) as e:
-            return _fail(self, context, sess, f"Cannot reach the backend: {e}")
         gap = float(settings.shape_spacing)
         target = mesh_io.VariationsTarget(source.name, tuple(source.matrix_world.translation),
                                           float(arrays.v_pos[:, 0].max()) + gap, gap)
-        try:
-            sess.submit_job(VARIATIONS_PIPELINE, shape_variations_params(settings), arrays.wire_arrays("mesh"),
-                            target)
-        except (protocol.ProtocolError, RuntimeError) as e:
-            return _fail(self, context, sess, f"Not sent: {e}")
+        failed = _connect_and_submit(self, context, sess, VARIATIONS_PIPELINE, shape_variations_params(settings),
+                                     arrays.wire_arrays("mesh"), target)
+        if failed:
+            return failed
         self.report({"INFO"}, f"Making {settings.shape_variation_count} variation(s) of {source.name!r} "
                               f"({arrays.t_pos_idx.shape[0]} triangles)")
         return {"FINISHED"}
@@ -406,15 +407,11 @@ class LATENTFORGE_OT_shape_interpolate(bpy.types.Operator):
                 arrays.update(mesh_io.evaluated_mesh_arrays(obj, depsgraph, None).wire_arrays(group))
             except ValueError as e:
                 return _fail(self, context, sess, f"Interpolate: {e}; select two meshes with faces")
-        try:
-            sess.ensure_connected(get_preferences(context))
-        except (OSError, ValueError, RuntimeError) as e:
-            return _fail(self, context, sess, f"Cannot reach the backend: {e}")
         target = mesh_io.InterpolateTarget(start.name, end.name)
-        try:
-            sess.submit_job(INTERPOLATE_PIPELINE, shape_interpolate_params(settings), arrays, target)
-        except (protocol.ProtocolError, RuntimeError) as e:
-            return _fail(self, context, sess, f"Not sent: {e}")
+        failed = _connect_and_submit(self, context, sess, INTERPOLATE_PIPELINE, shape_interpolate_params(settings),
+                                     arrays, target)
+        if failed:
+            return failed
         self.report({"INFO"}, f"Making {settings.shape_interpolate_count} shape(s) between {start.name!r} and "
                               f"{end.name!r}")
         return {"FINISHED"}
