@@ -174,14 +174,14 @@ class LayoutRecorder:
         return call
 
 
-def draw_main_panel(bpy) -> list:
-    """Call the main panel's ``draw`` with a :class:`LayoutRecorder`; returns the recorded calls."""
+def draw_panel(bpy, panel: str = "LATENTFORGE_PT_main") -> list:
+    """Call a panel's ``draw`` with a :class:`LayoutRecorder`; returns the recorded calls."""
     calls: list = []
 
     class Panel:
         layout = LayoutRecorder(bpy, calls)
 
-    bpy.types.LATENTFORGE_PT_main.draw(Panel(), bpy.context)
+    getattr(bpy.types, panel).draw(Panel(), bpy.context)
     return calls
 
 
@@ -275,7 +275,7 @@ def test_operator_panel_and_settings_are_registered(scene):
         else:
             for o in bpy.data.objects:
                 o.select_set(False)
-        calls = draw_main_panel(bpy)
+        calls = draw_panel(bpy)
         assert ("operator", ("latentforge.generate",), {"icon": "PLAY"}) in calls
         assert any(name == "prop" and args[1] == "sketch_mode" and kw.get("expand") for name, args, kw in calls)
         assert any(name == "prop" and args[1] == "sketch_object" for name, args, kw in calls) == (mode == "OBJECT")

@@ -21,7 +21,7 @@ import pytest
 
 import test_blender_addon as base
 from test_blender_addon import fetch_result, make_active, world_vertices
-from test_blender_generate import FakeClient, LayoutRecorder, panel_labels, preview_objects, pump_counting_previews
+from test_blender_generate import FakeClient, draw_panel, panel_labels, preview_objects, pump_counting_previews
 
 addon, scene, connected = base.addon, base.scene, base.connected  # the same fixtures (extension install, backend)
 
@@ -115,16 +115,6 @@ def make_image(bpy, name: str, width: int, height: int, float_buffer: bool = Fal
     return image, pixels
 
 
-def draw_shape_panel(bpy) -> list:
-    calls: list = []
-
-    class Panel:
-        layout = LayoutRecorder(bpy, calls)
-
-    bpy.types.LATENTFORGE_PT_shape.draw(Panel(), bpy.context)
-    return calls
-
-
 def alert_labels(calls) -> list[str]:
     """Labels drawn with the ERROR icon (the status lines that say why an operator cannot run)."""
     return [kw.get("text", "") for name, _args, kw in calls if name == "label" and kw.get("icon") == "ERROR"]
@@ -201,7 +191,7 @@ def test_settings_params_image_reading_and_panel(scene):
     assert operators.variation_source(bpy.context) == cube
     with pytest.raises(ValueError, match=r"exactly two meshes to interpolate between \(1 selected\)"):
         operators.interpolation_pair(bpy.context)
-    calls = draw_shape_panel(bpy)
+    calls = draw_panel(bpy, "LATENTFORGE_PT_shape")
     assert "Varies 'Cube'" in panel_labels(calls)
     assert alert_labels(calls) == ["Select exactly two meshes to interpolate between (1 selected)"]
     for name, _args, kw in calls:
@@ -212,7 +202,7 @@ def test_settings_params_image_reading_and_panel(scene):
     assert operators.interpolation_pair(bpy.context) == (sphere, cube)
     bpy.context.view_layer.objects.active = sphere
     assert operators.interpolation_pair(bpy.context) == (cube, sphere)
-    assert "From 'Cube' to 'Icosphere'" in panel_labels(draw_shape_panel(bpy))
+    assert "From 'Cube' to 'Icosphere'" in panel_labels(draw_panel(bpy, "LATENTFORGE_PT_shape"))
     make_active(bpy, light)
     with pytest.raises(ValueError, match="'Point' is a LIGHT, not a mesh"):
         operators.variation_source(bpy.context)
@@ -223,12 +213,12 @@ def test_settings_params_image_reading_and_panel(scene):
     # The panel draws the image picker / file path / prompt by Shape From, and the custom grid only when chosen.
     for mode, drawn in (("PROMPT", "prompt"), ("IMAGE", "shape_image"), ("FILE", "shape_image_path")):
         s.shape_input = mode
-        calls = draw_shape_panel(bpy)
+        calls = draw_panel(bpy, "LATENTFORGE_PT_shape")
         props = [args[1] for name, args, _kw in calls if name in ("prop", "template_ID")]
         assert drawn in props and not {"prompt", "shape_image", "shape_image_path"} - {drawn} & set(props)
         assert "shape_grid_resolution" not in props
     s.shape_grid = "CUSTOM"
-    assert "shape_grid_resolution" in [args[1] for name, args, _kw in draw_shape_panel(bpy) if name == "prop"]
+    assert "shape_grid_resolution" in [args[1] for name, args, _kw in draw_panel(bpy, "LATENTFORGE_PT_shape") if name == "prop"]
     s.shape_grid, s.shape_input, s.shape_image = "129", "PROMPT", None
 
     # The row layout (bpy-free helper).

@@ -256,6 +256,12 @@ def _preview(keys: list[str], limit: int = 20) -> str:
     return shown + (f", … (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+def _mismatches(unexpected: list[str], missing: list[str], wrong_shape: list[str]) -> list[str]:
+    """One sentence per non-empty kind of state-dict mismatch (keys sorted, long lists shortened)."""
+    kinds = (("unexpected key(s)", unexpected), ("missing key(s)", missing), ("key(s) with the wrong shape", wrong_shape))
+    return [f"{len(keys)} {what}: {_preview(sorted(keys))}" for what, keys in kinds if keys]
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The public checkpoints.
 # ---------------------------------------------------------------------------------------------------------------------
@@ -373,13 +379,7 @@ def load_public_checkpoint(source: str | os.PathLike | Mapping[str, Any],
         unexpected += [origin.get(f"{group}:{k}", k) for k in got if k not in want]
         wrong += [f"{public_name(group, k)}: expected {list(want[k])}, found {list(got[k].shape)}"
                   for k in want if k in got and tuple(got[k].shape) != want[k]]
-    problems: list[str] = []
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_preview(sorted(unexpected))}")
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {_preview(sorted(missing))}")
-    if wrong:
-        problems.append(f"{len(wrong)} key(s) with the wrong shape: {_preview(sorted(wrong))}")
+    problems = _mismatches(unexpected, missing, wrong)
     if problems:
         name = "shapevae" if config.denoiser is None else f"{config.condition}-ASLDM"
         raise CheckpointError(f"{where} does not match the {name} architecture "
@@ -550,16 +550,8 @@ def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
 
 def _check_state(module: nn.Module, state: Mapping[str, torch.Tensor], where: str) -> None:
     want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    missing = sorted(k for k in want if k not in state)
-    extra = sorted(k for k in state if k not in want)
-    wrong = sorted(f"{k}: expected {list(want[k])}, found {list(state[k].shape)}"
-                   for k in want if k in state and tuple(state[k].shape) != want[k])
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {_preview(missing)}")
-    if extra:
-        problems.append(f"{len(extra)} unexpected key(s): {_preview(extra)}")
-    if wrong:
-        problems.append(f"{len(wrong)} key(s) with the wrong shape: {_preview(wrong)}")
+    problems = _mismatches([k for k in state if k not in want], [k for k in want if k not in state],
+                           [f"{k}: expected {list(want[k])}, found {list(state[k].shape)}"
+                            for k in want if k in state and tuple(state[k].shape) != want[k]])
     if problems:
         raise CheckpointError(f"{where} does not match its config: " + "; ".join(problems))
