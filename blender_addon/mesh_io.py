@@ -460,6 +460,17 @@ def _link_to_scene(context: bpy.types.Context, obj: bpy.types.Object) -> None:
     collection.objects.link(obj)
 
 
+def _new_triangle_mesh(name: str, v_pos: np.ndarray, t_pos_idx: np.ndarray) -> bpy.types.Mesh:
+    """A new mesh datablock written by :func:`set_mesh_triangles`; removed again if that raises ValueError."""
+    mesh = bpy.data.meshes.new(name)
+    try:
+        set_mesh_triangles(mesh, v_pos, t_pos_idx)
+    except ValueError:
+        bpy.data.meshes.remove(mesh)
+        raise
+    return mesh
+
+
 def new_object_from_result(context: bpy.types.Context, name: str, v_pos: np.ndarray, t_pos_idx: np.ndarray,
                            uv: np.ndarray, uv_idx: np.ndarray) -> bpy.types.Object:
     """A new triangle-mesh object (identity transform, vertices in world space) with the UV map "LatentForge",
@@ -468,12 +479,7 @@ def new_object_from_result(context: bpy.types.Context, name: str, v_pos: np.ndar
     Raises:
         ValueError: a triangle uses the same vertex twice (degenerate by index), or wrong shapes.
     """
-    mesh = bpy.data.meshes.new(name)
-    try:
-        set_mesh_triangles(mesh, v_pos, t_pos_idx)
-    except ValueError:
-        bpy.data.meshes.remove(mesh)
-        raise
+    mesh = _new_triangle_mesh(name, v_pos, t_pos_idx)
     write_loop_uvs(mesh, UV_MAP_NAME, np.asarray(uv, dtype=np.float32)[np.asarray(uv_idx).reshape(-1)], update=False)
     mesh.update(calc_edges=True)
     obj = bpy.data.objects.new(name, mesh)
@@ -940,12 +946,7 @@ def new_mesh_object(context: bpy.types.Context, name: str, v_pos: np.ndarray, t_
     Raises:
         ValueError: wrong shapes or degenerate triangles (nothing is left behind).
     """
-    mesh = bpy.data.meshes.new(name)
-    try:
-        set_mesh_triangles(mesh, v_pos, t_pos_idx)
-    except ValueError:
-        bpy.data.meshes.remove(mesh)
-        raise
+    mesh = _new_triangle_mesh(name, v_pos, t_pos_idx)
     mesh.update(calc_edges=True)
     if smooth:
         mesh.shade_smooth()
