@@ -21,14 +21,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import trimesh  # noqa: E402
 
-from backend.cameras import sample_cameras  # noqa: E402
-from backend.mesh import TriMesh  # noqa: E402
-from backend.models import RANDOM_SD15, TINY_RANDOM, load_stable_diffusion, resolve_device  # noqa: E402
-from backend.nerf import LatentNeRF, NeRFConfig  # noqa: E402
+from backend.geometry.cameras import sample_cameras  # noqa: E402
+from backend.geometry.mesh import TriMesh  # noqa: E402
+from backend.models.devices import resolve_device
+from backend.models.errors import TINY_RANDOM
+from backend.models.stable_diffusion import load_stable_diffusion, RANDOM_SD15  # noqa: E402
+from backend.latent_nerf.field import LatentNeRF, NeRFConfig  # noqa: E402
 from backend.params import parse_config  # noqa: E402
 from backend.pipelines.common import build_sds  # noqa: E402
 from backend.pipelines.latent_nerf import LatentNeRFConfig, LatentNeRFPipeline  # noqa: E402
-from backend.sketch import SketchShape, sketch_loss  # noqa: E402
+from backend.latent_nerf.sketch import sketch_loss, SketchShape  # noqa: E402
 from benchmarks.steptime import device_name, print_split, time_steps  # noqa: E402
 
 

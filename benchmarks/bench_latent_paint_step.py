@@ -20,12 +20,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import trimesh  # noqa: E402
 
-from backend.cameras import sample_cameras  # noqa: E402
-from backend.guidance import ScoreDistillation, SDSConfig, StableDiffusionDenoiser  # noqa: E402
-from backend.mesh import TriMesh  # noqa: E402
-from backend.models import RANDOM_SD15, TINY_RANDOM, load_stable_diffusion, resolve_device  # noqa: E402
+from backend.geometry.cameras import sample_cameras  # noqa: E402
+from backend.guidance.denoiser import StableDiffusionDenoiser
+from backend.guidance.sds import ScoreDistillation, SDSConfig  # noqa: E402
+from backend.geometry.mesh import TriMesh  # noqa: E402
+from backend.models.devices import resolve_device
+from backend.models.errors import TINY_RANDOM
+from backend.models.stable_diffusion import load_stable_diffusion, RANDOM_SD15  # noqa: E402
 from backend.pipelines.latent_paint import LatentPaintPipeline  # noqa: E402
-from backend.render import make_rasterizer  # noqa: E402
+from backend.geometry.render import make_rasterizer  # noqa: E402
 from benchmarks.steptime import device_name, print_split, time_steps  # noqa: E402
 
 

@@ -11,7 +11,7 @@ scene" (its image buffer loaded):
      ``blender_addon.mesh_io.apply_texture_result`` with no target object (= ``new_object_from_result`` +
      ``create_texture_image`` + ``make_texture_material`` + ``assign_material``), exactly what the add-on's
      session does when a ``result`` arrives.
-  B  what other AI bridges do: the backend writes a GLB with ``backend.mesh.save_glb`` (trimesh) and Blender
+  B  what other AI bridges do: the backend writes a GLB with ``backend.geometry.mesh.save_glb`` (trimesh) and Blender
      imports it with ``bpy.ops.import_scene.gltf(filepath=...)``.
 
 The mesh is a torus built with numpy: ``R`` rings × ``C = 2R`` segments, ``F = 2·R·C`` triangles (1,000,000 for
@@ -78,7 +78,7 @@ if "bpy" not in sys.modules:  # keep Blender away from the user's own Blender fo
 import bpy  # noqa: E402
 import numpy as np  # noqa: E402
 
-from backend.mesh import TriMesh, save_glb, split_by_uv  # noqa: E402
+from backend.geometry.mesh import save_glb, split_by_uv, TriMesh  # noqa: E402
 from blender_addon import mesh_io  # noqa: E402
 from blender_addon.core import arrays as lf_arrays  # noqa: E402
 from blender_addon.core import protocol  # noqa: E402
@@ -284,7 +284,7 @@ def run_ours(res: Result, profiler: cProfile.Profile | None = None) -> tuple[Tim
 
 
 def run_glb(res: Result, workdir: Path) -> tuple[Timing, bpy.types.Object]:
-    """Path B, once: ``backend.mesh.save_glb`` to a file, then ``bpy.ops.import_scene.gltf`` of that file."""
+    """Path B, once: ``backend.geometry.mesh.save_glb`` to a file, then ``bpy.ops.import_scene.gltf`` of that file."""
     reset_blender()
     path = workdir / "result.glb"
     path.unlink(missing_ok=True)

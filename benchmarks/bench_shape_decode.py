@@ -96,9 +96,9 @@ def measure(arch: str, device_name: str, resolution: int, mode: str, chunk: int)
     import numpy as np
     import torch
 
-    from backend.extract import clean_mesh, marching_cubes, sample_grid
-    from backend.mesh import MeshError
-    from backend.models import resolve_device
+    from backend.geometry.extract import clean_mesh, marching_cubes, sample_grid
+    from backend.geometry.mesh import MeshError
+    from backend.models.devices import resolve_device
 
     device = resolve_device(device_name)
     torch.set_grad_enabled(False)
@@ -164,7 +164,8 @@ def end_to_end(arch: str, device_name: str, samples: int) -> dict:
     from backend.michelangelo.conditioner import CLIPConditioner
     from backend.michelangelo.config import get_preset
     from backend.michelangelo.model import MichelangeloBundle, build_tiny_random
-    from backend.models import _byte_level_clip_tokenizer, resolve_device
+    from backend.models.devices import resolve_device
+    from backend.models.tokenizers import byte_level_clip_tokenizer
     from backend.params import parse_config
     from backend.pipelines.base import JobContext
     from backend.pipelines.shape_ldm import ShapeLDMConfig, ShapePipeline
@@ -188,7 +189,7 @@ def end_to_end(arch: str, device_name: str, samples: int) -> dict:
 
         torch.manual_seed(0)
         vae, denoiser = ShapeVAE(config.vae), ASLDMDenoiser(config.denoiser)
-        conditioner = CLIPConditioner(c, "transformers", CLIPModel(clip), _byte_level_clip_tokenizer(c.text_tokens))
+        conditioner = CLIPConditioner(c, "transformers", CLIPModel(clip), byte_level_clip_tokenizer(c.text_tokens))
     dtype = torch.float32
     clip_dtype = torch.float16 if device.type == "cuda" else torch.float32
     bundle = MichelangeloBundle(config, vae.to(device, dtype).eval().requires_grad_(False),

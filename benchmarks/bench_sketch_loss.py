@@ -7,7 +7,7 @@ Both sides compute the same loss on the same sample points and densities: the po
 Latent-NeRF at the training resolution (64×64 rays × 64 samples = 262,144 points), the sketch normalised as in
 Latent-NeRF. The official approach (latent-nerf's ShapeLoss) moves the points to the CPU, calls libigl's
 ``fast_winding_number`` (``fast_winding_number_for_meshes`` in older bindings) and ``point_mesh_squared_distance``
-every step, and moves the results back; ours is :func:`backend.sketch.sketch_loss` on a :class:`SketchShape` whose
+every step, and moves the results back; ours is :func:`backend.latent_nerf.sketch.sketch_loss` on a :class:`SketchShape` whose
 grids were computed once (its one-off cost is printed too, with the break-even step count). A last column times the
 per-step libigl way with the exact winding number where that beats the octree one (small meshes), to show the gain
 over the best per-step evaluation too. Timings are medians over
@@ -29,11 +29,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import trimesh  # noqa: E402
 
-from backend.cameras import sample_cameras  # noqa: E402
-from backend.mesh import TriMesh  # noqa: E402
-from backend.models import resolve_device  # noqa: E402
-from backend.nerf import LatentNeRF, NeRFConfig, get_rays, volume_render  # noqa: E402
-from backend.sketch import OCCUPANCY_DELTA, SketchShape, sketch_loss, winding_number_direct  # noqa: E402
+from backend.geometry.cameras import sample_cameras  # noqa: E402
+from backend.geometry.mesh import TriMesh  # noqa: E402
+from backend.models.devices import resolve_device  # noqa: E402
+from backend.latent_nerf.field import LatentNeRF, NeRFConfig
+from backend.latent_nerf.volume import get_rays, volume_render  # noqa: E402
+from backend.geometry.queries import winding_number
+from backend.latent_nerf.sketch import OCCUPANCY_DELTA, sketch_loss, SketchShape  # noqa: E402
 
 
 def blockout_mesh() -> trimesh.Trimesh:
@@ -56,14 +58,14 @@ def official_loss(points: torch.Tensor, density: torch.Tensor, v_pos: np.ndarray
     """The official per-step evaluation: libigl on the CPU at the step's points, then the same loss expression.
 
     ``fast=True`` is the official code's octree ``fast_winding_number``; None picks the exact winding number for small
-    meshes (<= 1000 faces), the quicker choice there (:func:`backend.sketch.winding_number_direct`).
+    meshes (<= 1000 faces), the quicker choice there (:func:`backend.geometry.queries.winding_number`).
     """
     import igl
 
     q = points.detach().cpu().numpy().astype(np.float64)
     v = v_pos.astype(np.float64)
     f = t_pos_idx.astype(np.int64)
-    winding = winding_number_direct(v, f, q, fast=fast)
+    winding = winding_number(v, f, q, fast=fast)
     sq_dist, _, _ = igl.point_mesh_squared_distance(q, v, f)
     winding = torch.from_numpy(winding).to(density.device)
     sq_dist = torch.from_numpy(sq_dist).to(density.device)

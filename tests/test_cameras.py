@@ -1,4 +1,4 @@
-"""Tests for backend.cameras: conventions (Blender frame, OpenGL camera), projection, sampling, view labels."""
+"""Tests for backend.geometry.cameras: conventions (Blender frame, OpenGL camera), projection, sampling, view labels."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from backend.cameras import CameraBatch, cameras_from_angles, perspective, sample_cameras
+from backend.geometry.cameras import CameraBatch, cameras_from_angles, perspective, sample_cameras
 
 
 def _project(mvp: torch.Tensor, points: torch.Tensor) -> torch.Tensor:

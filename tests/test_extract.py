@@ -9,10 +9,11 @@ import pytest
 import torch
 import trimesh
 
-from backend.extract import (bake_texture, clean_mesh, dilate_texture, extract_mesh, marching_cubes, sample_grid,
-                             signed_volume, transform_mesh, vertex_colors)
-from backend.mesh import MeshError, TriMesh, normalize_vertices
-from backend.render import TorchRasterizer
+from backend.geometry.bake import bake_texture, dilate_texture, vertex_colors
+from backend.geometry.extract import clean_mesh, extract_mesh, marching_cubes, sample_grid, transform_mesh
+from backend.geometry.queries import signed_volume
+from backend.geometry.mesh import MeshError, normalize_vertices, TriMesh
+from backend.geometry.render import TorchRasterizer
 
 CENTER = np.array([0.3, -0.2, 0.1])
 RADIUS = 0.55
@@ -26,7 +27,7 @@ def sphere_sdf(center=CENTER, radius=RADIUS):
 
 
 def n_bodies(mesh: TriMesh) -> int:
-    """Connected components counted independently of backend.extract (trimesh's face adjacency)."""
+    """Connected components counted independently of backend.geometry.extract (trimesh's face adjacency)."""
     return len(trimesh.Trimesh(mesh.v_pos, mesh.t_pos_idx, process=False).split(only_watertight=False))
 
 
@@ -265,7 +266,7 @@ def test_bake_texture_reproduces_the_field_at_the_corners(sphere_mesh):
 @pytest.mark.gpu
 def test_bake_texture_and_sample_grid_on_cuda_match_cpu(sphere_mesh):
     """nvdiffrast (UV rasterization, interpolation, texture lookups) and CUDA grid sampling agree with the CPU path."""
-    from backend.render import NvdiffrastRasterizer
+    from backend.geometry.render import NvdiffrastRasterizer
 
     grid_cpu = sample_grid(sphere_sdf(), 32, BOUND)
     c = torch.tensor(CENTER, dtype=torch.float32, device="cuda")

@@ -11,15 +11,17 @@ import pytest
 import torch
 import trimesh
 
-from backend.cameras import CameraBatch, cameras_from_angles
-from backend.guidance import OracleDenoiser, ScoreDistillation, SDSConfig
-from backend.mesh import MeshError, load_mesh
-from backend.models import ModelCache, build_random_stable_diffusion
-from backend.nerf import LatentNeRF, NeRFConfig
+from backend.geometry.cameras import CameraBatch, cameras_from_angles
+from backend.guidance.oracle import OracleDenoiser
+from backend.guidance.sds import ScoreDistillation, SDSConfig
+from backend.geometry.mesh import load_mesh, MeshError
+from backend.models.cache import ModelCache
+from backend.models.stable_diffusion import build_random_stable_diffusion
+from backend.latent_nerf.field import LatentNeRF, NeRFConfig
 from backend.params import ParamError, parse_config
 from backend.pipelines.base import JobContext
 from backend.pipelines.latent_nerf import LatentNeRFConfig, LatentNeRFPipeline, run_job
-from backend.render import TorchRasterizer
+from backend.geometry.render import TorchRasterizer
 from conftest import REPO_ROOT
 
 CPU = torch.device("cpu")

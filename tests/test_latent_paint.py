@@ -7,14 +7,16 @@ import pytest
 import torch
 import trimesh
 
-from backend.cameras import cameras_from_angles
-from backend.guidance import OracleDenoiser, ScoreDistillation, SDSConfig
-from backend.mesh import MeshError, TriMesh
-from backend.models import ModelCache, build_random_stable_diffusion
+from backend.geometry.cameras import cameras_from_angles
+from backend.guidance.oracle import OracleDenoiser
+from backend.guidance.sds import ScoreDistillation, SDSConfig
+from backend.geometry.mesh import MeshError, TriMesh
+from backend.models.cache import ModelCache
+from backend.models.stable_diffusion import build_random_stable_diffusion
 from backend.params import ParamError, parse_config
 from backend.pipelines.base import JobContext
 from backend.pipelines.latent_paint import LatentPaintConfig, LatentPaintPipeline, run_job
-from backend.render import TorchRasterizer
+from backend.geometry.render import TorchRasterizer
 
 CPU = torch.device("cpu")
 
@@ -77,7 +79,7 @@ def test_texture_changes_from_its_initial_value(sd, sphere_inputs):
 
 
 def _tiny_sds(sd, config):
-    from backend.guidance import StableDiffusionDenoiser
+    from backend.guidance.denoiser import StableDiffusionDenoiser
 
     denoiser = StableDiffusionDenoiser(sd, config.prompt, config.negative_prompt, config.guidance_scale)
     return ScoreDistillation(sd.scheduler.alphas_cumprod, denoiser, SDSConfig(config.guidance_scale))
@@ -171,7 +173,7 @@ def test_bad_params_are_rejected(params, match):
 
 
 def test_unknown_model_id_is_a_clear_error(sphere_inputs, monkeypatch, tmp_path):
-    from backend.models import ModelNotFoundError
+    from backend.models.errors import ModelNotFoundError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))

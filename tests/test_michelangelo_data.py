@@ -12,14 +12,14 @@ import pytest
 import torch
 import trimesh
 
-from backend.mesh import MeshError
+from backend.geometry.mesh import MeshError
 from backend.michelangelo.conditioner import (CLIP_MEAN, CLIP_STD, CLIPConditioner, load_image, preprocess_images,
                                               tiny_clip_config)
 from backend.michelangelo.config import get_preset
 from backend.michelangelo.data import (MODEL_EXTENT, VOLUME_BOUND, DatasetError, ShapeDataset, collate_shapes,
                                        sample_surface, to_model_frame)
 from backend.michelangelo.sampling import ddim_scheduler, ddpm_scheduler, sample_latents
-from backend.models import ModelNotFoundError
+from backend.models.errors import ModelNotFoundError
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import pytest
 import torch
 import trimesh
 
-from backend.mesh import MeshError
+from backend.geometry.mesh import MeshError
 from backend.michelangelo.checkpoint import load_checkpoint
 from backend.michelangelo.conditioner import CLIPConditioner
 from backend.michelangelo.config import get_preset
@@ -164,7 +164,7 @@ def test_denoiser_generates_the_shape_paired_with_each_prompt(trained_vae, paire
             assert right >= 0.6 and wrong <= 0.45 and right - wrong >= 0.3, (prompt, k, right, wrong)
 
     # End to end through the shape_ldm pipeline (CLI `run`, the training folder as --model): a ball and a ring.
-    from backend.__main__ import main
+    from backend.cli import main
 
     for prompt, euler in (("a smooth round ball", 2), ("a donut shaped ring", 0)):
         glb = tmp_path / f"{euler}.glb"
@@ -221,7 +221,7 @@ def _captioned(root, shapes, images: bool) -> None:
 
 
 def test_cli_trains_vae_then_denoiser(shapes, tmp_path, capsys):
-    from backend.__main__ import main
+    from backend.cli import main
     from backend.michelangelo.model import load_michelangelo
 
     data = tmp_path / "data"
@@ -274,7 +274,7 @@ def test_bad_data_folders_are_clear_errors(tmp_path, case, match):
 
 
 def test_bad_runs_are_clear_errors(shapes, tmp_path, capsys):
-    from backend.__main__ import main
+    from backend.cli import main
 
     out = tmp_path / "vae"
     train_shape_vae(_tiny_vae_cfg(shapes, out) | {"steps": 2}, progress=False)

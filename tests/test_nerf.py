@@ -1,4 +1,4 @@
-"""Tests for backend.nerf: the Latent-NeRF field, hash/frequency encodings, rays and volume rendering.
+"""Tests for backend.latent_nerf (field, volume): the Latent-NeRF field, hash/frequency encodings, rays and volume rendering.
 
 Renders are checked against analytic answers (a hard sphere's silhouette, chord opacity and entry depth) and against
 the rasterizer on the same cameras, so a flipped, transposed or shifted image fails.
@@ -13,10 +13,10 @@ import pytest
 import torch
 import trimesh
 
-from backend.cameras import cameras_from_angles, sample_cameras
-from backend.nerf import (FrequencyEncoding, HashGridEncoding, LatentNeRF, NeRFConfig, density_grid, get_rays,
-                          query_features, ray_box_intersection, trunc_exp, volume_render)
-from backend.render import TorchRasterizer
+from backend.geometry.cameras import cameras_from_angles, sample_cameras
+from backend.latent_nerf.field import FrequencyEncoding, HashGridEncoding, LatentNeRF, NeRFConfig, trunc_exp
+from backend.latent_nerf.volume import density_grid, get_rays, query_features, ray_box_intersection, volume_render
+from backend.geometry.render import TorchRasterizer
 
 SMALL = dict(num_levels=4, log2_hashmap_size=12, base_resolution=4, max_resolution=32, mlp_width=16)
 

@@ -1,4 +1,4 @@
-"""Tests for backend.render: TorchRasterizer against independent references; nvdiffrast parity on GPU."""
+"""Tests for backend.geometry.render: TorchRasterizer against independent references; nvdiffrast parity on GPU."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from backend.cameras import cameras_from_angles
-from backend.render import NvdiffrastRasterizer, Rasterizer, TorchRasterizer, make_rasterizer
+from backend.geometry.cameras import cameras_from_angles
+from backend.geometry.render import make_rasterizer, NvdiffrastRasterizer, Rasterizer, TorchRasterizer
 
 
 @pytest.fixture
@@ -350,7 +350,7 @@ def test_bad_inputs_raise_clear_errors(rasterizer):
 
 
 def test_make_rasterizer_on_cpu_is_torch_and_logs(caplog):
-    with caplog.at_level(logging.INFO, logger="backend.render"):
+    with caplog.at_level(logging.INFO, logger="backend.geometry.render"):
         rasterizer = make_rasterizer("cpu")
     assert isinstance(rasterizer, TorchRasterizer) and isinstance(rasterizer, Rasterizer)
     assert "TorchRasterizer" in caplog.text

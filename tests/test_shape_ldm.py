@@ -15,10 +15,12 @@ import pytest
 import torch
 import trimesh
 
-from backend.mesh import MeshError, gltf_to_blender
+from backend.geometry.frames import gltf_to_blender
+from backend.geometry.mesh import MeshError
 from backend.michelangelo.checkpoint import save_checkpoint
 from backend.michelangelo.model import build_tiny_random, load_michelangelo
-from backend.models import ModelCache, ModelNotFoundError
+from backend.models.cache import ModelCache
+from backend.models.errors import ModelNotFoundError
 from backend.params import ParamError, parse_config
 from backend.pipelines import PIPELINES
 from backend.pipelines.base import JobCancelled, JobContext
@@ -86,10 +88,10 @@ def test_generation_streams_progress_and_previews_and_returns_one_mesh_per_sampl
 
 
 def test_result_is_the_model_frame_mesh_turned_z_up(models):
-    """The only axis change is backend.mesh.gltf_to_blender (model frame: Y up, like the training data)."""
+    """The only axis change is backend.geometry.frames.gltf_to_blender (model frame: Y up, like the training data)."""
     config = parse_config(ShapeLDMConfig, {**FAST, "prompt": "a lamp"})
     result = run_shape_ldm(config, {}, _ctx(models))
-    pipe = ShapePipeline(models.michelangelo("tiny-random", CPU))
+    pipe = ShapePipeline(models.get(load_michelangelo, "tiny-random", CPU))
     model_frame = pipe.extract(result.extras["latents"], config.grid_resolution, config, _ctx(models))[0]
     np.testing.assert_allclose(result.arrays["mesh.v_pos"], gltf_to_blender(model_frame.v_pos), atol=1e-6)
     np.testing.assert_array_equal(result.arrays["mesh.t_pos_idx"], model_frame.t_pos_idx)
@@ -143,7 +145,7 @@ def test_variation_strength_controls_how_far_the_latent_moves(models, torus):
     def distance(strength):
         config = parse_config(ShapeVariationsConfig, {**FAST, "num_samples": 1, "strength": strength,
                                                       "num_inference_steps": 10})
-        pipe = ShapePipeline(models.michelangelo("tiny-random", CPU))
+        pipe = ShapePipeline(models.get(load_michelangelo, "tiny-random", CPU))
         start, _ = pipe.encode_mesh(torus["mesh.v_pos"], torus["mesh.t_pos_idx"], config.seed)
         end = pipe.denoise(start, *pipe.context("", None, 1)[:1], None, config, strength, 0, _ctx(models))
         return float((end - start).norm())
@@ -175,7 +177,7 @@ def test_interpolation_places_in_between_shapes_between_the_inputs(models, torus
 
 def test_no_surface_is_a_clear_error(torus):
     models = ModelCache()
-    bundle = models.michelangelo("tiny-random", CPU)
+    bundle = models.get(load_michelangelo, "tiny-random", CPU)
     with torch.no_grad():
         bundle.vae.geo_decoder.output_proj.bias.fill_(-1e4)  # empty space everywhere
     config = parse_config(ShapeLDMConfig, {**FAST, "prompt": "a chair"})
@@ -269,10 +271,10 @@ def test_model_ids_paths_and_folders(tmp_path, models, torus):
 
 def test_model_cache_shares_one_lru_between_model_kinds():
     cache = ModelCache(capacity=1)
-    a = cache.michelangelo("tiny-random", CPU)
-    assert cache.michelangelo("tiny-random", CPU) is a and cache.loads == 1
+    a = cache.get(load_michelangelo, "tiny-random", CPU)
+    assert cache.get(load_michelangelo, "tiny-random", CPU) is a and cache.loads == 1
     cache.stable_diffusion("tiny-random", CPU)  # evicts the shape model (capacity 1)
-    assert cache.michelangelo("tiny-random", CPU) is not a and cache.loads == 3
+    assert cache.get(load_michelangelo, "tiny-random", CPU) is not a and cache.loads == 3
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -298,7 +300,7 @@ def test_cli_writes_one_glb_with_every_sample(tmp_path):
 
 
 def _cli(capsys, *args) -> tuple[int, str]:
-    from backend.__main__ import main
+    from backend.cli import main
 
     code = main(["run", *args])
     return code, capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Tests for backend.sketch: normalisation, winding-number/distance grids, the Sketch-Shape loss, and the acceptance
+"""Tests for backend.latent_nerf.sketch: normalisation, winding-number/distance grids, the Sketch-Shape loss, and the acceptance
 check of issue 3 — the loss alone drives a Latent-NeRF's occupancy to the sketch (volumetric IoU >= 0.85) on a
 self-intersecting multi-part blockout and on non-watertight meshes.
 """
@@ -12,10 +12,12 @@ import pytest
 import torch
 import trimesh
 
-from backend.mesh import MeshError, TriMesh
-from backend.nerf import LatentNeRF, NeRFConfig, density_grid
+from backend.geometry.mesh import MeshError, TriMesh
+from backend.latent_nerf.field import LatentNeRF, NeRFConfig
+from backend.latent_nerf.volume import density_grid
 from backend.params import ParamError
-from backend.sketch import (SketchShape, distance_direct, normalize_sketch, sketch_loss, winding_number_direct)
+from backend.geometry.queries import surface_distance, winding_number
+from backend.latent_nerf.sketch import normalize_sketch, sketch_loss, SketchShape
 
 SURFACE_DENSITY = math.log(2.0) / 0.2  # NeRF occupancy 1 - exp(-0.2 density) = 0.5
 
@@ -147,8 +149,8 @@ def test_grid_lookup_agrees_with_direct_evaluation(make):
     sketch = SketchShape(as_trimesh(make()), resolution=64)
     rng = np.random.default_rng(1)
     points = rng.uniform(-1.0, 1.0, (40_000, 3))
-    exact_w = winding_number_direct(sketch.v_pos, sketch.t_pos_idx, points, fast=False)
-    exact_d = distance_direct(sketch.v_pos, sketch.t_pos_idx, points)
+    exact_w = winding_number(sketch.v_pos, sketch.t_pos_idx, points, fast=False)
+    exact_d = surface_distance(sketch.v_pos, sketch.t_pos_idx, points)
     occupancy, distance = sketch.query(torch.from_numpy(points).float())
     occupancy, distance = occupancy.numpy(), distance.numpy()
     cell = 2.0 / 63
@@ -191,7 +193,7 @@ def test_points_outside_the_grid():
     pts = torch.tensor([[3.0, 0.0, 0.0], [0.0, -1.5, 0.2], [1.2, 1.2, 1.2]])
     occupancy, distance = sketch.query(pts)
     assert occupancy.tolist() == [0.0, 0.0, 0.0]
-    exact = distance_direct(sketch.v_pos, sketch.t_pos_idx, pts.numpy())
+    exact = surface_distance(sketch.v_pos, sketch.t_pos_idx, pts.numpy())
     assert (distance.numpy() >= exact - 1e-4).all()  # an upper bound
     assert (distance.numpy() <= exact + 0.6).all()
 
@@ -210,10 +212,10 @@ def test_sketch_loss_matches_the_paper_formula():
     sketch = SketchShape(as_trimesh(box_and_cylinder()), resolution=64)
     rng = np.random.default_rng(3)
     points = rng.uniform(-1.0, 1.0, (4000, 3))
-    exact_d = distance_direct(sketch.v_pos, sketch.t_pos_idx, points)
+    exact_d = surface_distance(sketch.v_pos, sketch.t_pos_idx, points)
     keep = exact_d > 0.1  # grid occupancy is exact away from the surface
     points, exact_d = points[keep], exact_d[keep]
-    exact_occ = winding_number_direct(sketch.v_pos, sketch.t_pos_idx, points, fast=False) > 0.5
+    exact_occ = winding_number(sketch.v_pos, sketch.t_pos_idx, points, fast=False) > 0.5
     density = torch.from_numpy(rng.uniform(0.0, 30.0, len(points))).float().requires_grad_()
     loss = sketch_loss(torch.from_numpy(points).float(), density, sketch, sigma=0.3)
     # Independent numpy evaluation with directly computed occupancy and distance.
@@ -275,13 +277,13 @@ def test_sketch_loss_alone_drives_nerf_occupancy_to_the_sketch(make, kind):
     sketch = SketchShape(as_trimesh(mesh), resolution=64)
     if kind == "blockout":  # the premise: 2 parts whose insides overlap (winding number 2 there)
         assert len(mesh.split(only_watertight=False)) == 2
-        assert (winding_number_direct(sketch.v_pos, sketch.t_pos_idx, grid_points(32)) > 1.5).any()
+        assert (winding_number(sketch.v_pos, sketch.t_pos_idx, grid_points(32)) > 1.5).any()
     else:
         assert not mesh.is_watertight
     nerf = fit_nerf_to_sketch(sketch)  # ~3 s on 2 CPU cores
     resolution = 64
     # Reference: the sketch's winding-number occupancy evaluated directly (not through the grid) at the same points.
-    target = (winding_number_direct(sketch.v_pos, sketch.t_pos_idx, grid_points(resolution)) > 0.5)
+    target = (winding_number(sketch.v_pos, sketch.t_pos_idx, grid_points(resolution)) > 0.5)
     occupied = density_grid(nerf, resolution, bound=1.0).reshape(-1) > SURFACE_DENSITY
     score = iou(occupied, target)
     untrained = density_grid(LatentNeRF(nerf.config), resolution, bound=1.0).reshape(-1) > SURFACE_DENSITY

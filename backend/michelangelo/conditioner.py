@@ -41,8 +41,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models import ModelNotFoundError, _byte_level_clip_tokenizer, default_dtype, resolve_device
-from .config import CLIP_BACKENDS, CONDITIONS, CLIPConditionerConfig
+from ..models.devices import default_dtype, resolve_device
+from ..models.errors import TINY_RANDOM, ModelNotFoundError
+from ..models.tokenizers import byte_level_clip_tokenizer
+from .config import CLIP_BACKENDS, CONDITIONS, CLIPConditionerConfig, get_preset
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,6 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 """Per-channel std of CLIP's image normalisation."""
 MIN_IMAGE_SIDE = 16
 """Smallest accepted image side in pixels (a 1×1 or thumbnail image carries no shape information)."""
-TINY_RANDOM = "tiny-random"
 OPENAI_CLIP_L14 = "openai/clip-vit-large-patch14"
 _OPEN_CLIP_EOT = 49407  # <|endoftext|> of CLIP's BPE vocabulary
 
@@ -177,7 +178,6 @@ def preprocess_images(images: np.ndarray | torch.Tensor | Sequence[np.ndarray | 
 
 def tiny_clip_config() -> CLIPConditionerConfig:
     """The conditioner config of the ``tiny`` preset (text/vision width 32, 32² images in 8² patches: 17 tokens)."""
-    from .config import get_preset
 
     return get_preset("tiny").clip
 
@@ -250,7 +250,7 @@ class CLIPConditioner:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = CLIPModel(clip_config)
-        tokenizer = _byte_level_clip_tokenizer(config.text_tokens)
+        tokenizer = byte_level_clip_tokenizer(config.text_tokens)
         return cls(config, "transformers", model, tokenizer, model_id=TINY_RANDOM)
 
     @classmethod

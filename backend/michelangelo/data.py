@@ -9,9 +9,9 @@ Michelangelo (Zhao et al., 2023, §3.1, §4.1) trains the shape VAE on
 
 :class:`ShapeDataset` builds both from a plain folder of meshes:
 
-- each mesh is read with :func:`backend.mesh.load_mesh` (OBJ, PLY, STL, GLB/GLTF, OFF) into Blender's frame, moved
+- each mesh is read with :func:`backend.geometry.mesh.load_mesh` (OBJ, PLY, STL, GLB/GLTF, OFF) into Blender's frame, moved
   into the *model frame* (Y up, like the ShapeNet-style public data; the axis change is
-  :func:`backend.mesh.blender_to_gltf`) and normalised like the public data: bounding-box centre at the origin, largest
+  :func:`backend.geometry.frames.blender_to_gltf`) and normalised like the public data: bounding-box centre at the origin, largest
   half-extent :data:`MODEL_EXTENT` = 1.0 (the public example ``surface.npz`` spans exactly [-1, 1] on its long axis);
 - surface points are sampled area-weighted (trimesh) with the normal of the face they lie on;
 - volume points are uniform in ``[-VOLUME_BOUND, VOLUME_BOUND]³``; near-surface points are surface points plus
@@ -40,7 +40,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..mesh import MeshError, TriMesh, blender_to_gltf, load_mesh, validate_mesh
+from ..geometry.frames import blender_to_gltf
+from ..geometry.mesh import MeshError, TriMesh, load_mesh, validate_mesh
+from ..geometry.queries import signed_volume, winding_number
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ class DatasetError(ValueError):
 def to_model_frame(v_pos: np.ndarray, extent: float = MODEL_EXTENT) -> tuple[np.ndarray, np.ndarray, float]:
     """Blender-frame vertices → Michelangelo's normalised model frame.
 
-    The axis change is :func:`backend.mesh.blender_to_gltf` ((x, y, z) ↦ (x, z, −y): Z up → Y up); then the bounding
+    The axis change is :func:`backend.geometry.frames.blender_to_gltf` ((x, y, z) ↦ (x, z, −y): Z up → Y up); then the bounding
     box is centred on the origin and scaled so its largest half-extent is ``extent``.
 
     Args:
@@ -129,9 +131,7 @@ def inside_mesh(v_pos: np.ndarray, t_pos_idx: np.ndarray, points: np.ndarray) ->
     Returns:
         (N,) bool, True inside.
     """
-    from ..sketch import winding_number_direct
-
-    return np.abs(winding_number_direct(v_pos, t_pos_idx, points)) > 0.5
+    return np.abs(winding_number(v_pos, t_pos_idx, points)) > 0.5
 
 
 @dataclass
@@ -215,7 +215,7 @@ class ShapeDataset(torch.utils.data.Dataset):
         root: the folder; mesh files directly inside it (not in sub-folders) are used, sorted by name.
         num_surface_points: surface points per item (the VAE encoder input; 4096 in the public configs).
         num_volume_points, num_near_points: labelled query points per item (1024 each in the public data loader).
-        up_axis: up axis of the files, as :func:`backend.mesh.load_mesh` (``"auto"``: Y for glb/gltf/obj, else Z).
+        up_axis: up axis of the files, as :func:`backend.geometry.mesh.load_mesh` (``"auto"``: Y for glb/gltf/obj, else Z).
         extent: largest half-extent of each normalised shape (model frame).
         near_sigmas: the two noise scales of the near-surface points.
         pool_factor: pools hold this many times the per-item counts (items draw subsets without replacement).
@@ -309,7 +309,6 @@ class ShapeDataset(torch.utils.data.Dataset):
             raise MeshError(f"{path.name} encloses no volume (no query point is inside it: is it a flat or open "
                             f"sheet?)")
         # Inside-out meshes: flip the normals so that they point outward, as the labels (|w|) already assume.
-        from ..extract import signed_volume
 
         if signed_volume(mesh.v_pos, tri) < 0:
             surface[:, 3:] *= -1.0
@@ -360,7 +359,7 @@ class ShapeDataset(torch.utils.data.Dataset):
 
         Args:
             resolution: R, points per axis; bound: the grid spans [-bound, bound]³ of the model frame, end points
-                included (the layout of :func:`backend.extract.sample_grid`).
+                included (the layout of :func:`backend.geometry.extract.sample_grid`).
 
         Returns:
             (R, R, R) bool, index order [x, y, z], True inside.

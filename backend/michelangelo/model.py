@@ -24,9 +24,11 @@ from pathlib import Path
 
 import torch
 
-from ..models import TINY_RANDOM, ModelNotFoundError, default_dtype, resolve_device
+from ..models.devices import default_dtype, resolve_device
+from ..models.errors import TINY_RANDOM, ModelNotFoundError
 from .asldm import ASLDMDenoiser
 from .conditioner import CLIPConditioner
+from .checkpoint import CheckpointError, build_public_models, is_our_checkpoint, load_checkpoint
 from .config import MichelangeloConfig, get_preset
 from .sampling import ddim_scheduler
 from .shape_vae import ShapeVAE
@@ -169,7 +171,6 @@ def load_michelangelo(model: str, device: str | torch.device = "auto", dtype: to
             that is not a Michelangelo checkpoint (the message says which and what to do).
         ValueError: empty model string; a CUDA device without CUDA.
     """
-    from .checkpoint import CheckpointError, build_public_models, is_our_checkpoint, load_checkpoint
 
     if not isinstance(model, str) or not model.strip():
         raise ValueError("model must be a non-empty string ('tiny-random', 'text-ASLDM-256', a .ckpt or a folder)")

@@ -41,10 +41,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models import resolve_device
+from ..models.devices import resolve_device
 from ..params import ParamError, param, parse_config
+from .asldm import ASLDMDenoiser
+from .checkpoint import CheckpointError, is_our_checkpoint, load_checkpoint, save_checkpoint
+from .conditioner import CLIPConditioner
 from .config import PRESETS, MichelangeloConfig, get_preset
 from .data import DatasetError, ShapeDataset, collate_shapes, grid_points
+from .sampling import ddpm_scheduler
+from .shape_vae import ShapeVAE
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +280,6 @@ def _batch_indices(rng: np.random.Generator, n: int, batch_size: int) -> list[in
 
 
 def _prepare_out(cfg: _Common, kind: str) -> Path:
-    from .checkpoint import is_our_checkpoint
 
     out = Path(cfg.out).expanduser()
     if out.exists() and not out.is_dir():
@@ -320,7 +324,6 @@ def _run(kind: str, cfg: _Common, config: MichelangeloConfig, modules: dict[str,
          callback: Callable[[int, dict[str, float]], None] | None) -> TrainResult:
     from tqdm import tqdm
 
-    from .checkpoint import save_checkpoint
 
     params = [p for p in trainable.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), eps=1e-6, weight_decay=cfg.weight_decay)
@@ -419,8 +422,6 @@ def train_shape_vae(cfg: ShapeVAETrainConfig | dict[str, Any], model_config: Mic
         ParamError: bad settings. DatasetError / MeshError: bad data folder or mesh (named). TrainingError: output
         folder already used without ``resume``, or nothing to resume.
     """
-    from .checkpoint import load_checkpoint
-    from .shape_vae import ShapeVAE
 
     cfg = _resolve_config(cfg, ShapeVAETrainConfig)
     device = resolve_device(cfg.device)
@@ -451,7 +452,6 @@ def train_shape_vae(cfg: ShapeVAETrainConfig | dict[str, Any], model_config: Mic
     use_image = dataset.has_images and cfg.contrast_weight > 0
     conditioner = None
     if use_text or use_image:
-        from .conditioner import CLIPConditioner
 
         conditioner = CLIPConditioner.from_config(config.clip, device, torch.float32)
         if not cfg.resume:
@@ -525,10 +525,6 @@ def train_shape_ldm(cfg: ShapeLDMTrainConfig | dict[str, Any], model_config: Mic
         ParamError, DatasetError, MeshError, TrainingError (e.g. a shape without a caption for condition "text",
         ``cfg.vae`` not a VAE checkpoint), CheckpointError (unreadable VAE weights).
     """
-    from .asldm import ASLDMDenoiser
-    from .checkpoint import CheckpointError, is_our_checkpoint, load_checkpoint
-    from .conditioner import CLIPConditioner
-    from .sampling import ddpm_scheduler
 
     cfg = _resolve_config(cfg, ShapeLDMTrainConfig)
     device = resolve_device(cfg.device)

@@ -21,7 +21,7 @@ class JobContext:
 
     Attributes:
         device: torch device to compute on.
-        models: a :class:`backend.models.ModelCache` (kept warm across jobs by the service).
+        models: a :class:`backend.models.cache.ModelCache` (kept warm across jobs by the service).
         cancel_event: set by the service when the user cancels; checked at every :meth:`progress` call.
         on_progress: ``(stage, step, total, losses: dict[str, float], eta_s: float | None) -> None``.
         on_preview: ``(step, image (H, W, 3) uint8 row 0 = top, decoder: "linear" | "vae") -> None``.

@@ -9,9 +9,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..cameras import CameraBatch, cameras_from_angles
-from ..guidance import ScoreDistillation, SDSConfig, StableDiffusionDenoiser, latents_to_rgb_linear
-from ..models import DEFAULT_SD_MODEL
+from ..geometry.cameras import CameraBatch, cameras_from_angles
+from ..guidance.denoiser import StableDiffusionDenoiser
+from ..guidance.sds import ScoreDistillation, SDSConfig
+from ..models.latent_rgb import latents_to_rgb_linear
+from ..models.stable_diffusion import DEFAULT_SD_MODEL
 from ..params import ParamError, param
 from .base import JobContext, to_uint8_image
 
@@ -51,7 +53,7 @@ class SDSPipelineConfig:
             raise ParamError("min_step_percent must be <= max_step_percent")
 
     def camera_ranges(self) -> dict:
-        """Keyword arguments of :func:`backend.cameras.sample_cameras` from this config."""
+        """Keyword arguments of :func:`backend.geometry.cameras.sample_cameras` from this config."""
         return {"radius_range": self.radius_range, "elevation_range": self.elevation_range,
                 "fovy_range": self.fovy_range}
 

@@ -2,8 +2,8 @@
 
 After Metzer et al., "Latent-NeRF for Shape-Guided Generation of 3D Shapes and Textures" (CVPR 2023): a NeRF whose
 field outputs a density and 4 Stable Diffusion latent channels is volume-rendered at 64×64 from random cameras; SDS
-(:mod:`backend.guidance`) supervises the rendered latents directly. With a sketch shape, the Sketch-Shape loss
-(:mod:`backend.sketch`) ties the NeRF's occupancy to the sketch's winding-number occupancy away from its surface.
+(:mod:`backend.guidance.sds`) supervises the rendered latents directly. With a sketch shape, the Sketch-Shape loss
+(:mod:`backend.latent_nerf.sketch`) ties the NeRF's occupancy to the sketch's winding-number occupancy away from its surface.
 An optional RGB refinement stage replaces the latent output by a linear 4→3 head (initialised from the latent→RGB
 matrix) and continues SDS through the VAE encoder. The result is extracted by marching cubes, cleaned, UV-unwrapped,
 baked (latent texture → VAE decode) and mapped back from the normalised NeRF frame to the sketch's world frame.
@@ -22,14 +22,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..cameras import CameraBatch, sample_cameras
-from ..extract import bake_texture, clean_mesh, marching_cubes, sample_grid
-from ..guidance import LATENT_RGB_FACTORS, ScoreDistillation
-from ..mesh import MeshError, TriMesh
-from ..nerf import LatentNeRF, NeRFConfig, get_rays, volume_render
+from ..geometry.bake import bake_texture
+from ..geometry.cameras import CameraBatch, sample_cameras
+from ..geometry.extract import clean_mesh, marching_cubes, sample_grid
+from ..geometry.mesh import MeshError, TriMesh
+from ..geometry.render import make_rasterizer
+from ..guidance.sds import ScoreDistillation
+from ..latent_nerf.field import LatentNeRF, NeRFConfig
+from ..latent_nerf.sketch import OCCUPANCY_DELTA, SketchShape, sketch_loss
+from ..latent_nerf.volume import get_rays, volume_render
+from ..models.latent_rgb import LATENT_RGB_FACTORS
 from ..params import ParamError, param
-from ..render import make_rasterizer
-from ..sketch import OCCUPANCY_DELTA, SketchShape, sketch_loss
 from .base import JobContext, PipelineResult, to_uint8_image
 from .common import SDSPipelineConfig, VaeCodec, build_sds, maybe_preview, preview_camera
 

@@ -2,7 +2,7 @@
 
 After Metzer et al., "Latent-NeRF for Shape-Guided Generation of 3D Shapes and Textures" (CVPR 2023), §Latent-Paint:
 the texture is a 4-channel SD latent image on the mesh's UV atlas (4×128×128); each step renders the mesh at 64×64
-latent pixels from a random camera, SDS (:mod:`backend.guidance`) gives ∂L/∂latents, and Adam (lr 1e-2) updates the
+latent pixels from a random camera, SDS (:mod:`backend.guidance.sds`) gives ∂L/∂latents, and Adam (lr 1e-2) updates the
 texture. The final texture is the VAE decode of the latent texture (128 → 1024 pixels).
 
 Frames: the mesh arrives in Blender world coordinates; it is centred and scaled to radius 0.6 for the cameras (the
@@ -20,12 +20,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..cameras import CameraBatch, sample_cameras
-from ..extract import dilate_texture
-from ..guidance import ScoreDistillation
-from ..mesh import TriMesh, normalize_vertices, unwrap_uv, validate_mesh
+from ..geometry.bake import dilate_texture
+from ..geometry.cameras import CameraBatch, sample_cameras
+from ..geometry.mesh import TriMesh, normalize_vertices, unwrap_uv, validate_mesh
+from ..geometry.render import Rasterizer, make_rasterizer
+from ..guidance.sds import ScoreDistillation
 from ..params import ParamError, param
-from ..render import Rasterizer, make_rasterizer
 from .base import JobContext, PipelineResult, to_uint8_image
 from .common import SDSPipelineConfig, VaeCodec, build_sds, maybe_preview, preview_camera
 
@@ -45,7 +45,7 @@ class LatentPaintPipeline:
     Args:
         vae: ``diffusers.AutoencoderKL`` of the SD model (final decode, background latent, VAE previews).
         latent_scaling: SD latent scale (0.18215 for SD 1.x/2.x).
-        rasterizer: nvdiffrast on CUDA or the torch rasterizer (:func:`backend.render.make_rasterizer`).
+        rasterizer: nvdiffrast on CUDA or the torch rasterizer (:func:`backend.geometry.render.make_rasterizer`).
         device: where optimisation runs.
     """
 

@@ -20,7 +20,7 @@ Results carry one mesh per sample in the protocol groups ``mesh``, ``mesh_1``, �
 coarse grid.
 
 Frames: the model frame is Michelangelo's training frame (Y up, shapes normalised to a largest half-extent of 1, as
-:func:`backend.michelangelo.data.to_model_frame` makes them); :func:`backend.mesh.gltf_to_blender` takes results to
+:func:`backend.michelangelo.data.to_model_frame` makes them); :func:`backend.geometry.frames.gltf_to_blender` takes results to
 Blender's Z-up world frame (model units = metres for generated shapes). Variations and interpolations land where the
 input meshes stand, at their size.
 """
@@ -33,11 +33,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..extract import MIN_RESOLUTION, clean_mesh, marching_cubes, sample_grid
-from ..mesh import MeshError, TriMesh, gltf_to_blender, validate_mesh
+from ..geometry.extract import MIN_RESOLUTION, clean_mesh, marching_cubes, sample_grid
+from ..geometry.frames import gltf_to_blender
+from ..geometry.mesh import MeshError, TriMesh, validate_mesh
 from ..michelangelo.conditioner import check_images
 from ..michelangelo.data import sample_surface, to_model_frame
-from ..michelangelo.model import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, MichelangeloBundle
+from ..michelangelo.model import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, MichelangeloBundle, load_michelangelo
 from ..michelangelo.sampling import sample_latents
 from ..params import ParamError, param
 from .base import JobContext, PipelineResult
@@ -254,7 +255,7 @@ class ShapePipeline:
 
         Per latent: VAE decode, occupancy logits on a ``resolution``³ grid over [-bounds, bounds]³ queried in chunks of
         ``config.query_chunk`` points (cancellation checked per chunk), marching cubes at logit 0, then
-        :func:`backend.extract.clean_mesh` (``clean``).
+        :func:`backend.geometry.extract.clean_mesh` (``clean``).
 
         Raises:
             MeshError: a latent whose field has no surface in the grid (names the sample).
@@ -448,7 +449,7 @@ def _mesh_arrays(meshes: list[TriMesh], placements: list[_Placement]) -> dict[st
 
 def _pipeline(config: ShapeDecodeConfig, ctx: JobContext, auto: str) -> ShapePipeline:
     model = auto if config.model.strip() == AUTO_MODEL else config.model.strip()
-    return ShapePipeline(ctx.models.michelangelo(model, ctx.device))
+    return ShapePipeline(ctx.models.get(load_michelangelo, model, ctx.device))
 
 
 def run_shape_ldm(config: ShapeLDMConfig, inputs: dict[str, np.ndarray], ctx: JobContext) -> PipelineResult:

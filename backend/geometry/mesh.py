@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .frames import blender_to_gltf, gltf_to_blender
+
 
 class MeshError(ValueError):
     """The input mesh cannot be used (empty, non-finite, bad indices, degenerate); the message says why."""
@@ -130,16 +132,6 @@ def unwrap_uv(v_pos: np.ndarray, t_pos_idx: np.ndarray, padding: int = 4, resolu
     if len(indices) != len(t_pos_idx):
         raise MeshError(f"xatlas returned {len(indices)} faces for {len(t_pos_idx)} (degenerate input?)")
     return np.ascontiguousarray(uvs, dtype=np.float32), np.ascontiguousarray(indices, dtype=np.int32)
-
-
-def blender_to_gltf(v: np.ndarray) -> np.ndarray:
-    """Z-up Blender coordinates (N, 3) → Y-up glTF coordinates: (x, y, z) ↦ (x, z, −y)."""
-    return np.stack([v[:, 0], v[:, 2], -v[:, 1]], axis=1)
-
-
-def gltf_to_blender(v: np.ndarray) -> np.ndarray:
-    """Y-up glTF coordinates (N, 3) → Z-up Blender coordinates: (x, y, z) ↦ (x, −z, y)."""
-    return np.stack([v[:, 0], -v[:, 2], v[:, 1]], axis=1)
 
 
 def split_by_uv(mesh: TriMesh) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -16,24 +16,22 @@ Nothing here runs at import; constructors of pipelines never load weights.
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .devices import default_dtype, resolve_device
+from .errors import TINY_RANDOM, ModelNotFoundError
+from .tokenizers import byte_level_clip_tokenizer
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-TINY_RANDOM = "tiny-random"
 RANDOM_SD15 = "random-sd15"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-
-
-class ModelNotFoundError(RuntimeError):
-    """A model id / path could not be resolved to weights on this machine (message says what to do)."""
 
 
 @dataclass
@@ -67,43 +65,6 @@ class StableDiffusionComponents:
     def vae_scale_factor(self) -> int:
         """Pixels per latent cell (8 for SD)."""
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"``/None → CUDA when available, else CPU; anything else is parsed by ``torch.device``.
-
-    Raises:
-        ValueError: a CUDA device was requested but CUDA is not available.
-    """
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} requested but CUDA is not available on this machine")
-    return device
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    """fp16 weights on CUDA (memory, speed), fp32 on CPU (fp16 matmuls are slow or missing there)."""
-    return torch.float16 if device.type == "cuda" else torch.float32
-
-
-def _byte_level_clip_tokenizer(model_max_length: int = 77):
-    """A real ``CLIPTokenizer`` whose vocabulary is the 256 byte symbols (plus their word-final forms), no merges.
-
-    Built in memory: every string tokenizes (one token per byte), ids < 514.
-    """
-    from transformers import CLIPTokenizer
-
-    # GPT-2/CLIP byte-to-unicode table: printable bytes map to themselves, the rest to 256+n.
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    extra = [b for b in range(256) if b not in printable]
-    symbols = [chr(b) for b in printable] + [chr(256 + n) for n in range(len(extra))]
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for suffix in ("", "</w>"):
-        for s in symbols:
-            vocab[s + suffix] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
 
 
 def _sd_scheduler():
@@ -161,7 +122,7 @@ def build_random_stable_diffusion(arch: str = TINY_RANDOM, seed: int = 0) -> Sta
     for module in (unet, vae, text_encoder):
         module.eval().requires_grad_(False)
     return StableDiffusionComponents(unet=unet, vae=vae, text_encoder=text_encoder,
-                                     tokenizer=_byte_level_clip_tokenizer(), scheduler=_sd_scheduler(),
+                                     tokenizer=byte_level_clip_tokenizer(), scheduler=_sd_scheduler(),
                                      model_id=arch, device=torch.device("cpu"), dtype=torch.float32)
 
 
@@ -288,45 +249,3 @@ def download_stable_diffusion(model: str = DEFAULT_SD_MODEL) -> Path:
     return Path(snapshot_download(model, allow_patterns=patterns))
 
 
-class ModelCache:
-    """Keeps recently used models loaded between jobs (the service runs one GPU job at a time).
-
-    Thread-safe. Holds at most ``capacity`` entries, evicting the least recently used (and emptying the CUDA cache).
-    """
-
-    def __init__(self, capacity: int = 1, allow_download: bool = False):
-        if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
-        self.capacity = capacity
-        self.allow_download = allow_download
-        self._entries: dict[tuple, Any] = {}
-        self._lock = threading.Lock()
-        self.loads = 0  # how many real loads happened (tests assert warm reuse)
-
-    def stable_diffusion(self, model: str, device: torch.device, dtype: torch.dtype | None = None):
-        """The :func:`load_stable_diffusion` result for ``(model, device, dtype)``, loading it at most once while cached."""
-        return self._get(("sd", model, str(device), str(dtype)),
-                         lambda: load_stable_diffusion(model, device, dtype, allow_download=self.allow_download))
-
-    def michelangelo(self, model: str, device: torch.device, dtype: torch.dtype | None = None):
-        """The :func:`backend.michelangelo.model.load_michelangelo` bundle for ``(model, device, dtype)``, loaded at most once
-        while cached."""
-        from .michelangelo.model import load_michelangelo
-
-        return self._get(("michelangelo", model, str(device), str(dtype)),
-                         lambda: load_michelangelo(model, device, dtype, allow_download=self.allow_download))
-
-    def _get(self, key: tuple, load) -> Any:
-        """The cached value for ``key``, else ``load()`` (evicting least recently used entries first) and cache it."""
-        with self._lock:
-            if key in self._entries:
-                self._entries[key] = self._entries.pop(key)  # mark most recently used
-                return self._entries[key]
-            while len(self._entries) >= self.capacity:
-                self._entries.pop(next(iter(self._entries)))
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-            value = load()
-            self.loads += 1
-            self._entries[key] = value
-            return value

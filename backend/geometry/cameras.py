@@ -10,7 +10,7 @@ Frames and conventions (DESIGN.md §4):
   ``elevation`` > 0 is above the target, in [-90, 90].
 - Camera position = target + camera_distances * (cos(el) sin(az), -cos(el) cos(az), sin(el)).
 - ``mvp`` = projection @ inverse(c2w) maps homogeneous world points (x, y, z, 1) to clip space, ready for
-  :meth:`backend.render.Rasterizer.rasterize` as ``pos_clip = v_pos_h @ mvp.transpose(-1, -2)``.
+  :meth:`backend.geometry.render.Rasterizer.rasterize` as ``pos_clip = v_pos_h @ mvp.transpose(-1, -2)``.
 """
 
 from __future__ import annotations

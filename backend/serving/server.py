@@ -20,10 +20,11 @@ from typing import Any
 
 from blender_addon.core import protocol
 
-from . import __version__
-from .models import DEFAULT_SD_MODEL, RANDOM_SD15, TINY_RANDOM
-from .params import describe_config
-from .pipelines import PIPELINES
+from .. import __version__
+from ..models.errors import TINY_RANDOM
+from ..models.stable_diffusion import DEFAULT_SD_MODEL, RANDOM_SD15
+from ..params import describe_config
+from ..pipelines import PIPELINES
 from .service import JobError, JobService, error_code
 
 log = logging.getLogger(__name__)

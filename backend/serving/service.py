@@ -30,11 +30,12 @@ import torch
 
 from blender_addon.core.protocol import mesh_groups
 
-from .mesh import MeshError, TriMesh, save_glb, side_by_side, validate_mesh
-from .models import ModelCache, ModelNotFoundError
-from .params import ParamError, parse_config
-from .pipelines import PIPELINES
-from .pipelines.base import JobCancelled, JobContext, PipelineResult
+from ..geometry.mesh import MeshError, TriMesh, save_glb, side_by_side, validate_mesh
+from ..models.cache import ModelCache
+from ..models.errors import ModelNotFoundError
+from ..params import ParamError, parse_config
+from ..pipelines import PIPELINES
+from ..pipelines.base import JobCancelled, JobContext, PipelineResult
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,318 @@
+"""Command line: ``python -m backend {serve,run,train,jobs,download}`` (installed as the ``latentforge`` command).
+
+- ``serve``: the socket service the Blender add-on talks to.
+- ``run <pipeline>``: one job in this process, no Blender, with a progress bar; writes a GLB (+ PNG texture). Every
+  field of the pipeline's config is a flag (``--texture-size 2048``); ``--help`` lists them with their defaults. A
+  result with several meshes (``shape_ldm --num-samples 4``) becomes one GLB with one node per mesh, side by side.
+- ``train shape_vae|shape_ldm``: train Michelangelo's shape VAE, then its denoiser, on a folder of meshes
+  (``--data DIR --out DIR``; every field of the training config is a flag, ``--resume`` continues a run).
+- ``jobs``: list the job store; ``--export JOB --out file.glb`` copies a finished job's result.
+- ``download <model>``: fetch a Stable Diffusion model, or a public Michelangelo checkpoint (``text-ASLDM-256``,
+  ``image-ASLDM-256``, ``shapevae-256``) with the CLIP it needs, into the Hugging Face cache (the only command that
+  downloads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import shutil
+import signal
+import sys
+import threading
+import time
+import typing
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from blender_addon.core import paths
+
+from . import __version__
+from .geometry.mesh import MeshError, load_mesh
+from .michelangelo.conditioner import load_image
+from .michelangelo.model import PUBLIC_FILES, download_public_checkpoint
+from .michelangelo.train import TRAINERS
+from .models.cache import ModelCache
+from .models.devices import resolve_device
+from .models.errors import ModelNotFoundError
+from .models.stable_diffusion import DEFAULT_SD_MODEL, download_stable_diffusion
+from .pipelines import PIPELINES
+from .serving.server import BackendServer
+from .serving.service import JobService, JobStore
+
+log = logging.getLogger("backend")
+
+# Flags every pipeline shares, in the order `--help` shows them (the rest of each config follows).
+SHARED_FLAGS = ("model", "prompt", "negative_prompt", "seed", "iterations")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="job store folder (default: data_dir of the install config, else <home>/data)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1 …")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _config_flags(p: argparse.ArgumentParser, config_class) -> None:
+    hints = typing.get_type_hints(config_class)
+    fields = sorted(dataclasses.fields(config_class),
+                    key=lambda f: SHARED_FLAGS.index(f.name) if f.name in SHARED_FLAGS else len(SHARED_FLAGS))
+    for f in fields:
+        flag = "--" + f.name.replace("_", "-")
+        tp = hints[f.name]
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = None if required else (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        help_text = f.metadata.get("doc", "") + ("" if required else f" (default: {default})")
+        if tp is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+        elif typing.get_origin(tp) is tuple:
+            elem = typing.get_args(tp)[0]
+            p.add_argument(flag, type=elem, nargs=len(typing.get_args(tp)), metavar=("MIN", "MAX"),
+                           default=argparse.SUPPRESS, help=help_text)
+        else:
+            p.add_argument(flag, type=tp, required=required, default=argparse.SUPPRESS, help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+
+    parser = argparse.ArgumentParser(prog="python -m backend", description="LatentForge backend")
+    parser.add_argument("--version", action="version", version=f"latentforge-backend {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the socket service for the Blender add-on")
+    cfg = paths.read_config()
+    serve.add_argument("--host", default=cfg.get("host", paths.DEFAULT_HOST),
+                       help="interface to bind (default 127.0.0.1; use an SSH tunnel rather than 0.0.0.0)")
+    serve.add_argument("--port", type=int, default=cfg.get("port", paths.DEFAULT_PORT), help="TCP port (0 = any free)")
+    serve.add_argument("--token-file", type=Path, default=None, help=f"token file (default {paths.token_path()})")
+    serve.add_argument("--max-payload-mb", type=int, default=1024, help="largest accepted message payload (MiB)")
+    serve.add_argument("--allow-download", action="store_true",
+                       help="let jobs download missing models from the Hugging Face Hub")
+    serve.add_argument("--keep-models", type=int, default=1, help="models kept loaded between jobs")
+    _add_common(serve)
+
+    run = sub.add_parser("run", help="run one job here, without Blender")
+    run_sub = run.add_subparsers(dest="pipeline", required=True)
+    for name, spec in PIPELINES.items():
+        p = run_sub.add_parser(name, help=spec.summary, description=spec.summary)
+        for mesh_input in spec.mesh_inputs:
+            p.add_argument(f"--{mesh_input.group.replace('_', '-')}", dest=mesh_input.group, type=Path,
+                           required=mesh_input.required, help=f"{mesh_input.help} (OBJ/PLY/STL/GLB…)")
+        if spec.mesh_inputs:
+            p.add_argument("--up-axis", choices=("auto", "Y", "Z"), default="auto",
+                           help="up axis of the input mesh files (auto: Y for glb/gltf/obj, Z otherwise)")
+        for image_input in spec.image_inputs:
+            p.add_argument(f"--{image_input.name.replace('_', '-')}", dest=image_input.name, type=Path,
+                           required=image_input.required, help=f"{image_input.help} (PNG/JPEG…)")
+        p.add_argument("--out", type=Path, required=True,
+                       help="output .glb (a .png texture is written beside it; several meshes: one node each)")
+        p.add_argument("--allow-download", action="store_true", help="download the model if it is not cached")
+        _config_flags(p, spec.config_class)
+        _add_common(p)
+
+
+    train = sub.add_parser("train", help="train Michelangelo (shape VAE, then denoiser) on a folder of meshes")
+    train_sub = train.add_subparsers(dest="trainer", required=True)
+    for name, (config_class, _fn) in TRAINERS.items():
+        summary = (config_class.__doc__ or "").strip().splitlines()[0]
+        t = train_sub.add_parser(name, help=summary, description=summary)
+        _config_flags(t, config_class)
+        t.add_argument("--no-progress", action="store_true", help="no progress bar")
+        t.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+    jobs = sub.add_parser("jobs", help="list the job store, or export a finished job")
+    jobs.add_argument("--limit", type=int, default=20)
+    jobs.add_argument("--export", metavar="JOB_ID", help="copy this finished job's result.glb to --out")
+    jobs.add_argument("--out", type=Path)
+    _add_common(jobs)
+
+    download = sub.add_parser("download", help="download a Stable Diffusion model or a Michelangelo checkpoint into "
+                                               "the Hugging Face cache")
+
+    download.add_argument("model", nargs="?", default=DEFAULT_SD_MODEL,
+                          help=f"a Stable Diffusion Hugging Face id (default {DEFAULT_SD_MODEL}), or text-ASLDM-256, "
+                               f"image-ASLDM-256, shapevae-256 (Michelangelo, with CLIP ViT-L/14)")
+    return parser
+
+
+def _data_dir(args) -> Path:
+    if args.data_dir:
+        return args.data_dir
+    return Path(paths.read_config().get("data_dir") or paths.default_data_dir())
+
+
+def _device(args):
+
+
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        log.warning("running on the CPU: real Stable Diffusion models take hours per job there; "
+                    "use a CUDA GPU (or --model tiny-random for a smoke test)")
+    torch.set_grad_enabled(True)
+    return device
+
+
+def cmd_serve(args) -> int:
+
+    token = paths.read_token(args.token_file)
+    service = JobService(_data_dir(args), _device(args), ModelCache(args.keep_models, args.allow_download))
+    server = BackendServer(service, token, args.host, args.port, max_payload=args.max_payload_mb << 20)
+    host, port = server.address
+    stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("signal %s: shutting down", signum)
+        stop.set()
+        server.shutdown()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("LatentForge backend %s on %s:%d, device %s, data %s", __version__, host, port, service.device,
+             service.store.data_dir)
+    print(f"LATENTFORGE_LISTENING {host} {port}", flush=True)
+    server.serve_forever()
+    return 0
+
+
+def cmd_run(args) -> int:
+
+
+    spec = PIPELINES[args.pipeline]
+    params = {f.name: getattr(args, f.name) for f in dataclasses.fields(spec.config_class) if hasattr(args, f.name)}
+    params = {k: list(v) if isinstance(v, list) else v for k, v in params.items()}
+    inputs = {}
+    for mesh_input in spec.mesh_inputs:
+        path = getattr(args, mesh_input.group)
+        if path is None:
+            continue
+        try:
+            mesh = load_mesh(path, args.up_axis)
+        except MeshError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        group = mesh_input.group
+        inputs.update({f"{group}.v_pos": mesh.v_pos, f"{group}.t_pos_idx": mesh.t_pos_idx})
+        if mesh.has_uv:
+            inputs.update({f"{group}.uv": mesh.uv, f"{group}.uv_idx": mesh.uv_idx})
+    for image_input in spec.image_inputs:
+        path = getattr(args, image_input.name)
+        if path is None:
+            continue
+
+        try:
+            inputs[image_input.name] = load_image(path)
+        except (OSError, ValueError) as err:
+            print(f"error: --{image_input.name.replace('_', '-')}: {err}", file=sys.stderr)
+            return 2
+    service = JobService(_data_dir(args), _device(args), ModelCache(1, args.allow_download), start_worker=False)
+    done = threading.Event()
+    outcome: dict = {}
+    bar = tqdm(total=1, unit="step", dynamic_ncols=True)
+
+    def listener(msg_type, fields, arrays):
+        if msg_type == "progress":
+            bar.total = max(fields["total"], 1)
+            bar.n = fields["step"]
+            bar.set_description(fields["stage"])
+            bar.set_postfix({k: f"{v:.4g}" for k, v in fields["losses"].items() if v is not None}, refresh=False)
+            bar.refresh()
+        elif msg_type in ("result", "error", "cancelled"):
+            outcome.update(type=msg_type, fields=fields, arrays=arrays)
+            done.set()
+
+    try:
+        job_id, _ = service.submit(args.pipeline, params, inputs, listener=listener)
+    except (ValueError, KeyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    service.run_job(job_id)
+    bar.close()
+    if outcome.get("type") != "result":
+        print(f"error: job {job_id} {outcome.get('type')}: {outcome.get('fields', {}).get('message', '')}",
+              file=sys.stderr)
+        return 1
+    folder = service.store.job_dir(job_id)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(folder / "result.glb", args.out)
+    written = [args.out]
+    if (folder / "texture.png").exists():
+        png = args.out.with_suffix(".png")
+        shutil.copyfile(folder / "texture.png", png)
+        written.append(png)
+    timings = outcome["fields"]["metadata"].get("timings", {})
+    print(f"job {job_id} done in {timings.get('total', 0):.1f} s: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def cmd_jobs(args) -> int:
+
+    store = JobStore(_data_dir(args))
+    if args.export:
+        job = store.get(args.export)
+        if job is None or job["status"] != "done":
+            print(f"error: no finished job {args.export!r}", file=sys.stderr)
+            return 2
+        if not args.out:
+            print("error: --export needs --out", file=sys.stderr)
+            return 2
+        shutil.copyfile(store.job_dir(args.export) / "result.glb", args.out)
+        print(args.out)
+        return 0
+    rows = store.list(args.limit)
+    if not rows:
+        print(f"no jobs in {store.data_dir}")
+    for job in rows:
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(job["created"]))
+        took = f"{job['finished'] - job['started']:.0f}s" if job["finished"] and job["started"] else "-"
+        note = job["error"] or job["params"].get("prompt", "")
+        print(f"{job['job_id']}  {created}  {job['pipeline']:<13} {job['status']:<9} {took:>6}  {note}")
+    return 0
+
+
+def cmd_train(args) -> int:
+
+
+    config_class, train_fn = TRAINERS[args.trainer]
+    params = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class) if hasattr(args, f.name)}
+    try:
+        result = train_fn(params, progress=not args.no_progress)
+    except (ModelNotFoundError, ImportError) as err:  # CLIP not cached / open_clip unusable
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except FloatingPointError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    last = result.history[-1] if result.history else {}
+    losses = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k not in ("step", "lr", "grad_norm"))
+    print(f"{args.trainer}: step {result.step} saved in {result.out}" + (f" ({losses})" if losses else ""))
+    return 0
+
+
+def cmd_download(args) -> int:
+
+    if args.model in PUBLIC_FILES:
+        print(download_public_checkpoint(args.model))
+    else:
+        print(download_stable_diffusion(args.model))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "urllib3", "huggingface_hub", "diffusers", "transformers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return {"serve": cmd_serve, "run": cmd_run, "train": cmd_train, "jobs": cmd_jobs,
+                "download": cmd_download}[args.command](args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,2 @@
+"""Geometry shared by every method: meshes and mesh files, frames (every axis change), cameras, rasterization,
+point queries (winding numbers, distances), field → mesh extraction and texture baking."""
