@@ -77,7 +77,6 @@ def _config_flags(p: argparse.ArgumentParser, config_class) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-
     parser = argparse.ArgumentParser(prog="python -m backend", description="LatentForge backend")
     parser.add_argument("--version", action="version", version=f"latentforge-backend {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -145,8 +144,6 @@ def _data_dir(args) -> Path:
 
 
 def _device(args):
-
-
     device = resolve_device(args.device)
     if device.type == "cpu":
         log.warning("running on the CPU: real Stable Diffusion models take hours per job there; "
@@ -156,7 +153,6 @@ def _device(args):
 
 
 def cmd_serve(args) -> int:
-
     token = paths.read_token(args.token_file)
     service = JobService(_data_dir(args), _device(args), ModelCache(args.keep_models, args.allow_download))
     server = BackendServer(service, token, args.host, args.port, max_payload=args.max_payload_mb << 20)
@@ -178,8 +174,6 @@ def cmd_serve(args) -> int:
 
 
 def cmd_run(args) -> int:
-
-
     spec = PIPELINES[args.pipeline]
     params = {f.name: getattr(args, f.name) for f in dataclasses.fields(spec.config_class) if hasattr(args, f.name)}
     params = {k: list(v) if isinstance(v, list) else v for k, v in params.items()}
@@ -248,7 +242,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_jobs(args) -> int:
-
     store = JobStore(_data_dir(args))
     if args.export:
         job = store.get(args.export)
@@ -273,8 +266,6 @@ def cmd_jobs(args) -> int:
 
 
 def cmd_train(args) -> int:
-
-
     config_class, train_fn = TRAINERS[args.trainer]
     params = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class) if hasattr(args, f.name)}
     try:
@@ -292,7 +283,6 @@ def cmd_train(args) -> int:
 
 
 def cmd_download(args) -> int:
-
     if args.model in PUBLIC_FILES:
         print(download_public_checkpoint(args.model))
     else:

@@ -280,7 +280,6 @@ def _batch_indices(rng: np.random.Generator, n: int, batch_size: int) -> list[in
 
 
 def _prepare_out(cfg: _Common, kind: str) -> Path:
-
     out = Path(cfg.out).expanduser()
     if out.exists() and not out.is_dir():
         raise TrainingError(f"output path {str(out)!r} exists and is not a folder")
