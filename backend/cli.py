@@ -40,6 +40,8 @@ from .models.devices import resolve_device
 from .models.errors import ModelNotFoundError
 from .models.stable_diffusion import DEFAULT_SD_MODEL, download_stable_diffusion
 from .pipelines import PIPELINES
+from .pipelines.base import PipelineInputs
+from .pipelines.io import inputs_to_arrays
 from .serving.server import BackendServer
 from .serving.service import JobService, JobStore
 
@@ -177,27 +179,22 @@ def cmd_run(args) -> int:
     spec = PIPELINES[args.pipeline]
     params = {f.name: getattr(args, f.name) for f in dataclasses.fields(spec.config_class) if hasattr(args, f.name)}
     params = {k: list(v) if isinstance(v, list) else v for k, v in params.items()}
-    inputs = {}
+    inputs = PipelineInputs()
     for mesh_input in spec.mesh_inputs:
         path = getattr(args, mesh_input.group)
         if path is None:
             continue
         try:
-            mesh = load_mesh(path, args.up_axis)
+            inputs.meshes[mesh_input.group] = load_mesh(path, args.up_axis)
         except MeshError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        group = mesh_input.group
-        inputs.update({f"{group}.v_pos": mesh.v_pos, f"{group}.t_pos_idx": mesh.t_pos_idx})
-        if mesh.has_uv:
-            inputs.update({f"{group}.uv": mesh.uv, f"{group}.uv_idx": mesh.uv_idx})
     for image_input in spec.image_inputs:
         path = getattr(args, image_input.name)
         if path is None:
             continue
-
         try:
-            inputs[image_input.name] = load_image(path)
+            inputs.images[image_input.name] = load_image(path)
         except (OSError, ValueError) as err:
             print(f"error: --{image_input.name.replace('_', '-')}: {err}", file=sys.stderr)
             return 2
@@ -218,7 +215,7 @@ def cmd_run(args) -> int:
             done.set()
 
     try:
-        job_id, _ = service.submit(args.pipeline, params, inputs, listener=listener)
+        job_id, _ = service.submit(args.pipeline, params, inputs_to_arrays(inputs), listener=listener)
     except (ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -28,7 +28,7 @@ from backend.models.errors import TINY_RANDOM
 from backend.models.stable_diffusion import load_stable_diffusion, RANDOM_SD15  # noqa: E402
 from backend.latent_nerf.field import LatentNeRF, NeRFConfig  # noqa: E402
 from backend.params import parse_config  # noqa: E402
-from backend.pipelines.common import build_sds  # noqa: E402
+from backend.pipelines.sds_common import build_sds  # noqa: E402
 from backend.pipelines.latent_nerf import LatentNeRFConfig, LatentNeRFPipeline  # noqa: E402
 from backend.latent_nerf.sketch import sketch_loss, SketchShape  # noqa: E402
 from benchmarks.steptime import device_name, print_split, time_steps  # noqa: E402

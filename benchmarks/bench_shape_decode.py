@@ -168,7 +168,9 @@ def end_to_end(arch: str, device_name: str, samples: int) -> dict:
     from backend.models.tokenizers import byte_level_clip_tokenizer
     from backend.params import parse_config
     from backend.pipelines.base import JobContext
-    from backend.pipelines.shape_ldm import ShapeLDMConfig, ShapePipeline
+    from backend.pipelines import shape_ldm
+    from backend.pipelines.base import PipelineInputs
+    from backend.pipelines.shape_ldm import ShapeLDMConfig
 
     device = resolve_device(device_name)
     if arch == "tiny":
@@ -195,17 +197,21 @@ def end_to_end(arch: str, device_name: str, samples: int) -> dict:
     bundle = MichelangeloBundle(config, vae.to(device, dtype).eval().requires_grad_(False),
                                 denoiser.to(device, dtype).eval().requires_grad_(False),
                                 conditioner.to(device, clip_dtype), ("text",), arch, device, dtype)
-    pipe = ShapePipeline(bundle)
+    class _Loaded:  # the model cache's interface, holding this one bundle
+        @staticmethod
+        def get(loader, model, device, dtype=None):
+            return bundle
+
     run_config = parse_config(ShapeLDMConfig, {"model": arch, "prompt": "a swivel office chair with five wheels",
                                                "num_samples": samples, "preview_resolution": 0})
-    ctx = JobContext(device=device, models=None)
-    pipe.generate(parse_config(ShapeLDMConfig, {"model": arch, "prompt": "warm-up", "num_inference_steps": 2,
-                                                "grid_resolution": 16, "preview_resolution": 0}), None, ctx)
+    ctx = JobContext(device=device, models=_Loaded())
+    shape_ldm.run(parse_config(ShapeLDMConfig, {"model": arch, "prompt": "warm-up", "num_inference_steps": 2,
+                                                "grid_resolution": 16, "preview_resolution": 0}), PipelineInputs(), ctx)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()
     try:
-        result = pipe.generate(run_config, None, ctx)
+        result = shape_ldm.run(run_config, PipelineInputs(), ctx)
         timings = result.timings
     except Exception as err:  # random weights may give a sample without a surface: report the time anyway
         timings = {"error": f"{type(err).__name__}: {err}"}

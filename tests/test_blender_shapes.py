@@ -140,7 +140,9 @@ def test_settings_params_image_reading_and_panel(scene):
     # The params, checked against the backend's own configs (names, ranges, the image/prompt rule).
     from backend.michelangelo.conditioner import MIN_IMAGE_SIDE
     from backend.params import describe_config, parse_config
-    from backend.pipelines.shape_ldm import ShapeInterpolateConfig, ShapeLDMConfig, ShapeVariationsConfig
+    from backend.pipelines.shape_interpolate import ShapeInterpolateConfig
+    from backend.pipelines.shape_ldm import ShapeLDMConfig
+    from backend.pipelines.shape_variations import ShapeVariationsConfig
 
     grid = describe_config(ShapeLDMConfig)["grid_resolution"]
     prop = s.bl_rna.properties["shape_grid_resolution"]

@@ -20,7 +20,9 @@ from backend.models.stable_diffusion import build_random_stable_diffusion
 from backend.latent_nerf.field import LatentNeRF, NeRFConfig
 from backend.params import ParamError, parse_config
 from backend.pipelines.base import JobContext
-from backend.pipelines.latent_nerf import LatentNeRFConfig, LatentNeRFPipeline, run_job
+from backend.pipelines import PIPELINES
+from backend.pipelines.io import inputs_from_arrays, meshes_to_arrays, result_to_arrays
+from backend.pipelines.latent_nerf import LatentNeRFConfig, LatentNeRFPipeline, run
 from backend.geometry.render import TorchRasterizer
 from conftest import REPO_ROOT
 
@@ -29,6 +31,11 @@ CPU = torch.device("cpu")
 FAST = {"prompt": "a gingerbread house", "model": "tiny-random", "render_size": 32, "num_samples": 32,
         "mesh_resolution": 64, "texture_size": 64, "preview_every": 0, "vae_preview_every": 0,
         "sketch_grid_resolution": 64}
+
+
+def run_job(config, arrays, ctx):
+    """``run`` fed with wire arrays, decoded as the service decodes them."""
+    return run(config, inputs_from_arrays("latent_nerf", PIPELINES["latent_nerf"], arrays), ctx)
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +53,11 @@ def blockout():
 def test_sketch_guided_result_lands_where_the_sketch_stands(blockout):
     partials = []
     ctx = JobContext(device=torch.device("cpu"), models=ModelCache(),
-                     on_partial=lambda step, arrays: partials.append((step, arrays)))
+                     on_partial=lambda step, meshes: partials.append((step, meshes_to_arrays(meshes))))
     config = parse_config(LatentNeRFConfig, {**FAST, "iterations": 10, "sketch_init_iterations": 100,
                                              "partial_every": 5, "partial_resolution": 32})
     result = run_job(config, blockout, ctx)
-    a = result.arrays
+    a = result_to_arrays(result)
     _assert_same_bbox(blockout["sketch.v_pos"], a["mesh.v_pos"])
     lo, size = blockout["sketch.v_pos"].min(0), np.ptp(blockout["sketch.v_pos"], axis=0)
     assert a["mesh.v_color"].shape == (len(a["mesh.v_pos"]), 3) and np.isfinite(a["mesh.v_color"]).all()
@@ -87,7 +94,7 @@ def test_cli_with_a_sketch_file_writes_a_glb_where_the_sketch_stands(blockout, t
 def test_text_only_generation_gives_a_mesh():
     config = parse_config(LatentNeRFConfig, {**FAST, "iterations": 3, "encoding": "frequency", "partial_every": 0})
     result = run_job(config, {}, JobContext(device=torch.device("cpu"), models=ModelCache()))
-    assert len(result.arrays["mesh.t_pos_idx"]) > 0 and result.metadata["sketch"] is False
+    assert len(result_to_arrays(result)["mesh.t_pos_idx"]) > 0 and result.metadata["sketch"] is False
 
 
 def test_bad_sketches_and_params_are_clear_errors(blockout):

@@ -15,10 +15,17 @@ from backend.models.cache import ModelCache
 from backend.models.stable_diffusion import build_random_stable_diffusion
 from backend.params import ParamError, parse_config
 from backend.pipelines.base import JobContext
-from backend.pipelines.latent_paint import LatentPaintConfig, LatentPaintPipeline, run_job
+from backend.pipelines import PIPELINES
+from backend.pipelines.io import inputs_from_arrays, result_to_arrays
+from backend.pipelines.latent_paint import LatentPaintConfig, LatentPaintPipeline, run
 from backend.geometry.render import TorchRasterizer
 
 CPU = torch.device("cpu")
+
+
+def run_job(config, arrays, ctx):
+    """``run`` fed with wire arrays, decoded as the service decodes them."""
+    return run(config, inputs_from_arrays("latent_paint", PIPELINES["latent_paint"], arrays), ctx)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +55,7 @@ def test_tiny_random_end_to_end(sphere_inputs):
                    on_progress=lambda *a: progress.append(a))
     result = run_job(_config(), sphere_inputs, ctx)
 
-    arrays = result.arrays
+    arrays = result_to_arrays(result)
     np.testing.assert_array_equal(arrays["mesh.v_pos"], sphere_inputs["mesh.v_pos"])  # caller's vertices untouched
     np.testing.assert_array_equal(arrays["mesh.t_pos_idx"], sphere_inputs["mesh.t_pos_idx"])
     assert arrays["mesh.uv_idx"].shape == sphere_inputs["mesh.t_pos_idx"].shape
@@ -75,7 +82,7 @@ def test_texture_changes_from_its_initial_value(sd, sphere_inputs):
     # Adam moves every texel that some render sampled; many texels of a 32x32 atlas are seen in 5 steps.
     assert changed.float().mean() > 0.05
     init_texture = (pipe.decode_latents(init)[0].permute(1, 2, 0).numpy() * 255).round()
-    assert np.abs(result.arrays["texture"].astype(float) - np.flipud(init_texture)[::4, ::4]).mean() > 0.5
+    assert np.abs(result_to_arrays(result)["texture"].astype(float) - np.flipud(init_texture)[::4, ::4]).mean() > 0.5
 
 
 def _tiny_sds(sd, config):
@@ -91,7 +98,7 @@ def test_same_seed_same_texture(sphere_inputs):
     b = run_job(_config(seed=7), sphere_inputs, _context(models))
     c = run_job(_config(seed=8), sphere_inputs, _context(models))
     assert models.loads == 1  # the cache kept the model warm
-    np.testing.assert_array_equal(a.arrays["texture"], b.arrays["texture"])
+    np.testing.assert_array_equal(result_to_arrays(a)["texture"], result_to_arrays(b)["texture"])
     torch.testing.assert_close(a.extras["latent_texture"], b.extras["latent_texture"], rtol=0, atol=0)
     assert not torch.equal(a.extras["latent_texture"], c.extras["latent_texture"])
 

@@ -16,7 +16,7 @@ import torch
 import trimesh
 
 from backend.geometry.frames import gltf_to_blender
-from backend.geometry.mesh import MeshError
+from backend.geometry.mesh import MeshError, TriMesh
 from backend.michelangelo.checkpoint import save_checkpoint
 from backend.michelangelo.model import build_tiny_random, load_michelangelo
 from backend.models.cache import ModelCache
@@ -24,10 +24,24 @@ from backend.models.errors import ModelNotFoundError
 from backend.params import ParamError, parse_config
 from backend.pipelines import PIPELINES
 from backend.pipelines.base import JobCancelled, JobContext
-from backend.pipelines.shape_ldm import (ShapeInterpolateConfig, ShapeLDMConfig, ShapePipeline, ShapeVariationsConfig,
-                                         run_shape_interpolate, run_shape_ldm, run_shape_variations)
+from backend.pipelines import shape_interpolate, shape_ldm, shape_variations
+from backend.pipelines.io import inputs_from_arrays, meshes_to_arrays, result_to_arrays
+from backend.pipelines.shape_common import ShapePipeline
+from backend.pipelines.shape_interpolate import ShapeInterpolateConfig
+from backend.pipelines.shape_ldm import ShapeLDMConfig
+from backend.pipelines.shape_variations import ShapeVariationsConfig
 from blender_addon.core import protocol
 from conftest import REPO_ROOT, WireClient, start_backend
+
+
+def _run(module, name: str):
+    """``module.run`` fed with wire arrays, decoded as the service decodes them."""
+    return lambda config, arrays, ctx: module.run(config, inputs_from_arrays(name, PIPELINES[name], arrays), ctx)
+
+
+run_shape_ldm = _run(shape_ldm, "shape_ldm")
+run_shape_variations = _run(shape_variations, "shape_variations")
+run_shape_interpolate = _run(shape_interpolate, "shape_interpolate")
 
 CPU = torch.device("cpu")
 FAST = {"model": "tiny-random", "num_inference_steps": 3, "grid_resolution": 20, "preview_resolution": 0}
@@ -66,11 +80,11 @@ def _groups(arrays: dict) -> list[str]:
 
 def test_generation_streams_progress_and_previews_and_returns_one_mesh_per_sample(models):
     progress, partials = [], []
-    ctx = _ctx(models, on_progress=lambda *a: progress.append(a), on_partial=lambda s, a: partials.append((s, a)))
+    ctx = _ctx(models, on_progress=lambda *a: progress.append(a), on_partial=lambda s, m: partials.append((s, meshes_to_arrays(m))))
     config = parse_config(ShapeLDMConfig, {**FAST, "prompt": "a swivel chair", "num_samples": 3,
                                            "preview_resolution": 12})
     result = run_shape_ldm(config, {}, ctx)
-    a = result.arrays
+    a = result_to_arrays(result)
     assert _groups(a) == ["mesh", "mesh_1", "mesh_2"]
     for g in _groups(a):
         assert a[f"{g}.v_pos"].dtype == np.float32 and a[f"{g}.t_pos_idx"].dtype == np.int32
@@ -93,8 +107,8 @@ def test_result_is_the_model_frame_mesh_turned_z_up(models):
     result = run_shape_ldm(config, {}, _ctx(models))
     pipe = ShapePipeline(models.get(load_michelangelo, "tiny-random", CPU))
     model_frame = pipe.extract(result.extras["latents"], config.grid_resolution, config, _ctx(models))[0]
-    np.testing.assert_allclose(result.arrays["mesh.v_pos"], gltf_to_blender(model_frame.v_pos), atol=1e-6)
-    np.testing.assert_array_equal(result.arrays["mesh.t_pos_idx"], model_frame.t_pos_idx)
+    np.testing.assert_allclose(result_to_arrays(result)["mesh.v_pos"], gltf_to_blender(model_frame.v_pos), atol=1e-6)
+    np.testing.assert_array_equal(result_to_arrays(result)["mesh.t_pos_idx"], model_frame.t_pos_idx)
 
 
 def test_same_seed_same_shapes_other_seed_other_shapes(models):
@@ -103,9 +117,9 @@ def test_same_seed_same_shapes_other_seed_other_shapes(models):
         return run_shape_ldm(config, {}, _ctx(models))
 
     a, b, c = run(7), run(7), run(8)
-    assert a.arrays.keys() == b.arrays.keys()
-    for name in a.arrays:
-        np.testing.assert_array_equal(a.arrays[name], b.arrays[name])
+    assert result_to_arrays(a).keys() == result_to_arrays(b).keys()
+    for name in result_to_arrays(a):
+        np.testing.assert_array_equal(result_to_arrays(a)[name], result_to_arrays(b)[name])
     assert not torch.equal(a.extras["latents"], c.extras["latents"])
     assert not torch.equal(a.extras["latents"][0], a.extras["latents"][1])  # samples of one job differ too
 
@@ -115,7 +129,7 @@ def test_image_condition_rgb_and_rgba(models):
     rgba = rng.integers(0, 256, (40, 56, 4), dtype=np.uint8)
     config = parse_config(ShapeLDMConfig, {**FAST})
     result = run_shape_ldm(config, {"image": rgba}, _ctx(models))
-    assert result.metadata["image"] is True and len(result.arrays["mesh.t_pos_idx"]) > 0
+    assert result.metadata["image"] is True and len(result_to_arrays(result)["mesh.t_pos_idx"]) > 0
     rgb = run_shape_ldm(config, {"image": rgba[..., :3]}, _ctx(models))
     assert not torch.equal(result.extras["latents"], rgb.extras["latents"])  # alpha matters (composited on white)
 
@@ -123,7 +137,7 @@ def test_image_condition_rgb_and_rgba(models):
 def test_variations_are_distinct_and_stand_where_the_mesh_stands(models, torus):
     config = parse_config(ShapeVariationsConfig, {**FAST, "num_samples": 3, "strength": 0.6})
     result = run_shape_variations(config, torus, _ctx(models))
-    a = result.arrays
+    a = result_to_arrays(result)
     assert _groups(a) == ["mesh", "mesh_1", "mesh_2"]
     lat = result.extras["latents"]
     assert all(not torch.equal(lat[i], lat[j]) for i in range(3) for j in range(i + 1, 3))
@@ -146,7 +160,7 @@ def test_variation_strength_controls_how_far_the_latent_moves(models, torus):
         config = parse_config(ShapeVariationsConfig, {**FAST, "num_samples": 1, "strength": strength,
                                                       "num_inference_steps": 10})
         pipe = ShapePipeline(models.get(load_michelangelo, "tiny-random", CPU))
-        start, _ = pipe.encode_mesh(torus["mesh.v_pos"], torus["mesh.t_pos_idx"], config.seed)
+        start, _ = pipe.encode_mesh(TriMesh(torus["mesh.v_pos"], torus["mesh.t_pos_idx"]), config.seed)
         end = pipe.denoise(start, *pipe.context("", None, 1)[:1], None, config, strength, 0, _ctx(models))
         return float((end - start).norm())
 
@@ -159,20 +173,20 @@ def test_interpolation_places_in_between_shapes_between_the_inputs(models, torus
     inputs = {**torus, **_mesh(box, "mesh_b")}
     config = parse_config(ShapeInterpolateConfig, {**FAST, "num_shapes": 3, "include_ends": True})
     result = run_shape_interpolate(config, inputs, _ctx(models))
-    assert _groups(result.arrays) == [f"mesh_{i}" if i else "mesh" for i in range(5)]
+    assert _groups(result_to_arrays(result)) == [f"mesh_{i}" if i else "mesh" for i in range(5)]
     assert result.metadata["weights"] == [0.0, 0.25, 0.5, 0.75, 1.0]
-    centers = [result.arrays[f"{g}.v_pos"].mean(0)[0] for g in _groups(result.arrays)]
+    centers = [result_to_arrays(result)[f"{g}.v_pos"].mean(0)[0] for g in _groups(result_to_arrays(result))]
     # placements move from the torus (x = 4, half-extent 2.6) to the box (x = -6, half-extent 0.5)
-    for w, g in zip(result.metadata["weights"], _groups(result.arrays)):
+    for w, g in zip(result.metadata["weights"], _groups(result_to_arrays(result))):
         c = (1 - w) * 4.0 + w * -6.0
         size = (1 - w) * 2.6 + w * 0.5
-        assert np.abs(result.arrays[f"{g}.v_pos"][:, 0] - c).max() <= 1.1 * size + 1e-3
+        assert np.abs(result_to_arrays(result)[f"{g}.v_pos"][:, 0] - c).max() <= 1.1 * size + 1e-3
     assert centers[0] > centers[2] > centers[4]
     lat = result.extras["latents"]  # linear interpolation of the two encodings
     torch.testing.assert_close(lat[2], (lat[0] + lat[4]) / 2, atol=1e-5, rtol=0)
     only_between = run_shape_interpolate(parse_config(ShapeInterpolateConfig, {**FAST, "num_shapes": 2}), inputs,
                                          _ctx(models))
-    assert only_between.metadata["weights"] == [1 / 3, 2 / 3] and len(_groups(only_between.arrays)) == 2
+    assert only_between.metadata["weights"] == [1 / 3, 2 / 3] and len(_groups(result_to_arrays(only_between))) == 2
 
 
 def test_no_surface_is_a_clear_error(torus):
@@ -209,14 +223,14 @@ def test_cancel_stops_at_the_next_step(models):
     ("shape_ldm", {"prompt": "x"}, {"mesh.v_pos": np.zeros((3, 3), np.float32)}, ParamError, "does not take"),
     ("shape_variations", {}, {"mesh.v_pos": np.eye(3, dtype=np.float32),
                               "mesh.t_pos_idx": np.zeros((0, 3), np.int32)}, MeshError, "has no triangles"),
-    ("shape_variations", {}, {"mesh.v_pos": np.eye(3, dtype=np.float32)}, MeshError, "needs both"),
-    ("shape_interpolate", {}, _mesh(trimesh.creation.box()), MeshError, "mesh_b"),
+    ("shape_variations", {}, {"mesh.v_pos": np.eye(3, dtype=np.float32)}, ParamError, "needs both"),
+    ("shape_interpolate", {}, _mesh(trimesh.creation.box()), ParamError, "mesh_b"),
 ])
 def test_bad_inputs_are_clear_errors(models, pipeline, params, inputs, error, match):
     spec = PIPELINES[pipeline]
     config = parse_config(spec.config_class, {**FAST, **params})
     with pytest.raises(error, match=match):
-        spec.run_job(config, inputs, _ctx(models))
+        spec.run(config, inputs_from_arrays(pipeline, spec, inputs), _ctx(models))
 
 
 @pytest.mark.parametrize("params, match", [
@@ -266,7 +280,7 @@ def test_model_ids_paths_and_folders(tmp_path, models, torus):
     box = _mesh(trimesh.creation.box(), "mesh_b")
     out = run_shape_interpolate(parse_config(ShapeInterpolateConfig, {**FAST, "model": str(vae_only), "num_shapes": 1}),
                                 {**torus, **box}, _ctx(models))
-    assert _groups(out.arrays) == ["mesh"]
+    assert _groups(result_to_arrays(out)) == ["mesh"]
 
 
 def test_model_cache_shares_one_lru_between_model_kinds():

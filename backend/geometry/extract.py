@@ -1,4 +1,4 @@
-"""From an implicit field to a clean, textured triangle mesh.
+"""From an implicit field to a clean triangle mesh (colours and textures: :mod:`backend.geometry.bake`).
 
 Generic: every function takes plain callables (``fn(points) -> values``) and knows nothing about NeRFs or shape
 VAEs. The steps, in the order a pipeline uses them:
@@ -7,9 +7,7 @@ VAEs. The steps, in the order a pipeline uses them:
 2. :func:`marching_cubes` (PyMCubes) extracts the level set as a world-space mesh, faces wound outward.
 3. :func:`clean_mesh` merges duplicate vertices, drops degenerate faces and small floating components, decimates to
    a face budget (quadric error, package ``fast-simplification``) and orients closed components outward.
-4. :func:`vertex_colors` / :func:`bake_texture` evaluate a colour (or latent) field at the vertices / at every texel
-   of an xatlas UV layout rasterized in texture space.
-5. :func:`transform_mesh` maps the result from the field's normalized frame back to the world frame.
+4. :func:`transform_mesh` maps the result from the field's normalized frame back to the world frame.
 
 Grid convention (used by :func:`sample_grid` and :func:`marching_cubes`): a grid of shape (Rx, Ry, Rz) over the box
 [min, max] is indexed ``grid[i, j, k]`` = field at ``min + (i, j, k) * (max - min) / (R - 1)``: index order
@@ -389,14 +387,7 @@ def clean_mesh(mesh: TriMesh, min_component_ratio: float = 0.02, component_measu
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# 4. Colours: per vertex, or baked into a UV texture.
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# 5. Back to the world frame.
+# 4. Back to the world frame.
 # ---------------------------------------------------------------------------------------------------------------------
 
 def transform_mesh(mesh: TriMesh, scale: float, center: Sequence[float] | np.ndarray) -> TriMesh:

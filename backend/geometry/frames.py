@@ -2,12 +2,32 @@
 
 The backend's frame is Blender's world frame: right-handed, Z up, metres. Other frames meet it only here:
 
-- glTF / OBJ files and Michelangelo's model frame are Y up: :func:`blender_to_gltf` / :func:`gltf_to_blender`.
+Axes (positions (N, 3), same units on both sides):
+
+- glTF / OBJ files are Y up: :func:`blender_to_gltf` / :func:`gltf_to_blender`, (x, y, z)_blender ↔ (x, z, −y)_gltf,
+  as Blender's glTF exporter writes "+Y up".
+- Michelangelo's model frame is its training data's glTF frame: :func:`blender_to_michelangelo` /
+  :func:`michelangelo_to_blender`.
+- Latent-NeRF's normalised frame differs from the world frame by a similarity only (no axis change): see
+  :mod:`backend.latent_nerf.sketch`.
+
+Image rows:
+
+- Rows top-first: PNG files, the wire (``image``, ``texture``), images the UNet sees.
+- Rows bottom-first: the rasterizer's output (row 0 at NDC y = −1), UV-space textures (row 0 ↔ v ≈ 0), Blender's
+  ``Image.pixels``. :func:`bottom_up_to_top_down` / :func:`top_down_to_bottom_up` convert.
+
+``tests/test_frames.py`` checks that no other backend module swaps axes or flips rows.
 """
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
+import torch
+
+ArrayLike = TypeVar("ArrayLike", np.ndarray, torch.Tensor)
 
 
 def blender_to_gltf(v: np.ndarray) -> np.ndarray:
@@ -18,3 +38,24 @@ def blender_to_gltf(v: np.ndarray) -> np.ndarray:
 def gltf_to_blender(v: np.ndarray) -> np.ndarray:
     """Y-up glTF coordinates (N, 3) → Z-up Blender coordinates: (x, y, z) ↦ (x, −z, y)."""
     return np.stack([v[:, 0], -v[:, 2], v[:, 1]], axis=1)
+
+
+def blender_to_michelangelo(v: np.ndarray) -> np.ndarray:
+    """Blender world (Z up) → Michelangelo's model frame (Y up, its training data's glTF frame); (N, 3) → (N, 3)."""
+    return blender_to_gltf(v)
+
+
+def michelangelo_to_blender(v: np.ndarray) -> np.ndarray:
+    """Michelangelo's model frame (Y up) → Blender world (Z up); inverse of :func:`blender_to_michelangelo`."""
+    return gltf_to_blender(v)
+
+
+def bottom_up_to_top_down(image: ArrayLike, row_dim: int) -> ArrayLike:
+    """Rows bottom-first (rasterizer output: row 0 at NDC y = −1; UV textures: row 0 ↔ v ≈ 0; Blender's
+    ``Image.pixels``) → rows top-first (PNG, the wire, images fed to the UNet). ``row_dim``: the rows' axis."""
+    return image.flip(row_dim) if isinstance(image, torch.Tensor) else np.flip(image, axis=row_dim)
+
+
+def top_down_to_bottom_up(image: ArrayLike, row_dim: int) -> ArrayLike:
+    """Rows top-first → rows bottom-first; inverse of :func:`bottom_up_to_top_down` (a numpy result is a view)."""
+    return image.flip(row_dim) if isinstance(image, torch.Tensor) else np.flip(image, axis=row_dim)

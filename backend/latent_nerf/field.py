@@ -318,13 +318,18 @@ class LatentNeRF(nn.Module):
                 {"name": "mlp", "params": list(self.mlp.parameters()), "lr": lr}]
 
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Rays and volume rendering.
-# ---------------------------------------------------------------------------------------------------------------------
+class BackgroundField(torch.nn.Module):
+    """The background seen along a ray: a small MLP of the view direction (Latent-NeRF's background model) or a
+    constant colour. ``forward(rays_d (N, 3)) -> (N, C)``."""
 
+    def __init__(self, channels: int, mode: str, constant: torch.Tensor | None = None):
+        super().__init__()
+        self.mode = mode
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(3, 32), torch.nn.ReLU(), torch.nn.Linear(32, channels)) \
+            if mode == "learned" else None
+        self.register_buffer("constant", constant if constant is not None else torch.zeros(channels))
 
-# ---------------------------------------------------------------------------------------------------------------------
-# Queries for mesh extraction and baking.
-# ---------------------------------------------------------------------------------------------------------------------
-
-
+    def forward(self, rays_d: torch.Tensor) -> torch.Tensor:
+        if self.mlp is not None:
+            return self.mlp(F.normalize(rays_d, dim=-1)) + self.constant
+        return self.constant.expand(rays_d.shape[0], -1)

@@ -9,10 +9,10 @@ Michelangelo (Zhao et al., 2023, §3.1, §4.1) trains the shape VAE on
 
 :class:`ShapeDataset` builds both from a plain folder of meshes:
 
-- each mesh is read with :func:`backend.geometry.mesh.load_mesh` (OBJ, PLY, STL, GLB/GLTF, OFF) into Blender's frame, moved
-  into the *model frame* (Y up, like the ShapeNet-style public data; the axis change is
-  :func:`backend.geometry.frames.blender_to_gltf`) and normalised like the public data: bounding-box centre at the origin, largest
-  half-extent :data:`MODEL_EXTENT` = 1.0 (the public example ``surface.npz`` spans exactly [-1, 1] on its long axis);
+- each mesh is read with :func:`backend.geometry.mesh.load_mesh` (OBJ, PLY, STL, GLB/GLTF, OFF) into Blender's
+  frame, moved into the *model frame* (Y up, like the ShapeNet-style public data; the axis change is
+  :func:`backend.geometry.frames.blender_to_michelangelo`) and normalised like the public data: bounding-box centre
+  at the origin, largest half-extent :data:`MODEL_EXTENT` = 1.0 (the public example ``surface.npz`` spans exactly [-1, 1] on its long axis);
 - surface points are sampled area-weighted (trimesh) with the normal of the face they lie on;
 - volume points are uniform in ``[-VOLUME_BOUND, VOLUME_BOUND]³``; near-surface points are surface points plus
   isotropic Gaussian noise at two scales (half of them each);
@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..geometry.frames import blender_to_gltf
+from ..geometry.frames import blender_to_michelangelo
 from ..geometry.mesh import MeshError, TriMesh, load_mesh, validate_mesh
 from ..geometry.queries import signed_volume, winding_number
 
@@ -68,8 +68,8 @@ class DatasetError(ValueError):
 def to_model_frame(v_pos: np.ndarray, extent: float = MODEL_EXTENT) -> tuple[np.ndarray, np.ndarray, float]:
     """Blender-frame vertices → Michelangelo's normalised model frame.
 
-    The axis change is :func:`backend.geometry.frames.blender_to_gltf` ((x, y, z) ↦ (x, z, −y): Z up → Y up); then the bounding
-    box is centred on the origin and scaled so its largest half-extent is ``extent``.
+    The axis change is :func:`backend.geometry.frames.blender_to_michelangelo` ((x, y, z) ↦ (x, z, −y): Z up → Y up);
+    then the bounding box is centred on the origin and scaled so its largest half-extent is ``extent``.
 
     Args:
         v_pos: (N, 3) float vertex positions, Blender world frame (Z up), any unit.
@@ -77,8 +77,8 @@ def to_model_frame(v_pos: np.ndarray, extent: float = MODEL_EXTENT) -> tuple[np.
 
     Returns:
         ``(v_model (N, 3) float32, center (3,) float64, scale float)`` with
-        ``v_model = (blender_to_gltf(v_pos) − center) · scale``; the inverse is
-        ``gltf_to_blender(v_model / scale + center)``.
+        ``v_model = (blender_to_michelangelo(v_pos) − center) · scale``; the inverse is
+        ``michelangelo_to_blender(v_model / scale + center)``.
 
     Raises:
         MeshError: empty, non-finite or zero-size input.
@@ -88,7 +88,7 @@ def to_model_frame(v_pos: np.ndarray, extent: float = MODEL_EXTENT) -> tuple[np.
         raise MeshError(f"expected (N, 3) vertices with N >= 1, got shape {v.shape}")
     if not np.isfinite(v).all():
         raise MeshError("vertices contain NaN/Inf")
-    v = blender_to_gltf(v)
+    v = blender_to_michelangelo(v)
     lo, hi = v.min(axis=0), v.max(axis=0)
     center = (lo + hi) * 0.5
     half = float((hi - lo).max()) * 0.5

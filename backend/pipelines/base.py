@@ -1,4 +1,9 @@
-"""What every pipeline gets from whoever runs it (the job worker, the CLI, a test) and what it hands back."""
+"""What every pipeline gets from whoever runs it (the job worker, the CLI, a test) and what it hands back.
+
+A pipeline is one module of :mod:`backend.pipelines` with a config dataclass and one entry point with one signature,
+``run(config, inputs: PipelineInputs, context: JobContext) -> PipelineResult``. Inputs and results are typed here;
+:mod:`backend.pipelines.io` alone turns them into and out of wire arrays.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,98 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..geometry.mesh import TriMesh
+
 
 class JobCancelled(Exception):
     """Raised inside a pipeline at the next step boundary after cancellation was requested."""
+
+
+@dataclass
+class ResultMesh:
+    """One mesh a pipeline hands back, in Blender's world frame (right-handed, Z up, metres).
+
+    Attributes:
+        mesh: geometry, with per-corner UVs when the mesh is textured (:class:`~backend.geometry.mesh.TriMesh`).
+        v_color: (N, 3|4) float32 per-vertex linear RGB(A) in [0, 1], or None.
+        texture: (H, W, 3|4) uint8 sRGB base colour for ``mesh.uv``, image rows (row 0 = top, V = 1), or None.
+    """
+
+    mesh: TriMesh
+    v_color: np.ndarray | None = None
+    texture: np.ndarray | None = None
+
+
+@dataclass
+class PipelineInputs:
+    """A job's inputs, decoded and validated by :func:`backend.pipelines.io.inputs_from_arrays`.
+
+    Attributes:
+        meshes: input group → mesh (``"mesh"``, ``"mesh_b"``, ``"sketch"``…, as the pipeline's
+            :class:`MeshInput` names them), Blender world frame, validated (float32 / int32, finite, with faces).
+        images: input name → (H, W, 3|4) uint8 image, row 0 = top.
+    """
+
+    meshes: dict[str, TriMesh] = field(default_factory=dict)
+    images: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineResult:
+    """A finished run.
+
+    Attributes:
+        meshes: the output meshes, in order (several for samples, variations, interpolations).
+        metadata: JSON-able facts about the run (pipeline, prompt, seed, model, counts…), stored and sent as is.
+        timings: seconds per phase.
+        extras: in-process values (tensors) for tests and benchmarks; never sent or stored.
+    """
+
+    meshes: list[ResultMesh]
+    metadata: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MeshInput:
+    """A mesh a pipeline takes as input, by group name: wire arrays ``<group>.v_pos``/``<group>.t_pos_idx`` (and
+    optional ``<group>.uv``/``<group>.uv_idx``); CLI flag ``--<group> FILE`` (underscores as dashes: ``--mesh-b``)."""
+
+    group: str
+    required: bool
+    help: str
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """An image a pipeline takes as input: wire array ``<name>`` (H, W, 3|4) uint8, row 0 = top; CLI flag
+    ``--<name> FILE`` (PNG, JPEG, …)."""
+
+    name: str
+    required: bool
+    help: str
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """A pipeline's row in :data:`backend.pipelines.PIPELINES`.
+
+    Attributes:
+        config_class: its config dataclass (fields made with :func:`backend.params.param`).
+        run: ``run(config, inputs, context) -> PipelineResult``, the same signature for every pipeline.
+        summary: one line for ``--help`` and the add-on.
+        mesh_inputs, image_inputs: what it takes besides its parameters.
+        check_inputs: ``(config, inputs) -> None`` run at submit time, after the inputs decoded, raising
+            ``ParamError``/``ValueError`` for inputs the pipeline cannot use (e.g. neither a prompt nor an image).
+    """
+
+    config_class: type
+    run: Callable[[Any, PipelineInputs, "JobContext"], PipelineResult]
+    summary: str
+    mesh_inputs: tuple[MeshInput, ...] = ()
+    image_inputs: tuple[ImageInput, ...] = ()
+    check_inputs: Callable[[Any, PipelineInputs], None] | None = None
 
 
 @dataclass
@@ -25,7 +119,7 @@ class JobContext:
         cancel_event: set by the service when the user cancels; checked at every :meth:`progress` call.
         on_progress: ``(stage, step, total, losses: dict[str, float], eta_s: float | None) -> None``.
         on_preview: ``(step, image (H, W, 3) uint8 row 0 = top, decoder: "linear" | "vae") -> None``.
-        on_partial: ``(step, arrays: dict[str, np.ndarray]) -> None`` (intermediate meshes, later pipelines).
+        on_partial: ``(step, meshes: list[ResultMesh]) -> None`` (intermediate meshes, world frame).
     """
 
     device: torch.device
@@ -37,6 +131,7 @@ class JobContext:
     _t0: float = field(default_factory=time.monotonic)
 
     def check_cancelled(self) -> None:
+        """Raise :class:`JobCancelled` when cancellation was requested."""
         if self.cancel_event.is_set():
             raise JobCancelled()
 
@@ -53,21 +148,21 @@ class JobContext:
         self._t0 = time.monotonic()
 
     def preview(self, step: int, image: np.ndarray, decoder: str) -> None:
+        """Stream a preview image, (H, W, 3) uint8, row 0 = top."""
         if self.on_preview is not None:
             self.on_preview(step, image, decoder)
 
+    @property
+    def wants_partial(self) -> bool:
+        """Whether anyone listens for intermediate meshes (skip extracting them otherwise)."""
+        return self.on_partial is not None
 
-@dataclass
-class PipelineResult:
-    """A finished run: wire arrays (protocol kinds: ``mesh.v_pos`` …, ``texture``), JSON metadata, timings (s),
-    and ``extras``: in-process values (tensors) for tests and benchmarks, never sent or stored."""
-
-    arrays: dict[str, np.ndarray]
-    metadata: dict[str, Any]
-    timings: dict[str, float] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)
+    def partial(self, step: int, meshes: list[ResultMesh]) -> None:
+        """Stream intermediate meshes (world frame) shown before the result."""
+        if self.on_partial is not None:
+            self.on_partial(step, meshes)
 
 
 def to_uint8_image(image: torch.Tensor) -> np.ndarray:
-    """``(3|4, H, W)`` float in [0, 1], row 0 = top → ``(H, W, 3|4)`` uint8 numpy."""
+    """``(3|4, H, W)`` float in [0, 1] → ``(H, W, 3|4)`` uint8 numpy (rows kept as they are)."""
     return (image.detach().float().clamp(0, 1).permute(1, 2, 0) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()

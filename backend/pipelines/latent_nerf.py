@@ -25,17 +25,17 @@ import torch.nn.functional as F
 from ..geometry.bake import bake_texture
 from ..geometry.cameras import CameraBatch, sample_cameras
 from ..geometry.extract import clean_mesh, marching_cubes, sample_grid
+from ..geometry.frames import bottom_up_to_top_down
 from ..geometry.mesh import MeshError, TriMesh
 from ..geometry.render import make_rasterizer
 from ..guidance.sds import ScoreDistillation
-from ..latent_nerf.field import LatentNeRF, NeRFConfig
+from ..latent_nerf.field import BackgroundField, LatentNeRF, NeRFConfig
 from ..latent_nerf.sketch import OCCUPANCY_DELTA, SketchShape, sketch_loss
 from ..latent_nerf.volume import get_rays, volume_render
 from ..models.latent_rgb import LATENT_RGB_FACTORS
-from ..params import ParamError, param
-from .base import JobContext, PipelineResult, to_uint8_image
-from .common import SDSPipelineConfig, VaeCodec, build_sds, maybe_preview, preview_camera
-
+from ..params import param
+from .base import JobContext, PipelineInputs, PipelineResult, ResultMesh, to_uint8_image
+from .sds_common import SDSPipelineConfig, VaeCodec, build_sds, maybe_preview, preview_camera
 
 
 @dataclass
@@ -63,21 +63,20 @@ class LatentNeRFConfig(SDSPipelineConfig):
     texture_size: int = param(1024, doc="Side of the baked RGB texture in pixels.", low=64, high=8192)
 
 
-class BackgroundField(torch.nn.Module):
-    """The background seen along a ray: a small MLP of the view direction (Latent-NeRF's background model) or a
-    constant colour. ``forward(rays_d (N, 3)) -> (N, C)``."""
+@dataclass
+class _Run:
+    """What one run's steps share: the field, its background, the optimiser, the guidance, the seeded generator, the
+    optional sketch, the settings, the hooks and the timing sums (seconds of render / guidance / backward)."""
 
-    def __init__(self, channels: int, mode: str, constant: torch.Tensor | None = None):
-        super().__init__()
-        self.mode = mode
-        self.mlp = torch.nn.Sequential(torch.nn.Linear(3, 32), torch.nn.ReLU(), torch.nn.Linear(32, channels)) \
-            if mode == "learned" else None
-        self.register_buffer("constant", constant if constant is not None else torch.zeros(channels))
-
-    def forward(self, rays_d: torch.Tensor) -> torch.Tensor:
-        if self.mlp is not None:
-            return self.mlp(F.normalize(rays_d, dim=-1)) + self.constant
-        return self.constant.expand(rays_d.shape[0], -1)
+    config: LatentNeRFConfig
+    nerf: LatentNeRF
+    background: BackgroundField
+    optimizer: torch.optim.Optimizer
+    sds: ScoreDistillation
+    generator: torch.Generator
+    sketch: SketchShape | None
+    context: JobContext
+    timings: dict[str, float]
 
 
 class LatentNeRFPipeline:
@@ -141,14 +140,13 @@ class LatentNeRFPipeline:
         """Optimise a Latent-NeRF for ``config.prompt`` (guided by ``sds``), optionally constrained by ``sketch``.
 
         Returns:
-            :class:`PipelineResult` with world-frame ``mesh.v_pos``, ``mesh.t_pos_idx``, ``mesh.uv``, ``mesh.uv_idx``,
-            ``mesh.v_color`` (N, 3) in [0, 1] and ``texture`` (S, S, 3) uint8 row 0 = top; ``extras['nerf']``.
+            :class:`PipelineResult` with one world-frame mesh with UVs, ``v_color`` (N, 3) in [0, 1] and ``texture``
+            (S, S, 3) uint8 row 0 = top; ``extras['nerf']``, ``['background']``, ``['head']``.
 
         Raises:
             MeshError: the field has no surface at the end. JobCancelled: cancelled through ``context``.
         """
         context = context or JobContext(device=self.device, models=None)
-        timings = {"render": 0.0, "guidance": 0.0, "backward": 0.0}
         generator = torch.Generator(device=self.device).manual_seed(config.seed)
 
         # 1. Field, background, optimiser (hash grid at 10x the MLP's learning rate).
@@ -158,19 +156,20 @@ class LatentNeRFPipeline:
             background = self.make_background(config)
         params = nerf.param_groups(config.lr) + [{"params": list(background.parameters()), "lr": config.lr}]
         optimizer = torch.optim.Adam([g for g in params if g["params"]], betas=(0.9, 0.99), eps=1e-15)
+        run = _Run(config, nerf, background, optimizer, sds, generator, sketch, context,
+                   {"render": 0.0, "guidance": 0.0, "backward": 0.0})
         preview_cam = preview_camera(self.device)
         if sketch is not None and config.sketch_init_iterations:
-            self._fit_sketch(nerf, sketch, config, generator, context)
+            self._fit_sketch(run)
         context.restart_clock()
 
         # 2. Latent stage: SDS on rendered latents (+ Sketch-Shape loss, + opacity sparsity).
         total_steps = config.iterations + config.refine_iterations
         for step in range(1, config.iterations + 1):
-            self._step(step, total_steps, "optimize", nerf, background, config, sds, sketch, optimizer, generator,
-                       timings, context, head=None, render_size=config.render_size)
+            self._step(run, step, total_steps, "optimize", head=None, render_size=config.render_size)
             maybe_preview(step, config, lambda: self.render(nerf, background, preview_cam, config.render_size,
                                                             config.num_samples, None)["image"], self.codec, context)
-            self._maybe_partial(step, config, nerf, sketch, context)
+            self._maybe_partial(run, step)
 
         # 3. Optional RGB refinement: a linear 4→3 head initialised from the latent→RGB matrix, SDS through the encoder.
         head = None
@@ -180,9 +179,9 @@ class LatentNeRFPipeline:
                 head.weight.copy_(torch.tensor(LATENT_RGB_FACTORS, device=self.device).T * 0.5)
                 head.bias.fill_(0.5)
             optimizer.add_param_group({"params": list(head.parameters()), "lr": config.lr})
+            run.sds = rgb_sds or sds
             for i in range(1, config.refine_iterations + 1):
-                self._step(config.iterations + i, total_steps, "refine_rgb", nerf, background, config,
-                           rgb_sds or sds, sketch, optimizer, generator, timings, context, head=head,
+                self._step(run, config.iterations + i, total_steps, "refine_rgb", head=head,
                            render_size=config.refine_render_size)
 
         # 4. Mesh: marching cubes → clean → bake (latent texture decoded by the VAE, or RGB) → world frame.
@@ -192,18 +191,17 @@ class LatentNeRFPipeline:
             mesh = self.extract(nerf, config.mesh_resolution, config.face_budget)
             texture_rgb, uv, uv_idx = self._bake(nerf, mesh, config, head)
             v_color = self._vertex_colors(texture_rgb, mesh.t_pos_idx, uv, uv_idx, len(mesh.v_pos))
-        timings["extract"] = time.perf_counter() - t0
+        run.timings["extract"] = time.perf_counter() - t0
         world = self.to_world(TriMesh(mesh.v_pos, mesh.t_pos_idx, uv, uv_idx), sketch)
-        arrays = {"mesh.v_pos": world.v_pos, "mesh.t_pos_idx": world.t_pos_idx, "mesh.uv": uv, "mesh.uv_idx": uv_idx,
-                  "mesh.v_color": v_color, "texture": to_uint8_image(texture_rgb.flip(1))}
+        texture = to_uint8_image(bottom_up_to_top_down(texture_rgb, 1))
         metadata = {"pipeline": self.name, "prompt": config.prompt, "negative_prompt": config.negative_prompt,
                     "seed": config.seed, "model": config.model, "iterations": config.iterations,
                     "refine_iterations": config.refine_iterations, "guidance_scale": config.guidance_scale,
                     "sketch": sketch is not None, "faces": int(len(world.t_pos_idx))}
-        return PipelineResult(arrays=arrays, metadata=metadata, timings=timings,
-                              extras={"nerf": nerf, "background": background, "head": head})
+        return PipelineResult(meshes=[ResultMesh(world, v_color=v_color, texture=texture)], metadata=metadata,
+                              timings=run.timings, extras={"nerf": nerf, "background": background, "head": head})
 
-    def _fit_sketch(self, nerf, sketch, config, generator, context) -> None:
+    def _fit_sketch(self, run: _Run) -> None:
         """Shape initialisation: the NeRF occupancy fitted to the sketch's occupancy on points of the box, half uniform,
         half near the sketch surface (one grid cell of noise) (the Sketch-Shape cross-entropy WITHOUT the proximity weight, so the surface starts on the sketch's surface), with its
         own Adam at 10× the learning rate. SDS then starts from the blockout instead of a blob, and the weighted loss
@@ -211,6 +209,7 @@ class LatentNeRFPipeline:
         the weighted loss during SDS alone: with few iterations that leaves the sketch barely followed, and the
         weighted loss alone leaves a band ~σ_S wide around the surface unconstrained (measured: the surface settled
         0.05–0.11 normalised units outside a thin sketch)."""
+        nerf, sketch, config, generator, context = run.nerf, run.sketch, run.config, run.generator, run.context
         optimizer = torch.optim.Adam(nerf.param_groups(config.lr * 10), betas=(0.9, 0.99), eps=1e-15)
         bound = nerf.config.bound
         near_std = 2.0 * bound / (sketch.resolution - 1)  # one cell of the sketch's occupancy grid
@@ -226,17 +225,20 @@ class LatentNeRFPipeline:
             optimizer.step()
             context.progress("fit_sketch", step, config.sketch_init_iterations, {"shape": float(loss.detach())})
 
-    def _step(self, step, total, stage, nerf, background, config, sds, sketch, optimizer, generator, timings, context,
-              head, render_size) -> None:
+    def _step(self, run: _Run, step: int, total: int, stage: str, head: torch.nn.Module | None,
+              render_size: int) -> None:
+        """One optimisation step: render random cameras, SDS (+ Sketch-Shape and sparsity losses), Adam; reports
+        progress. ``head``: the RGB head of the refinement stage (renders go through the VAE encoder), else None."""
+        config, context, generator, sketch, timings = run.config, run.context, run.generator, run.sketch, run.timings
         context.check_cancelled()
         t0 = time.perf_counter()
         cameras = sample_cameras(config.batch_size, generator, device=self.device, **config.camera_ranges())
-        out = self.render(nerf, background, cameras, render_size, config.num_samples, generator, head=head)
+        out = self.render(run.nerf, run.background, cameras, render_size, config.num_samples, generator, head=head)
         image = out["image"]
         if head is not None:  # RGB refinement: SDS on the VAE encoding of the RGB render
             image = self.codec.encode(image.clamp(0, 1)).float()
         t1 = time.perf_counter()
-        sds_out = sds(image, cameras, generator)
+        sds_out = run.sds(image, cameras, generator)
         losses = {"sds": float(sds_out.loss.detach())}
         loss = sds_out.loss
         if sketch is not None and config.lambda_shape > 0:
@@ -248,9 +250,9 @@ class LatentNeRFPipeline:
             entropy = (-o * torch.log2(o) - (1 - o) * torch.log2(1 - o)).mean()
             loss = loss + config.lambda_sparsity * entropy
         t2 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
+        run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        run.optimizer.step()
         t3 = time.perf_counter()
         timings["render"] += t1 - t0
         timings["guidance"] += t2 - t1
@@ -259,16 +261,19 @@ class LatentNeRFPipeline:
             raise FloatingPointError(f"Latent-NeRF loss became {float(loss.detach())} at step {step}")
         context.progress(stage, step, total, {**losses, "t": float(sds_out.timesteps.float().mean())})
 
-    def _maybe_partial(self, step, config, nerf, sketch, context) -> None:
+    def _maybe_partial(self, run: _Run, step: int) -> None:
+        """Every ``partial_every`` steps, stream the surface so far (world frame) when someone listens."""
+        config = run.config
         if not config.partial_every or step % config.partial_every or step == config.iterations:
+            return
+        if not run.context.wants_partial:
             return
         with torch.no_grad():
             try:
-                mesh = self.to_world(self.extract(nerf, config.partial_resolution), sketch)
+                mesh = self.to_world(self.extract(run.nerf, config.partial_resolution), run.sketch)
             except MeshError:  # no surface yet: nothing to show
                 return
-        if context.on_partial is not None:
-            context.on_partial(step, {"mesh.v_pos": mesh.v_pos, "mesh.t_pos_idx": mesh.t_pos_idx})
+        run.context.partial(step, [ResultMesh(mesh)])
 
     def _bake(self, nerf, mesh, config, head) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """(3, S, S) RGB texture in [0, 1] (row 0 ↔ v ≈ 0) + UVs. Latent fields bake at S/8 and decode with the VAE."""
@@ -297,20 +302,16 @@ class LatentNeRFPipeline:
         return colors.clamp(0, 1).cpu().numpy().astype(np.float32)
 
 
-def run_job(config: LatentNeRFConfig, inputs: dict[str, np.ndarray], context: JobContext) -> PipelineResult:
-    """Service/CLI entry point: optional sketch from ``inputs['sketch.*']``, model from the cache, then generate.
+def run(config: LatentNeRFConfig, inputs: PipelineInputs, context: JobContext) -> PipelineResult:
+    """Job entry point: the optional sketch ``inputs.meshes['sketch']``, the model from the cache, then generate.
 
     Raises:
         MeshError (bad sketch), ModelNotFoundError, ParamError, JobCancelled.
     """
     sketch = None
-    has_v, has_f = "sketch.v_pos" in inputs, "sketch.t_pos_idx" in inputs
-    if has_v != has_f:
-        raise ParamError("a sketch needs both sketch.v_pos and sketch.t_pos_idx")
-    if has_v:
+    if "sketch" in inputs.meshes:
         context.progress("sketch", 0, config.iterations)
-        sketch = SketchShape(TriMesh(inputs["sketch.v_pos"], inputs["sketch.t_pos_idx"]),
-                             resolution=config.sketch_grid_resolution, device=context.device)
+        sketch = SketchShape(inputs.meshes["sketch"], resolution=config.sketch_grid_resolution, device=context.device)
     context.progress("load_model", 0, config.iterations)
     sd = context.models.stable_diffusion(config.model, context.device)
     pipeline = LatentNeRFPipeline(sd.vae, sd.latent_scaling, context.device)

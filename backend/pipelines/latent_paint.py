@@ -7,7 +7,7 @@ texture. The final texture is the VAE decode of the latent texture (128 → 1024
 
 Frames: the mesh arrives in Blender world coordinates; it is centred and scaled to radius 0.6 for the cameras (the
 result keeps the caller's vertices untouched). Textures: latent/RGB texture tensors follow the rasterizer convention
-(row 0 ↔ v ≈ 0, bottom); wire/PNG images have row 0 at the top, so results are flipped once at the end.
+(row 0 ↔ v ≈ 0, bottom); result images have row 0 at the top (:mod:`backend.geometry.frames` converts, once).
 """
 
 from __future__ import annotations
@@ -16,18 +16,18 @@ import math
 import time
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..geometry.bake import dilate_texture
 from ..geometry.cameras import CameraBatch, sample_cameras
+from ..geometry.frames import bottom_up_to_top_down
 from ..geometry.mesh import TriMesh, normalize_vertices, unwrap_uv, validate_mesh
 from ..geometry.render import Rasterizer, make_rasterizer
 from ..guidance.sds import ScoreDistillation
-from ..params import ParamError, param
-from .base import JobContext, PipelineResult, to_uint8_image
-from .common import SDSPipelineConfig, VaeCodec, build_sds, maybe_preview, preview_camera
+from ..params import param
+from .base import JobContext, PipelineInputs, PipelineResult, ResultMesh, to_uint8_image
+from .sds_common import SDSPipelineConfig, VaeCodec, build_sds, maybe_preview, preview_camera
 
 
 @dataclass
@@ -98,7 +98,8 @@ class LatentPaintPipeline:
         mask = (rast_out[..., 3:] > 0).float()
         image = feat * mask + background.view(1, 1, 1, -1) * (1.0 - mask)
         # rasterizer rows start at the bottom (NDC y = −1); images for the UNet are upright.
-        return image.flip(1).permute(0, 3, 1, 2), mask.flip(1).permute(0, 3, 1, 2)
+        return (bottom_up_to_top_down(image, 1).permute(0, 3, 1, 2),
+                bottom_up_to_top_down(mask, 1).permute(0, 3, 1, 2))
 
     def encode_color(self, rgb: tuple[float, float, float]) -> torch.Tensor:
         """(4,) scaled SD latent of a flat colour (the render background)."""
@@ -130,8 +131,9 @@ class LatentPaintPipeline:
                 background latent).
 
         Returns:
-            :class:`PipelineResult` with ``mesh.v_pos/t_pos_idx/uv/uv_idx`` (caller's vertices and face order) and
-            ``texture`` (texture_size, texture_size, 3) uint8, row 0 = top; metadata incl. ``uv_source``; timings.
+            :class:`PipelineResult` with one mesh: the caller's vertices and face order with UVs, and its ``texture``
+            (texture_size, texture_size, 3) uint8, row 0 = top; metadata incl. ``uv_source``; timings;
+            ``extras['latent_texture']`` (1, 4, S, S).
 
         Raises:
             MeshError: unusable mesh. JobCancelled: cancelled through ``context``.
@@ -193,27 +195,22 @@ class LatentPaintPipeline:
                 rgb = F.interpolate(rgb, size=(config.texture_size, config.texture_size), mode="bicubic",
                                     align_corners=False, antialias=True).clamp(0, 1)
         timings["decode"] = time.perf_counter() - t_dec
-        texture_img = to_uint8_image(rgb[0].flip(1))
-        arrays = {"mesh.v_pos": mesh.v_pos, "mesh.t_pos_idx": mesh.t_pos_idx, "mesh.uv": mesh.uv,
-                  "mesh.uv_idx": mesh.uv_idx, "texture": texture_img}
+        texture_img = to_uint8_image(bottom_up_to_top_down(rgb[0], 1))
         metadata = {"pipeline": self.name, "prompt": config.prompt, "negative_prompt": config.negative_prompt,
                     "seed": config.seed, "model": config.model, "iterations": config.iterations,
                     "guidance_scale": config.guidance_scale, "texture_size": config.texture_size,
                     "uv_source": uv_source}
-        return PipelineResult(arrays=arrays, metadata=metadata, timings=timings,
+        return PipelineResult(meshes=[ResultMesh(mesh, texture=texture_img)], metadata=metadata, timings=timings,
                               extras={"latent_texture": texture.detach()})
 
 
-def run_job(config: LatentPaintConfig, inputs: dict[str, np.ndarray], context: JobContext) -> PipelineResult:
-    """Service/CLI entry point: load (or reuse) the model, build SDS, run Latent-Paint on ``inputs['mesh.*']``.
+def run(config: LatentPaintConfig, inputs: PipelineInputs, context: JobContext) -> PipelineResult:
+    """Job entry point: load (or reuse) the model, build SDS, run Latent-Paint on ``inputs.meshes['mesh']``.
 
     Raises:
         MeshError, ModelNotFoundError, ParamError, JobCancelled.
     """
-    mesh = TriMesh(inputs.get("mesh.v_pos"), inputs.get("mesh.t_pos_idx"), inputs.get("mesh.uv"), inputs.get("mesh.uv_idx"))
-    if mesh.v_pos is None or mesh.t_pos_idx is None:
-        raise ParamError("latent_paint needs an input mesh (arrays mesh.v_pos and mesh.t_pos_idx)")
     context.progress("load_model", 0, config.iterations)
     sd = context.models.stable_diffusion(config.model, context.device)
     pipeline = LatentPaintPipeline(sd.vae, sd.latent_scaling, make_rasterizer(context.device), context.device)
-    return pipeline(mesh, config, build_sds(sd, config), context)
+    return pipeline(inputs.meshes["mesh"], config, build_sds(sd, config), context)

@@ -25,6 +25,7 @@ from ..models.errors import TINY_RANDOM
 from ..models.stable_diffusion import DEFAULT_SD_MODEL, RANDOM_SD15
 from ..params import describe_config
 from ..pipelines import PIPELINES
+from ..pipelines.io import optional_input_names, required_input_names
 from .service import JobError, JobService, error_code
 
 log = logging.getLogger(__name__)
@@ -226,8 +227,8 @@ class BackendServer:
         self._stopping = threading.Event()
 
     def welcome_fields(self) -> dict[str, Any]:
-        pipelines = {name: {"summary": spec.summary, "inputs": list(spec.required_inputs),
-                            "optional_inputs": list(spec.optional_inputs),
+        pipelines = {name: {"summary": spec.summary, "inputs": required_input_names(spec),
+                            "optional_inputs": optional_input_names(spec),
                             "params": describe_config(spec.config_class)} for name, spec in PIPELINES.items()}
         return {"protocol_version": protocol.PROTOCOL_VERSION, "server_version": __version__,
                 "device": device_description(self.service.device), "pipelines": pipelines,

@@ -28,14 +28,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from blender_addon.core.protocol import mesh_groups
-
-from ..geometry.mesh import MeshError, TriMesh, save_glb, side_by_side, validate_mesh
+from ..geometry.mesh import MeshError, save_glb, side_by_side
 from ..models.cache import ModelCache
 from ..models.errors import ModelNotFoundError
 from ..params import ParamError, parse_config
 from ..pipelines import PIPELINES
-from ..pipelines.base import JobCancelled, JobContext, PipelineResult
+from ..pipelines.base import JobCancelled, JobContext
+from ..pipelines.io import inputs_from_arrays, meshes_from_arrays, meshes_to_arrays, result_to_arrays
 
 log = logging.getLogger(__name__)
 
@@ -144,18 +143,19 @@ class JobStore:
         with np.load(self.job_dir(job_id) / "inputs.npz", allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
 
-    def save_result(self, job_id: str, result: PipelineResult) -> None:
-        """Write ``result.npz`` (all wire arrays, every mesh group), ``texture.png`` and ``result.glb`` (every mesh:
-        one node per group ``mesh``, ``mesh_1``, …, laid out side by side) into the job folder."""
+    def save_result(self, job_id: str, arrays: dict[str, np.ndarray]) -> None:
+        """Write ``result.npz`` (the result's wire arrays, every mesh), ``texture.png`` and ``result.glb`` (every mesh:
+        one node each, laid out side by side) into the job folder."""
         from PIL import Image
 
         folder = self.job_dir(job_id)
-        np.savez(folder / "result.npz", **result.arrays)
-        texture = result.arrays.get("texture")
+        np.savez(folder / "result.npz", **arrays)
+        results = meshes_from_arrays(arrays)
+        texture = results[0].texture if results else None
         if texture is not None:
             Image.fromarray(texture.squeeze(-1) if texture.shape[-1] == 1 else texture).save(folder / "texture.png")
-        meshes = result_meshes(result.arrays)
-        if meshes:  # several meshes (samples): one node each, side by side along +X
+        if results:  # several meshes (samples): one node each, side by side along +X
+            meshes = [r.mesh for r in results]
             offsets = side_by_side(meshes) if len(meshes) > 1 else None
             save_glb(folder / "result.glb", meshes, texture, offsets=offsets)
 
@@ -176,12 +176,6 @@ class JobStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
-
-
-def result_meshes(arrays: dict[str, np.ndarray]) -> list[TriMesh]:
-    """The meshes of a result's wire arrays, in group order ``mesh``, ``mesh_1``, … (empty when there is none)."""
-    return [TriMesh(arrays[f"{g}.v_pos"], arrays[f"{g}.t_pos_idx"], arrays.get(f"{g}.uv"), arrays.get(f"{g}.uv_idx"))
-            for g in mesh_groups(arrays)]
 
 
 def job_summary(job: dict) -> dict:
@@ -228,17 +222,9 @@ class JobService:
         if spec is None:
             raise ParamError(f"unknown pipeline {pipeline!r}; available: {sorted(PIPELINES)}")
         config = parse_config(spec.config_class, params)
-        missing = [name for name in spec.required_inputs if name not in inputs]
-        if missing:
-            raise ParamError(f"{pipeline} needs input arrays {missing}")
-        for mesh_input in spec.mesh_inputs:  # bad meshes are refused before they take a place in the queue
-            v_name, f_name = mesh_input.arrays
-            if v_name in inputs or f_name in inputs:
-                g = mesh_input.group
-                validate_mesh(TriMesh(inputs.get(v_name), inputs.get(f_name), inputs.get(f"{g}.uv"),
-                                      inputs.get(f"{g}.uv_idx")), name=g)
+        decoded = inputs_from_arrays(pipeline, spec, inputs)  # bad meshes are refused before they take a place
         if spec.check_inputs is not None:  # pipeline-specific input rules (e.g. a prompt or an image)
-            spec.check_inputs(config, inputs)
+            spec.check_inputs(config, decoded)
         job_id = uuid.uuid4().hex[:12]
         stored_params = {f: getattr(config, f) for f in config.__dataclass_fields__}
         self.store.insert(job_id, pipeline, stored_params, inputs)
@@ -364,15 +350,17 @@ class JobService:
             live.last_preview = (fields, arrays)
             self._emit(live, "preview", fields, arrays)
 
-        def on_partial(step, arrays):
-            self._emit(live, "partial", {"job_id": job_id, "step": int(step)}, arrays)
+        def on_partial(step, meshes):
+            self._emit(live, "partial", {"job_id": job_id, "step": int(step)}, meshes_to_arrays(meshes))
 
         context = JobContext(device=self.device, models=self.models, cancel_event=live.cancel_event,
                              on_progress=on_progress, on_preview=on_preview, on_partial=on_partial)
         try:
             config = parse_config(spec.config_class, job["params"])
-            result = spec.run_job(config, self.store.load_inputs(job_id), context)
-            self.store.save_result(job_id, result)
+            inputs = inputs_from_arrays(job["pipeline"], spec, self.store.load_inputs(job_id))
+            result = spec.run(config, inputs, context)
+            arrays = result_to_arrays(result)
+            self.store.save_result(job_id, arrays)
             if live.last_preview:
                 self.store.save_preview(job_id, live.last_preview[1]["image"])
         except JobCancelled:
@@ -398,7 +386,7 @@ class JobService:
         metadata = {**result.metadata, "job_id": job_id, "timings": timings}
         self.store.update(job_id, status="done", finished=finished, metadata=metadata, timings=timings)
         self._emit(live, "status", {"job_id": job_id, "status": "done"})
-        self._emit(live, "result", {"job_id": job_id, "metadata": metadata}, result.arrays)
+        self._emit(live, "result", {"job_id": job_id, "metadata": metadata}, arrays)
 
     # ---- helpers ----------------------------------------------------------------------------------------------------
 
