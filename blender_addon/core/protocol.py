@@ -1199,7 +1199,8 @@ def encode_or_error(msg_type: str, fields: Mapping[str, Any] | None = None,
 
 
 def recv_message(sock, max_payload: int = DEFAULT_MAX_PAYLOAD_BYTES, *, direction: str | None = None,
-                 max_header: int = MAX_HEADER_BYTES, deadline: float | None = None) -> Message:
+                 max_header: int = MAX_HEADER_BYTES, deadline: float | None = None,
+                 reserve: Any = None) -> Message:
     """Read exactly one frame from a blocking socket and decode it.
 
     The prefix is read and checked first; the header and payload buffers are allocated only after their lengths
@@ -1213,6 +1214,8 @@ def recv_message(sock, max_payload: int = DEFAULT_MAX_PAYLOAD_BYTES, *, directio
         max_header: this receiver's header limit in bytes (see :func:`parse_prefix`).
         deadline: optional :func:`time.monotonic` time by which the whole frame must have arrived (the
             socket's timeout is changed for each read; a server's handshake uses one deadline for the hello).
+        reserve: optional ``reserve(nbytes)`` called with header_len + payload_len after the prefix passed the
+            limits and before the buffers are allocated (a server's byte budget); it may raise to refuse the frame.
     Raises:
         ConnectionClosed: EOF before the first byte of a frame (clean close between frames).
         ProtocolError: truncated (EOF inside a frame), bad_magic, frame_too_large (raised after reading only the
@@ -1227,6 +1230,8 @@ def recv_message(sock, max_payload: int = DEFAULT_MAX_PAYLOAD_BYTES, *, directio
     if got < PREFIX_BYTES:
         raise ProtocolError("truncated", f"connection closed after {got} of the {PREFIX_BYTES} prefix bytes")
     header_len, payload_len = parse_prefix(prefix, max_payload, max_header=max_header)
+    if reserve is not None:
+        reserve(header_len + payload_len)
     header = bytearray(header_len)
     got = _recv_exactly(sock, memoryview(header), deadline)
     if got < header_len:
