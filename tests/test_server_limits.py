@@ -19,15 +19,18 @@ import numpy as np
 import pytest
 
 from blender_addon.core import protocol as P
-from backend.store import PAGE_BUDGET_BYTES, JobStore, StoreError
+from backend.serving.store import PAGE_BUDGET_BYTES, JobStore, StoreError
 from conftest import WireClient, sphere_arrays, start_backend
 
 ODD_TEXTS = ["\ud800", "a\udfffb", "\x7f" * 300, "\x00nul", "\u202eRTL\u202c", "\U0001F600" * 50, "e\u0301" * 40,
              "\ufeffbom", "\\ud800 escaped, not a surrogate", "x" * 100_000, "\u00e9" * 100_000, "ok"]
 N_STORED = 1000
-RSS_GROWTH_BOUND_MB = 80
-"""The stated bound: a fuzz run of a few thousand frames (and 30 tokenless peers) may grow the server's RSS by at
-most this much over its warmed-up size (one full listing of 1,000 odd jobs, one result sent)."""
+RSS_GROWTH_BOUND_MB = 128
+"""The stated bound: two fuzz passes of 2,000+ frames each (and 30 tokenless peers) may grow the server's RSS by at
+most this much over its size after one full listing of 1,000 odd jobs and one result (measured: about +80 MB, all
+of it once, in the first pass: lazy imports and allocator arenas)."""
+RSS_FLAT_BOUND_MB = 24
+"""... and the second pass, as long as the first, by at most this much (measured: about 0): flat."""
 
 
 def _rss_mb(pid: int) -> float:
@@ -125,6 +128,37 @@ def _fuzz_frames(rng: random.Random, ids: list[str], count: int):
                 {"type": ["ping"], "v": P.PROTOCOL_VERSION},
                 {"v": P.PROTOCOL_VERSION},
             ]))
+
+
+def _fuzz_pass(server, sock, frames, codes: dict, totals: dict):
+    """Send ``frames`` in batches of 25, each closed by a ping; check that every frame got exactly one reply (none
+    of them ``internal``, none with a server path or an over-long message). Returns the (possibly new) socket."""
+    i = 0
+    while i < len(frames):
+        batch = frames[i:i + 25]
+        i += len(batch)
+        sock.sendall(b"".join(batch) + P.encode_message("ping", {"nonce": f"b{i}"}))
+        got = 0
+        while True:
+            msg = P.recv_message(sock)
+            if msg.type == "pong" and msg.fields.get("nonce") == f"b{i}":
+                break
+            got += 1
+            key = msg.type if msg.type != "error" else msg.fields["code"]
+            codes[key] = codes.get(key, 0) + 1
+            assert key != "internal", msg.fields
+            assert len(msg.fields.get("message", "")) <= P.MAX_MESSAGE_CHARS
+            assert str(Path(server.data_dir)) not in msg.fields.get("message", "")
+            if msg.type == "error" and msg.fields["code"] in P.FATAL_CODES:
+                break
+        totals["answered"] += got
+        if msg.type == "error" and msg.fields["code"] in P.FATAL_CODES:
+            totals["fatal"] += 1  # e.g. a flipped digit made "v" another version: fatal by design; start over
+            sock.close()
+            sock = _connect(server)
+            continue
+        assert got == len(batch), (got, len(batch), codes)
+    return sock
 
 
 def _encodable(params, pipeline) -> bool:
@@ -225,38 +259,17 @@ def test_fuzz_every_complete_frame_is_answered_memory_stays_bounded(stored_serve
             refused += 1
     rss_peers = _rss_mb(pid)
 
-    # the fuzz: batches of complete frames, each batch closed by a ping; every frame gets exactly one reply
-    rng = random.Random(7)
-    frames = list(_fuzz_frames(rng, ids, 2500))
+    # the fuzz, twice (two seeds): batches of complete frames, each batch closed by a ping; every frame gets exactly
+    # one reply. The first pass also warms the server up (lazy imports, allocator arenas); the second must be flat.
     codes: dict[str, int] = {}
-    answered = fatal = 0
-    i = 0
-    while i < len(frames):
-        batch = frames[i:i + 25]
-        i += len(batch)
-        sock.sendall(b"".join(batch) + P.encode_message("ping", {"nonce": f"b{i}"}))
-        got = 0
-        while True:
-            msg = P.recv_message(sock)
-            if msg.type == "pong" and msg.fields.get("nonce") == f"b{i}":
-                break
-            got += 1
-            key = msg.type if msg.type != "error" else msg.fields["code"]
-            codes[key] = codes.get(key, 0) + 1
-            assert key != "internal", msg.fields
-            assert len(msg.fields.get("message", "")) <= P.MAX_MESSAGE_CHARS
-            assert str(Path(server.data_dir)) not in msg.fields.get("message", "")
-            if msg.type == "error" and msg.fields["code"] in P.FATAL_CODES:
-                fatal += 1
-                break
-        if msg.type == "error" and msg.fields["code"] in P.FATAL_CODES:
-            sock.close()  # e.g. a flipped digit made "v" another version: fatal by design; start over
-            sock = _connect(server)
-            answered += got
-            continue
-        assert got == len(batch), (got, len(batch), codes)
-        answered += got
-    rss_after = _rss_mb(pid)
+    totals = {"frames": 0, "answered": 0, "fatal": 0}
+    rss_series: list[float] = []
+    for seed in (7, 8):
+        frames = list(_fuzz_frames(random.Random(seed), ids, 2000))
+        totals["frames"] += len(frames)
+        sock = _fuzz_pass(server, sock, frames, codes, totals)
+        rss_series.append(_rss_mb(pid))
+    rss_after = rss_series[-1]
     fuzz_seconds = time.monotonic() - t_start
 
     # a valid client is served afterwards, and the listing still works for everyone
@@ -271,15 +284,18 @@ def test_fuzz_every_complete_frame_is_answered_memory_stays_bounded(stored_serve
     dripper.join(30)
     for s in peers:
         s.close()
-    print(f"\nfuzz: {len(frames)} frames, {answered} answered, {fatal} fatal, {fuzz_seconds:.1f} s; "
-          f"RSS {rss_before:.0f} MB -> {rss_peers:.0f} MB after 30 tokenless peers -> {rss_after:.0f} MB; "
+    frames, answered, fatal = totals["frames"], totals["answered"], totals["fatal"]
+    print(f"\nfuzz: {frames} frames, {answered} answered, {fatal} fatal, {fuzz_seconds:.1f} s; "
+          f"RSS {rss_before:.0f} MB -> {rss_peers:.0f} MB after 30 tokenless peers -> "
+          f"{rss_series[0]:.0f} MB after fuzz pass 1 -> {rss_after:.0f} MB after pass 2; "
           f"codes {dict(sorted(codes.items()))}; dripper {drip_result}")
-    assert answered + fatal >= len(frames) - 25 * fatal  # only frames queued behind a fatal one go unanswered
+    assert answered + fatal >= frames - 25 * fatal  # only frames queued behind a fatal one go unanswered
     assert codes.get("bad_json", 0) > 0 and codes.get("bad_params", 0) > 0 and codes.get("bad_mesh", 0) > 0
     assert codes.get("result_damaged", 0) > 0 and codes.get("job_finished", 0) > 0
     assert "accepted" not in codes
     assert rss_peers - rss_before < 30 * 0.1 + 16, "tokenless peers cost more than the pre-auth bound"
     assert rss_after - rss_before < RSS_GROWTH_BOUND_MB
+    assert rss_after - rss_series[0] < RSS_FLAT_BOUND_MB, "RSS still grows after a full fuzz pass"
     assert drip_result.get("code") == "timeout" and drip_result["seconds"] < P.HANDSHAKE_TIMEOUT_S + 3
     assert fuzz_seconds < 60
 
