@@ -6,7 +6,8 @@
   result with several meshes (``shape_ldm --num-samples 4``) becomes one GLB with one node per mesh, side by side.
 - ``train shape_vae|shape_ldm``: train Michelangelo's shape VAE, then its denoiser, on a folder of meshes
   (``--data DIR --out DIR``; every field of the training config is a flag, ``--resume`` continues a run).
-- ``jobs``: list the job store; ``--export JOB --out file.glb`` copies a finished job's result.
+- ``jobs``: list the job store; ``--export JOB --out file.glb`` copies a finished job's result; ``--delete JOB``
+  deletes a finished job and its files; ``--prune`` applies the store's size/age cap once.
 - ``download <model>``: fetch a Stable Diffusion model, or a public Michelangelo checkpoint (``text-ASLDM-256``,
   ``image-ASLDM-256``, ``shapevae-256``) with the CLIP it needs, into the Hugging Face cache (the only command that
   downloads).
@@ -29,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from blender_addon.core import paths
+from blender_addon.core.protocol import safe_text
 
 from . import __version__
 from .geometry.mesh import MeshError, load_mesh
@@ -43,7 +45,8 @@ from .pipelines import PIPELINES
 from .pipelines.base import PipelineInputs
 from .pipelines.io import inputs_to_arrays
 from .serving.server import BackendServer
-from .serving.service import JobService, JobStore
+from .serving.service import JobService
+from .serving.store import TERMINAL, JobStore
 
 log = logging.getLogger("backend")
 
@@ -78,6 +81,20 @@ def _config_flags(p: argparse.ArgumentParser, config_class) -> None:
             p.add_argument(flag, type=tp, required=required, default=argparse.SUPPRESS, help=help_text)
 
 
+def _add_store_caps(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-store-gb", type=float, default=50.0,
+                   help="size cap of the job store in GB (default 50; 0 = none): over it, the finished jobs that "
+                        "finished longest ago are deleted; queued/running jobs never are")
+    p.add_argument("--max-job-age-days", type=float, default=0.0,
+                   help="delete finished jobs that finished more than this many days ago (default 0 = keep)")
+
+
+def _store_caps(args) -> tuple[int | None, float | None]:
+    if args.max_store_gb < 0 or args.max_job_age_days < 0:
+        raise ValueError("--max-store-gb and --max-job-age-days must be >= 0")
+    return (int(args.max_store_gb * 1e9) or None), (args.max_job_age_days * 86400.0 or None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m backend", description="LatentForge backend")
     parser.add_argument("--version", action="version", version=f"latentforge-backend {__version__}")
@@ -93,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-download", action="store_true",
                        help="let jobs download missing models from the Hugging Face Hub")
     serve.add_argument("--keep-models", type=int, default=1, help="models kept loaded between jobs")
+    serve.add_argument("--max-connections", type=int, default=64,
+                       help="most client connections at once, authenticated or not (default 64)")
+    serve.add_argument("--max-client-queue-mb", type=int, default=256,
+                       help="most MiB of replies queued for one client before it is disconnected (default 256)")
+    serve.add_argument("--max-buffered-mb", type=int, default=2048,
+                       help="most MiB buffered for all clients together, incoming and outgoing (default 2048)")
+    _add_store_caps(serve)
     _add_common(serve)
 
     run = sub.add_parser("run", help="run one job here, without Blender")
@@ -128,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--limit", type=int, default=20)
     jobs.add_argument("--export", metavar="JOB_ID", help="copy this finished job's result.glb to --out")
     jobs.add_argument("--out", type=Path)
+    jobs.add_argument("--delete", metavar="JOB_ID", help="delete this finished job (done/failed/cancelled) and its files")
+    jobs.add_argument("--prune", action="store_true",
+                      help="apply the store cap (--max-store-gb, --max-job-age-days) once and list what it deleted")
+    _add_store_caps(jobs)
     _add_common(jobs)
 
     download = sub.add_parser("download", help="download a Stable Diffusion model or a Michelangelo checkpoint into "
@@ -156,8 +184,12 @@ def _device(args):
 
 def cmd_serve(args) -> int:
     token = paths.read_token(args.token_file)
-    service = JobService(_data_dir(args), _device(args), ModelCache(args.keep_models, args.allow_download))
-    server = BackendServer(service, token, args.host, args.port, max_payload=args.max_payload_mb << 20)
+    max_store_bytes, max_job_age_s = _store_caps(args)
+    service = JobService(_data_dir(args), _device(args), ModelCache(args.keep_models, args.allow_download),
+                         max_store_bytes=max_store_bytes, max_job_age_s=max_job_age_s)
+    server = BackendServer(service, token, args.host, args.port, max_payload=args.max_payload_mb << 20,
+                           max_connections=args.max_connections, max_client_queue=args.max_client_queue_mb << 20,
+                           max_buffered=args.max_buffered_mb << 20)
     host, port = server.address
     stop = threading.Event()
 
@@ -240,6 +272,25 @@ def cmd_run(args) -> int:
 
 def cmd_jobs(args) -> int:
     store = JobStore(_data_dir(args))
+    if args.delete:
+        job = store.get(args.delete)
+        if job is None:
+            print(f"error: no job {safe_text(args.delete, 80)!r} in {store.data_dir}", file=sys.stderr)
+            return 2
+        if job["status"] not in TERMINAL:
+            print(f"error: job {args.delete} is {job['status']}; cancel it first (a running backend owns it)",
+                  file=sys.stderr)
+            return 2
+        store.delete(args.delete)
+        print(f"deleted job {args.delete}")
+        return 0
+    if args.prune:
+        max_store_bytes, max_job_age_s = _store_caps(args)
+        deleted = store.prune(max_store_bytes, max_job_age_s)
+        for job_id, reason in deleted:
+            print(f"deleted job {job_id}: {reason}")
+        print(f"{len(deleted)} jobs deleted; the store now holds {store.total_bytes() / 1e9:.3f} GB")
+        return 0
     if args.export:
         job = store.get(args.export)
         if job is None or job["status"] != "done":
@@ -257,7 +308,7 @@ def cmd_jobs(args) -> int:
     for job in rows:
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(job["created"]))
         took = f"{job['finished'] - job['started']:.0f}s" if job["finished"] and job["started"] else "-"
-        note = job["error"] or job["params"].get("prompt", "")
+        note = safe_text(job["error"] or job["params"].get("prompt", ""), 100).replace("\n", " ")
         print(f"{job['job_id']}  {created}  {job['pipeline']:<13} {job['status']:<9} {took:>6}  {note}")
     return 0
 

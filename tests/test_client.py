@@ -439,3 +439,17 @@ def test_texture_pixels_flip_rows_and_roundtrip():
         lf_arrays.texture_to_pixels(texture.astype(np.float32))
     with pytest.raises(ValueError, match="expected"):
         lf_arrays.pixels_to_texture(pixels, 4, 2)
+
+
+def test_list_jobs_pages_and_delete_job_frames():
+    """The bpy-free client builds the v3 paging and delete frames (what the add-on's Jobs list sends)."""
+    c = BackendClient("127.0.0.1", 9, "t")
+    c.list_jobs(25, cursor="1700000000.5:abc")
+    c.list_jobs()
+    c.delete_job("abc123")
+    frames = [protocol.decode_frame(c._outgoing.get_nowait()) for _ in range(3)]
+    assert [(m.type, m.fields) for m in frames] == [
+        ("list_jobs", {"limit": 25, "cursor": "1700000000.5:abc"}), ("list_jobs", {}),
+        ("delete_job", {"job_id": "abc123"})]
+    with pytest.raises(protocol.ProtocolError, match="must be <= 500"):
+        c.list_jobs(501)

@@ -144,8 +144,9 @@ SAMPLES: dict[str, tuple[dict, dict]] = {
                 "image": np.arange(2 * 3 * 4, dtype=np.float16).reshape(2, 3, 4)}),
     "cancel": ({"job_id": "j1"}, {}),
     "attach": ({"job_id": "j1"}, {}),
-    "list_jobs": ({"limit": 20}, {}),
+    "list_jobs": ({"limit": 20, "cursor": "1700000000.123456:j0"}, {}),
     "get_result": ({"job_id": "j1"}, {}),
+    "delete_job": ({"job_id": "j1"}, {}),
     "ping": ({"nonce": "n1"}, {}),
     "welcome": ({"protocol_version": VER, "server_version": "0.1.0", "device": "cpu",
                  "pipelines": {"latent_paint": {"inputs": ["mesh"]}}, "default_model": "tiny-random",
@@ -166,7 +167,9 @@ SAMPLES: dict[str, tuple[dict, dict]] = {
                "request_id": "r1"},
               {}),
     "cancelled": ({"job_id": "j1"}, {}),
-    "jobs": ({"jobs": [{k: None for k in P.JOB_RECORD_KEYS} | {"job_id": "j1", "status": "done"}]}, {}),
+    "jobs": ({"jobs": [{k: None for k in P.JOB_RECORD_KEYS} | {"job_id": "j1", "status": "done"}],
+              "next_cursor": None}, {}),
+    "deleted": ({"job_id": "j1"}, {}),
     "pong": ({"nonce": "n1"}, {}),
 }
 
@@ -894,6 +897,10 @@ def test_doc_lists_every_message_and_field_exactly():
                 assert f"`{choice}`" in rule, (msg_type, name, choice)
             if fs.minimum is not None:
                 assert f"≥ {fs.minimum:g}" in rule, (msg_type, name)
+            if fs.maximum is not None:
+                assert f"≤ {fs.maximum:g}" in rule, (msg_type, name)
+            if fs.max_len is not None:
+                assert f"≤ {fs.max_len} characters" in rule, (msg_type, name, rule)
             if fs.items is not None:
                 assert f"items: {' or '.join(fs.items)}" in rule, (msg_type, name)
             assert meaning, (msg_type, name)
@@ -929,6 +936,16 @@ def test_doc_lists_kinds_error_codes_and_limits():
     assert set(codes) == set(P.ERROR_CODES)
     for code, row in codes.items():
         assert row[1] == ("yes" if code in P.FATAL_CODES else "no"), code
+    server_codes = {r[0].strip("`"): r for r in _table_rows(sections["Server error codes"], "code")}
+    assert set(server_codes) == set(P.SERVER_ERROR_CODES)
+    for code, row in server_codes.items():
+        assert row[2] == P.SERVER_ERROR_CODES[code], code
+    limits = text.split("## 7. Limits", 1)[1].split("\n## ", 1)[0]
+    for name in ("MAX_HELLO_BYTES", "HANDSHAKE_TIMEOUT_S", "MAX_ID_CHARS", "MAX_NAME_CHARS", "MAX_MESSAGE_CHARS",
+                 "LIST_JOBS_MAX_LIMIT", "LIST_JOBS_DEFAULT_LIMIT", "MAX_PROMPT_CHARS", "MAX_COORDINATE", "ECHO_CHARS"):
+        value = getattr(P, name)
+        shown = f"{value:g}".replace("e+0", "e") if isinstance(value, float) else str(value)
+        assert f"`{name}` = {shown}" in limits, name
     for value in (P.MAX_HEADER_BYTES, P.DEFAULT_MAX_PAYLOAD_BYTES, P.MAX_IMAGE_SIDE, P.ARRAY_ALIGNMENT):
         assert f"{value}" in text
     assert "hmac.compare_digest" in text and f"PROTOCOL_VERSION = {VER}" in text
@@ -951,3 +968,112 @@ def test_doc_worked_example_is_the_real_encoding():
     assert block.group(1) == _hexdump(frame)
     header = re.search(r"<!-- example-header -->\n```json\n(.*?)\n```", text, re.S)
     assert header and header.group(1) == frame[16:16 + header_len].decode()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# version 3: bounded, encodable, range-checked fields; pre-auth frame bound; handshake deadline
+# --------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("header, contains", [
+    ({"type": "ping", "v": VER, "nonce": "n" * (P.MAX_ID_CHARS + 1)}, "ping.nonce has 129 characters"),
+    ({"type": "submit", "v": VER, "pipeline": "\x7f" * 150_000, "params": {}}, "submit.pipeline has 150000"),
+    ({"type": "cancel", "v": VER, "job_id": "j" * 10_000}, "cancel.job_id has 10000 characters"),
+    ({"type": "list_jobs", "v": VER, "limit": 2 ** 63}, "must be <= 500"),
+    ({"type": "list_jobs", "v": VER, "limit": 0}, "must be >= 1"),
+    ({"type": "list_jobs", "v": VER, "limit": 10 ** 400}, "must be <= 500"),
+    ({"type": "list_jobs", "v": VER, "cursor": "c" * 1000}, "list_jobs.cursor has 1000"),
+])
+def test_fields_are_length_and_range_checked_without_echoing_the_value(header, contains):
+    err = _expect(_hand_frame(header), "bad_field", contains=contains)
+    assert len(err.message) < 300
+
+
+@pytest.mark.parametrize("raw", [
+    '{"type":"ping","v":%d,"nonce":"\\ud800"}',
+    '{"type":"submit","v":%d,"pipeline":"p","params":{"prompt":"a\\udfffb"}}',
+    '{"type":"submit","v":%d,"pipeline":"p","params":{"\\ud800":1}}',
+    '{"type":"submit","v":%d,"pipeline":"p","params":{"x":[[{"y":"\\uDBFF"}]]}}',
+])
+def test_lone_surrogates_anywhere_are_bad_json(raw):
+    err = _expect(_hand_frame((raw % VER).encode()), "bad_json", contains="lone surrogate")
+    err.message.encode("utf-8")  # the error itself is always encodable
+
+
+def test_surrogate_pairs_and_escaped_backslashes_are_fine():
+    raw = ('{"type":"ping","v":%d,"nonce":"\\ud83d\\ude00 \\\\ud800"}' % VER).encode()
+    msg, _ = _recv_raw(_hand_frame(raw))
+    assert msg.fields["nonce"] == "\U0001F600 \\ud800"
+
+
+def test_unknown_keys_and_types_are_quoted_briefly():
+    err = _expect(_hand_frame({"type": "\x7f" * 150_000, "v": VER}), "unknown_type")
+    assert len(err.message) < 600
+    err = _expect(_hand_frame({"type": "ping", "v": VER, "k" * 100_000: 1}), "bad_field")
+    assert len(err.message) < 600
+
+
+def test_safe_text_caps_and_escapes():
+    assert P.safe_text("abc") == "abc"
+    out = P.safe_text("\x7f" * 250_000)
+    assert len(out) == P.ECHO_CHARS and out.endswith("…")
+    out = P.safe_text("a\ud800b", 50)
+    assert out == "a\\ud800b" and out.encode("utf-8")
+    assert len(P.safe_text("\udfff" * 1000, 30)) <= 30
+    assert P.safe_text(12) == "12"
+
+
+def test_encode_or_error_never_loses_a_reply():
+    frame, err = P.encode_or_error("pong", {"nonce": "ok"})
+    assert err is None and P.decode_frame(frame).type == "pong"
+    for fields in ({"nonce": "\ud800"}, {"nonce": "x" * 10_000}):
+        frame, err = P.encode_or_error("pong", fields)
+        msg = P.decode_frame(frame)
+        assert err is not None and msg.type == "error" and msg.fields["code"] == "internal"
+    frame, err = P.encode_or_error("jobs", {"jobs": [{"prompt": "\ud800"}], "next_cursor": None})
+    assert P.decode_frame(frame).fields["code"] == "internal"
+    frame, err = P.encode_or_error("error", {"code": "bad_params", "message": "m" * 2_000_000, "job_id": "j1",
+                                            "request_id": "\ud800"})
+    msg = P.decode_frame(frame)
+    assert msg.fields["job_id"] == "j1" and "request_id" not in msg.fields
+
+
+def test_small_max_header_and_zero_payload_for_the_hello_frame():
+    hello = P.encode_message("hello", {"protocol_version": VER, "token": "t"})
+    msg, _ = _recv_raw(hello, max_payload=0)
+    assert msg.type == "hello"
+    # a tokenless peer announcing a huge header or any payload is refused from the 16-byte prefix alone
+    for hl, pl in ((P.MAX_HELLO_BYTES + 1, 0), (100, 1 << 40), (100, 1)):
+        a, b = socket.socketpair()
+        with a, b:
+            a.sendall(P.PREFIX.pack(P.MAGIC, hl, pl))
+            with pytest.raises(P.ProtocolError) as info:
+                P.recv_message(b, 0, max_header=P.MAX_HELLO_BYTES)
+            assert info.value.code == "frame_too_large"
+
+
+def test_deadline_covers_the_whole_frame_not_each_read():
+    frame = P.encode_message("ping", {"nonce": "slow"})
+    a, b = socket.socketpair()
+    stop = threading.Event()
+
+    def drip():
+        for byte in frame:
+            if stop.wait(0.05):
+                return
+            try:
+                a.send(bytes([byte]))
+            except OSError:
+                return
+
+    t = threading.Thread(target=drip)
+    t.start()
+    try:
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            P.recv_message(b, deadline=time.monotonic() + 0.5)
+        assert time.monotonic() - start < 1.5  # each byte came within 50 ms; the deadline still cut it at 0.5 s
+    finally:
+        stop.set()
+        t.join()
+        a.close()
+        b.close()

@@ -14,9 +14,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from blender_addon.core.protocol import mesh_groups
+from blender_addon.core.protocol import MAX_COORDINATE, mesh_groups
 
-from ..geometry.mesh import TriMesh, validate_mesh
+from ..geometry.mesh import MeshError, TriMesh, validate_mesh
 from ..params import ParamError
 from .base import PipelineInputs, PipelineResult, PipelineSpec, ResultMesh
 
@@ -69,7 +69,7 @@ def inputs_from_arrays(pipeline: str, spec: PipelineSpec, arrays: Mapping[str, n
     Raises:
         ParamError: an array the pipeline does not take, a required input missing, or half a mesh (``v_pos``
             without ``t_pos_idx`` or the reverse).
-        MeshError: an unusable mesh (names the group).
+        MeshError: an unusable mesh (names the group), or one with a coordinate beyond ``MAX_COORDINATE`` metres.
     """
     allowed = input_array_names(spec)
     extra = sorted(set(arrays) - set(allowed))
@@ -86,8 +86,13 @@ def inputs_from_arrays(pipeline: str, spec: PipelineSpec, arrays: Mapping[str, n
         if "v_pos" not in given or "t_pos_idx" not in given:
             raise ParamError(f"{pipeline}: a {m.group} needs both {m.group}.v_pos and {m.group}.t_pos_idx (a mesh "
                              f"with faces)")
-        inputs.meshes[m.group] = validate_mesh(TriMesh(given["v_pos"], given["t_pos_idx"], given.get("uv"),
-                                                       given.get("uv_idx")), name=m.group)
+        mesh = validate_mesh(TriMesh(given["v_pos"], given["t_pos_idx"], given.get("uv"), given.get("uv_idx")),
+                             name=m.group)
+        largest = float(np.abs(mesh.v_pos).max())
+        if largest > MAX_COORDINATE:
+            raise MeshError(f"{m.group} has a vertex coordinate of {largest:.3g} m; coordinates must lie within "
+                            f"±{MAX_COORDINATE:g} m (apply a sane scale in Blender first)")
+        inputs.meshes[m.group] = mesh
     for i in spec.image_inputs:
         if i.name in arrays:
             inputs.images[i.name] = np.ascontiguousarray(arrays[i.name])

@@ -12,10 +12,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-import sqlite3
 import threading
 import time
 import traceback
@@ -28,18 +25,26 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..geometry.mesh import MeshError, save_glb, side_by_side
+from blender_addon.core import protocol
+from blender_addon.core.protocol import safe_text
+
+from ..geometry.mesh import MeshError
 from ..models.cache import ModelCache
 from ..models.errors import ModelNotFoundError
 from ..params import ParamError, parse_config
 from ..pipelines import PIPELINES
 from ..pipelines.base import JobCancelled, JobContext
-from ..pipelines.io import inputs_from_arrays, meshes_from_arrays, meshes_to_arrays, result_to_arrays
+from ..pipelines.io import inputs_from_arrays, meshes_to_arrays, result_to_arrays
+from .store import TERMINAL, JobStore, StoreError
 
 log = logging.getLogger(__name__)
 
 Listener = Callable[[str, dict, dict], None]
-TERMINAL = ("done", "failed", "cancelled")
+
+MAX_PARAMS = 256
+"""Most keys (at every level together) a submit's ``params`` may hold."""
+
+_BAD_CONTROL = {c for c in range(32) if chr(c) not in "\t\n"} | {127}
 
 
 class JobError(Exception):
@@ -61,7 +66,7 @@ def error_code(err: BaseException) -> str:
         return "model_not_found"
     if isinstance(err, torch.cuda.OutOfMemoryError):
         return "out_of_memory"
-    if isinstance(err, JobError):
+    if isinstance(err, (JobError, StoreError)):
         return err.code
     if isinstance(err, ValueError):
         return "bad_input"
@@ -77,112 +82,45 @@ class _LiveJob:
     listeners: list[Listener] = field(default_factory=list)
     last_progress: dict | None = None
     last_preview: tuple[dict, dict] | None = None
+    cancel_requested_by: list[Listener] = field(default_factory=list)
 
 
-class JobStore:
-    """SQLite rows + artifact folders. Thread-safe (one connection guarded by a lock)."""
-
-    COLUMNS = ("job_id", "pipeline", "params", "status", "created", "started", "finished", "error", "error_code",
-               "metadata", "timings")
-
-    def __init__(self, data_dir: Path):
-        self.data_dir = Path(data_dir)
-        self.jobs_dir = self.data_dir / "jobs"
-        self.jobs_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.data_dir / "jobs.sqlite3", check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, params TEXT NOT NULL, "
-            "status TEXT NOT NULL, created REAL NOT NULL, started REAL, finished REAL, error TEXT, error_code TEXT, "
-            "metadata TEXT, timings TEXT)")
-
-    def job_dir(self, job_id: str) -> Path:
-        return self.jobs_dir / job_id
-
-    def insert(self, job_id: str, pipeline: str, params: dict, inputs: dict[str, np.ndarray]) -> None:
-        folder = self.job_dir(job_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        np.savez(folder / "inputs.npz", **inputs)
-        (folder / "params.json").write_text(json.dumps(params, indent=2))
-        with self._lock:
-            self._db.execute("INSERT INTO jobs (job_id, pipeline, params, status, created) VALUES (?, ?, ?, 'queued', ?)",
-                             (job_id, pipeline, json.dumps(params), time.time()))
-
-    def update(self, job_id: str, **values: Any) -> None:
-        for key in ("metadata", "timings"):
-            if key in values and not isinstance(values[key], str):
-                values[key] = json.dumps(values[key])
-        cols = ", ".join(f"{k} = ?" for k in values)
-        with self._lock:
-            self._db.execute(f"UPDATE jobs SET {cols} WHERE job_id = ?", (*values.values(), job_id))
-
-    def get(self, job_id: str) -> dict | None:
-        with self._lock:
-            row = self._db.execute(f"SELECT {', '.join(self.COLUMNS)} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        return self._row(row) if row else None
-
-    def list(self, limit: int = 100, status: tuple[str, ...] | None = None) -> list[dict]:
-        query = f"SELECT {', '.join(self.COLUMNS)} FROM jobs"
-        args: list[Any] = []
-        if status:
-            query += f" WHERE status IN ({', '.join('?' * len(status))})"
-            args += list(status)
-        query += " ORDER BY created DESC LIMIT ?"
-        with self._lock:
-            rows = self._db.execute(query, (*args, limit)).fetchall()
-        return [self._row(r) for r in rows]
-
-    def _row(self, row) -> dict:
-        job = dict(zip(self.COLUMNS, row))
-        for key in ("params", "metadata", "timings"):
-            job[key] = json.loads(job[key]) if job[key] else ({} if key != "metadata" else None)
-        return job
-
-    def load_inputs(self, job_id: str) -> dict[str, np.ndarray]:
-        with np.load(self.job_dir(job_id) / "inputs.npz", allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-
-    def save_result(self, job_id: str, arrays: dict[str, np.ndarray]) -> None:
-        """Write ``result.npz`` (the result's wire arrays, every mesh), ``texture.png`` and ``result.glb`` (every mesh:
-        one node each, laid out side by side) into the job folder."""
-        from PIL import Image
-
-        folder = self.job_dir(job_id)
-        np.savez(folder / "result.npz", **arrays)
-        results = meshes_from_arrays(arrays)
-        texture = results[0].texture if results else None
-        if texture is not None:
-            Image.fromarray(texture.squeeze(-1) if texture.shape[-1] == 1 else texture).save(folder / "texture.png")
-        if results:  # several meshes (samples): one node each, side by side along +X
-            meshes = [r.mesh for r in results]
-            offsets = side_by_side(meshes) if len(meshes) > 1 else None
-            save_glb(folder / "result.glb", meshes, texture, offsets=offsets)
-
-    def load_result(self, job_id: str) -> dict[str, np.ndarray]:
-        with np.load(self.job_dir(job_id) / "result.npz", allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-
-    def save_preview(self, job_id: str, image: np.ndarray) -> None:
-        from PIL import Image
-
-        Image.fromarray(image).save(self.job_dir(job_id) / "preview.png")
-
-    def delete(self, job_id: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
-        shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
+def check_params_text(params: dict) -> None:
+    """Refuse params whose text cannot be stored and shown safely: more than :data:`MAX_PARAMS` entries, a string
+    longer than ``protocol.MAX_PROMPT_CHARS``, a lone surrogate, or a control character other than tab/newline.
+    The message names the parameter, never quotes its value. Raises ParamError."""
+    stack: list[tuple[str, Any]] = [("params", params)]
+    count = 0
+    while stack:
+        path, value = stack.pop()
+        count += 1
+        if count > MAX_PARAMS:
+            raise ParamError(f"params hold more than {MAX_PARAMS} entries")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str) or len(key) > protocol.MAX_NAME_CHARS:
+                    raise ParamError(f"{path} has a key longer than {protocol.MAX_NAME_CHARS} characters")
+                _check_text(f"{path} key {safe_text(key, 40)!r}", key)
+                stack.append((f"{path}.{safe_text(key, 40)}" if path != "params" else safe_text(key, 40), item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
+        elif isinstance(value, str):
+            if len(value) > protocol.MAX_PROMPT_CHARS:
+                raise ParamError(f"{path} has {len(value)} characters, the limit is {protocol.MAX_PROMPT_CHARS}")
+            _check_text(path, value)
 
 
-def job_summary(job: dict) -> dict:
-    """The JSON a client sees in ``jobs`` listings."""
-    return {"job_id": job["job_id"], "pipeline": job["pipeline"], "status": job["status"],
-            "prompt": job["params"].get("prompt", ""), "created": job["created"], "started": job["started"],
-            "finished": job["finished"], "error": job["error"], "params": job["params"]}
+def _check_text(what: str, text: str) -> None:
+    if text.isascii() and text.isprintable():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ParamError(f"{what} is not valid Unicode text (it holds a lone surrogate)") from None
+    bad = next((i for i, ch in enumerate(text) if ord(ch) in _BAD_CONTROL), None)
+    if bad is not None:
+        raise ParamError(f"{what} holds a control character (U+{ord(text[bad]):04X} at position {bad}); only tab "
+                         f"and newline are allowed")
 
 
 class JobService:
@@ -195,8 +133,11 @@ class JobService:
         start_worker: start the worker thread now (tests may drive :meth:`run_next` by hand).
     """
 
-    def __init__(self, data_dir: Path, device: torch.device, models: ModelCache | None = None, start_worker: bool = True):
+    def __init__(self, data_dir: Path, device: torch.device, models: ModelCache | None = None, start_worker: bool = True,
+                 max_store_bytes: int | None = None, max_job_age_s: float | None = None):
         self.store = JobStore(Path(data_dir))
+        self.max_store_bytes = max_store_bytes
+        self.max_job_age_s = max_job_age_s
         self.device = torch.device(device)
         self.models = models or ModelCache()
         self._queue: deque[str] = deque()
@@ -205,6 +146,7 @@ class JobService:
         self._stopping = False
         self.current_job: str | None = None
         self._recover()
+        self.prune()
         self._worker = threading.Thread(target=self._work, name="latentforge-worker", daemon=True)
         if start_worker:
             self._worker.start()
@@ -220,7 +162,10 @@ class JobService:
         """
         spec = PIPELINES.get(pipeline)
         if spec is None:
-            raise ParamError(f"unknown pipeline {pipeline!r}; available: {sorted(PIPELINES)}")
+            raise ParamError(f"unknown pipeline {safe_text(pipeline, 64)!r}; available: {sorted(PIPELINES)}")
+        if not isinstance(params, dict):
+            raise ParamError("params must be an object")
+        check_params_text(params)
         config = parse_config(spec.config_class, params)
         decoded = inputs_from_arrays(pipeline, spec, inputs)  # bad meshes are refused before they take a place
         if spec.check_inputs is not None:  # pipeline-specific input rules (e.g. a prompt or an image)
@@ -237,10 +182,12 @@ class JobService:
             self._cond.notify_all()
         return job_id, position
 
-    def cancel(self, job_id: str) -> str:
+    def cancel(self, job_id: str, requester: Listener | None = None) -> str:
         """Request cancellation. A queued job is cancelled at once, a running one at its next step.
 
-        Returns the job's status after the request. Raises JobError("not_found").
+        Returns ``"cancelled"`` (the job's listeners got ``cancelled``) or ``"cancelling"`` (running: ``cancelled``
+        follows when it stops; should it finish first, ``requester`` gets ``error job_finished``).
+        Raises JobError("not_found" | "job_finished").
         """
         job = self._require(job_id)
         with self._cond:
@@ -249,13 +196,32 @@ class JobService:
                 self.store.update(job_id, status="cancelled", finished=time.time())
                 live = self._live.pop(job_id, None)
                 self._emit(live, "cancelled", {"job_id": job_id})
+                if requester is not None and (live is None or requester not in live.listeners):
+                    requester("cancelled", {"job_id": job_id}, {})
                 self._announce_positions()
                 return "cancelled"
             live = self._live.get(job_id)
             if live is not None:
                 live.cancel_event.set()
-                return "running"
-        return job["status"]
+                if requester is not None:
+                    live.cancel_requested_by.append(requester)
+                return "cancelling"
+        raise JobError("job_finished", f"job {job_id} is already {job['status']}; there is nothing to cancel")
+
+    def delete(self, job_id: str) -> None:
+        """Delete a finished job's row and files. Raises JobError("not_found" | "job_active")."""
+        job = self._require(job_id)
+        with self._cond:
+            if job_id in self._live or job["status"] not in TERMINAL:
+                raise JobError("job_active", f"job {job_id} is {job['status']}; cancel it before deleting it")
+            self.store.delete(job_id)
+
+    def prune(self) -> list[tuple[str, str]]:
+        """Apply the store's cap policy (see :meth:`JobStore.prune`); never touches queued or running jobs."""
+        if not (self.max_store_bytes or self.max_job_age_s):
+            return []
+        with self._cond:  # no job changes state while the policy picks its victims
+            return self.store.prune(self.max_store_bytes, self.max_job_age_s)
 
     def attach(self, job_id: str, listener: Listener) -> None:
         """Subscribe ``listener`` to a job and replay its current state (status, last progress/preview, result)."""
@@ -263,7 +229,8 @@ class JobService:
         with self._cond:
             live = self._live.get(job_id)
             if live is not None:
-                live.listeners.append(listener)
+                if listener not in live.listeners:
+                    live.listeners.append(listener)
                 listener("status", self._status_fields(job_id, job["status"]), {})
                 if live.last_progress:
                     listener("progress", live.last_progress, {})
@@ -279,15 +246,19 @@ class JobService:
                 if listener in live.listeners:
                     live.listeners.remove(listener)
 
-    def list_jobs(self, limit: int = 100) -> list[dict]:
-        return [job_summary(j) for j in self.store.list(limit)]
+    def list_jobs(self, limit: int = protocol.LIST_JOBS_DEFAULT_LIMIT,
+                  cursor: str | None = None) -> tuple[list[dict], str | None]:
+        """One page of job records, newest first, and the next page's cursor (None = last page)."""
+        return self.store.page(limit, cursor)
 
     def get_result(self, job_id: str) -> tuple[dict, dict[str, np.ndarray]]:
-        """``(metadata, arrays)`` of a finished job. Raises JobError("not_found" | "not_ready" | "job_failed")."""
+        """``(metadata, arrays)`` of a finished job. Raises JobError("not_found" | "not_ready" | "job_failed"),
+        StoreError("result_damaged")."""
         job = self._require(job_id)
         if job["status"] != "done":
             code = "not_ready" if job["status"] in ("queued", "running") else "job_failed"
-            raise JobError(code, f"job {job_id} is {job['status']}" + (f": {job['error']}" if job["error"] else ""))
+            error = f": {safe_text(job['error'], 1000)}" if job["error"] else ""
+            raise JobError(code, f"job {job_id} is {job['status']}{error}")
         return job["metadata"] or {}, self.store.load_result(job_id)
 
     def queue_position(self, job_id: str) -> int | None:
@@ -328,6 +299,10 @@ class JobService:
                 with self._cond:
                     self.current_job = None
                     self._live.pop(job_id, None)
+            try:
+                self.prune()
+            except Exception:  # noqa: BLE001 — housekeeping must not stop the worker
+                log.exception("job store cap policy failed")
 
     def run_job(self, job_id: str) -> None:
         """Run one job to a terminal status, emitting its events and persisting everything."""
@@ -366,6 +341,9 @@ class JobService:
         except JobCancelled:
             self.store.update(job_id, status="cancelled", finished=time.time())
             self._emit(live, "cancelled", {"job_id": job_id})
+            for requester in live.cancel_requested_by:
+                if requester not in live.listeners:
+                    requester("cancelled", {"job_id": job_id}, {})
             return
         except BaseException as err:  # noqa: BLE001 — every failure becomes a failed job, never a dead worker
             code = error_code(err)
@@ -373,11 +351,13 @@ class JobService:
             if code == "internal":
                 log.error("job %s failed:\n%s", job_id, traceback.format_exc())
                 message = f"{type(err).__name__}: {message}"
+            message = self.scrub(message)
             if code == "out_of_memory" and torch.cuda.is_available():
                 torch.cuda.empty_cache()
             self.store.update(job_id, status="failed", finished=time.time(), error=message, error_code=code)
             self._emit(live, "status", {"job_id": job_id, "status": "failed", "error": message})
             self._emit(live, "error", {"job_id": job_id, "code": code, "message": message})
+            self._cancel_too_late(live, "failed")
             if not isinstance(err, Exception):
                 raise
             return
@@ -387,14 +367,32 @@ class JobService:
         self.store.update(job_id, status="done", finished=finished, metadata=metadata, timings=timings)
         self._emit(live, "status", {"job_id": job_id, "status": "done"})
         self._emit(live, "result", {"job_id": job_id, "metadata": metadata}, arrays)
+        self._cancel_too_late(live, "done")
 
     # ---- helpers ----------------------------------------------------------------------------------------------------
 
     def _require(self, job_id: str) -> dict:
         job = self.store.get(job_id) if isinstance(job_id, str) else None
         if job is None:
-            raise JobError("not_found", f"no job with id {job_id!r}")
+            raise JobError("not_found", f"no job with id {safe_text(job_id, 80)!r}")
         return job
+
+    def scrub(self, message: str) -> str:
+        """A job error as the client may see it: no server path (the data folder becomes ``<data>``), capped."""
+        for path, alias in ((str(self.store.data_dir.resolve()), "<data>"), (str(self.store.data_dir), "<data>"),
+                            (str(Path.home()), "~")):
+            if path and path not in ("/", "."):
+                message = message.replace(path, alias)
+        return safe_text(message, protocol.MAX_MESSAGE_CHARS // 2)
+
+    @staticmethod
+    def _cancel_too_late(live: _LiveJob, status: str) -> None:
+        for requester in live.cancel_requested_by:
+            try:
+                requester("error", {"job_id": live.job_id, "code": "job_finished",
+                                    "message": f"job {live.job_id} was {status} before the cancel took effect"}, {})
+            except Exception:  # noqa: BLE001
+                log.exception("listener failed")
 
     def _status_fields(self, job_id: str, status: str) -> dict:
         fields = {"job_id": job_id, "status": status}
@@ -412,17 +410,21 @@ class JobService:
 
     def _replay_finished(self, job_id: str, listener: Listener) -> None:
         job = self.store.get(job_id)
+        if job is None:
+            raise JobError("not_found", f"no job with id {job_id!r}")
+        result = self.get_result(job_id) if job["status"] == "done" else None  # a damaged result: only its error
         fields = {"job_id": job_id, "status": job["status"]}
         if job["error"]:
-            fields["error"] = job["error"]
+            fields["error"] = safe_text(job["error"], protocol.MAX_MESSAGE_CHARS // 2)
         listener("status", fields, {})
-        if job["status"] == "done":
-            metadata, arrays = self.get_result(job_id)
+        if result is not None:
+            metadata, arrays = result
             listener("result", {"job_id": job_id, "metadata": metadata}, arrays)
         elif job["status"] == "cancelled":
             listener("cancelled", {"job_id": job_id}, {})
         elif job["status"] == "failed":
-            listener("error", {"job_id": job_id, "code": job["error_code"] or "internal", "message": job["error"] or ""}, {})
+            listener("error", {"job_id": job_id, "code": job["error_code"] or "internal",
+                               "message": safe_text(job["error"] or "", protocol.MAX_MESSAGE_CHARS // 2)}, {})
 
     @staticmethod
     def _emit(live: _LiveJob | None, msg_type: str, fields: dict, arrays: dict | None = None) -> None:

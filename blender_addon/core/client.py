@@ -169,9 +169,24 @@ class BackendClient:
         """Queue an ``attach``: the server resumes streaming ``job_id``'s messages to this connection."""
         self.send("attach", {"job_id": job_id})
 
-    def list_jobs(self, limit: int | None = None) -> None:
-        """Queue a ``list_jobs``; the server answers ``jobs``."""
-        self.send("list_jobs", {} if limit is None else {"limit": int(limit)})
+    def list_jobs(self, limit: int | None = None, cursor: str | None = None) -> None:
+        """Queue a ``list_jobs`` for one page (newest first); the server answers ``jobs`` with ``next_cursor``.
+
+        Args:
+            limit: most jobs in the page, 1 … ``protocol.LIST_JOBS_MAX_LIMIT`` (server default when None).
+            cursor: ``next_cursor`` of the previous ``jobs`` page; None = the newest page.
+        """
+        fields: dict[str, Any] = {}
+        if limit is not None:
+            fields["limit"] = int(limit)
+        if cursor is not None:
+            fields["cursor"] = cursor
+        self.send("list_jobs", fields)
+
+    def delete_job(self, job_id: str) -> None:
+        """Queue a ``delete_job``: the server deletes a finished job and its files and answers ``deleted`` (or
+        ``error``: ``job_active`` for a queued/running job, ``not_found``)."""
+        self.send("delete_job", {"job_id": job_id})
 
     def get_result(self, job_id: str) -> None:
         """Queue a ``get_result``; the server answers ``result`` (or ``error`` if the job has none)."""

@@ -31,6 +31,7 @@ import json
 import math
 import re
 import struct
+import time
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -40,6 +41,9 @@ import numpy as np
 __all__ = [
     "PROTOCOL_VERSION", "MAGIC", "PREFIX", "PREFIX_BYTES", "MAX_HEADER_BYTES", "DEFAULT_MAX_PAYLOAD_BYTES",
     "ARRAY_ALIGNMENT", "MAX_IMAGE_SIDE", "MAX_MESHES", "WIRE_DTYPES", "ERROR_CODES", "FATAL_CODES", "JSON_TYPES",
+    "MAX_HELLO_BYTES", "HANDSHAKE_TIMEOUT_S", "MAX_ID_CHARS", "MAX_NAME_CHARS", "MAX_MESSAGE_CHARS",
+    "MAX_PROMPT_CHARS", "MAX_COORDINATE", "ECHO_CHARS", "LIST_JOBS_MAX_LIMIT", "LIST_JOBS_DEFAULT_LIMIT",
+    "SERVER_ERROR_CODES", "LIST_PROMPT_CHARS", "safe_text", "encode_or_error",
     "CLIENT_TO_SERVER", "SERVER_TO_CLIENT", "JOB_STATUSES", "JOB_RECORD_KEYS",
     "ProtocolError", "ConnectionClosed", "FieldSpec", "ArraySlot", "KindSpec", "MessageSpec", "Message",
     "KIND_SPECS", "MESSAGE_TYPES",
@@ -51,9 +55,11 @@ __all__ = [
 # Constants
 # ---------------------------------------------------------------------------------------------------------------
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 """Version carried in every header's ``"v"`` and in hello/welcome ``protocol_version``; a mismatch is fatal.
-History: 1 = first release; 2 = ``partial``/``result`` may carry several meshes (groups ``mesh``, ``mesh_1``, …)."""
+History: 1 = first release; 2 = ``partial``/``result`` may carry several meshes (groups ``mesh``, ``mesh_1``, …);
+3 = length/range limits on fields, valid-Unicode strings only, ``list_jobs`` pages (``cursor`` → ``next_cursor``),
+``delete_job`` → ``deleted``."""
 
 MAGIC = b"LFRG"
 """First 4 bytes of every frame."""
@@ -65,6 +71,39 @@ PREFIX_BYTES = PREFIX.size  # 16
 
 MAX_HEADER_BYTES = 1 << 20
 """Largest accepted JSON header, 1 MiB (both directions, not configurable)."""
+
+MAX_HELLO_BYTES = 1 << 16
+"""Largest first frame a server reads before the token is checked, 64 KiB of header and no payload: an
+unauthenticated peer costs the server at most this much buffer (:func:`recv_message` ``max_header``)."""
+
+HANDSHAKE_TIMEOUT_S = 10.0
+"""Seconds a server allows for the WHOLE handshake (connect to complete hello frame), not per read."""
+
+MAX_ID_CHARS = 128
+"""Longest ``job_id``, ``request_id``, ``nonce`` and ``cursor`` (characters)."""
+
+MAX_NAME_CHARS = 64
+"""Longest pipeline name (characters)."""
+
+MAX_MESSAGE_CHARS = 4000
+"""Longest ``error.message`` / ``status.error`` (characters); servers cap longer text with an ellipsis."""
+
+MAX_PROMPT_CHARS = 4096
+"""Longest text parameter of a submit (``prompt``, ``negative_prompt``, every other string in ``params``), in
+characters; checked by the server at submit (``bad_params``) together with: valid Unicode, no control characters
+other than tab and newline."""
+
+MAX_COORDINATE = 1e6
+"""Largest absolute vertex coordinate of a submitted mesh, metres (|x|, |y|, |z|); larger is ``bad_mesh`` at submit."""
+
+ECHO_CHARS = 200
+"""At most this many characters of a client's value are quoted back in an error message (see :func:`safe_text`)."""
+
+LIST_JOBS_MAX_LIMIT = 500
+"""Largest ``list_jobs.limit``; a ``jobs`` page may hold fewer (its header must fit :data:`MAX_HEADER_BYTES`)."""
+
+LIST_JOBS_DEFAULT_LIMIT = 50
+"""Page size when ``list_jobs.limit`` is absent."""
 
 DEFAULT_MAX_PAYLOAD_BYTES = 1 << 30
 """Default largest accepted payload, 1 GiB; each receiver may pass its own ``max_payload``."""
@@ -108,6 +147,28 @@ ERROR_CODES: Mapping[str, str] = MappingProxyType({
     "auth_failed": "the first message was not a hello with the right token",
 })
 """Every :class:`ProtocolError` code, with what it means."""
+
+SERVER_ERROR_CODES: Mapping[str, str] = MappingProxyType({
+    "bad_params": "unknown pipeline, invalid params, or a text parameter that is too long or not valid text",
+    "bad_mesh": "an input mesh is unusable (degenerate, or a coordinate beyond MAX_COORDINATE metres)",
+    "bad_input": "another unusable input (e.g. a 1x1 image)",
+    "not_found": "no job with that id",
+    "not_attached": "cancel of a job this connection neither submitted nor attached to (attach first)",
+    "job_finished": "cancel of a job that is already done, failed or cancelled",
+    "not_ready": "get_result of a job that is still queued or running",
+    "job_failed": "get_result of a failed or cancelled job",
+    "job_active": "delete_job of a queued or running job (cancel it first)",
+    "result_damaged": "a done job's stored result file is missing or unreadable (the message names the job and "
+                      "the file); delete_job removes it",
+    "model_not_found": "the model a job needs is not available",
+    "out_of_memory": "the job ran out of GPU memory",
+    "interrupted": "the backend stopped while the job was running",
+    "too_many_connections": "the server's connection limit is reached (fatal: the connection is closed)",
+    "timeout": "the handshake did not complete in HANDSHAKE_TIMEOUT_S (fatal)",
+    "overloaded": "the client does not read its replies fast enough, or the server's buffers are full (fatal)",
+    "internal": "a server bug; the details are in the backend log, never in the message",
+})
+"""Codes the backend uses in ``error`` messages besides :data:`ERROR_CODES` (request and job errors)."""
 
 FATAL_CODES = frozenset({"bad_magic", "frame_too_large", "truncated", "version_mismatch", "auth_failed"})
 """Codes after which the connection must be closed: framing errors (the stream cannot be resynchronised) and
@@ -177,6 +238,10 @@ class FieldSpec:
     """If set, the only allowed values."""
     minimum: float | None = None
     """If set, the smallest allowed value of an int/number field."""
+    maximum: float | None = None
+    """If set, the largest allowed value of an int/number field."""
+    max_len: int | None = None
+    """If set, the most characters a str field may have."""
     items: tuple[str, ...] | None = None
     """If set, the accepted JSON types of every element (array field) or every value (object field)."""
 
@@ -317,28 +382,38 @@ MESSAGE_TYPES: Mapping[str, MessageSpec] = MappingProxyType({
     # client -> server
     "hello": MessageSpec(_C2S, MappingProxyType({
         "protocol_version": _f("int", doc="must equal PROTOCOL_VERSION (2), else version_mismatch"),
-        "token": _f("str", doc="shared secret from the token file; compared with hmac.compare_digest"),
-        "client": _f("str", False, doc='free-form client description, e.g. "blender 4.2.1 / latentforge 0.1.0"'),
+        "token": _f("str", doc="shared secret from the token file; compared with hmac.compare_digest", max_len=1024),
+        "client": _f("str", False, doc='free-form client description, e.g. "blender 4.2.1 / latentforge 0.1.0"',
+                     max_len=256),
     }), doc="first message of every connection: version + token"),
     "submit": MessageSpec(_C2S, MappingProxyType({
-        "pipeline": _f("str", doc="pipeline name from welcome.pipelines, e.g. latent_paint"),
+        "pipeline": _f("str", doc="pipeline name from welcome.pipelines, e.g. latent_paint", max_len=MAX_NAME_CHARS),
         "params": _f("object", doc="pipeline parameters (prompt, seed, steps, ...), checked by the pipeline"),
-        "request_id": _f("str", False, doc="client's id for this request, echoed in accepted"),
+        "request_id": _f("str", False, doc="client's id for this request, echoed in accepted", max_len=MAX_ID_CHARS),
     }), arrays_allowed=True, doc="queue a job; arrays are the pipeline inputs (e.g. mesh.v_pos, sketch.v_pos)"),
     "cancel": MessageSpec(_C2S, MappingProxyType({
-        "job_id": _f("str", doc="job to cancel (queued or running)"),
-    }), doc="cancel a job; answered by cancelled"),
+        "job_id": _f("str", doc="job to cancel (queued or running, submitted or attached on this connection)",
+                     max_len=MAX_ID_CHARS),
+    }), doc="cancel a job; answered by cancelled (or error)"),
     "attach": MessageSpec(_C2S, MappingProxyType({
-        "job_id": _f("str", doc="job whose status/progress/preview/partial/result stream to resume"),
+        "job_id": _f("str", doc="job whose status/progress/preview/partial/result stream to resume",
+                     max_len=MAX_ID_CHARS),
     }), doc="resume a job's event stream on this connection (after a reconnect)"),
     "list_jobs": MessageSpec(_C2S, MappingProxyType({
-        "limit": _f("int", False, doc="most recent jobs to list (server default if absent)", minimum=1),
-    }), doc="ask for the job list; answered by jobs"),
+        "limit": _f("int", False, doc="most jobs in this page (default LIST_JOBS_DEFAULT_LIMIT = 50)", minimum=1,
+                    maximum=LIST_JOBS_MAX_LIMIT),
+        "cursor": _f("str", False, doc="jobs.next_cursor of the previous page; absent = the newest jobs",
+                     max_len=MAX_ID_CHARS),
+    }), doc="ask for one page of the job list, newest first; answered by jobs"),
     "get_result": MessageSpec(_C2S, MappingProxyType({
-        "job_id": _f("str", doc="finished job whose result to send again"),
+        "job_id": _f("str", doc="finished job whose result to send again", max_len=MAX_ID_CHARS),
     }), doc="ask for a finished job's result; answered by result (or error)"),
+    "delete_job": MessageSpec(_C2S, MappingProxyType({
+        "job_id": _f("str", doc="finished (done, failed or cancelled) job to delete with its files",
+                     max_len=MAX_ID_CHARS),
+    }), doc="delete a finished job's record and files; answered by deleted (or error)"),
     "ping": MessageSpec(_C2S, MappingProxyType({
-        "nonce": _f("str", False, doc="echoed in pong"),
+        "nonce": _f("str", False, doc="echoed in pong", max_len=MAX_ID_CHARS),
     }), doc="liveness check; answered by pong"),
     # server -> client
     "welcome": MessageSpec(_S2C, MappingProxyType({
@@ -350,18 +425,18 @@ MESSAGE_TYPES: Mapping[str, MessageSpec] = MappingProxyType({
         "models": _f("array", doc="available models (ids or description objects)"),
     }), doc="answer to a good hello"),
     "accepted": MessageSpec(_S2C, MappingProxyType({
-        "job_id": _f("str", doc="new job id"),
-        "request_id": _f("str", False, doc="submit.request_id, echoed"),
+        "job_id": _f("str", doc="new job id", max_len=MAX_ID_CHARS),
+        "request_id": _f("str", False, doc="submit.request_id, echoed", max_len=MAX_ID_CHARS),
         "queue_position": _f("int", doc="jobs ahead of this one (0 = runs next or now)", minimum=0),
     }), doc="a submit was queued"),
     "status": MessageSpec(_S2C, MappingProxyType({
-        "job_id": _f("str", doc=_JOB_ID),
+        "job_id": _f("str", doc=_JOB_ID, max_len=MAX_ID_CHARS),
         "status": _f("str", doc="job state", choices=JOB_STATUSES),
         "queue_position": _f("int", False, doc="jobs ahead (queued jobs only)", minimum=0),
-        "error": _f("str", False, doc="why the job failed (failed jobs only)"),
+        "error": _f("str", False, doc="why the job failed (failed jobs only)", max_len=MAX_MESSAGE_CHARS),
     }), doc="job state change"),
     "progress": MessageSpec(_S2C, MappingProxyType({
-        "job_id": _f("str", doc=_JOB_ID),
+        "job_id": _f("str", doc=_JOB_ID, max_len=MAX_ID_CHARS),
         "stage": _f("str", doc='current stage, e.g. "sds", "marching_cubes", "bake"'),
         "step": _f("int", doc="steps done in this stage", minimum=0),
         "total": _f("int", doc="steps in this stage", minimum=0),
@@ -369,41 +444,50 @@ MESSAGE_TYPES: Mapping[str, MessageSpec] = MappingProxyType({
         "eta_s": _f("number|null", doc="estimated seconds to the end of the job, null if unknown", minimum=0),
     }), doc="optimization progress, at most a few per second"),
     "preview": MessageSpec(_S2C, MappingProxyType({
-        "job_id": _f("str", doc=_JOB_ID),
+        "job_id": _f("str", doc=_JOB_ID, max_len=MAX_ID_CHARS),
         "step": _f("int", doc="step the preview was rendered at", minimum=0),
         "decoder": _f("str", doc="linear = 4x3 latent->RGB matrix, vae = full VAE decode", choices=("linear", "vae")),
     }), arrays_allowed=True, array_slots=(ArraySlot("image", True, ("uint8",), (3,)),),
         doc="preview render of the current state"),
     "partial": MessageSpec(_S2C, MappingProxyType({
-        "job_id": _f("str", doc=_JOB_ID),
+        "job_id": _f("str", doc=_JOB_ID, max_len=MAX_ID_CHARS),
         "step": _f("int", doc="step the mesh was extracted at", minimum=0),
     }), arrays_allowed=True, array_slots=_mesh_slots(True, repeat=True), doc="intermediate mesh(es)"),
     "result": MessageSpec(_S2C, MappingProxyType({
-        "job_id": _f("str", doc=_JOB_ID),
+        "job_id": _f("str", doc=_JOB_ID, max_len=MAX_ID_CHARS),
         "metadata": _f("object", doc="pipeline, params, seed, timings, model ids, ..."),
     }), arrays_allowed=True,
         array_slots=_mesh_slots(True, repeat=True) + (ArraySlot("texture", False, ("uint8",), (3, 4)),),
         doc="final output of a done job (sent when it finishes, and on get_result)"),
     "error": MessageSpec(_S2C, MappingProxyType({
-        "code": _f("str", doc="an ERROR_CODES code, or a server code (see docs)"),
-        "message": _f("str", doc="what went wrong, for the user"),
-        "job_id": _f("str", False, doc="job the error is about, if any"),
-        "request_id": _f("str", False, doc="submit.request_id of the rejected submit, echoed"),
+        "code": _f("str", doc="an ERROR_CODES code, or a SERVER_ERROR_CODES code", max_len=MAX_NAME_CHARS),
+        "message": _f("str", doc="what went wrong, for the user", max_len=MAX_MESSAGE_CHARS),
+        "job_id": _f("str", False, doc="job the error is about, if any", max_len=MAX_ID_CHARS),
+        "request_id": _f("str", False, doc="submit.request_id of the rejected submit, echoed", max_len=MAX_ID_CHARS),
     }), doc="a request or frame was rejected, or a job-level failure"),
     "cancelled": MessageSpec(_S2C, MappingProxyType({
-        "job_id": _f("str", doc="job that was cancelled"),
+        "job_id": _f("str", doc="job that was cancelled", max_len=MAX_ID_CHARS),
     }), doc="a job was cancelled"),
     "jobs": MessageSpec(_S2C, MappingProxyType({
         "jobs": _f("array", doc="job records, newest first (see docs for their keys)", items=("object",)),
-    }), doc="answer to list_jobs"),
+        "next_cursor": _f("str|null", doc="pass as list_jobs.cursor for the next (older) page; null = last page",
+                          max_len=MAX_ID_CHARS),
+    }), doc="answer to list_jobs: one page of job records"),
+    "deleted": MessageSpec(_S2C, MappingProxyType({
+        "job_id": _f("str", doc="job whose record and files were deleted", max_len=MAX_ID_CHARS),
+    }), doc="answer to delete_job"),
     "pong": MessageSpec(_S2C, MappingProxyType({
-        "nonce": _f("str", False, doc="ping.nonce, echoed"),
+        "nonce": _f("str", False, doc="ping.nonce, echoed", max_len=MAX_ID_CHARS),
     }), doc="answer to ping"),
 })
 """Message type -> schema. docs/protocol.md mirrors this table (checked by tests/test_protocol.py)."""
 
 JOB_RECORD_KEYS = ("job_id", "pipeline", "status", "prompt", "created", "started", "finished", "error", "params")
-"""Keys of each object in ``jobs.jobs`` (documented; not enforced by the protocol layer)."""
+"""Keys of each object in ``jobs.jobs`` (documented; not enforced by the protocol layer). In a listing ``prompt``
+is capped at :data:`LIST_PROMPT_CHARS` characters and ``params`` omits the prompt (it is not carried twice)."""
+
+LIST_PROMPT_CHARS = 300
+"""Most characters of a job's prompt in a ``jobs`` record (longer prompts end with an ellipsis)."""
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -456,8 +540,39 @@ def _repeat_base(name: str) -> tuple[str, int] | None:
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
+    if isinstance(value, str) and len(value) > 4 * limit:
+        value = value[: 4 * limit]  # repr of a huge string is never built
+    elif isinstance(value, (dict, list)) and len(value) > limit:
+        return f"<{_json_type(value)} of {len(value)} items>"
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"<deeply nested {_json_type(value)}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def safe_text(value: Any, limit: int = ECHO_CHARS) -> str:
+    """Text that is always safe to put into a reply: valid Unicode and at most ``limit`` characters.
+
+    Lone surrogates (and anything else UTF-8 cannot encode) become ``\\udXXX`` escapes; longer text is cut and
+    ends with ``…``. Non-str values are converted with ``str()`` first. Use it for every client value or stored
+    text quoted in an ``error`` message or a job record.
+    """
+    if not isinstance(value, str):
+        try:
+            value = str(value)
+        except Exception:  # noqa: BLE001 — a broken __str__ must not break the reply
+            value = f"<{type(value).__name__}>"
+    if len(value) > limit:
+        value = value[: max(limit - 1, 0)] + "…"
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+            if len(value) > limit:
+                value = value[: max(limit - 1, 0)] + "…"
+    return value
 
 
 def _json_type(value: Any) -> str:
@@ -554,7 +669,12 @@ def _check_fields(msg_type: str, spec: MessageSpec, fields: Mapping[str, Any]) -
             raise ProtocolError("bad_field", f"{msg_type}.{name} is {_short(value)}, expected one of "
                                              f"{', '.join(map(str, fs.choices))}")
         if fs.minimum is not None and actual in ("int", "number") and value < fs.minimum:
-            raise ProtocolError("bad_field", f"{msg_type}.{name} is {value!r}, must be >= {fs.minimum:g}")
+            raise ProtocolError("bad_field", f"{msg_type}.{name} is {_short(value)}, must be >= {fs.minimum:g}")
+        if fs.maximum is not None and actual in ("int", "number") and value > fs.maximum:
+            raise ProtocolError("bad_field", f"{msg_type}.{name} is {_short(value)}, must be <= {fs.maximum:g}")
+        if fs.max_len is not None and actual == "str" and len(value) > fs.max_len:
+            raise ProtocolError("bad_field", f"{msg_type}.{name} has {len(value)} characters, the limit is "
+                                             f"{fs.max_len}")
         if fs.items is not None:
             members = value.items() if isinstance(value, dict) else enumerate(value)
             for key, item in members:
@@ -804,17 +924,20 @@ def encode_message(msg_type: str, fields: Mapping[str, Any] | None = None,
 # Decoding
 # ---------------------------------------------------------------------------------------------------------------
 
-def parse_prefix(prefix: bytes | bytearray | memoryview,
-                 max_payload: int = DEFAULT_MAX_PAYLOAD_BYTES) -> tuple[int, int]:
+def parse_prefix(prefix: bytes | bytearray | memoryview, max_payload: int = DEFAULT_MAX_PAYLOAD_BYTES, *,
+                 max_header: int = MAX_HEADER_BYTES) -> tuple[int, int]:
     """Check a 16-byte frame prefix; return ``(header_len, payload_len)`` in bytes.
 
     Use it to read frames from any byte stream (e.g. asyncio): read 16 bytes, call this, then read exactly
     header_len + payload_len bytes and pass them to :func:`decode_message`. Nothing is allocated from the
     lengths before they pass the limits.
 
+    Args:
+        max_header: this receiver's header limit, at most :data:`MAX_HEADER_BYTES` (a server reading the first,
+            unauthenticated frame passes :data:`MAX_HELLO_BYTES` and ``max_payload=0``).
     Raises:
-        ProtocolError: truncated (fewer than 16 bytes), bad_magic, frame_too_large (header_len >
-            MAX_HEADER_BYTES or payload_len > max_payload). All fatal: close the connection.
+        ProtocolError: truncated (fewer than 16 bytes), bad_magic, frame_too_large (header_len > max_header
+            or payload_len > max_payload). All fatal: close the connection.
     """
     if len(prefix) != PREFIX_BYTES:
         raise ProtocolError("truncated", f"frame prefix has {len(prefix)} bytes, expected {PREFIX_BYTES}")
@@ -823,8 +946,9 @@ def parse_prefix(prefix: bytes | bytearray | memoryview,
         hint = " (looks like HTTP)" if magic in (b"GET ", b"POST", b"HEAD", b"PUT ") else ""
         raise ProtocolError("bad_magic", f"frame starts with {magic!r}, expected {MAGIC!r}{hint}; is this port a "
                                          f"LatentForge backend/client?")
-    if header_len > MAX_HEADER_BYTES:
-        raise ProtocolError("frame_too_large", f"header_len is {header_len} bytes, the limit is {MAX_HEADER_BYTES}")
+    max_header = min(max_header, MAX_HEADER_BYTES)
+    if header_len > max_header:
+        raise ProtocolError("frame_too_large", f"header_len is {header_len} bytes, the limit is {max_header}")
     if payload_len > max_payload:
         raise ProtocolError("frame_too_large", f"payload_len is {payload_len} bytes, this receiver's limit is "
                                                f"{max_payload} (max_payload)")
@@ -867,7 +991,37 @@ def _parse_header(header: bytes | bytearray | memoryview) -> dict:
         raise ProtocolError("bad_json", f"header is not valid JSON: {_short(str(exc), 120)}") from None
     if not isinstance(obj, dict):
         raise ProtocolError("bad_json", f"header must be a JSON object, got {_json_type(obj)}")
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(obj):
+        raise ProtocolError("bad_json", "header JSON has a string with a lone surrogate escape (\\ud800-\\udfff "
+                                        "without its pair); strings must be valid Unicode")
     return obj
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+
+
+def _has_lone_surrogate(obj: Any) -> bool:
+    """True when a key or string anywhere in a parsed JSON value holds a lone surrogate (iterative walk)."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            strings = (item,)
+        elif isinstance(item, dict):
+            strings = tuple(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+            continue
+        else:
+            continue
+        for text in strings:
+            if not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    return True
+    return False
 
 
 @dataclass
@@ -996,10 +1150,18 @@ def decode_frame(frame: bytes | bytearray | memoryview, max_payload: int = DEFAU
 # Blocking sockets
 # ---------------------------------------------------------------------------------------------------------------
 
-def _recv_exactly(sock, view: memoryview) -> int:
-    """Fill ``view`` from ``sock`` with recv_into; return the number of bytes read (< len(view) only at EOF)."""
+def _recv_exactly(sock, view: memoryview, deadline: float | None = None) -> int:
+    """Fill ``view`` from ``sock`` with recv_into; return the number of bytes read (< len(view) only at EOF).
+
+    With ``deadline`` (a :func:`time.monotonic` value) every read gets only the time left, and ``TimeoutError``
+    (``socket.timeout``) is raised once it has passed, however slowly the peer drips bytes."""
     pos, size = 0, view.nbytes
     while pos < size:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"deadline passed after {pos} of {size} bytes")
+            sock.settimeout(left)
         n = sock.recv_into(view[pos:], size - pos)
         if n == 0:
             break
@@ -1018,7 +1180,27 @@ def send_message(sock, msg_type: str, fields: Mapping[str, Any] | None = None,
     sock.sendall(encode_message(msg_type, fields, arrays))
 
 
-def recv_message(sock, max_payload: int = DEFAULT_MAX_PAYLOAD_BYTES, *, direction: str | None = None) -> Message:
+def encode_or_error(msg_type: str, fields: Mapping[str, Any] | None = None,
+                    arrays: Mapping[str, np.ndarray] | None = None) -> tuple[bytes, ProtocolError | None]:
+    """:func:`encode_message` for replies, which must never be lost: ``(frame, None)`` when the message is valid;
+    otherwise ``(frame of an error {code: "internal"} with a fixed message, the ProtocolError)`` so that the peer
+    still gets exactly one answer. The fallback keeps ``job_id``/``request_id`` when they are themselves valid."""
+    try:
+        return encode_message(msg_type, fields, arrays), None
+    except ProtocolError as err:
+        fallback: dict[str, Any] = {"code": "internal",
+                                    "message": f"the server could not encode its {safe_text(msg_type, 40)} reply "
+                                               f"({err.code}); the details are in the backend log"}
+        for key in ("job_id", "request_id"):
+            value = (fields or {}).get(key)
+            if isinstance(value, str) and len(value) <= MAX_ID_CHARS and safe_text(value, MAX_ID_CHARS) == value:
+                fallback[key] = value
+        return encode_message("error", fallback), err
+
+
+def recv_message(sock, max_payload: int = DEFAULT_MAX_PAYLOAD_BYTES, *, direction: str | None = None,
+                 max_header: int = MAX_HEADER_BYTES, deadline: float | None = None,
+                 reserve: Any = None) -> Message:
     """Read exactly one frame from a blocking socket and decode it.
 
     The prefix is read and checked first; the header and payload buffers are allocated only after their lengths
@@ -1029,26 +1211,33 @@ def recv_message(sock, max_payload: int = DEFAULT_MAX_PAYLOAD_BYTES, *, directio
         sock: a connected blocking socket (anything with ``recv_into``).
         max_payload: this receiver's payload limit in bytes.
         direction: see :func:`decode_message`.
+        max_header: this receiver's header limit in bytes (see :func:`parse_prefix`).
+        deadline: optional :func:`time.monotonic` time by which the whole frame must have arrived (the
+            socket's timeout is changed for each read; a server's handshake uses one deadline for the hello).
+        reserve: optional ``reserve(nbytes)`` called with header_len + payload_len after the prefix passed the
+            limits and before the buffers are allocated (a server's byte budget); it may raise to refuse the frame.
     Raises:
         ConnectionClosed: EOF before the first byte of a frame (clean close between frames).
         ProtocolError: truncated (EOF inside a frame), bad_magic, frame_too_large (raised after reading only the
             16 prefix bytes), and every code of :func:`decode_message`.
-        OSError / socket.timeout: from the socket. A timeout inside a frame leaves the stream out of sync:
-            close the connection.
+        OSError / socket.timeout: from the socket (or the deadline). A timeout inside a frame leaves the stream
+            out of sync: close the connection.
     """
     prefix = bytearray(PREFIX_BYTES)
-    got = _recv_exactly(sock, memoryview(prefix))
+    got = _recv_exactly(sock, memoryview(prefix), deadline)
     if got == 0:
         raise ConnectionClosed("peer closed the connection")
     if got < PREFIX_BYTES:
         raise ProtocolError("truncated", f"connection closed after {got} of the {PREFIX_BYTES} prefix bytes")
-    header_len, payload_len = parse_prefix(prefix, max_payload)
+    header_len, payload_len = parse_prefix(prefix, max_payload, max_header=max_header)
+    if reserve is not None:
+        reserve(header_len + payload_len)
     header = bytearray(header_len)
-    got = _recv_exactly(sock, memoryview(header))
+    got = _recv_exactly(sock, memoryview(header), deadline)
     if got < header_len:
         raise ProtocolError("truncated", f"connection closed after {got} of the {header_len} header bytes")
     payload = np.empty(payload_len, dtype=np.uint8)  # uninitialised: recv_into fills every byte
-    got = _recv_exactly(sock, memoryview(payload))
+    got = _recv_exactly(sock, memoryview(payload), deadline)
     if got < payload_len:
         raise ProtocolError("truncated", f"connection closed after {got} of the {payload_len} payload bytes")
     return decode_message(header, memoryview(payload), direction=direction)
