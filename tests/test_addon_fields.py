@@ -91,3 +91,76 @@ def test_core_imports_without_bpy():
     code = ("import sys, blender_addon.core.fields, blender_addon.core.tasks, blender_addon.core.placement; "
             "assert 'bpy' not in sys.modules and 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)
+
+
+def _addon_imports() -> dict[str, set[str]]:
+    """Module -> the add-on modules it imports at run time (``if TYPE_CHECKING:`` blocks skipped), from the AST."""
+    import ast
+
+    from conftest import REPO_ROOT
+
+    root = REPO_ROOT / "blender_addon"
+    graph: dict[str, set[str]] = {}
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).with_suffix("")
+        parts = list(rel.parts)
+        is_pkg = parts[-1] == "__init__"
+        if is_pkg:
+            parts = parts[:-1]
+        name = ".".join(["blender_addon", *parts])
+        package = name if is_pkg else name.rsplit(".", 1)[0]
+        deps: set[str] = set()
+        tree = ast.parse(path.read_text())
+
+        def visit(nodes):
+            for node in nodes:
+                if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                    continue
+                if isinstance(node, ast.Import):
+                    deps.update(a.name for a in node.names)
+                elif isinstance(node, ast.ImportFrom):
+                    if node.level:
+                        base = package.split(".")
+                        base = base[:len(base) - (node.level - 1)]
+                        mod = ".".join(base + ([node.module] if node.module else []))
+                    else:
+                        mod = node.module or ""
+                    deps.add(mod)
+                    deps.update(f"{mod}.{a.name}" for a in node.names)
+                for child in ast.iter_child_nodes(node):
+                    if isinstance(child, (ast.stmt, ast.ExceptHandler)):
+                        visit([child])
+
+        visit(tree.body)
+        graph[name] = deps
+    return {m: {d for d in deps if d in graph and d != m} | {d.split(".")[0] for d in deps if d.split(".")[0]
+                                                              in ("bpy", "torch", "mathutils")}
+            for m, deps in graph.items()}
+
+
+def test_addon_imports_have_no_cycles_no_torch_and_a_bpy_free_core():
+    graph = _addon_imports()
+    assert "blender_addon.results" in graph and "blender_addon.results.shapes" in graph
+    for module, deps in graph.items():
+        assert "torch" not in deps, module
+        if module.startswith("blender_addon.core"):
+            assert not deps & {"bpy", "mathutils"}, f"{module} imports {deps & {'bpy', 'mathutils'}}"
+    state: dict[str, int] = {}  # 1 = on the stack, 2 = done
+
+    def walk(module: str, stack: list[str]) -> None:
+        state[module] = 1
+        for dep in sorted(graph[module]):
+            if dep not in graph:
+                continue
+            parent = module.rsplit(".", 1)[0]
+            if dep == parent or module.startswith(dep + "."):  # a submodule importing from its own package's parents
+                continue
+            if state.get(dep) == 1:
+                pytest.fail("import cycle: " + " -> ".join([*stack[stack.index(dep):], dep]))
+            if dep not in state:
+                walk(dep, [*stack, dep])
+        state[module] = 2
+
+    for module in graph:
+        if module not in state:
+            walk(module, [module])
