@@ -3,9 +3,16 @@
 This file must stay importable without Blender: the backend imports ``blender_addon.core.protocol``, which runs this
 ``__init__``. So ``bpy`` and the bpy-side submodules are imported inside :func:`register` / :func:`unregister` only.
 
-Modules: ``properties`` (scene settings + runtime state), ``preferences`` (backend location), ``operators``,
-``panels`` (sidebar tab "LatentForge"), ``session`` (client + timer glue), ``mesh_io`` (mesh/image data);
-``core/`` is bpy-free (protocol, paths, client, backend_process, arrays).
+Modules (imports point down this list; no cycles):
+
+- ``properties`` (scene settings + runtime state), ``preferences`` (backend location), ``operators`` (thin),
+  ``panels`` (sidebar tab "LatentForge", one sub-panel per artist task: Texture, Generate, Shape);
+- ``session`` (the one :class:`~.session.Session` and its timer) over ``connection`` (client + local backend),
+  ``jobs`` (job bookkeeping, targets saved in the scene) and ``handlers`` (message -> Blender state);
+- ``results/`` (one result importer per pipeline family, in ONE table ``RESULT_IMPORTERS``), over ``materials``
+  and ``mesh_io`` (bpy <-> numpy arrays only), ``runtime`` (``window_manager.latentforge`` helpers);
+- ``core/`` is bpy-free: protocol, paths, client, backend_process, arrays, placement, fields (add-on setting ->
+  backend field, ranges), tasks (task -> methods -> pipelines).
 """
 
 _MODULE_NAMES = ("properties", "preferences", "operators", "panels", "session")

@@ -1,21 +1,26 @@
-"""Operators (thin): validate the context, call :mod:`.mesh_io` / :mod:`.session`, report."""
+"""Operators (thin): validate the context, read arrays with :mod:`.mesh_io`, submit through :mod:`.session` with
+the result target of :mod:`.results`, report.
+
+Which pipeline an operator submits is its task's chosen method (``scene.latentforge.<task>_method``, see
+:data:`.core.tasks.TASKS`): :func:`pipeline_of`.
+"""
 
 import bpy
 import numpy as np
 from bpy.props import StringProperty
 
 from . import mesh_io, session
-from .core import protocol
+from .core import protocol, tasks
 from .preferences import get_preferences
-
-PIPELINE = "latent_paint"
-GENERATE_PIPELINE = "latent_nerf"
-SHAPE_PIPELINE = "shape_ldm"
-VARIATIONS_PIPELINE = "shape_variations"
-INTERPOLATE_PIPELINE = "shape_interpolate"
-
+from .results import GenerateTarget, InterpolateTarget, ShapeTarget, TextureTarget, VariationsTarget
 
 SESSION_ERRORS = (OSError, ValueError, RuntimeError, protocol.ProtocolError)
+
+
+def pipeline_of(settings, task: str, role: str) -> str:
+    """The pipeline ``role`` of ``task`` submits with the method chosen in ``settings``
+    (:func:`.core.tasks.pipeline_for`). Raises ValueError."""
+    return tasks.pipeline_for(task, getattr(settings, tasks.method_property(task)), role)
 
 
 def _session_or_report(op: bpy.types.Operator) -> session.Session | None:
@@ -42,12 +47,12 @@ def _connect_and_submit(op: bpy.types.Operator, context, sess: session.Session, 
     """Connect to the backend if needed and queue the job; on failure report it like :func:`_fail` and return the
     operator's ``{"CANCELLED"}``, else None."""
     try:
-        sess.ensure_connected(get_preferences(context))
+        sess.connection.ensure_connected(get_preferences(context))
     except (OSError, ValueError, RuntimeError) as e:
         return _fail(op, context, sess, f"Cannot reach the backend: {e}")
     try:
         sess.submit_job(pipeline, params, arrays, target)
-    except (protocol.ProtocolError, RuntimeError) as e:
+    except (protocol.ProtocolError, RuntimeError, ValueError) as e:
         return _fail(op, context, sess, f"Not sent: {e}")
     return None
 
@@ -129,7 +134,7 @@ def shape_input_image(settings) -> tuple[np.ndarray | None, str]:
 
     Raises:
         ValueError: "IMAGE" with no image picked, "FILE" with no path, or an image that cannot be read or is smaller
-            than ``mesh_io.MIN_IMAGE_SIDE``.
+            than :data:`.mesh_io.MIN_IMAGE_SIDE`.
     """
     mode = settings.shape_input
     if mode == "PROMPT":
@@ -235,7 +240,12 @@ class LATENTFORGE_OT_texture_selected(bpy.types.Operator):
         if sess is None:
             return {"CANCELLED"}
         try:
-            sess.ensure_connected(get_preferences(context))
+            pipeline = pipeline_of(settings, "texture", "texture")
+        except ValueError as e:
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        try:
+            sess.connection.ensure_connected(get_preferences(context))
         except (OSError, ValueError, RuntimeError) as e:
             self.report({"ERROR"}, f"Cannot reach the backend: {e}")
             return {"CANCELLED"}
@@ -257,10 +267,10 @@ class LATENTFORGE_OT_texture_selected(bpy.types.Operator):
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
 
-        target = mesh_io.JobTarget(obj.name, int(arrays.v_pos.shape[0]), uv_map, arrays.tri_loops)
+        target = TextureTarget(obj.name, int(arrays.v_pos.shape[0]), uv_map, arrays.tri_loops)
         try:
-            sess.submit_job(PIPELINE, texture_params(settings), arrays.wire_arrays(), target)
-        except (protocol.ProtocolError, RuntimeError) as e:
+            sess.submit_job(pipeline, texture_params(settings), arrays.wire_arrays(), target)
+        except (protocol.ProtocolError, RuntimeError, ValueError) as e:
             self.report({"ERROR"}, f"Not sent: {e}")
             return {"CANCELLED"}
         self.report({"INFO"}, f"Sent {obj.name!r} ({arrays.v_pos.shape[0]} vertices, "
@@ -299,8 +309,12 @@ class LATENTFORGE_OT_generate(bpy.types.Operator):
             except (ValueError, RuntimeError) as e:
                 return fail(f"Sketch shape: {e}. Block the shape out with primitives that have faces, or choose "
                             "Sketch Shape 'None' for text only")
-        target = mesh_io.GenerateTarget(sketch.name if sketch is not None else "")
-        failed = _connect_and_submit(self, context, sess, GENERATE_PIPELINE, generate_params(settings), arrays, target)
+        target = GenerateTarget(sketch.name if sketch is not None else "")
+        try:
+            pipeline = pipeline_of(settings, "generate", "generate")
+        except ValueError as e:
+            return fail(str(e))
+        failed = _connect_and_submit(self, context, sess, pipeline, generate_params(settings), arrays, target)
         if failed:
             return failed
         if sketch is None:
@@ -325,6 +339,7 @@ class LATENTFORGE_OT_generate_shape(bpy.types.Operator):
         if sess is None:
             return {"CANCELLED"}
         try:
+            pipeline = pipeline_of(settings, "shape", "generate")
             image, image_label = shape_input_image(settings)
         except ValueError as e:
             return _fail(self, context, sess, str(e))
@@ -332,10 +347,10 @@ class LATENTFORGE_OT_generate_shape(bpy.types.Operator):
             return _fail(self, context, sess, "The prompt is empty and no image is chosen: type a prompt, or set "
                                               "Shape From to 'Image' or 'File'")
         label = image_label or settings.prompt.strip()
-        target = mesh_io.ShapeTarget(label, tuple(context.scene.cursor.location), float(settings.shape_spacing),
-                                     image is not None)
+        target = ShapeTarget(label, tuple(context.scene.cursor.location), float(settings.shape_spacing),
+                             image is not None)
         arrays = {"image": image} if image is not None else {}
-        failed = _connect_and_submit(self, context, sess, SHAPE_PIPELINE, shape_ldm_params(settings, image is not None),
+        failed = _connect_and_submit(self, context, sess, pipeline, shape_ldm_params(settings, image is not None),
                                      arrays, target)
         if failed:
             return failed
@@ -364,6 +379,10 @@ class LATENTFORGE_OT_shape_variations(bpy.types.Operator):
         if sess is None:
             return {"CANCELLED"}
         try:
+            pipeline = pipeline_of(settings, "shape", "variations")
+        except ValueError as e:
+            return _fail(self, context, sess, str(e))
+        try:
             source = variation_source(context)
             arrays = mesh_io.evaluated_mesh_arrays(source, context.evaluated_depsgraph_get(), None)
         except ValueError as e:
@@ -372,9 +391,9 @@ class LATENTFORGE_OT_shape_variations(bpy.types.Operator):
             return _fail(self, context, sess, "'Steer with Prompt' is on but the prompt is empty: type one, or turn "
                                               "it off")
         gap = float(settings.shape_spacing)
-        target = mesh_io.VariationsTarget(source.name, tuple(source.matrix_world.translation),
-                                          float(arrays.v_pos[:, 0].max()) + gap, gap)
-        failed = _connect_and_submit(self, context, sess, VARIATIONS_PIPELINE, shape_variations_params(settings),
+        target = VariationsTarget(source.name, tuple(source.matrix_world.translation),
+                                  float(arrays.v_pos[:, 0].max()) + gap, gap)
+        failed = _connect_and_submit(self, context, sess, pipeline, shape_variations_params(settings),
                                      arrays.wire_arrays("mesh"), target)
         if failed:
             return failed
@@ -397,6 +416,7 @@ class LATENTFORGE_OT_shape_interpolate(bpy.types.Operator):
         if sess is None:
             return {"CANCELLED"}
         try:
+            pipeline = pipeline_of(settings, "shape", "interpolate")
             start, end = interpolation_pair(context)
         except ValueError as e:
             return _fail(self, context, sess, str(e))
@@ -407,9 +427,9 @@ class LATENTFORGE_OT_shape_interpolate(bpy.types.Operator):
                 arrays.update(mesh_io.evaluated_mesh_arrays(obj, depsgraph, None).wire_arrays(group))
             except ValueError as e:
                 return _fail(self, context, sess, f"Interpolate: {e}; select two meshes with faces")
-        target = mesh_io.InterpolateTarget(start.name, end.name)
-        failed = _connect_and_submit(self, context, sess, INTERPOLATE_PIPELINE, shape_interpolate_params(settings),
-                                     arrays, target)
+        target = InterpolateTarget(start.name, end.name)
+        failed = _connect_and_submit(self, context, sess, pipeline, shape_interpolate_params(settings), arrays,
+                                     target)
         if failed:
             return failed
         self.report({"INFO"}, f"Making {settings.shape_interpolate_count} shape(s) between {start.name!r} and "
@@ -451,7 +471,7 @@ class LATENTFORGE_OT_connect(bpy.types.Operator):
     bl_options = {"REGISTER", "INTERNAL"}
 
     def execute(self, context):
-        return _run(self, lambda sess: sess.connect(get_preferences(context)))
+        return _run(self, lambda sess: sess.connection.connect(get_preferences(context)))
 
 
 class LATENTFORGE_OT_disconnect(bpy.types.Operator):
@@ -462,7 +482,7 @@ class LATENTFORGE_OT_disconnect(bpy.types.Operator):
     bl_options = {"REGISTER", "INTERNAL"}
 
     def execute(self, context):
-        return _run(self, lambda sess: sess.close_client())
+        return _run(self, lambda sess: sess.connection.close_client())
 
 
 class LATENTFORGE_OT_start_backend(bpy.types.Operator):
@@ -474,8 +494,8 @@ class LATENTFORGE_OT_start_backend(bpy.types.Operator):
 
     def execute(self, context):
         def restart(sess):
-            sess.close_client()
-            sess.start_local_backend(get_preferences(context))
+            sess.connection.close_client()
+            sess.connection.start_local_backend(get_preferences(context))
 
         return _run(self, restart)
 
@@ -491,10 +511,10 @@ class LATENTFORGE_OT_stop_backend(bpy.types.Operator):
         sess = _session_or_report(self)
         if sess is None:
             return {"CANCELLED"}
-        if sess.local_backend is None:
+        if sess.connection.local_backend is None:
             self.report({"WARNING"}, "Blender did not start a backend")
             return {"CANCELLED"}
-        code = sess.stop_local_backend()
+        code = sess.connection.stop_local_backend()
         self.report({"INFO"}, f"Backend stopped (exit code {code})")
         return {"FINISHED"}
 

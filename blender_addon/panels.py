@@ -1,8 +1,23 @@
-"""The "LatentForge" tab of the 3D viewport's sidebar (thin: draws state, calls operators)."""
+"""The "LatentForge" tab of the 3D viewport's sidebar (thin: draws state, calls operators), organised by the
+artist's task.
+
+- ``LATENTFORGE_PT_main``: the connection, the prompt, the active job's progress, Cancel, the last message.
+- One sub-panel per task of :data:`.core.tasks.TASKS` (:data:`TASK_PANELS`): Texture, Generate, Shape. Each draws
+  its "Method" choice (``scene.latentforge.<task>_method``), the chosen method's settings and operators, and, when
+  a backend is connected, a red line if a setting lies outside what that backend accepts
+  (:func:`.core.fields.check_params` on its ``welcome``'s pipeline descriptions).
+- Preview and Jobs sub-panels.
+
+A new task (e.g. Refine) = a row in ``TASKS`` + one :class:`_TaskPanel` subclass added to :data:`TASK_PANELS`; a task
+panel is drawn only while its task has a method.
+"""
 
 import bpy
 
 from . import operators, session
+from .core import fields, tasks
+from .results.preview import PREVIEW_IMAGE_NAME
+from .runtime import format_eta
 
 STATUS_ICONS = {"queued": "SORTTIME", "running": "PLAY", "done": "CHECKMARK", "failed": "ERROR",
                 "cancelled": "CANCEL"}
@@ -48,6 +63,50 @@ def _status_line(layout, compute, describe) -> None:
     layout.label(text=text, icon=icon)
 
 
+def _backend_pipelines() -> dict | None:
+    """The connected backend's pipeline descriptions, or None (not connected / not registered)."""
+    try:
+        return session.get_session().connection.pipelines
+    except RuntimeError:
+        return None
+
+
+def draw_backend_check(layout, pipeline_params) -> None:
+    """A red line when the connected backend would refuse a setting (its live ranges, choices and pipelines);
+    nothing when it accepts them or no backend is connected.
+
+    Args:
+        pipeline_params: ``() -> (pipeline, params)`` (may raise ValueError: then nothing is drawn; the operator
+            reports it).
+    """
+    pipelines = _backend_pipelines()
+    if pipelines is None:
+        return
+    try:
+        pipeline, params = pipeline_params()
+        fields.check_params(pipeline, params, pipelines)
+    except ValueError as e:
+        row = layout.row()
+        row.alert = True
+        row.label(text=str(e), icon="ERROR")
+
+
+def _big_operator(layout, idname: str, icon: str) -> None:
+    row = layout.row()
+    row.scale_y = 1.4
+    row.operator(idname, icon=icon)
+
+
+def _draw_diffusion_settings(layout, settings) -> None:
+    """The Stable Diffusion settings Texture and Generate share (the same scene properties)."""
+    col = layout.column(align=True)
+    col.prop(settings, "model")
+    col.prop(settings, "seed")
+    col.prop(settings, "iterations")
+    col.prop(settings, "guidance_scale")
+    col.prop(settings, "texture_size")
+
+
 class _SidebarPanel:
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
@@ -55,7 +114,7 @@ class _SidebarPanel:
 
 
 class LATENTFORGE_PT_main(_SidebarPanel, bpy.types.Panel):
-    """Connection, prompt settings, Texture Selected, Generate with its sketch-shape picker, Cancel, progress."""
+    """Connection, the prompt (every task uses it), Cancel, the active job's progress and the last message."""
 
     bl_idname = "LATENTFORGE_PT_main"
     bl_label = "LatentForge"
@@ -76,40 +135,13 @@ class LATENTFORGE_PT_main(_SidebarPanel, bpy.types.Panel):
         col = layout.column()
         col.prop(settings, "prompt")
         col.prop(settings, "negative_prompt")
-        col.prop(settings, "model")
-        sub = col.column(align=True)
-        sub.prop(settings, "seed")
-        sub.prop(settings, "iterations")
-        sub.prop(settings, "guidance_scale")
-        sub.prop(settings, "texture_size")
-
-        box = layout.box()
-        box.label(text="Texture a mesh (Latent-Paint)", icon="TEXTURE")
-        box.prop(settings, "uv_method")
-        row = box.row()
-        row.scale_y = 1.4
-        row.operator("latentforge.texture_selected", icon="TEXTURE")
-
-        box = layout.box()
-        box.label(text="Generate a new mesh (Latent-NeRF)", icon="MESH_MONKEY")
-        box.label(text="Sketch Shape:")
-        box.row().prop(settings, "sketch_mode", expand=True)
-        if settings.sketch_mode == "OBJECT":
-            box.prop(settings, "sketch_object", text="")
-        draw_sketch_status(box, context, settings)
-        sub = box.column(align=True)
-        sub.prop(settings, "mesh_resolution")
-        sub.prop(settings, "partial_every")
-        row = box.row()
-        row.scale_y = 1.4
-        row.operator("latentforge.generate", icon="PLAY")
 
         row = layout.row()
         row.enabled = bool(state.active_job_id)
         row.operator("latentforge.cancel_job", text="Cancel Job", icon="CANCEL")
 
         if state.active_job_id or state.stage:
-            eta = session.format_eta(state.eta_s)
+            eta = format_eta(state.eta_s)
             text = f"{state.stage}  {eta}".strip() or "…"
             if hasattr(layout, "progress"):  # Blender 4.0+
                 layout.progress(factor=state.progress, type="BAR", text=text)
@@ -121,18 +153,78 @@ class LATENTFORGE_PT_main(_SidebarPanel, bpy.types.Panel):
             layout.label(text=state.last_info, icon="INFO")
 
 
-class LATENTFORGE_PT_shape(_SidebarPanel, bpy.types.Panel):
-    """Michelangelo shapes in seconds: Generate Shape (prompt or image), Variations of Selected, Interpolate; their
-    jobs share the main panel's progress, Cancel and the Jobs list."""
+def draw_method_choice(layout, context, task: str):
+    """The task's "Method" choice (``scene.latentforge.<task>_method``); returns ``scene.latentforge``."""
+    settings = context.scene.latentforge
+    layout.prop(settings, tasks.method_property(task))
+    return settings
 
-    bl_idname = "LATENTFORGE_PT_shape"
-    bl_label = "Shape (Michelangelo)"
+
+class _TaskPanel(_SidebarPanel):
+    """A task's sub-panel: shown while ``task`` (a key of :data:`.core.tasks.TASKS`) has a method. Subclasses set
+    ``task``, ``bl_idname``, ``bl_label``, and a ``draw`` that starts with :func:`draw_method_choice` and then draws
+    the chosen method's settings and operators (``draw`` uses only ``self.layout``)."""
+
     bl_parent_id = "LATENTFORGE_PT_main"
+    task = ""
+
+    @classmethod
+    def poll(cls, context):
+        return bool(tasks.TASKS.get(cls.task))
+
+
+class LATENTFORGE_PT_texture(_TaskPanel, bpy.types.Panel):
+    """Texture the selected mesh from the prompt (Latent-Paint)."""
+
+    bl_idname = "LATENTFORGE_PT_texture"
+    bl_label = "Texture"
+    task = "texture"
 
     def draw(self, context):
         layout = self.layout
-        settings = context.scene.latentforge
+        settings = draw_method_choice(layout, context, "texture")
+        _draw_diffusion_settings(layout, settings)
+        layout.prop(settings, "uv_method")
+        draw_backend_check(layout, lambda: (operators.pipeline_of(settings, "texture", "texture"),
+                                            operators.texture_params(settings)))
+        _big_operator(layout, "latentforge.texture_selected", "TEXTURE")
 
+
+class LATENTFORGE_PT_generate(_TaskPanel, bpy.types.Panel):
+    """Generate a new textured mesh from the prompt, optionally shaped like a sketch mesh (Latent-NeRF)."""
+
+    bl_idname = "LATENTFORGE_PT_generate"
+    bl_label = "Generate"
+    task = "generate"
+
+    def draw(self, context):
+        layout = self.layout
+        settings = draw_method_choice(layout, context, "generate")
+        layout.label(text="Sketch Shape:")
+        layout.row().prop(settings, "sketch_mode", expand=True)
+        if settings.sketch_mode == "OBJECT":
+            layout.prop(settings, "sketch_object", text="")
+        draw_sketch_status(layout, context, settings)
+        _draw_diffusion_settings(layout, settings)
+        sub = layout.column(align=True)
+        sub.prop(settings, "mesh_resolution")
+        sub.prop(settings, "partial_every")
+        draw_backend_check(layout, lambda: (operators.pipeline_of(settings, "generate", "generate"),
+                                            operators.generate_params(settings)))
+        _big_operator(layout, "latentforge.generate", "PLAY")
+
+
+class LATENTFORGE_PT_shape(_TaskPanel, bpy.types.Panel):
+    """Shapes in seconds (Michelangelo): Generate Shape (prompt or image), Variations of Selected, Interpolate; their
+    jobs share the main panel's progress, Cancel and the Jobs list."""
+
+    bl_idname = "LATENTFORGE_PT_shape"
+    bl_label = "Shape"
+    task = "shape"
+
+    def draw(self, context):
+        layout = self.layout
+        settings = draw_method_choice(layout, context, "shape")
         box = layout.box()
         box.label(text="Generate shapes from text or an image", icon="MESH_ICOSPHERE")
         box.row().prop(settings, "shape_input", expand=True)
@@ -143,9 +235,7 @@ class LATENTFORGE_PT_shape(_SidebarPanel, bpy.types.Panel):
         else:
             box.prop(settings, "shape_image_path", text="")
         box.prop(settings, "shape_num_samples")
-        row = box.row()
-        row.scale_y = 1.4
-        row.operator("latentforge.generate_shape", icon="PLAY")
+        _big_operator(box, "latentforge.generate_shape", "PLAY")
 
         box = layout.box()
         box.label(text="Variations of a mesh", icon="MOD_ARRAY")
@@ -155,18 +245,14 @@ class LATENTFORGE_PT_shape(_SidebarPanel, bpy.types.Panel):
         sub.prop(settings, "shape_strength")
         sub.prop(settings, "shape_variation_count")
         box.prop(settings, "shape_variation_prompt")
-        row = box.row()
-        row.scale_y = 1.4
-        row.operator("latentforge.shape_variations", icon="PLAY")
+        _big_operator(box, "latentforge.shape_variations", "PLAY")
 
         box = layout.box()
         box.label(text="In-between shapes of two meshes", icon="ARROW_LEFTRIGHT")
         _status_line(box, lambda: operators.interpolation_pair(context),
                      lambda pair: (f"From {pair[0].name!r} to {pair[1].name!r}", "MESH_DATA"))
         box.prop(settings, "shape_interpolate_count")
-        row = box.row()
-        row.scale_y = 1.4
-        row.operator("latentforge.shape_interpolate", icon="PLAY")
+        _big_operator(box, "latentforge.shape_interpolate", "PLAY")
 
         col = layout.column(align=True)
         col.label(text="Shape settings:")
@@ -178,6 +264,12 @@ class LATENTFORGE_PT_shape(_SidebarPanel, bpy.types.Panel):
         col.prop(settings, "seed")
         col.prop(settings, "shape_spacing")
         layout.prop(settings, "shape_model")
+        draw_backend_check(layout, lambda: (operators.pipeline_of(settings, "shape", "generate"),
+                                            operators.shape_ldm_params(settings, from_image=False)))
+
+
+TASK_PANELS = (LATENTFORGE_PT_texture, LATENTFORGE_PT_generate, LATENTFORGE_PT_shape)
+"""The task sub-panels, in sidebar order (one per task of :data:`.core.tasks.TASKS`)."""
 
 
 class LATENTFORGE_PT_preview(_SidebarPanel, bpy.types.Panel):
@@ -190,14 +282,14 @@ class LATENTFORGE_PT_preview(_SidebarPanel, bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         try:
-            icon_id = session.get_session().preview_icon_id()
+            icon_id = session.get_session().preview_icon.icon_id()
         except RuntimeError:
             icon_id = 0
         if icon_id:
             layout.template_icon(icon_value=icon_id, scale=10.0)
         else:
             layout.label(text="No preview yet")
-        image = bpy.data.images.get("LatentForge Preview")
+        image = bpy.data.images.get(PREVIEW_IMAGE_NAME)
         if image is not None:
             layout.label(text=f"{image.name}: {image.size[0]}×{image.size[1]} (open it in an Image Editor)")
 
@@ -225,7 +317,7 @@ class LATENTFORGE_PT_jobs(_SidebarPanel, bpy.types.Panel):
                 layout.label(text=job.error, icon="ERROR")
 
 
-classes = (LATENTFORGE_UL_jobs, LATENTFORGE_PT_main, LATENTFORGE_PT_shape, LATENTFORGE_PT_preview, LATENTFORGE_PT_jobs)
+classes = (LATENTFORGE_UL_jobs, LATENTFORGE_PT_main, *TASK_PANELS, LATENTFORGE_PT_preview, LATENTFORGE_PT_jobs)
 
 
 register, unregister = bpy.utils.register_classes_factory(classes)

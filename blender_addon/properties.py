@@ -1,13 +1,18 @@
 """Blender properties of the add-on.
 
-- ``Scene.latentforge`` (:class:`LATENTFORGE_PG_settings`): what the user asks for; saved with the .blend.
+- ``Scene.latentforge`` (:class:`LATENTFORGE_PG_settings`): what the user asks for; saved with the .blend. The
+  numeric settings sent to the backend take their default and ranges from :data:`.core.fields.SETTING_FIELDS` (checked
+  against the backend's configs by the tests); each task's "Method" choice (``<task>_method``) is made from
+  :data:`.core.tasks.TASKS`.
 - ``WindowManager.latentforge`` (:class:`LATENTFORGE_PG_runtime`): connection/job state shown by the panel; never
-  saved (window-manager properties live only for the session), written only by ``session.py`` on the main thread.
+  saved (window-manager properties live only for the session), written by the session on the main thread.
 """
 
 import bpy
 from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
                        StringProperty)
+
+from .core import fields, tasks
 
 UV_METHODS = (
     ("SMART_PROJECT", "Smart UV Project",
@@ -41,8 +46,9 @@ SHAPE_GRIDS = (
 )
 """``scene.latentforge.shape_grid`` items: the occupancy grid of the final shape meshes."""
 
-SHAPE_GRID_MIN, SHAPE_GRID_MAX = 16, 512
-"""The backend's range of ``grid_resolution`` (samples per side)."""
+SHAPE_GRID_MIN, SHAPE_GRID_MAX = fields.SETTINGS_BY_PROP["shape_grid_resolution"].min, \
+    fields.SETTINGS_BY_PROP["shape_grid_resolution"].max
+"""The range of ``grid_resolution`` (samples per side) a custom grid can ask for."""
 
 
 def _is_mesh_object(_settings, obj) -> bool:
@@ -58,13 +64,14 @@ class LATENTFORGE_PG_settings(bpy.types.PropertyGroup):
     prompt: StringProperty(name="Prompt", description="What the texture or the generated object should show", default="")
     negative_prompt: StringProperty(name="Negative Prompt", description="What the result should not show",
                                     default="")
-    seed: IntProperty(name="Seed", description="Random seed (same seed + settings = same result)", default=0, min=0)
+    seed: IntProperty(name="Seed", description="Random seed (same seed + settings = same result)",
+                      **fields.limits("seed"))
     iterations: IntProperty(name="Iterations", description="Optimization steps (Latent-Paint and Latent-NeRF use 5000)",
-                            default=5000, min=1, soft_max=20000)
+                            **fields.limits("iterations"))
     guidance_scale: FloatProperty(name="Guidance Scale", description="Classifier-free guidance weight for SDS",
-                                  default=100.0, min=0.0, soft_max=200.0)
+                                  **fields.limits("guidance_scale"))
     texture_size: IntProperty(name="Texture Size", description="Width = height of the texture image, pixels",
-                              default=1024, min=64, max=4096, soft_min=256, soft_max=4096)
+                              **fields.limits("texture_size"))
     model: StringProperty(name="Model",
                           description="Diffusion model id or local path; empty = the backend's default "
                                       "('tiny-random' = tiny random weights, for testing)",
@@ -77,11 +84,11 @@ class LATENTFORGE_PG_settings(bpy.types.PropertyGroup):
                                    description="Mesh used as the sketch shape when the sketch mode is 'Object'")
     mesh_resolution: IntProperty(name="Mesh Resolution",
                                  description="Marching-cubes grid of the generated mesh (cells per side)",
-                                 default=256, min=32, max=512)
+                                 **fields.limits("mesh_resolution"))
     partial_every: IntProperty(name="Preview Mesh Every",
                                description="Steps between intermediate meshes shown as the temporary object "
                                            "'LatentForge preview' (0 = none)",
-                               default=500, min=0, soft_max=5000)
+                               **fields.limits("partial_every"))
 
     # Shapes (Michelangelo): Generate Shape, Variations of Selected, Interpolate.
     shape_input: EnumProperty(name="Shape From", description="What Generate Shape is conditioned on",
@@ -93,16 +100,16 @@ class LATENTFORGE_PG_settings(bpy.types.PropertyGroup):
                                                  "white)", default="")
     shape_num_samples: IntProperty(name="Samples", description="Shapes Generate Shape makes; each becomes its own "
                                                                "object, side by side along X at the 3D cursor",
-                                   default=1, min=1, max=16)
+                                   **fields.limits("shape_num_samples"))
     shape_grid: EnumProperty(name="Grid", description="Occupancy grid the final meshes are extracted on",
                              items=SHAPE_GRIDS, default="129")
     shape_grid_resolution: IntProperty(name="Grid Samples", description="Samples per side of a custom grid",
-                                       default=129, min=SHAPE_GRID_MIN, max=SHAPE_GRID_MAX)
+                                       **fields.limits("shape_grid_resolution"))
     shape_guidance_scale: FloatProperty(name="Guidance", description="Classifier-free guidance scale of the shape "
                                                                      "model (7.5; 1 = conditional only)",
-                                        default=7.5, min=0.0, max=100.0, soft_max=15.0)
+                                        **fields.limits("shape_guidance_scale"))
     shape_steps: IntProperty(name="Steps", description="DDIM denoising steps (50; fewer = faster, coarser)",
-                             default=50, min=1, max=1000, soft_max=200)
+                             **fields.limits("shape_steps"))
     shape_model: StringProperty(name="Shape Model",
                                 description="Michelangelo model: empty = automatic (text-ASLDM-256 for prompts and "
                                             "meshes, image-ASLDM-256 for images), a public name, a .ckpt file, a "
@@ -113,15 +120,15 @@ class LATENTFORGE_PG_settings(bpy.types.PropertyGroup):
                                  default=0.25, min=0.0, soft_max=5.0, subtype="DISTANCE", unit="LENGTH")
     shape_strength: FloatProperty(name="Strength", description="How far the selected mesh is noised before "
                                                                "denoising: small = close to it, 1 = a new shape",
-                                  default=0.5, min=0.01, max=1.0, subtype="FACTOR")
+                                  subtype="FACTOR", **fields.limits("shape_strength"))
     shape_variation_count: IntProperty(name="Variations", description="Variants Variations of Selected makes",
-                                       default=4, min=1, max=16)
+                                       **fields.limits("shape_variation_count"))
     shape_variation_prompt: BoolProperty(name="Steer with Prompt",
                                          description="Denoise the variants towards the prompt (off: no text)",
                                          default=False)
     shape_interpolate_count: IntProperty(name="In-Between Shapes",
                                          description="Shapes Interpolate makes between the two selected meshes",
-                                         default=3, min=1, max=32)
+                                         **fields.limits("shape_interpolate_count"))
 
 
 class LATENTFORGE_PG_job(bpy.types.PropertyGroup):
@@ -149,6 +156,31 @@ class LATENTFORGE_PG_runtime(bpy.types.PropertyGroup):
     last_info: StringProperty(name="Last Message", default="")
     jobs: CollectionProperty(type=LATENTFORGE_PG_job)
     jobs_index: IntProperty(name="Selected Job", default=0)
+
+
+def _add_method_properties(cls) -> None:
+    """One "Method" choice per task of :data:`.core.tasks.TASKS`: ``<task>_method`` (first method = default)."""
+    for task in tasks.TASKS:
+        cls.__annotations__[tasks.method_property(task)] = EnumProperty(
+            name="Method", description=f"How {task.capitalize()} does it (the backend pipeline it runs)",
+            items=tasks.enum_items(task))
+
+
+_add_method_properties(LATENTFORGE_PG_settings)
+
+
+def reset_settings(settings: LATENTFORGE_PG_settings) -> None:
+    """Put every property of ``scene.latentforge`` back to its default (pointers to None)."""
+    for prop in settings.bl_rna.properties:
+        if prop.identifier != "rna_type" and not prop.is_readonly:
+            settings.property_unset(prop.identifier)
+
+
+def reset_runtime(state: LATENTFORGE_PG_runtime) -> None:
+    """Put the runtime state's job line and messages back to their defaults (the connection line and the job list
+    are left alone: they mirror the live connection)."""
+    for name in ("active_job_id", "progress", "stage", "eta_s", "last_error", "last_info", "jobs_index"):
+        state.property_unset(name)
 
 
 classes = (LATENTFORGE_PG_settings, LATENTFORGE_PG_job, LATENTFORGE_PG_runtime)

@@ -16,6 +16,7 @@ import importlib.util
 import io
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -280,12 +281,16 @@ def addon(tmp_path_factory):
 
 @pytest.fixture
 def scene(addon):
-    """An empty scene and clean add-on state."""
+    """An empty scene and clean add-on state, whatever ran before (any module order): no objects (so no selection),
+    the 3D cursor at the origin, ``scene.latentforge`` back to its defaults, the runtime job line and messages
+    cleared."""
     bpy = addon.bpy
     for obj in list(bpy.data.objects):
         bpy.data.objects.remove(obj)
-    state = addon.state
-    state.last_error = state.last_info = state.stage = state.active_job_id = ""
+    bpy.context.scene.cursor.location = (0.0, 0.0, 0.0)
+    properties = addon.module("properties")
+    properties.reset_settings(addon.settings)
+    properties.reset_runtime(addon.state)
     yield addon
 
 
@@ -299,12 +304,13 @@ def connected(scene, backend_server):
     assert addon.bpy.ops.latentforge.connect() == {"FINISHED"}
     addon.pump(lambda: addon.state.connected, 30, "the connection")
     yield backend_server
-    addon.session.close_client()
+    addon.session.connection.close_client()
 
 
 # --------------------------------------------------------------------------------------------------- tests
 
-def test_extension_registers_operators_panels_and_settings(addon):
+def test_extension_registers_operators_panels_and_settings(scene):
+    addon = scene
     bpy = addon.bpy
     for name in ("LATENTFORGE_OT_texture_selected", "LATENTFORGE_OT_cancel_job", "LATENTFORGE_OT_connect",
                  "LATENTFORGE_OT_refresh_jobs", "LATENTFORGE_OT_import_job", "LATENTFORGE_OT_start_backend",
@@ -320,6 +326,71 @@ def test_extension_registers_operators_panels_and_settings(addon):
     assert addon.prefs.token_file == str(paths.token_path())
     assert str(paths.token_path()).startswith(os.environ["LATENTFORGE_HOME"])
     assert bpy.app.timers.is_registered(addon.module("session")._timer)
+
+
+def test_settings_follow_the_fields_table_and_the_connected_backends_ranges(scene):
+    """The numeric settings are built from core/fields.py (whose ranges test_addon_fields.py checks against the
+    backend); one Method choice and one sub-panel per task; a value the connected backend would refuse (its welcome's
+    live ranges) is a red line in the panel and a clear error from the operator, and nothing is sent."""
+    from test_blender_generate import draw_panel
+
+    addon, bpy = scene, scene.bpy
+    fields, tasks = addon.module("core.fields"), addon.module("core.tasks")
+    rna = addon.settings.bl_rna.properties
+    for setting in fields.SETTING_FIELDS:
+        prop = rna[setting.prop]
+        if setting.enum_values:
+            assert {int(i.identifier) for i in prop.enum_items if i.identifier.isdigit()} == set(setting.enum_values)
+            continue
+        assert prop.default == pytest.approx(setting.default), setting.prop
+        for name, rna_name in (("min", "hard_min"), ("max", "hard_max"), ("soft_min", "soft_min"),
+                               ("soft_max", "soft_max")):
+            if getattr(setting, name) is not None:
+                assert getattr(prop, rna_name) == pytest.approx(getattr(setting, name)), (setting.prop, name)
+    numeric = {p.identifier for p in rna if p.type in ("INT", "FLOAT") and p.identifier != "rna_type"}
+    assert numeric - set(fields.SETTINGS_BY_PROP) == {"shape_spacing"}  # the only add-on-only number
+    for task, methods in tasks.TASKS.items():
+        prop = rna[tasks.method_property(task)]
+        assert [i.identifier for i in prop.enum_items] == [m.identifier for m in methods]
+        panel = getattr(bpy.types, f"LATENTFORGE_PT_{task}")
+        assert panel.bl_parent_id == "LATENTFORGE_PT_main" and panel.poll(bpy.context)
+        calls = draw_panel(bpy, f"LATENTFORGE_PT_{task}")
+        assert calls[0] == ("prop", (addon.settings, tasks.method_property(task)), {})
+
+    class Client:  # connected to a backend whose latent_paint takes textures up to 2048 only
+        connected = running = True
+        host, port = "127.0.0.1", 0
+        welcome = {"device": "fake", "server_version": "0",
+                   "pipelines": {"latent_paint": {"params": {"texture_size": {"low": 64, "high": 2048}}}}}
+        sent: list = []
+
+        def send(self, *args):
+            self.sent.append(args)
+
+        def poll_events(self, max_events=None):
+            return []
+
+        def close(self):
+            pass
+
+    sess = addon.session
+    old_client, sess.connection.client = sess.connection.client, Client()
+    try:
+        bpy.ops.mesh.primitive_cube_add()
+        addon.settings.prompt, addon.settings.texture_size = "a brick", 4096
+        expected = ("Texture Size (texture_size = 4096) is outside the range 64–2048 that the backend's "
+                    "latent_paint accepts")
+        alerts = [kw["text"] for name, _a, kw in draw_panel(bpy, "LATENTFORGE_PT_texture")
+                  if name == "label" and kw.get("icon") == "ERROR"]
+        assert alerts == [expected]
+        with pytest.raises(RuntimeError, match=re.escape(expected)):
+            bpy.ops.latentforge.texture_selected()
+        assert Client.sent == [] and not sess.jobs.pending
+        addon.settings.texture_size = 2048
+        assert not [kw for name, _a, kw in draw_panel(bpy, "LATENTFORGE_PT_texture")
+                if name == "label" and kw.get("icon") == "ERROR"]
+    finally:
+        sess.connection.client = old_client
 
 
 def test_evaluated_mesh_is_world_space_triangulated_with_modifiers(scene):
@@ -469,7 +540,7 @@ def test_backend_errors_show_up_and_the_addon_stays_usable(scene, connected):
                              arrays.wire_arrays(), None)
     addon.pump(lambda: addon.state.last_error, 30, "the error")
     assert "prompt must not be empty" in addon.state.last_error and addon.state.stage == "failed"
-    assert not addon.session.pending
+    assert not addon.session.jobs.pending
 
     # An unknown model fails the job on the backend.
     start_job(addon, suzanne, model="no-such-org/no-such-model")
@@ -500,7 +571,7 @@ def test_job_list_and_import_onto_object_or_new_object(scene, connected):
     assert addon.state.jobs[job_id].status == "done" and addon.state.jobs[job_id].prompt == PROMPT
 
     # As after a restart of Blender: only the job -> object mapping saved in the scene is left.
-    addon.session.targets.clear()
+    addon.session.jobs.targets.clear()
     saved = bpy.context.scene["latentforge_jobs"][job_id]
     assert (saved["object"], saved["n_vertices"], saved["uv_map"]) == ("Suzanne", 507, "UVMap")
 
@@ -559,15 +630,15 @@ def test_local_mode_starts_the_backend_and_stops_it(scene, tmp_path):
     prefs.token_file, prefs.data_dir = str(tmp_path / "token"), str(tmp_path / "data")
     try:
         assert bpy.ops.latentforge.connect() == {"FINISHED"}
-        backend = addon.session.local_backend
+        backend = addon.session.connection.local_backend
         assert backend is not None and backend.process.poll() is None
         addon.pump(lambda: addon.state.connected, 60, "the local backend")
         assert addon.state.connection_status == f"Connected to 127.0.0.1:{port}"
         assert (tmp_path / "token").is_file()  # the add-on made the secret its backend needs
         assert (tmp_path / "data").is_dir()
         assert bpy.ops.latentforge.stop_backend() == {"FINISHED"}
-        assert backend.process.poll() is not None and addon.session.local_backend is None
+        assert backend.process.poll() is not None and addon.session.connection.local_backend is None
         assert not addon.state.connected
     finally:
-        addon.session.stop_local_backend()
+        addon.session.connection.stop_local_backend()
         prefs.backend_mode = "REMOTE"

@@ -275,7 +275,7 @@ def test_operator_panel_and_settings_are_registered(scene):
         else:
             for o in bpy.data.objects:
                 o.select_set(False)
-        calls = draw_panel(bpy)
+        calls = draw_panel(bpy, "LATENTFORGE_PT_generate")
         assert ("operator", ("latentforge.generate",), {"icon": "PLAY"}) in calls
         assert any(name == "prop" and args[1] == "sketch_mode" and kw.get("expand") for name, args, kw in calls)
         assert any(name == "prop" and args[1] == "sketch_object" for name, args, kw in calls) == (mode == "OBJECT")
@@ -291,7 +291,7 @@ def test_operator_panel_and_settings_are_registered(scene):
 
 
 def test_object_name_from_prompt(scene):
-    name = scene.module("mesh_io").object_name_from_prompt
+    name = scene.module("results.common").object_name_from_prompt
     assert name("  a gingerbread house,\n  highly detailed ") == "a gingerbread house, highly detailed"
     assert name("a/b\\c:d") == "a b c d"
     long = name("a castle on a hill with seven towers and a moat full of crocodiles")
@@ -306,10 +306,10 @@ def test_partials_replace_one_preview_object_and_the_result_replaces_it(scene):
     addon, bpy = scene, scene.bpy
     sess = addon.session
     fake = FakeClient(addon.module("core.protocol"))
-    old_client, sess.client = sess.client, fake
+    old_client, sess.connection.client = sess.connection.client, fake
     try:
         job_id = "f" * 32
-        sess.remember_target(job_id, "latent_nerf", addon.module("mesh_io").GenerateTarget("Sketchy"))
+        sess.jobs.remember_target(job_id, "latent_nerf", addon.module("results").GenerateTarget("Sketchy"))
         addon.state.active_job_id = job_id
         meshes_before = len(bpy.data.meshes)
         rng = np.random.default_rng(0)
@@ -390,7 +390,7 @@ def test_partials_replace_one_preview_object_and_the_result_replaces_it(scene):
             sess.process_events()
             assert preview_objects(bpy) == []
     finally:
-        sess.client = old_client
+        sess.connection.client = old_client
         addon.state.active_job_id = ""
 
 
@@ -434,8 +434,8 @@ def test_generate_with_a_sketch_lands_on_the_blockout_and_imports_again(scene, c
     # Import from the job list, as after a restart of Blender (only the scene's saved job record is left): another
     # new object from the same result, still knowing its sketch.
     assert dict(bpy.context.scene["latentforge_jobs"][job_id]) == {"sketch": sketch.name, "pipeline": "latent_nerf"}
-    addon.session.targets.clear()
-    addon.session.pipelines.clear()
+    addon.session.jobs.targets.clear()
+    addon.session.jobs.pipelines.clear()
     addon.state.jobs.clear()
     assert bpy.ops.latentforge.refresh_jobs() == {"FINISHED"}
     addon.pump(lambda: job_id in addon.state.jobs, 30, "the job list")
@@ -465,7 +465,7 @@ def test_bad_sketches_are_clear_errors_then_text_only_generate_and_cancel(scene,
     with pytest.raises(RuntimeError, match="'Wire' has no faces"):
         bpy.ops.latentforge.generate()
     assert "'Wire' has no faces" in addon.state.last_error and addon.state.stage == "failed"
-    assert not sess.pending
+    assert not sess.jobs.pending
 
     # "Object" with nothing picked.
     set_generate(addon, "OBJECT", 3, sketch_object=None)

@@ -224,19 +224,19 @@ def test_settings_params_image_reading_and_panel(scene):
     s.shape_grid, s.shape_input, s.shape_image = "129", "PROMPT", None
 
     # The row layout (bpy-free helper).
-    arrays = addon.module("core.arrays")
-    shifts = arrays.row_offsets([-1.0, -0.5, 0.0], [1.0, 0.5, 3.0], 0.5)
+    placement = addon.module("core.placement")
+    shifts = placement.row_offsets([-1.0, -0.5, 0.0], [1.0, 0.5, 3.0], 0.5)
     np.testing.assert_allclose(shifts, [-2.5, -0.5, 0.5])  # boxes [-3.5, -1.5], [-1, 0], [0.5, 3.5]: centred on 0
-    np.testing.assert_allclose(arrays.row_offsets([0.0, 0.0], [1.0, 2.0], 0.25, start=5.0), [5.0, 6.25])
+    np.testing.assert_allclose(placement.row_offsets([0.0, 0.0], [1.0, 2.0], 0.25, start=5.0), [5.0, 6.25])
 
 
 def test_partials_and_results_are_placed_per_pipeline(scene):
     """Hand-made (wire-encoded) multi-mesh partial/result messages through process_events: one joined, tinted preview
     object laid out like the final objects; the result makes one object per mesh, named and placed per pipeline."""
     addon, bpy = scene, scene.bpy
-    sess, mesh_io = addon.session, addon.module("mesh_io")
+    sess, results = addon.session, addon.module("results")
     fake = FakeClient(addon.module("core.protocol"))
-    old_client, sess.client = sess.client, fake
+    old_client, sess.connection.client = sess.connection.client, fake
     tetra_v = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float32)
     tetra_t = np.array([[0, 2, 1], [0, 1, 3], [1, 2, 3], [0, 3, 2]], dtype=np.int32)
 
@@ -251,7 +251,7 @@ def test_partials_and_results_are_placed_per_pipeline(scene):
     try:
         # shape_ldm: 3 samples around the origin -> a row centred on the cursor recorded at submit, GAP apart.
         job_id = "a" * 32
-        sess.remember_target(job_id, "shape_ldm", mesh_io.ShapeTarget(PROMPT, (1.0, 2.0, 3.0), GAP, False))
+        sess.jobs.remember_target(job_id, "shape_ldm", results.ShapeTarget(PROMPT, (1.0, 2.0, 3.0), GAP, False))
         addon.state.active_job_id = job_id
         fake.push("partial", {"job_id": job_id, "step": 3}, meshes([1.0, 2.0, 1.0]))
         sess.process_events()
@@ -266,7 +266,8 @@ def test_partials_and_results_are_placed_per_pipeline(scene):
             part = v[4 * i:4 * i + 4]
             assert part[:, 0].min() == pytest.approx(1.0 + lo, abs=EPS)
             assert part[:, 0].max() == pytest.approx(1.0 + hi, abs=EPS)
-            np.testing.assert_allclose(colors[4 * i:4 * i + 4, :3], mesh_io.SHAPE_PREVIEW_TINTS[i][None].repeat(4, 0))
+            tint = results.shapes.SHAPE_PREVIEW_TINTS[i]
+            np.testing.assert_allclose(colors[4 * i:4 * i + 4, :3], tint[None].repeat(4, 0))
         assert len(np.unique(colors[:, :3].round(3), axis=0)) == 3
         fake.push("result", {"job_id": job_id, "metadata": {"pipeline": "shape_ldm", "prompt": PROMPT, "seed": 4,
                                                             "model": "tiny-random", "grid_resolution": 20}},
@@ -285,8 +286,8 @@ def test_partials_and_results_are_placed_per_pipeline(scene):
 
         # shape_variations: the variants stand on the source; they move into a row starting at start_x.
         job_id = "b" * 32
-        sess.remember_target(job_id, "shape_variations", mesh_io.VariationsTarget("Suzanne", (5.0, 0.0, 0.0), 6.0,
-                                                                                  GAP))
+        target = results.VariationsTarget("Suzanne", (5.0, 0.0, 0.0), 6.0, GAP)
+        sess.jobs.remember_target(job_id, "shape_variations", target)
         addon.state.active_job_id = job_id
         fake.push("result", {"job_id": job_id, "metadata": {"pipeline": "shape_variations", "strength": 0.4}},
                   meshes([1.0, 1.0], shift=(5.0, 0.0, 0.0)))
@@ -300,7 +301,7 @@ def test_partials_and_results_are_placed_per_pipeline(scene):
 
         # shape_interpolate: shapes stay where the backend put them, origins at their box centres; names A→B i/K.
         job_id = "c" * 32
-        sess.remember_target(job_id, "shape_interpolate", mesh_io.InterpolateTarget("Cube", "Icosphere"))
+        sess.jobs.remember_target(job_id, "shape_interpolate", results.InterpolateTarget("Cube", "Icosphere"))
         addon.state.active_job_id = job_id
         arrays = meshes([1.0, 1.0])
         arrays["mesh_1.v_pos"] = arrays["mesh_1.v_pos"] + np.float32([3.0, 0.0, 0.0])
@@ -314,7 +315,7 @@ def test_partials_and_results_are_placed_per_pipeline(scene):
         assert objs[1]["latentforge_weight"] == pytest.approx(2 / 3)
         assert (objs[1]["latentforge_source_a"], objs[1]["latentforge_source_b"]) == ("Cube", "Icosphere")
     finally:
-        sess.client = old_client
+        sess.connection.client = old_client
         addon.state.active_job_id = ""
 
 
@@ -349,8 +350,8 @@ def test_generate_shape_from_a_prompt_makes_samples_side_by_side_at_the_cursor(s
     # (not at the cursor of now).
     assert dict(bpy.context.scene["latentforge_jobs"][job_id])["label"] == PROMPT
     bpy.context.scene.cursor.location = (9.0, 9.0, 9.0)
-    addon.session.targets.clear()
-    addon.session.pipelines.clear()
+    addon.session.jobs.targets.clear()
+    addon.session.jobs.pipelines.clear()
     addon.state.jobs.clear()
     assert bpy.ops.latentforge.refresh_jobs() == {"FINISHED"}
     addon.pump(lambda: job_id in addon.state.jobs, 30, "the job list")
@@ -438,7 +439,7 @@ def test_bad_input_is_a_clear_error_nothing_is_sent_and_the_backend_carries_on(s
         addon.state.last_error = ""
         with pytest.raises(RuntimeError, match=match):
             operator()
-        assert addon.state.stage == "failed" and not sess.pending
+        assert addon.state.stage == "failed" and not sess.jobs.pending
         assert re.search(match, addon.state.last_error), addon.state.last_error
 
     set_shape(addon, prompt="   ")

@@ -179,36 +179,3 @@ def linear_to_srgb(linear: np.ndarray) -> np.ndarray:
     """
     x = np.clip(np.asarray(linear, dtype=np.float32), 0.0, 1.0)
     return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1.0 / 2.4) - 0.055).astype(np.float32)
-
-
-def row_offsets(x_min: np.ndarray, x_max: np.ndarray, gap: float, start: float | None = None) -> np.ndarray:
-    """X shifts that lay boxes out side by side along +X, in order, ``gap`` apart.
-
-    Box ``i`` spans ``[x_min[i], x_max[i]]`` before the shift and ``[x_min[i] + s[i], x_max[i] + s[i]]`` after it.
-
-    Args:
-        x_min, x_max: (N,) float, each box's extent along X, metres (``x_max >= x_min``).
-        gap: free space between neighbouring boxes, metres (>= 0).
-        start: where the left edge of box 0 goes; None = centre the whole row on x = 0.
-
-    Returns:
-        (N,) float64 shifts ``s``.
-
-    Raises:
-        ValueError: shapes differ, a box has ``x_max < x_min``, a negative gap, or non-finite input.
-    """
-    x_min = np.asarray(x_min, dtype=np.float64).reshape(-1)
-    x_max = np.asarray(x_max, dtype=np.float64).reshape(-1)
-    if x_min.shape != x_max.shape:
-        raise ValueError(f"x_min has {x_min.size} boxes, x_max {x_max.size}")
-    if not (np.isfinite(x_min).all() and np.isfinite(x_max).all() and np.isfinite(gap)):
-        raise ValueError("x_min / x_max / gap contain NaN or Inf")
-    if (x_max < x_min).any():
-        raise ValueError(f"box {int(np.argmax(x_max < x_min))} has x_max < x_min")
-    if gap < 0:
-        raise ValueError(f"gap must be >= 0, got {gap}")
-    widths = x_max - x_min
-    lefts = np.concatenate([[0.0], np.cumsum(widths + gap)[:-1]])
-    if start is None:
-        start = -(widths.sum() + gap * max(widths.size - 1, 0)) / 2.0
-    return start + lefts - x_min

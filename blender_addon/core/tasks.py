@@ -1,0 +1,82 @@
+"""bpy-free table of the artist's tasks and the methods (backend pipelines) that serve each.
+
+The sidebar has one panel per task (Texture, Generate, Shape; Refine when a method for it exists) and each panel a
+"Method" choice listing :data:`TASKS` ``[task]``. A method names the pipeline it submits for each of the task's
+operator roles, e.g. Shape's ``shape_ldm`` method: ``{"generate": "shape_ldm", "variations": "shape_variations",
+"interpolate": "shape_interpolate"}``.
+
+A new method for an existing task = one :class:`Method` row here (+ its result importer in ``results/``). A new task =
+one row here + one panel class in ``panels.py`` added to its ``TASK_PANELS``; the scene property
+``<task>_method`` is made from this table by ``properties.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way to do a task.
+
+    Attributes:
+        identifier: the enum identifier stored in ``scene.latentforge.<task>_method`` (the main pipeline's name).
+        label: what the Method menu shows.
+        description: its tooltip.
+        pipelines: operator role -> backend pipeline name.
+    """
+
+    identifier: str
+    label: str
+    description: str
+    pipelines: dict[str, str]
+
+
+TASKS: dict[str, tuple[Method, ...]] = {
+    "texture": (
+        Method("latent_paint", "Latent-Paint", "Score distillation on a latent UV texture of the mesh (minutes)",
+               {"texture": "latent_paint"}),
+    ),
+    "generate": (
+        Method("latent_nerf", "Latent-NeRF", "A NeRF in Stable Diffusion's latent space, optionally following a "
+                                             "sketch shape; baked to a textured mesh (minutes)",
+               {"generate": "latent_nerf"}),
+    ),
+    "shape": (
+        Method("shape_ldm", "Michelangelo", "Aligned shape latent diffusion: untextured shapes from text or an image, "
+                                            "variations and in-betweens of meshes (seconds)",
+               {"generate": "shape_ldm", "variations": "shape_variations", "interpolate": "shape_interpolate"}),
+    ),
+}
+"""Task name -> its methods, first = default. Tasks with no method yet have no row (and no panel)."""
+
+
+def method_property(task: str) -> str:
+    """Name of the scene property holding ``task``'s chosen method: ``"<task>_method"``."""
+    return f"{task}_method"
+
+
+def enum_items(task: str) -> list[tuple[str, str, str]]:
+    """``EnumProperty`` items of ``task``'s Method choice. Raises KeyError for an unknown task."""
+    return [(m.identifier, m.label, m.description) for m in TASKS[task]]
+
+
+def pipeline_for(task: str, method: str, role: str) -> str:
+    """The backend pipeline ``method`` of ``task`` submits for ``role``.
+
+    Raises:
+        ValueError: unknown task, method, or a method that has no pipeline for ``role`` (message lists what exists).
+    """
+    methods = {m.identifier: m for m in TASKS.get(task, ())}
+    if method not in methods:
+        raise ValueError(f"{task} has no method {method!r} (known: {', '.join(methods) or 'none'})")
+    pipelines = methods[method].pipelines
+    if role not in pipelines:
+        raise ValueError(f"the {task} method {methods[method].label} cannot {role} "
+                         f"(it can: {', '.join(pipelines)})")
+    return pipelines[role]
+
+
+def all_pipelines() -> list[str]:
+    """Every pipeline some method submits, in table order, without repeats."""
+    return list(dict.fromkeys(p for methods in TASKS.values() for m in methods for p in m.pipelines.values()))

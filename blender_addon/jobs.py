@@ -1,0 +1,153 @@
+"""Job bookkeeping (bpy side; main thread only): what this session submitted, each job's pipeline and result target
+(persisted in the scene so a result finds its place after Blender restarted), and the job rows and active-job line
+shown in the panel (``window_manager.latentforge``)."""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass, field
+
+import bpy
+
+from . import results
+from .results import ResultTarget
+from .runtime import runtime_state
+
+MAX_SAVED_JOB_TARGETS = 200
+"""Most job targets kept in a scene's :data:`SCENE_JOBS_KEY` (the oldest are dropped)."""
+
+SCENE_JOBS_KEY = "latentforge_jobs"
+"""Scene ID property: job id -> ``{"pipeline", **target.to_record()}`` (e.g. latent_paint: "object", "n_vertices",
+"uv_map"; latent_nerf: "sketch"; shape_ldm: "label", "location", "gap", "image"), so that a result can find its
+object (or its place) after Blender restarted (saved with the .blend)."""
+
+
+@dataclass
+class PendingRequest:
+    """A ``submit`` sent but not yet answered by ``accepted``."""
+
+    request_id: str
+    pipeline: str
+    target: ResultTarget | None
+    submitted: float = field(default_factory=time.monotonic)
+
+
+class JobBook:
+    """The jobs this session knows about.
+
+    Attributes:
+        pending: request id -> :class:`PendingRequest` (submitted, not yet accepted), oldest first.
+        pipelines: job id -> pipeline name (jobs submitted by this session).
+        targets: job id -> its result target (in memory; the scene keeps a copy, see :meth:`remember_target`).
+        live_jobs: jobs queued or running (their streams are re-attached after a reconnect).
+        applied: jobs whose result was applied (a second ``result`` is ignored unless asked for).
+        wanted_results: jobs whose result was asked for with ``get_result`` (applied even if not ours).
+    """
+
+    def __init__(self):
+        self.pending: collections.OrderedDict[str, PendingRequest] = collections.OrderedDict()
+        self.pipelines: dict[str, str] = {}
+        self.targets: dict[str, ResultTarget] = {}
+        self.live_jobs: set[str] = set()
+        self.applied: set[str] = set()
+        self.wanted_results: set[str] = set()
+
+    def add_pending(self, request_id: str, pipeline: str, target: ResultTarget | None) -> None:
+        """Remember a sent ``submit`` until its ``accepted`` arrives."""
+        self.pending[request_id] = PendingRequest(request_id, pipeline, target)
+
+    def accept(self, job_id: str, request_id: str) -> PendingRequest | None:
+        """The backend accepted ``request_id`` as ``job_id``: record its pipeline and target; returns the request
+        (None when it was not ours)."""
+        req = self.pending.pop(request_id, None)
+        if req is not None:
+            self.remember_target(job_id, req.pipeline, req.target)
+        self.live_jobs.add(job_id)
+        return req
+
+    def remember_target(self, job_id: str, pipeline: str, target: ResultTarget | None) -> None:
+        """Record ``job_id``'s pipeline and target, in memory and in the scene (:data:`SCENE_JOBS_KEY`)."""
+        self.pipelines[job_id] = pipeline
+        if target is None:
+            return
+        self.targets[job_id] = target
+        try:
+            scene = bpy.context.scene
+            jobs = {k: dict(v) for k, v in scene.get(SCENE_JOBS_KEY, {}).items()}
+            jobs[job_id] = {**target.to_record(), "pipeline": pipeline}
+            scene[SCENE_JOBS_KEY] = dict(list(jobs.items())[-MAX_SAVED_JOB_TARGETS:])
+        except (AttributeError, TypeError):
+            pass
+
+    def target_for(self, job_id: str, pipeline: str) -> ResultTarget | None:
+        """The target recorded for ``job_id``: in memory, else in any scene's saved mapping (read with
+        ``pipeline``'s target class), else None."""
+        if job_id in self.targets:
+            return self.targets[job_id]
+        for scene in bpy.data.scenes:
+            rec = scene.get(SCENE_JOBS_KEY, {}).get(job_id)
+            if rec is not None and str(rec.get("pipeline", pipeline)) == pipeline:
+                return results.target_from_record(pipeline, rec)
+        return None
+
+    def fail_pending(self, why: str) -> None:
+        """Drop every pending submit (nothing will answer them) and show ``failed: why``."""
+        if self.pending:
+            self.pending.clear()
+            runtime_state().stage = f"failed: {why}"
+
+
+# ------------------------------------------------------------------------------------- panel state of jobs
+
+def begin_submit() -> None:
+    """Reset the active-job line for a new submit (stage "submitted")."""
+    state = runtime_state()
+    state.active_job_id = ""
+    state.progress = 0.0
+    state.eta_s = -1.0
+    state.stage = "submitted"
+    state.last_error = ""
+
+
+def finish_active(stage: str) -> None:
+    """End the active job's line with ``stage`` ("done", "cancelled", "failed: …"); progress stays full when done."""
+    state = runtime_state()
+    state.stage = stage
+    state.active_job_id = ""
+    state.eta_s = -1.0
+    if stage != "done":
+        state.progress = 0.0
+
+
+def update_job_row(job_id: str, status: str | None = None, pipeline: str = "", error: str = "") -> None:
+    """Update (or add at the top) the row of ``job_id`` in ``window_manager.latentforge.jobs``."""
+    rows = runtime_state().jobs
+    row = rows.get(job_id)
+    if row is None:
+        row = rows.add()
+        row.name = row.job_id = job_id
+        rows.move(len(rows) - 1, 0)
+        row = rows[0]
+    if status:
+        row.status = status
+    if pipeline:
+        row.pipeline = pipeline
+    if error:
+        row.error = error
+
+
+def fill_job_rows(jobs: list[dict]) -> None:
+    """Replace the job list with a ``jobs`` message's rows."""
+    rows = runtime_state().jobs
+    rows.clear()
+    for job in jobs:
+        row = rows.add()
+        row.name = row.job_id = str(job.get("job_id", ""))
+        row.pipeline = str(job.get("pipeline") or "")
+        row.status = str(job.get("status") or "")
+        row.prompt = str(job.get("prompt") or "")
+        row.error = str(job.get("error") or "")
+        created = job.get("created")
+        row.created = time.strftime("%Y-%m-%d %H:%M", time.localtime(created)) \
+            if isinstance(created, (int, float)) else str(created or "")
