@@ -8,7 +8,7 @@ scene" (its image buffer loaded):
   A  ours: the backend encodes a ``result`` message and sends it over a real loopback TCP socket from a sender
      thread (``blender_addon.core.protocol.send_message``); the Blender side (main thread) receives it with
      ``protocol.recv_message`` and builds the object with the add-on's own result path,
-     ``blender_addon.mesh_io.apply_texture_result`` with no target object (= ``new_object_from_result`` +
+     ``blender_addon.results.texture.apply_texture_result`` with no target object (= ``new_object_from_result`` +
      ``create_texture_image`` + ``make_texture_material`` + ``assign_material``), exactly what the add-on's
      session does when a ``result`` arrives.
   B  what other AI bridges do: the backend writes a GLB with ``backend.geometry.mesh.save_glb`` (trimesh) and Blender
@@ -27,9 +27,9 @@ texture. A broken path cannot report a fast time.
 
 Run::
 
-    cd /work/main && /tmp/trialvenv/bin/python benchmarks/bench_result_import.py            # 1M triangles
-    /tmp/trialvenv/bin/python benchmarks/bench_result_import.py --faces 20000 --repeats 1   # quick check
-    /tmp/trialvenv/bin/python benchmarks/bench_result_import.py --profile                  # + cProfile of A
+    .venv/bin/python benchmarks/bench_result_import.py                          # 1M triangles (from the repo root)
+    .venv/bin/python benchmarks/bench_result_import.py --faces 20000 --repeats 1   # quick check
+    .venv/bin/python benchmarks/bench_result_import.py --profile                  # + cProfile of A
 
 Printout: one line per run, then the median over the repeats, in seconds, of each path's parts:
 ``backend`` (A: ``encode_message``; B: ``save_glb``, which includes the file write), ``transfer`` (A: from the
@@ -79,7 +79,7 @@ import bpy  # noqa: E402
 import numpy as np  # noqa: E402
 
 from backend.geometry.mesh import save_glb, split_by_uv, TriMesh  # noqa: E402
-from blender_addon import mesh_io  # noqa: E402
+from blender_addon.results import texture as texture_results  # noqa: E402
 from blender_addon.core import arrays as lf_arrays  # noqa: E402
 from blender_addon.core import protocol  # noqa: E402
 
@@ -232,7 +232,7 @@ def reset_blender() -> None:
 
 
 def run_ours(res: Result, profiler: cProfile.Profile | None = None) -> tuple[Timing, bpy.types.Object]:
-    """Path A, once: encode + loopback TCP + ``recv_message`` + ``mesh_io.apply_texture_result``.
+    """Path A, once: encode + loopback TCP + ``recv_message`` + ``results.texture.apply_texture_result``.
 
     The connection is made before the clock starts (the add-on keeps one open). ``profiler``, if given, profiles
     the Blender side (main thread: receive, decode, build).
@@ -265,8 +265,8 @@ def run_ours(res: Result, profiler: cProfile.Profile | None = None) -> tuple[Tim
         go.set()
         msg = protocol.recv_message(recv_clock, direction=protocol.SERVER_TO_CLIENT)
         t_decoded = time.perf_counter()
-        report = mesh_io.apply_texture_result(bpy.context, msg.fields["job_id"], msg.arrays,
-                                              msg.fields["metadata"], None)
+        report = texture_results.apply_texture_result(bpy.context, msg.fields["job_id"], msg.arrays,
+                                                      msg.fields["metadata"], None)
         _ = tuple(report.image.size)  # image buffer loaded
         t_end = time.perf_counter()
         if profiler is not None:

@@ -407,7 +407,7 @@ def image_rgba8(image: bpy.types.Image) -> np.ndarray:
         raise ValueError(f"image {image.name!r} has {n} values for {w}×{h} pixels (expected 1, 3 or 4 channels)")
     pixels = np.empty(n, dtype=np.float32)
     image.pixels.foreach_get(pixels)
-    pixels = pixels.reshape(h, w, channels)[::-1]  # Blender: row 0 = bottom
+    pixels = lf_arrays.bottom_up_to_top_down(pixels.reshape(h, w, channels))
     color = pixels[..., :min(channels, 3)]
     if image.is_float:
         color = lf_arrays.linear_to_srgb(color)

@@ -118,7 +118,7 @@ def test_bad_sketches_and_params_are_clear_errors(blockout):
 
 
 def test_oracle_guidance_pulls_the_silhouettes_to_a_reference_shape():
-    """DESIGN.md §8: a denoiser that knows each camera's latent render of a reference shape (a flat latent colour on a
+    """Testing without weights: a denoiser that knows each camera's latent render of a reference shape (a flat latent colour on a
     white background) must drive the NeRF's silhouettes (opacity > 0.5) towards the reference's. Tests cameras, ray
     generation, volume rendering, the SDS schedule and the gradient path end to end, with the paper's hash grid and
     learning rate."""

@@ -109,7 +109,7 @@ def _psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor, peak: float) -> 
 
 
 def test_oracle_guidance_recovers_reference_texture(sd):
-    """DESIGN.md §8: a denoiser that knows each camera's target render must make Latent-Paint recover the texture."""
+    """Testing without weights: a denoiser that knows each camera's target render must make Latent-Paint recover the texture."""
     mesh_tm = trimesh.creation.icosphere(subdivisions=3)
     mesh = TriMesh(np.asarray(mesh_tm.vertices, np.float32), np.asarray(mesh_tm.faces, np.int32))
     pipe = LatentPaintPipeline(sd.vae, sd.latent_scaling, TorchRasterizer(CPU), CPU)

@@ -231,7 +231,7 @@ def bake_texture(mesh: TriMesh, color_fn: FieldFn, texture_size: int, rasterizer
     Returns:
         ``(uv (M, 2) float32 in [0, 1], uv_idx (F, 3) int32, texture (S, S, C) float32)``. Texture convention as the
         rasterizer's: texel (row r, col c) is centred at uv = ((c + 0.5) / S, (r + 0.5) / S), so **row 0 <-> v ≈ 0**
-        (the bottom of the image); flip rows (``texture[::-1]``) for a PNG / the wire, whose row 0 is the top.
+        (the bottom of the image); :func:`backend.geometry.frames.bottom_up_to_top_down` for a PNG / the wire, whose row 0 is the top.
         Sampling it with ``rasterizer.texture`` at a surface point's uv returns ``color_fn`` there.
 
     Raises:

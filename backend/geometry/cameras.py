@@ -1,6 +1,6 @@
 """Cameras for rendering-based optimization: look-at poses, OpenGL projections and random view sampling.
 
-Frames and conventions (DESIGN.md §4):
+Frames and conventions (docs/architecture.md, *Frames and conventions*):
 
 - World frame: Blender's, right-handed, Z up, metres.
 - Camera frame: OpenGL's. The camera looks down its own -Z axis, +X is right and +Y is up in the image.

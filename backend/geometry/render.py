@@ -6,7 +6,7 @@ Conventions (those of ``nvdiffrast.torch``, which follow OpenGL):
 - ``pos_clip`` (B, V, 4) are homogeneous clip-space vertex positions (e.g. ``v_pos_h @ mvp.transpose(-1, -2)`` with
   :class:`backend.geometry.cameras.CameraBatch.mvp`); NDC = xyz / w.
 - Pixel (row i, col j) of an (H, W) image samples NDC x = (j + 0.5) / W * 2 - 1, y = (i + 0.5) / H * 2 - 1, so
-  **row 0 is the bottom of the image** (NDC y = -1). Flip rows (``img.flip(1)``) for a top-down image.
+  **row 0 is the bottom of the image** (NDC y = -1). For a top-down image use :func:`backend.geometry.frames.bottom_up_to_top_down`.
 - ``rast_out`` (B, H, W, 4) float32 holds (u, v, z/w, triangle_id + 1); triangle_id + 1 == 0 marks background
   pixels, whose other channels are 0. The surface point is u * v0 + v * v1 + (1 - u - v) * v2 (perspective-correct
   barycentrics of triangle ``tri[triangle_id]``); z/w is the NDC depth in [-1, 1].

@@ -10,7 +10,7 @@ from ..geometry.cameras import CameraBatch
 
 
 class OracleDenoiser:
-    """A denoiser that knows the clean latent image ``x0*`` of every camera (tests only, DESIGN.md §8).
+    """A denoiser that knows the clean latent image ``x0*`` of every camera (tests only: it checks cameras, rendering, schedules and gradients without weights).
 
     It returns the noise that turns ``x0*`` into the given noisy latents, ε̂ = (z_t − √ᾱ_t x0*) / √(1 − ᾱ_t), which
     is the optimal denoiser for a data distribution concentrated on ``x0*``. Then ε̂ − ε = √ᾱ_t (z − x0*) / √(1 − ᾱ_t):

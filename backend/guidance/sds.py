@@ -10,7 +10,7 @@ DreamFusion (Poole et al., 2022) introduced SDS; Latent-NeRF (Metzer et al., CVP
 
 The "denoiser" that produces ε̂ is pluggable: :class:`StableDiffusionDenoiser` (the real thing, with view-dependent
 prompts) or :class:`OracleDenoiser` (knows the clean target of each camera; used by tests to check cameras,
-rendering, schedules and gradient plumbing end to end without pretrained weights, DESIGN.md §8).
+rendering, schedules and gradient plumbing end to end without pretrained weights).
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ import torch
 from ..geometry.frames import blender_to_michelangelo
 from ..geometry.mesh import MeshError, TriMesh, load_mesh, validate_mesh
 from ..geometry.queries import signed_volume, winding_number
+from .conditioner import load_image
 
 log = logging.getLogger(__name__)
 
@@ -330,8 +331,6 @@ class ShapeDataset(torch.utils.data.Dataset):
         if path is None:
             return None
         if index not in self._images:
-            from .conditioner import load_image
-
             self._images[index] = load_image(path)
         return self._images[index]
 

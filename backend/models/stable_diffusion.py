@@ -70,7 +70,7 @@ class StableDiffusionComponents:
 def _sd_scheduler():
     from diffusers import DDPMScheduler
 
-    # Stable Diffusion 1.x/2.x training schedule (DESIGN.md §5).
+    # Stable Diffusion 1.x/2.x training schedule (β 0.00085–0.012, scaled linear, 1000 steps).
     return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                          clip_sample=False, steps_offset=1)
 

@@ -40,7 +40,7 @@ from .sds_common import SDSPipelineConfig, VaeCodec, build_sds, maybe_preview, p
 
 @dataclass
 class LatentNeRFConfig(SDSPipelineConfig):
-    """Settings of one Latent-NeRF run (defaults: the paper's official configuration, DESIGN.md §5)."""
+    """Settings of one Latent-NeRF run (defaults: the paper's official configuration)."""
 
     lr: float = param(1e-3, doc="Adam learning rate of the MLP (x10 for the hash grid).", low=1e-6, high=1.0)
     encoding: str = param("hashgrid", doc="Position encoding of the field.", choices=("hashgrid", "frequency"))
@@ -294,9 +294,10 @@ class LatentNeRFPipeline:
         """(N, 3) float32 per-vertex colour: the baked texture sampled at each vertex's (first) corner UV."""
         corner_v = t_pos_idx.reshape(-1)
         corner_uv = uv[uv_idx.reshape(-1)]
-        first = np.full(n_vertices, -1, dtype=np.int64)
-        first[corner_v[::-1]] = np.arange(len(corner_v))[::-1]
-        vertex_uv = torch.from_numpy(corner_uv[np.maximum(first, 0)]).to(texture_rgb.device)
+        first = np.zeros(n_vertices, dtype=np.int64)  # a vertex no face uses reads corner 0 (any colour will do)
+        used, first_corner = np.unique(corner_v, return_index=True)
+        first[used] = first_corner
+        vertex_uv = torch.from_numpy(corner_uv[first]).to(texture_rgb.device)
         grid = (vertex_uv * 2.0 - 1.0).view(1, 1, -1, 2)  # grid_sample: x = u, y = v (row 0 ↔ v ≈ 0)
         colors = F.grid_sample(texture_rgb[None], grid, mode="bilinear", align_corners=False)[0, :, 0].T
         return colors.clamp(0, 1).cpu().numpy().astype(np.float32)

@@ -32,7 +32,7 @@ from .sds_common import SDSPipelineConfig, VaeCodec, build_sds, maybe_preview, p
 
 @dataclass
 class LatentPaintConfig(SDSPipelineConfig):
-    """Settings of one Latent-Paint run (defaults from the paper and DESIGN.md §5)."""
+    """Settings of one Latent-Paint run (defaults from the paper and its official code)."""
 
     lr: float = param(1e-2, doc="Adam learning rate of the latent texture.", low=1e-6, high=10.0)
     latent_texture_size: int = param(128, doc="Side of the 4-channel latent texture (texels).", low=16, high=512)

@@ -114,6 +114,17 @@ def scatter_corner_uvs(uv: np.ndarray, uv_idx: np.ndarray, tri_loops: np.ndarray
     return loop_uv, n_conflicts, n_unassigned
 
 
+def top_down_to_bottom_up(image: np.ndarray) -> np.ndarray:
+    """Image rows top-first (the wire, PNG files) → rows bottom-first (Blender's ``Image.pixels`` and preview icons);
+    ``image`` is (H, W, ...), the result a view. The add-on's ONE row flip (with :func:`bottom_up_to_top_down`)."""
+    return np.asarray(image)[::-1]
+
+
+def bottom_up_to_top_down(image: np.ndarray) -> np.ndarray:
+    """Rows bottom-first (Blender) → rows top-first; inverse of :func:`top_down_to_bottom_up`."""
+    return np.asarray(image)[::-1]
+
+
 def texture_to_pixels(texture: np.ndarray) -> np.ndarray:
     """Wire texture -> Blender ``Image.pixels`` buffer.
 
@@ -142,7 +153,7 @@ def texture_to_pixels(texture: np.ndarray) -> np.ndarray:
         rgba[..., :3] = rgba_src
     else:
         rgba[..., :c] = rgba_src
-    return np.ascontiguousarray(rgba[::-1]).reshape(-1)
+    return np.ascontiguousarray(top_down_to_bottom_up(rgba)).reshape(-1)
 
 
 def pixels_to_texture(pixels: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -155,7 +166,7 @@ def pixels_to_texture(pixels: np.ndarray, width: int, height: int) -> np.ndarray
     pixels = np.asarray(pixels, dtype=np.float32)
     if pixels.size != width * height * 4:
         raise ValueError(f"pixels has {pixels.size} values, expected {width}*{height}*4")
-    img = pixels.reshape(height, width, 4)[::-1]
+    img = bottom_up_to_top_down(pixels.reshape(height, width, 4))
     return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
 
 

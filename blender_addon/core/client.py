@@ -1,6 +1,6 @@
 """Socket client for the LatentForge backend; bpy-free, stdlib + numpy only.
 
-Threads (DESIGN.md §2): the caller (Blender's main thread) never touches the socket. One worker thread owns the
+Threads (docs/architecture.md, *Processes and threads*): the caller (Blender's main thread) never touches the socket. One worker thread owns the
 connection: it connects, sends ``hello``, reads ``welcome`` and then reads frames; a writer thread per live
 connection sends the frames that the caller queued. Everything the worker learns is put on :attr:`BackendClient.events`
 as :class:`~.protocol.Message` objects, which the caller drains without blocking (:meth:`BackendClient.poll_events`).

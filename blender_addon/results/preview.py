@@ -12,6 +12,7 @@ import bpy
 import numpy as np
 
 from .. import materials, mesh_io
+from ..core import arrays
 
 PREVIEW_IMAGE_NAME = "LatentForge Preview"
 """Name of the image datablock holding the active job's latest preview."""
@@ -99,7 +100,7 @@ class PreviewIcon:
         h, w = image.shape[:2]
         preview.image_size = (w, h)
         rgba = np.ones((h, w, 4), dtype=np.float32)
-        rgba[..., :3] = image[::-1].astype(np.float32) / 255.0
+        rgba[..., :3] = arrays.top_down_to_bottom_up(image).astype(np.float32) / 255.0
         preview.image_pixels_float.foreach_set(rgba.reshape(-1))
 
     def icon_id(self) -> int:
