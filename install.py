@@ -382,6 +382,26 @@ def write_pth(site_packages: Path, repo_root: Path = REPO_ROOT) -> Path:
     return path
 
 
+def install_command(python: Path, quiet: bool) -> Path:
+    """Install the repository in editable mode without dependencies or downloads (``pip install --no-deps
+    --no-build-isolation --no-index -e <repo>``), which makes the ``latentforge`` command of ``pyproject.toml``.
+
+    Returns:
+        The command's path in the venv (``bin/latentforge``, ``Scripts/latentforge.exe`` on Windows).
+
+    Raises:
+        InstallError: pip failed (its output is on the terminal).
+    """
+    cmd = [str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-e", str(REPO_ROOT)]
+    if quiet:
+        cmd.append("-q")
+    print("$ " + " ".join(cmd), flush=True)
+    rc = subprocess.call(cmd)
+    if rc != 0:
+        raise InstallError(f"pip failed (exit {rc}) installing the latentforge command; python -m backend still works")
+    return python.parent / ("latentforge.exe" if IS_WINDOWS else "latentforge")
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # 4. Token and config
 
@@ -706,6 +726,8 @@ def main(argv: list[str] | None = None) -> int:
         # 3. .pth
         pth, dt = timed(".pth file", lambda: write_pth(Path(info["purelib"])))
         report.add(".pth file", "done", f"{pth} -> {REPO_ROOT}", dt)
+        command, dt = timed("latentforge command", lambda: install_command(python, args.quiet))
+        report.add("latentforge command", "done", str(command), dt)
 
         # 4. token + config
         version = read_manifest(ADDON_DIR / "blender_manifest.toml")["version"]
