@@ -376,12 +376,18 @@ def _mesh_slots(required: bool, repeat: bool = False) -> tuple[ArraySlot, ...]:
 
 
 _JOB_ID = "job id assigned by the server in accepted"
+
+
+def _job_request(job_doc: str, doc: str) -> MessageSpec:
+    """A client request whose only field is the ``job_id`` it is about."""
+    return MessageSpec(CLIENT_TO_SERVER, MappingProxyType({"job_id": _f("str", doc=job_doc, max_len=MAX_ID_CHARS)}),
+                       doc=doc)
 _C2S, _S2C = CLIENT_TO_SERVER, SERVER_TO_CLIENT
 
 MESSAGE_TYPES: Mapping[str, MessageSpec] = MappingProxyType({
     # client -> server
     "hello": MessageSpec(_C2S, MappingProxyType({
-        "protocol_version": _f("int", doc="must equal PROTOCOL_VERSION (2), else version_mismatch"),
+        "protocol_version": _f("int", doc="must equal PROTOCOL_VERSION, else version_mismatch"),
         "token": _f("str", doc="shared secret from the token file; compared with hmac.compare_digest", max_len=1024),
         "client": _f("str", False, doc='free-form client description, e.g. "blender 4.2.1 / latentforge 0.1.0"',
                      max_len=256),
@@ -391,33 +397,26 @@ MESSAGE_TYPES: Mapping[str, MessageSpec] = MappingProxyType({
         "params": _f("object", doc="pipeline parameters (prompt, seed, steps, ...), checked by the pipeline"),
         "request_id": _f("str", False, doc="client's id for this request, echoed in accepted", max_len=MAX_ID_CHARS),
     }), arrays_allowed=True, doc="queue a job; arrays are the pipeline inputs (e.g. mesh.v_pos, sketch.v_pos)"),
-    "cancel": MessageSpec(_C2S, MappingProxyType({
-        "job_id": _f("str", doc="job to cancel (queued or running, submitted or attached on this connection)",
-                     max_len=MAX_ID_CHARS),
-    }), doc="cancel a job; answered by cancelled (or error)"),
-    "attach": MessageSpec(_C2S, MappingProxyType({
-        "job_id": _f("str", doc="job whose status/progress/preview/partial/result stream to resume",
-                     max_len=MAX_ID_CHARS),
-    }), doc="resume a job's event stream on this connection (after a reconnect)"),
+    "cancel": _job_request("job to cancel (queued or running, submitted or attached on this connection)",
+                           "cancel a job; answered by cancelled (or error)"),
+    "attach": _job_request("job whose status/progress/preview/partial/result stream to resume",
+                           "resume a job's event stream on this connection (after a reconnect)"),
     "list_jobs": MessageSpec(_C2S, MappingProxyType({
         "limit": _f("int", False, doc="most jobs in this page (default LIST_JOBS_DEFAULT_LIMIT = 50)", minimum=1,
                     maximum=LIST_JOBS_MAX_LIMIT),
         "cursor": _f("str", False, doc="jobs.next_cursor of the previous page; absent = the newest jobs",
                      max_len=MAX_ID_CHARS),
     }), doc="ask for one page of the job list, newest first; answered by jobs"),
-    "get_result": MessageSpec(_C2S, MappingProxyType({
-        "job_id": _f("str", doc="finished job whose result to send again", max_len=MAX_ID_CHARS),
-    }), doc="ask for a finished job's result; answered by result (or error)"),
-    "delete_job": MessageSpec(_C2S, MappingProxyType({
-        "job_id": _f("str", doc="finished (done, failed or cancelled) job to delete with its files",
-                     max_len=MAX_ID_CHARS),
-    }), doc="delete a finished job's record and files; answered by deleted (or error)"),
+    "get_result": _job_request("finished job whose result to send again",
+                               "ask for a finished job's result; answered by result (or error)"),
+    "delete_job": _job_request("finished (done, failed or cancelled) job to delete with its files",
+                               "delete a finished job's record and files; answered by deleted (or error)"),
     "ping": MessageSpec(_C2S, MappingProxyType({
         "nonce": _f("str", False, doc="echoed in pong", max_len=MAX_ID_CHARS),
     }), doc="liveness check; answered by pong"),
     # server -> client
     "welcome": MessageSpec(_S2C, MappingProxyType({
-        "protocol_version": _f("int", doc="must equal PROTOCOL_VERSION (2), else version_mismatch"),
+        "protocol_version": _f("int", doc="must equal PROTOCOL_VERSION, else version_mismatch"),
         "server_version": _f("str", doc="backend package version"),
         "device": _f("str", doc='compute device, e.g. "cuda:0 (NVIDIA RTX 4090)" or "cpu"'),
         "pipelines": _f("object", doc="pipeline name -> description object (inputs, defaults)"),
