@@ -39,7 +39,7 @@ from .michelangelo.model import PUBLIC_FILES, download_public_checkpoint
 from .michelangelo.train import TRAINERS
 from .models.cache import ModelCache
 from .models.devices import resolve_device
-from .models.errors import ModelNotFoundError
+from .models.base import ModelNotFoundError
 from .models.stable_diffusion import DEFAULT_SD_MODEL, download_stable_diffusion
 from .pipelines import PIPELINES
 from .pipelines.base import PipelineInputs

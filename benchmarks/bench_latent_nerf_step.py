@@ -24,7 +24,7 @@ import trimesh  # noqa: E402
 from backend.geometry.cameras import sample_cameras  # noqa: E402
 from backend.geometry.mesh import TriMesh  # noqa: E402
 from backend.models.devices import resolve_device
-from backend.models.errors import TINY_RANDOM
+from backend.models.base import TINY_RANDOM
 from backend.models.stable_diffusion import load_stable_diffusion, RANDOM_SD15  # noqa: E402
 from backend.latent_nerf.field import LatentNeRF, NeRFConfig  # noqa: E402
 from backend.params import parse_config  # noqa: E402

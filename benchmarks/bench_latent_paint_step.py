@@ -25,7 +25,7 @@ from backend.guidance.denoiser import StableDiffusionDenoiser
 from backend.guidance.sds import ScoreDistillation, SDSConfig  # noqa: E402
 from backend.geometry.mesh import TriMesh  # noqa: E402
 from backend.models.devices import resolve_device
-from backend.models.errors import TINY_RANDOM
+from backend.models.base import TINY_RANDOM
 from backend.models.stable_diffusion import load_stable_diffusion, RANDOM_SD15  # noqa: E402
 from backend.pipelines.latent_paint import LatentPaintPipeline  # noqa: E402
 from backend.geometry.render import make_rasterizer  # noqa: E402

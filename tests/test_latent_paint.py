@@ -180,7 +180,7 @@ def test_bad_params_are_rejected(params, match):
 
 
 def test_unknown_model_id_is_a_clear_error(sphere_inputs, monkeypatch, tmp_path):
-    from backend.models.errors import ModelNotFoundError
+    from backend.models.base import ModelNotFoundError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))

@@ -19,7 +19,7 @@ from backend.michelangelo.config import get_preset
 from backend.michelangelo.data import (MODEL_EXTENT, VOLUME_BOUND, DatasetError, ShapeDataset, collate_shapes,
                                        sample_surface, to_model_frame)
 from backend.michelangelo.sampling import ddim_scheduler, ddpm_scheduler, sample_latents
-from backend.models.errors import ModelNotFoundError
+from backend.models.base import ModelNotFoundError
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from backend.geometry.mesh import MeshError, TriMesh
 from backend.michelangelo.checkpoint import save_checkpoint
 from backend.michelangelo.model import build_tiny_random, load_michelangelo
 from backend.models.cache import ModelCache
-from backend.models.errors import ModelNotFoundError
+from backend.models.base import ModelNotFoundError
 from backend.params import ParamError, parse_config
 from backend.pipelines import PIPELINES
 from backend.pipelines.base import JobCancelled, JobContext

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.devices import default_dtype, resolve_device
-from ..models.errors import TINY_RANDOM, ModelNotFoundError
+from ..models.base import TINY_RANDOM, ModelNotFoundError
 from ..models.tokenizers import byte_level_clip_tokenizer
 from .config import CLIP_BACKENDS, CONDITIONS, CLIPConditionerConfig, get_preset
 

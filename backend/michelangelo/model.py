@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..models.devices import default_dtype, resolve_device
-from ..models.errors import TINY_RANDOM, ModelNotFoundError
+from ..models.base import TINY_RANDOM, ModelNotFoundError
 from .asldm import ASLDMDenoiser
 from .conditioner import CLIPConditioner
 from .checkpoint import CheckpointError, build_public_models, is_our_checkpoint, load_checkpoint

@@ -36,7 +36,7 @@ class ModelCache:
         loader, not a method here.
 
         Raises:
-            whatever ``loader`` raises (:class:`~backend.models.errors.ModelNotFoundError` for unknown models); nothing
+            whatever ``loader`` raises (:class:`~backend.models.base.ModelNotFoundError` for unknown models); nothing
             is cached then.
         """
         key = (f"{loader.__module__}.{loader.__qualname__}", model, str(device), str(dtype))

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from .devices import default_dtype, resolve_device
-from .errors import TINY_RANDOM, ModelNotFoundError
+from .base import TINY_RANDOM, ModelNotFoundError
 from .tokenizers import byte_level_clip_tokenizer
 
 log = logging.getLogger(__name__)

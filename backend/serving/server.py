@@ -32,7 +32,7 @@ from blender_addon.core import protocol
 from blender_addon.core.protocol import safe_text
 
 from .. import __version__
-from ..models.errors import TINY_RANDOM
+from ..models.base import TINY_RANDOM
 from ..models.stable_diffusion import DEFAULT_SD_MODEL, RANDOM_SD15
 from ..params import describe_config
 from ..pipelines import PIPELINES

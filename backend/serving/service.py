@@ -30,7 +30,7 @@ from blender_addon.core.protocol import safe_text
 
 from ..geometry.mesh import MeshError
 from ..models.cache import ModelCache
-from ..models.errors import ModelNotFoundError
+from ..models.base import ModelNotFoundError
 from ..params import ParamError, parse_config
 from ..pipelines import PIPELINES
 from ..pipelines.base import JobCancelled, JobContext

@@ -1,4 +1,4 @@
-"""Errors of model loading, shared by every method family's loader."""
+"""What every model loader shares: the error for a model that cannot be found, and the name of the random presets."""
 
 from __future__ import annotations
 
