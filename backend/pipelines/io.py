@@ -26,6 +26,8 @@ RESULT_GROUP = "mesh"
 """Group of a result's first mesh; the others are ``mesh_1``, ``mesh_2``, …"""
 TEXTURE = "texture"
 """The result's texture array (of the first mesh)."""
+PREVIEW_IMAGE = "image"
+"""The array of a ``preview`` message."""
 _MAX_NAMES_SHOWN = 5
 _MAX_NAME_CHARS = 40
 
@@ -133,6 +135,11 @@ def meshes_to_arrays(meshes: Sequence[ResultMesh]) -> dict[str, np.ndarray]:
                 raise ValueError(f"mesh {i} has a texture; the protocol carries one texture, for the first mesh")
             arrays[TEXTURE] = np.ascontiguousarray(m.texture)
     return arrays
+
+
+def preview_to_arrays(image: np.ndarray) -> dict[str, np.ndarray]:
+    """A preview image, (H, W, 3) uint8 row 0 = top, as the arrays of a ``preview`` message."""
+    return {PREVIEW_IMAGE: np.ascontiguousarray(image)}
 
 
 def result_to_arrays(result: PipelineResult) -> dict[str, np.ndarray]:

@@ -34,7 +34,7 @@ from ..models.base import ModelNotFoundError
 from ..params import ParamError, parse_config
 from ..pipelines import PIPELINES
 from ..pipelines.base import JobCancelled, JobContext
-from ..pipelines.io import inputs_from_arrays, meshes_to_arrays, result_to_arrays
+from ..pipelines.io import inputs_from_arrays, meshes_to_arrays, preview_to_arrays, result_to_arrays
 from .store import TERMINAL, JobStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ class _LiveJob:
     cancel_event: threading.Event = field(default_factory=threading.Event)
     listeners: list[Listener] = field(default_factory=list)
     last_progress: dict | None = None
-    last_preview: tuple[dict, dict] | None = None
+    last_preview: tuple[dict, np.ndarray] | None = None  # (fields, image (H, W, 3) uint8 row 0 = top)
     cancel_requested_by: list[Listener] = field(default_factory=list)
 
 
@@ -235,7 +235,8 @@ class JobService:
                 if live.last_progress:
                     listener("progress", live.last_progress, {})
                 if live.last_preview:
-                    listener("preview", *live.last_preview)
+                    fields, image = live.last_preview
+                    listener("preview", fields, preview_to_arrays(image))
                 return
         self._replay_finished(job_id, listener)
 
@@ -321,9 +322,8 @@ class JobService:
 
         def on_preview(step, image, decoder):
             fields = {"job_id": job_id, "step": int(step), "decoder": decoder}
-            arrays = {"image": np.ascontiguousarray(image)}
-            live.last_preview = (fields, arrays)
-            self._emit(live, "preview", fields, arrays)
+            live.last_preview = (fields, image)
+            self._emit(live, "preview", fields, preview_to_arrays(image))
 
         def on_partial(step, meshes):
             self._emit(live, "partial", {"job_id": job_id, "step": int(step)}, meshes_to_arrays(meshes))
@@ -337,7 +337,7 @@ class JobService:
             arrays = result_to_arrays(result)
             self.store.save_result(job_id, arrays)
             if live.last_preview:
-                self.store.save_preview(job_id, live.last_preview[1]["image"])
+                self.store.save_preview(job_id, live.last_preview[1])
         except JobCancelled:
             self.store.update(job_id, status="cancelled", finished=time.time())
             self._emit(live, "cancelled", {"job_id": job_id})
