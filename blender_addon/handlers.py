@@ -227,7 +227,8 @@ def _job_active(sess: Session, job_id: str, message: str) -> None:
 
 
 def _result_damaged(sess: Session, job_id: str, message: str) -> None:
-    """A done job's stored result cannot be read (Import or attach): its row shows why; it can only be deleted."""
+    """A done job's stored result cannot be read (Import or attach): its row shows the backend's message (it names
+    the job and the file); the job can only be deleted."""
     book = sess.jobs
     book.live_jobs.discard(job_id)
     book.wanted_results.discard(job_id)
@@ -235,8 +236,8 @@ def _result_damaged(sess: Session, job_id: str, message: str) -> None:
     jobs.update_job_row(job_id, error=message)
     if job_id == runtime_state().active_job_id:
         jobs.finish_active("failed: the result is damaged")
-    sess.report("ERROR", f"the result of job {job_id} is damaged ({message}); it cannot be imported — "
-                         "delete the job (Jobs panel: Delete)")
+    sess.report("ERROR", f"job {job_id}: its stored result on the backend is damaged or missing, so it cannot be "
+                         "imported; delete the job (Jobs panel: Delete) and submit it again")
 
 
 _JOB_REQUEST_ERRORS: dict[str, Callable[[Session, str, str], None]] = {

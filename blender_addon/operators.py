@@ -600,10 +600,15 @@ class LATENTFORGE_OT_delete_job(bpy.types.Operator):
     job_id: StringProperty(name="Job", description="Job to delete; empty = the one selected in the list", default="")
 
     def invoke(self, context, event):
+        """Ask for a confirmation naming the job (a queued or running job is refused at once, unasked)."""
         state = context.window_manager.latentforge
-        job_id = self.job_id
-        if not job_id and 0 <= state.jobs_index < len(state.jobs):
-            job_id = state.jobs[state.jobs_index].job_id
+        job_id = selected_job_id(self, state)
+        if not job_id:
+            return {"CANCELLED"}
+        self.job_id = job_id  # the confirmed job, whatever gets selected meanwhile
+        row = state.jobs.get(job_id)
+        if row is not None and row.status in ACTIVE_STATUSES:
+            return self.execute(context)
         return context.window_manager.invoke_confirm(
             self, event, title="Delete Job", confirm_text="Delete", icon="WARNING",
             message=f"Delete job {job_id[:8]} and its files on the backend? This cannot be undone.")
