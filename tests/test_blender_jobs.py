@@ -178,8 +178,8 @@ def test_refresh_and_load_more_page_the_job_list_and_active_jobs_cannot_be_delet
             select_row(addon, job_id)
             assert addon.state.jobs[job_id].status in ("queued", "running")
             assert not delete_enabled(addon)
-            with pytest.raises(RuntimeError, match="cancel it first"):
-                bpy.ops.latentforge.delete_job()
+            with pytest.raises(RuntimeError, match="cancel it first"):  # refused before any confirmation
+                bpy.ops.latentforge.delete_job("INVOKE_DEFAULT" if job_id == ids[-1] else "EXEC_DEFAULT")
             assert addon.state.jobs.get(job_id) is not None
         # ... and by the backend (job_active) when asked anyway.
         addon.state.last_error = ""
@@ -256,10 +256,10 @@ def test_delete_a_finished_job_and_a_job_with_a_damaged_result(scene, connected)
     assert addon.state.jobs_next_cursor == "" and not load_more_shown(addon)
     assert done in bpy.context.scene[jobs_module.SCENE_JOBS_KEY]
 
-    # Delete the finished job.
+    # Delete the finished job (invoked as the button does: a confirmation, which background Blender skips).
     select_row(addon, done)
     assert delete_enabled(addon)
-    assert bpy.ops.latentforge.delete_job() == {"FINISHED"}
+    assert bpy.ops.latentforge.delete_job("INVOKE_DEFAULT") == {"FINISHED"}
     addon.pump(lambda: addon.state.jobs.get(done) is None, 30, "the deleted row")
     assert "deleted" in addon.state.last_info and addon.state.last_error == ""
     assert done not in bpy.context.scene[jobs_module.SCENE_JOBS_KEY]
