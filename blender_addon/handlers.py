@@ -30,7 +30,9 @@ def on_client_connected(sess: Session, f: dict, _arrays: dict) -> None:
     client = sess.connection.client
     for job_id in sorted(sess.jobs.live_jobs):  # resume the streams of jobs that were running when we lost it
         client.attach(job_id)
-    client.list_jobs(50)
+    sess.jobs.list_requests.clear()  # requests of a lost connection get no answer
+    sess.jobs.deleting.clear()
+    sess.list_jobs()
 
 
 def on_client_disconnected(sess: Session, f: dict, _arrays: dict) -> None:
@@ -170,13 +172,18 @@ def on_result(sess: Session, f: dict, arrays: dict) -> None:
 
 
 def on_error(sess: Session, f: dict, _arrays: dict) -> None:
-    """A backend error: of a job (its row, its preview, the active line) or of a rejected submit."""
+    """A backend error: an answer to a request about a job (cancel, delete, get_result), a job's failure (its row,
+    its preview, the active line), or a rejected submit."""
     code, message = f.get("code", "error"), f.get("message", "")
     job_id = f.get("job_id")
+    if job_id and code in _JOB_REQUEST_ERRORS:
+        _JOB_REQUEST_ERRORS[code](sess, job_id, message)
+        return
     state = runtime_state()
     if job_id:
         sess.jobs.live_jobs.discard(job_id)
         sess.jobs.wanted_results.discard(job_id)
+        sess.jobs.deleting.discard(job_id)
         preview.remove_preview_object(job_id)
         jobs.update_job_row(job_id, error=message)
         if job_id == state.active_job_id:
@@ -186,6 +193,61 @@ def on_error(sess: Session, f: dict, _arrays: dict) -> None:
         sess.jobs.pending.pop(f["request_id"])
         state.stage = "failed"
     sess.report("ERROR", f"backend: {code}: {message}")
+
+
+def _cancel_refused(sess: Session, job_id: str, message: str, code: str) -> None:
+    """``not_attached`` / ``job_finished``: the cancel did nothing; the job, its row and the active line stay as
+    its own events left them (a job that finished before the cancel took effect already got its ``result``)."""
+    if code == "job_finished":
+        text = f"job {job_id} has already finished; there is nothing to cancel"
+    else:
+        text = (f"job {job_id} was started by another client and cannot be cancelled from this connection "
+                f"(the backend says: {message})")
+    sess.report("WARNING", text)
+
+
+def _not_found(sess: Session, job_id: str, message: str) -> None:
+    """The backend has no such job (deleted meanwhile, or a stale row): its row, target and preview go."""
+    deleting = job_id in sess.jobs.deleting
+    sess.jobs.forget(job_id)
+    preview.remove_preview_object(job_id)
+    removed = jobs.remove_job_row(job_id)
+    if job_id == runtime_state().active_job_id:
+        jobs.finish_active("failed: the backend no longer has this job")
+    if deleting or removed:
+        sess.report("WARNING", f"job {job_id} no longer exists on the backend; removed from the Jobs list")
+    else:
+        sess.report("ERROR", f"backend: not_found: {message}")
+
+
+def _job_active(sess: Session, job_id: str, message: str) -> None:
+    """A delete of a queued or running job was refused: nothing changes."""
+    sess.jobs.deleting.discard(job_id)
+    sess.report("ERROR", f"job {job_id} is still queued or running: cancel it first, then delete it")
+
+
+def _result_damaged(sess: Session, job_id: str, message: str) -> None:
+    """A done job's stored result cannot be read (Import or attach): its row shows the backend's message (it names
+    the job and the file); the job can only be deleted."""
+    book = sess.jobs
+    book.live_jobs.discard(job_id)
+    book.wanted_results.discard(job_id)
+    preview.remove_preview_object(job_id)
+    jobs.update_job_row(job_id, error=message)
+    if job_id == runtime_state().active_job_id:
+        jobs.finish_active("failed: the result is damaged")
+    sess.report("ERROR", f"job {job_id}: its stored result on the backend is damaged or missing, so it cannot be "
+                         "imported; delete the job (Jobs panel: Delete) and submit it again")
+
+
+_JOB_REQUEST_ERRORS: dict[str, Callable[[Session, str, str], None]] = {
+    "not_attached": lambda sess, job_id, message: _cancel_refused(sess, job_id, message, "not_attached"),
+    "job_finished": lambda sess, job_id, message: _cancel_refused(sess, job_id, message, "job_finished"),
+    "not_found": _not_found,
+    "job_active": _job_active,
+    "result_damaged": _result_damaged,
+}
+"""Error codes that answer a request about an existing (or vanished) job -> ``(session, job_id, message)``."""
 
 
 def on_cancelled(sess: Session, f: dict, _arrays: dict) -> None:
@@ -200,8 +262,22 @@ def on_cancelled(sess: Session, f: dict, _arrays: dict) -> None:
 
 
 def on_jobs(sess: Session, f: dict, _arrays: dict) -> None:
-    """The backend's job list replaces the panel's."""
-    jobs.fill_job_rows(f.get("jobs", []))
+    """One page of the backend's job list: the first replaces the panel's rows, a later one (Load More) is
+    appended; a later page asked for before the last Refresh is dropped."""
+    first, current = sess.jobs.list_answered()
+    if not (first or current):
+        sess.log.append(("INFO", "a page of the job list from before the last Refresh was dropped"))
+        return
+    jobs.fill_job_rows(f.get("jobs", []), f.get("next_cursor"), append=not first)
+
+
+def on_deleted(sess: Session, f: dict, _arrays: dict) -> None:
+    """A job was deleted on the backend: its row and everything the add-on remembered about it go."""
+    job_id = f["job_id"]
+    sess.jobs.forget(job_id)
+    preview.remove_preview_object(job_id)
+    jobs.remove_job_row(job_id)
+    sess.report("INFO", f"job {job_id} and its files were deleted")
 
 
 HANDLERS: dict[str, Callable[[Session, dict, dict], None]] = {
@@ -219,5 +295,6 @@ HANDLERS: dict[str, Callable[[Session, dict, dict], None]] = {
     "error": on_error,
     "cancelled": on_cancelled,
     "jobs": on_jobs,
+    "deleted": on_deleted,
 }
 """Message type -> handler. A type not here is logged and ignored."""

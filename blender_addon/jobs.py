@@ -43,6 +43,11 @@ class JobBook:
         live_jobs: jobs queued or running (their streams are re-attached after a reconnect).
         applied: jobs whose result was applied (a second ``result`` is ignored unless asked for).
         wanted_results: jobs whose result was asked for with ``get_result`` (applied even if not ours).
+        deleting: jobs a ``delete_job`` was sent for and not yet answered.
+        list_requests: the ``list_jobs`` sent and not yet answered, oldest first, as ``(cursor, generation)``
+            (cursor None = the first page); the server answers them in order.
+        list_generation: bumped by every first-page request: an answer to an older generation's later page is
+            dropped (Refresh was pressed meanwhile).
     """
 
     def __init__(self):
@@ -52,6 +57,9 @@ class JobBook:
         self.live_jobs: set[str] = set()
         self.applied: set[str] = set()
         self.wanted_results: set[str] = set()
+        self.deleting: set[str] = set()
+        self.list_requests: collections.deque[tuple[str | None, int]] = collections.deque()
+        self.list_generation = 0
 
     def add_pending(self, request_id: str, pipeline: str, target: ResultTarget | None) -> None:
         """Remember a sent ``submit`` until its ``accepted`` arrives."""
@@ -90,6 +98,35 @@ class JobBook:
             if rec is not None and str(rec.get("pipeline", pipeline)) == pipeline:
                 return results.target_from_record(pipeline, rec)
         return None
+
+    def forget(self, job_id: str) -> None:
+        """Drop everything known about ``job_id`` (it was deleted, or the backend no longer has it): in memory and in
+        every scene's saved targets (:data:`SCENE_JOBS_KEY`)."""
+        for known in (self.pipelines, self.targets):
+            known.pop(job_id, None)
+        for known in (self.live_jobs, self.applied, self.wanted_results, self.deleting):
+            known.discard(job_id)
+        for scene in bpy.data.scenes:
+            try:
+                saved = scene.get(SCENE_JOBS_KEY)
+                if saved is not None and job_id in saved:
+                    del saved[job_id]
+            except (AttributeError, TypeError, KeyError):
+                pass
+
+    def list_sent(self, cursor: str | None) -> None:
+        """Record a sent ``list_jobs`` (``cursor`` None = the first page: a new generation)."""
+        if cursor is None:
+            self.list_generation += 1
+        self.list_requests.append((cursor, self.list_generation))
+
+    def list_answered(self) -> tuple[bool, bool]:
+        """Pair a ``jobs`` answer with its request: ``(first_page, current)``. An answer nothing waits for (e.g.
+        a request queued before a reconnect) counts as a current first page."""
+        if not self.list_requests:
+            return True, True
+        cursor, generation = self.list_requests.popleft()
+        return cursor is None, generation == self.list_generation
 
     def fail_pending(self, why: str) -> None:
         """Drop every pending submit (nothing will answer them) and show ``failed: why``."""
@@ -137,13 +174,35 @@ def update_job_row(job_id: str, status: str | None = None, pipeline: str = "", e
         row.error = error
 
 
-def fill_job_rows(jobs: list[dict]) -> None:
-    """Replace the job list with a ``jobs`` message's rows."""
-    rows = runtime_state().jobs
-    rows.clear()
+def remove_job_row(job_id: str) -> bool:
+    """Remove the row of ``job_id`` (the selection stays on a neighbour); returns whether there was one."""
+    state = runtime_state()
+    rows = state.jobs
+    index = rows.find(job_id)
+    if index < 0:
+        return False
+    rows.remove(index)
+    if state.jobs_index > index or state.jobs_index >= len(rows):
+        state.jobs_index = max(state.jobs_index - 1, 0)
+    return True
+
+
+def fill_job_rows(jobs: list[dict], next_cursor: str | None, append: bool = False) -> None:
+    """Show one page of a ``jobs`` message: the first page replaces the rows, a later (older) page is appended
+    below them (a job that already has a row updates it in place: no duplicates). ``next_cursor`` is kept for Load
+    More ("" = the list is complete)."""
+    state = runtime_state()
+    rows = state.jobs
+    if not append:
+        rows.clear()
     for job in jobs:
-        row = rows.add()
-        row.name = row.job_id = str(job.get("job_id", ""))
+        job_id = str(job.get("job_id", ""))
+        if not job_id:
+            continue
+        row = rows.get(job_id)
+        if row is None:
+            row = rows.add()
+            row.name = row.job_id = job_id
         row.pipeline = str(job.get("pipeline") or "")
         row.status = str(job.get("status") or "")
         row.prompt = str(job.get("prompt") or "")
@@ -151,3 +210,6 @@ def fill_job_rows(jobs: list[dict]) -> None:
         created = job.get("created")
         row.created = time.strftime("%Y-%m-%d %H:%M", time.localtime(created)) \
             if isinstance(created, (int, float)) else str(created or "")
+    state.jobs_next_cursor = next_cursor or ""
+    if state.jobs_index >= len(rows):
+        state.jobs_index = max(len(rows) - 1, 0)

@@ -519,8 +519,22 @@ class LATENTFORGE_OT_stop_backend(bpy.types.Operator):
         return {"FINISHED"}
 
 
+ACTIVE_STATUSES = ("queued", "running")
+"""Job statuses that cannot be deleted (cancel first)."""
+
+
+def selected_job_id(op: bpy.types.Operator, state) -> str:
+    """``op.job_id``, else the id of the row selected in the Jobs list; "" (and a WARNING report) when neither."""
+    job_id = op.job_id
+    if not job_id and 0 <= state.jobs_index < len(state.jobs):
+        job_id = state.jobs[state.jobs_index].job_id
+    if not job_id:
+        op.report({"WARNING"}, "Select a job in the list first")
+    return job_id
+
+
 class LATENTFORGE_OT_refresh_jobs(bpy.types.Operator):
-    """Fetch the backend's job list"""
+    """Fetch the newest page of the backend's job list (it replaces the rows)"""
 
     bl_idname = "latentforge.refresh_jobs"
     bl_label = "Refresh Jobs"
@@ -528,6 +542,21 @@ class LATENTFORGE_OT_refresh_jobs(bpy.types.Operator):
 
     def execute(self, context):
         return _run(self, lambda sess: sess.list_jobs())
+
+
+class LATENTFORGE_OT_load_more_jobs(bpy.types.Operator):
+    """Fetch the next (older) page of the backend's job list, below the rows shown"""
+
+    bl_idname = "latentforge.load_more_jobs"
+    bl_label = "Load More"
+    bl_options = {"REGISTER", "INTERNAL"}
+
+    @classmethod
+    def poll(cls, context):
+        return bool(context.window_manager.latentforge.jobs_next_cursor)
+
+    def execute(self, context):
+        return _run(self, lambda sess: sess.load_more_jobs())
 
 
 class LATENTFORGE_OT_import_job(bpy.types.Operator):
@@ -545,11 +574,8 @@ class LATENTFORGE_OT_import_job(bpy.types.Operator):
         if sess is None:
             return {"CANCELLED"}
         state = context.window_manager.latentforge
-        job_id = self.job_id
-        if not job_id and 0 <= state.jobs_index < len(state.jobs):
-            job_id = state.jobs[state.jobs_index].job_id
+        job_id = selected_job_id(self, state)
         if not job_id:
-            self.report({"WARNING"}, "Select a job in the list first")
             return {"CANCELLED"}
         row = state.jobs.get(job_id)
         if row is not None and row.status and row.status != "done":
@@ -564,10 +590,58 @@ class LATENTFORGE_OT_import_job(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class LATENTFORGE_OT_delete_job(bpy.types.Operator):
+    """Delete a finished job and its files on the backend (a queued or running job: cancel it first)"""
+
+    bl_idname = "latentforge.delete_job"
+    bl_label = "Delete Job"
+    bl_options = {"REGISTER", "INTERNAL"}
+
+    job_id: StringProperty(name="Job", description="Job to delete; empty = the one selected in the list", default="")
+
+    def invoke(self, context, event):
+        """Ask for a confirmation naming the job (a queued or running job is refused at once, unasked)."""
+        state = context.window_manager.latentforge
+        job_id = selected_job_id(self, state)
+        if not job_id:
+            return {"CANCELLED"}
+        self.job_id = job_id  # the confirmed job, whatever gets selected meanwhile
+        row = state.jobs.get(job_id)
+        if row is not None and row.status in ACTIVE_STATUSES:
+            return self.execute(context)
+        return context.window_manager.invoke_confirm(
+            self, event, title="Delete Job", confirm_text="Delete", icon="WARNING",
+            message=f"Delete job {job_id[:8]} and its files on the backend? This cannot be undone.")
+
+    def execute(self, context):
+        sess = _session_or_report(self)
+        if sess is None:
+            return {"CANCELLED"}
+        state = context.window_manager.latentforge
+        job_id = selected_job_id(self, state)
+        if not job_id:
+            return {"CANCELLED"}
+        row = state.jobs.get(job_id)
+        if (row is not None and row.status in ACTIVE_STATUSES) or job_id in sess.jobs.live_jobs:
+            status = row.status if row is not None and row.status in ACTIVE_STATUSES else "queued or running"
+            text = f"Job {job_id} is {status}: cancel it first, then delete it"
+            sess.report("ERROR", text)
+            self.report({"ERROR"}, text)
+            return {"CANCELLED"}
+        try:
+            sess.delete_job(job_id)
+        except (protocol.ProtocolError, RuntimeError) as e:
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Deleting job {job_id}")
+        return {"FINISHED"}
+
+
 classes = (LATENTFORGE_OT_texture_selected, LATENTFORGE_OT_generate, LATENTFORGE_OT_generate_shape,
            LATENTFORGE_OT_shape_variations, LATENTFORGE_OT_shape_interpolate, LATENTFORGE_OT_cancel_job,
            LATENTFORGE_OT_connect, LATENTFORGE_OT_disconnect, LATENTFORGE_OT_start_backend, LATENTFORGE_OT_stop_backend,
-           LATENTFORGE_OT_refresh_jobs, LATENTFORGE_OT_import_job)
+           LATENTFORGE_OT_refresh_jobs, LATENTFORGE_OT_load_more_jobs, LATENTFORGE_OT_import_job,
+           LATENTFORGE_OT_delete_job)
 
 
 register, unregister = bpy.utils.register_classes_factory(classes)

@@ -295,7 +295,7 @@ class LATENTFORGE_PT_preview(_SidebarPanel, bpy.types.Panel):
 
 
 class LATENTFORGE_PT_jobs(_SidebarPanel, bpy.types.Panel):
-    """The backend's jobs, with Refresh and Import."""
+    """The backend's jobs, newest first, one page at a time: Refresh, Load More, Import, Delete."""
 
     bl_idname = "LATENTFORGE_PT_jobs"
     bl_label = "Jobs"
@@ -305,13 +305,18 @@ class LATENTFORGE_PT_jobs(_SidebarPanel, bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         state = context.window_manager.latentforge
+        job = state.jobs[state.jobs_index] if 0 <= state.jobs_index < len(state.jobs) else None
         row = layout.row()
         row.template_list("LATENTFORGE_UL_jobs", "", state, "jobs", state, "jobs_index", rows=4)
         col = row.column(align=True)
         col.operator("latentforge.refresh_jobs", text="", icon="FILE_REFRESH")
         col.operator("latentforge.import_job", text="", icon="IMPORT")
-        if 0 <= state.jobs_index < len(state.jobs):
-            job = state.jobs[state.jobs_index]
+        sub = col.column(align=True)
+        sub.enabled = job is not None and job.status not in operators.ACTIVE_STATUSES
+        sub.operator("latentforge.delete_job", text="", icon="TRASH")
+        if state.jobs_next_cursor:
+            layout.operator("latentforge.load_more_jobs", icon="TRIA_DOWN")
+        if job is not None:
             layout.label(text=f"{job.job_id} · {job.status} · {job.created}")
             if job.error:
                 layout.label(text=job.error, icon="ERROR")

@@ -156,6 +156,9 @@ class LATENTFORGE_PG_runtime(bpy.types.PropertyGroup):
     last_info: StringProperty(name="Last Message", default="")
     jobs: CollectionProperty(type=LATENTFORGE_PG_job)
     jobs_index: IntProperty(name="Selected Job", default=0)
+    jobs_next_cursor: StringProperty(name="Next Page",
+                                     description="The backend's cursor for the next (older) page of the job list; "
+                                                 "empty = the list is complete")
 
 
 def _add_method_properties(cls) -> None:

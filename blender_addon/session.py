@@ -33,6 +33,9 @@ from .runtime import runtime_state, tag_redraw
 TIMER_INTERVAL_BUSY_S = 0.05
 TIMER_INTERVAL_IDLE_S = 0.25
 
+JOBS_PAGE_SIZE = 50
+"""Jobs per page of the Jobs list (Refresh loads one page, Load More the next); :attr:`Session.jobs_page_size`."""
+
 
 class Session:
     """Connection, jobs and preview of this Blender session (one instance: :func:`get_session`).
@@ -42,6 +45,7 @@ class Session:
         jobs: the job bookkeeping (:class:`.jobs.JobBook`).
         preview_icon: the sidebar's live preview icon.
         log: the last 500 ``(level, text)`` messages.
+        jobs_page_size: jobs asked for per page of the Jobs list (:data:`JOBS_PAGE_SIZE`; 1–500).
 
     All methods run on the main thread. Methods that send raise ``ValueError`` / ``RuntimeError`` /
     ``protocol.ProtocolError`` with a message for the user (operators report it); :meth:`process_events` never
@@ -53,6 +57,7 @@ class Session:
         self.jobs = JobBook()
         self.connection = Connection(self.report, self.jobs.fail_pending)
         self.preview_icon = preview.PreviewIcon()
+        self.jobs_page_size = JOBS_PAGE_SIZE
 
     def report(self, level: str, text: str) -> None:
         """Record a message: ``level`` "INFO" -> ``last_info``, "WARNING"/"ERROR" -> ``last_error``; printed too."""
@@ -93,9 +98,31 @@ class Session:
         """Ask the backend to cancel ``job_id``."""
         self.connection.send("cancel", {"job_id": job_id})
 
-    def list_jobs(self, limit: int = 50) -> None:
-        """Ask for the job list (fills ``window_manager.latentforge.jobs``)."""
-        self.connection.send("list_jobs", {"limit": int(limit)})
+    def list_jobs(self, cursor: str | None = None) -> None:
+        """Ask for one page of the job list (:attr:`jobs_page_size` jobs): without ``cursor`` the newest page, which
+        replaces ``window_manager.latentforge.jobs``; with a ``jobs.next_cursor``, the next (older) page, appended."""
+        fields_ = {"limit": int(self.jobs_page_size)}
+        if cursor is not None:
+            fields_["cursor"] = cursor
+        self.connection.send("list_jobs", fields_)
+        self.jobs.list_sent(cursor)
+
+    def load_more_jobs(self) -> None:
+        """Ask for the page after the rows shown (``window_manager.latentforge.jobs_next_cursor``).
+
+        Raises:
+            ValueError: the list is complete (no next page).
+        """
+        cursor = runtime_state().jobs_next_cursor
+        if not cursor:
+            raise ValueError("the job list is complete: there is no further page")
+        self.list_jobs(cursor)
+
+    def delete_job(self, job_id: str) -> None:
+        """Ask the backend to delete a finished job and its files; ``deleted`` removes its row (or an ``error``
+        says why not)."""
+        self.connection.send("delete_job", {"job_id": job_id})
+        self.jobs.deleting.add(job_id)
 
     def import_job(self, job_id: str) -> None:
         """Ask for a finished job's result and apply it when it arrives."""
