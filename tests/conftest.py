@@ -7,6 +7,7 @@ Markers (registered in ``pytest.ini``): ``gpu`` needs CUDA + nvdiffrast and runs
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -21,12 +22,56 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 
+ORDER_SEED_ENV = "LATENTFORGE_TEST_ORDER_SEED"
+"""Unset or empty: modules run in the order pytest collects them. An integer: the test modules run in an order shuffled
+with that seed (the tests inside a module keep their written order, so module fixtures are built once). ``random``: a
+fresh seed, printed, to repeat the order with. ``.ci/run`` always shuffles, so a test that passes only after (or before)
+another module shows up."""
+
+
+def _order_seed() -> int | None:
+    value = os.environ.get(ORDER_SEED_ENV, "").strip()
+    if not value:
+        return None
+    if value.lower() == "random":
+        return random.SystemRandom().randrange(10 ** 6)
+    try:
+        return int(value)
+    except ValueError:
+        raise pytest.UsageError(f"{ORDER_SEED_ENV} must be an integer or 'random', got {value!r}") from None
+
+
+def pytest_configure(config):
+    config._latentforge_order_seed = _order_seed()
+
+
+def _say_order_seed(config) -> None:
+    seed = config._latentforge_order_seed
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if seed is not None and reporter is not None:  # also under -q, which hides pytest_report_header lines
+        reporter.write_line(f"test modules in shuffled order, seed {seed} (repeat: {ORDER_SEED_ENV}={seed})")
+
+
 def pytest_collection_modifyitems(config, items):
     gates = {"gpu": "LATENTFORGE_TEST_GPU", "weights": "LATENTFORGE_TEST_WEIGHTS"}
     for item in items:
         for marker, env in gates.items():
             if marker in item.keywords and os.environ.get(env) != "1":
                 item.add_marker(pytest.mark.skip(reason=f"needs {marker}: set {env}=1 to run"))
+
+    seed = config._latentforge_order_seed
+    if seed is not None:
+        modules: dict[str, list] = {}
+        for item in items:
+            modules.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+        order = sorted(modules)  # the same seed gives the same order whatever the collection order was
+        random.Random(seed).shuffle(order)
+        items[:] = [item for name in order for item in modules[name]]
+        _say_order_seed(config)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    _say_order_seed(config)  # again next to the failures
 
 
 @dataclass
