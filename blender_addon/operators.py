@@ -62,11 +62,19 @@ def _run(op: bpy.types.Operator, action, error_prefix: str = "") -> set[str]:
     sess = _session_or_report(op)
     if sess is None:
         return {"CANCELLED"}
+    return _attempt(op, lambda: action(sess), error_prefix)
+
+
+def _attempt(op: bpy.types.Operator, action, error_prefix: str = "", done: str = "") -> set[str]:
+    """Run ``action()``: a failure becomes an ERROR report, success the INFO report ``done`` (if any); the
+    operator's return value."""
     try:
-        action(sess)
+        action()
     except SESSION_ERRORS as e:
         op.report({"ERROR"}, f"{error_prefix}{e}")
         return {"CANCELLED"}
+    if done:
+        op.report({"INFO"}, done)
     return {"FINISHED"}
 
 
@@ -454,13 +462,7 @@ class LATENTFORGE_OT_cancel_job(bpy.types.Operator):
         if not job_id:
             self.report({"WARNING"}, "No active job to cancel (a job can be cancelled once the backend accepted it)")
             return {"CANCELLED"}
-        try:
-            sess.cancel(job_id)
-        except (protocol.ProtocolError, RuntimeError) as e:
-            self.report({"ERROR"}, str(e))
-            return {"CANCELLED"}
-        self.report({"INFO"}, f"Cancelling job {job_id}")
-        return {"FINISHED"}
+        return _attempt(self, lambda: sess.cancel(job_id), done=f"Cancelling job {job_id}")
 
 
 class LATENTFORGE_OT_connect(bpy.types.Operator):
@@ -581,13 +583,7 @@ class LATENTFORGE_OT_import_job(bpy.types.Operator):
         if row is not None and row.status and row.status != "done":
             self.report({"ERROR"}, f"Job {job_id} is {row.status}; only finished jobs have a result")
             return {"CANCELLED"}
-        try:
-            sess.import_job(job_id)
-        except (protocol.ProtocolError, RuntimeError) as e:
-            self.report({"ERROR"}, str(e))
-            return {"CANCELLED"}
-        self.report({"INFO"}, f"Requested the result of job {job_id}")
-        return {"FINISHED"}
+        return _attempt(self, lambda: sess.import_job(job_id), done=f"Requested the result of job {job_id}")
 
 
 class LATENTFORGE_OT_delete_job(bpy.types.Operator):
@@ -628,13 +624,7 @@ class LATENTFORGE_OT_delete_job(bpy.types.Operator):
             sess.report("ERROR", text)
             self.report({"ERROR"}, text)
             return {"CANCELLED"}
-        try:
-            sess.delete_job(job_id)
-        except (protocol.ProtocolError, RuntimeError) as e:
-            self.report({"ERROR"}, str(e))
-            return {"CANCELLED"}
-        self.report({"INFO"}, f"Deleting job {job_id}")
-        return {"FINISHED"}
+        return _attempt(self, lambda: sess.delete_job(job_id), done=f"Deleting job {job_id}")
 
 
 classes = (LATENTFORGE_OT_texture_selected, LATENTFORGE_OT_generate, LATENTFORGE_OT_generate_shape,
