@@ -88,7 +88,7 @@ def _is_number(v: Any) -> bool:
 
 
 def _words(tp: Any, meta: typing.Mapping[str, Any]) -> str:
-    """What a value of type ``tp`` with bounds ``meta`` must be, in words: "a positive int", "a number in [0, 1]"."""
+    """What a value of type ``tp`` with bounds ``meta`` must be, in words: "a positive int", "an int in [16, 512]"."""
     tp, _ = _optional(tp)
     if typing.get_origin(tp) is tuple:
         n = len(typing.get_args(tp))
