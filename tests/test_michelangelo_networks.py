@@ -27,6 +27,7 @@ from backend.michelangelo.config import (
 )
 from backend.michelangelo.layers import ResidualAttentionBlock
 from backend.michelangelo.shape_vae import DiagonalGaussian, FourierEmbedder, ShapeVAE, count_parameters
+from backend.params import config_from_dict, config_to_dict
 
 # ---------------------------------------------------------------------------------------------------------------------
 # The public naming scheme, as data.
@@ -216,7 +217,7 @@ def test_public_presets_hold_the_public_config_values():
     (lambda: MichelangeloConfig(vae=ShapeVAEConfig(clip_embed_dim=512)), "clip_embed_dim=512"),
     (lambda: MichelangeloConfig(beta_start=0.1, beta_end=0.01), "beta_start < beta_end"),
     (lambda: get_preset("michelangelo-1024"), "unknown Michelangelo preset"),
-    (lambda: MichelangeloConfig.from_dict({"vae": {"widht": 3}}), r"unknown field\(s\) \['widht'\]"),
+    (lambda: config_from_dict(MichelangeloConfig, {"vae": {"widht": 3}}), r"unknown field\(s\) \['widht'\]"),
 ])
 def test_invalid_configs_raise_clear_errors(make, match):
     with pytest.raises(ValueError, match=match):
@@ -226,7 +227,7 @@ def test_invalid_configs_raise_clear_errors(make, match):
 def test_config_round_trips_through_dict():
     for name in PRESETS:
         cfg = get_preset(name)
-        assert MichelangeloConfig.from_dict(cfg.to_dict()) == cfg
+        assert config_from_dict(MichelangeloConfig, config_to_dict(cfg)) == cfg
     assert get_preset("tiny") is not PRESETS["tiny"]
 
 

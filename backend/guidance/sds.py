@@ -21,30 +21,28 @@ import torch
 import torch.nn.functional as F
 
 from ..geometry.cameras import CameraBatch
+from ..params import Config, check_config, param
 from .denoiser import Denoiser
 
 
 @dataclass
-class SDSConfig:
-    """Score distillation settings (defaults: Latent-NeRF / DESIGN.md §5)."""
+class SDSConfig(Config):
+    """Score distillation settings (defaults: Latent-NeRF / DESIGN.md §5).
 
-    guidance_scale: float = 100.0
-    """Classifier-free guidance scale s."""
-    min_step_percent: float = 0.02
-    """t_min as a fraction of the training timesteps T."""
-    max_step_percent: float = 0.98
-    """t_max as a fraction of T."""
-    weighting: str = "sds"
-    """w(t): "sds" = 1 − ᾱ_t (DreamFusion), "sqrt_alpha" = √ᾱ_t·(1 − ᾱ_t) (Latent-NeRF's code), "uniform" = 1."""
+    Checked on construction (:class:`backend.params.Config`); raises ParamError naming the bad field and value.
+    """
+
+    guidance_scale: float = param(100.0, doc="Classifier-free guidance scale s.", low=0.0)
+    min_step_percent: float = param(0.02, doc="t_min as a fraction of the training timesteps T.", low=0.0, high=1.0)
+    max_step_percent: float = param(0.98, doc="t_max as a fraction of T (>= min_step_percent).", low=0.0, high=1.0)
+    weighting: str = param("sds", doc="w(t): \"sds\" = 1 − ᾱ_t (DreamFusion), \"sqrt_alpha\" = √ᾱ_t·(1 − ᾱ_t) "
+                                      "(Latent-NeRF's code), \"uniform\" = 1.", choices=("sds", "sqrt_alpha", "uniform"))
 
     def validate(self) -> None:
-        if not 0.0 <= self.min_step_percent <= self.max_step_percent <= 1.0:
+        """Cross-field rule: ``min_step_percent <= max_step_percent``. Raises ValueError."""
+        if self.min_step_percent > self.max_step_percent:
             raise ValueError(f"need 0 <= min_step_percent <= max_step_percent <= 1, got "
                              f"{self.min_step_percent}, {self.max_step_percent}")
-        if self.weighting not in ("sds", "sqrt_alpha", "uniform"):
-            raise ValueError(f"weighting must be 'sds', 'sqrt_alpha' or 'uniform', got {self.weighting!r}")
-        if self.guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
 
 
 @dataclass
@@ -66,8 +64,7 @@ class ScoreDistillation:
     """
 
     def __init__(self, alphas_cumprod: torch.Tensor, denoiser: Denoiser, config: SDSConfig | None = None):
-        self.config = config or SDSConfig()
-        self.config.validate()
+        self.config = check_config(config or SDSConfig())
         self.alphas_cumprod = alphas_cumprod.detach().float()
         self.denoiser = denoiser
         num_train_timesteps = self.alphas_cumprod.shape[0]

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..params import Config, check_config, param
+
 
 __all__ = ["NeRFConfig", "HashGridEncoding", "FrequencyEncoding", "LatentNeRF", "trunc_exp"]
 
@@ -37,67 +39,48 @@ _CORNERS = torch.tensor([[(c >> 0) & 1, (c >> 1) & 1, (c >> 2) & 1] for c in ran
 
 
 @dataclass
-class NeRFConfig:
-    """Architecture of a :class:`LatentNeRF` (defaults: Latent-NeRF's official grid network, sized for plain torch)."""
+class NeRFConfig(Config):
+    """Architecture of a :class:`LatentNeRF` (defaults: Latent-NeRF's official grid network, sized for plain torch).
 
-    encoding: str = "hashgrid"
-    """Position encoding: "hashgrid" (multi-resolution hash grid) or "frequency" (NeRF positional encoding)."""
-    num_levels: int = 16
-    """Hash grid: number of resolution levels L."""
-    features_per_level: int = 2
-    """Hash grid: feature channels F stored per level (the encoding has L·F channels)."""
-    log2_hashmap_size: int = 17
-    """Hash grid: log2 of the table size T per level (Instant-NGP uses 19; 17 keeps CPU runs light); levels with at
-    most T vertices are stored densely (no hash)."""
-    base_resolution: int = 16
-    """Hash grid: cells per axis of the coarsest level, over [-bound, bound]."""
-    max_resolution: int = 2048
-    """Hash grid: cells per axis of the finest level (Latent-NeRF: 2048 · bound); levels grow geometrically."""
-    num_frequencies: int = 6
-    """Frequency encoding: octaves k = 0..n-1 of sin/cos(2^k · π · x / bound), plus x itself."""
-    mlp_width: int = 64
-    """Hidden width of the MLP."""
-    mlp_layers: int = 3
-    """Linear layers of the MLP (ReLU between them), >= 1."""
-    feature_dim: int = 4
-    """Feature channels of the field: 4 for Stable Diffusion latents (linear output, no squashing)."""
-    bound: float = 1.0
-    """Half-side of the scene box [-bound, bound]³ (NeRF frame; the sketch is normalised to radius 0.7 inside it)."""
-    density_activation: str = "softplus"
-    """Density activation: "softplus" or "trunc_exp" (exp with the gradient's exponent clamped at 15, Latent-NeRF's)."""
-    blob_density: float = 10.0
-    """Peak of the Gaussian density blob added to the density pre-activation at the origin (0 = no blob)."""
-    blob_radius: float = 0.3
-    """Std. dev. of the Gaussian blob, NeRF-frame units (Latent-NeRF: 0.2; stable-dreamfusion: 0.2-0.5)."""
-    density_bias: float = -4.0
-    """Initial bias of the density pre-activation: negative keeps space outside the blob nearly empty at init
-    (with the defaults and softplus: density ~6 at the origin, ~2 at radius 0.3, < 0.1 beyond radius 0.5)."""
+    Checked on construction (:class:`backend.params.Config`); raises ParamError naming the bad field and value.
+    """
 
-    def validate(self) -> "NeRFConfig":
-        """Check every field; return self. Raises ValueError naming the first bad field and its value."""
-        if self.encoding not in ("hashgrid", "frequency"):
-            raise ValueError(f"encoding must be 'hashgrid' or 'frequency', got {self.encoding!r}")
-        if self.density_activation not in ("softplus", "trunc_exp"):
-            raise ValueError(f"density_activation must be 'softplus' or 'trunc_exp', got {self.density_activation!r}")
-        ints = {"num_levels": (1, 32), "features_per_level": (1, 16), "log2_hashmap_size": (4, 24),
-                "base_resolution": (1, 1 << 16), "max_resolution": (1, 1 << 16), "num_frequencies": (0, 20),
-                "mlp_width": (1, 4096), "mlp_layers": (1, 32), "feature_dim": (1, 64)}
-        for name, (low, high) in ints.items():
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not low <= value <= high:
-                raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    encoding: str = param("hashgrid", doc="Position encoding: \"hashgrid\" (multi-resolution hash grid) or "
+                                          "\"frequency\" (NeRF positional encoding).", choices=("hashgrid", "frequency"))
+    num_levels: int = param(16, doc="Hash grid: number of resolution levels L.", low=1, high=32)
+    features_per_level: int = param(2, doc="Hash grid: feature channels F stored per level (the encoding has L·F "
+                                           "channels).", low=1, high=16)
+    log2_hashmap_size: int = param(17, doc="Hash grid: log2 of the table size T per level (Instant-NGP uses 19; 17 "
+                                           "keeps CPU runs light); levels with at most T vertices are stored densely "
+                                           "(no hash).", low=4, high=24)
+    base_resolution: int = param(16, doc="Hash grid: cells per axis of the coarsest level, over [-bound, bound].",
+                                 low=1, high=1 << 16)
+    max_resolution: int = param(2048, doc="Hash grid: cells per axis of the finest level (Latent-NeRF: 2048 · bound; "
+                                          ">= base_resolution); levels grow geometrically.", low=1, high=1 << 16)
+    num_frequencies: int = param(6, doc="Frequency encoding: octaves k = 0..n-1 of sin/cos(2^k · π · x / bound), plus "
+                                        "x itself.", low=0, high=20)
+    mlp_width: int = param(64, doc="Hidden width of the MLP.", low=1, high=4096)
+    mlp_layers: int = param(3, doc="Linear layers of the MLP (ReLU between them).", low=1, high=32)
+    feature_dim: int = param(4, doc="Feature channels of the field: 4 for Stable Diffusion latents (linear output, no "
+                                    "squashing).", low=1, high=64)
+    bound: float = param(1.0, doc="Half-side of the scene box [-bound, bound]³ (NeRF frame; the sketch is normalised "
+                                  "to radius 0.7 inside it).", low=0.0, low_exclusive=True)
+    density_activation: str = param("softplus", doc="Density activation: \"softplus\" or \"trunc_exp\" (exp with the "
+                                                    "gradient's exponent clamped at 15, Latent-NeRF's).",
+                                    choices=("softplus", "trunc_exp"))
+    blob_density: float = param(10.0, doc="Peak of the Gaussian density blob added to the density pre-activation at "
+                                          "the origin (0 = no blob).")
+    blob_radius: float = param(0.3, doc="Std. dev. of the Gaussian blob, NeRF-frame units (Latent-NeRF: 0.2; "
+                                        "stable-dreamfusion: 0.2-0.5).", low=0.0, low_exclusive=True)
+    density_bias: float = param(-4.0, doc="Initial bias of the density pre-activation: negative keeps space outside "
+                                          "the blob nearly empty at init (with the defaults and softplus: density ~6 at "
+                                          "the origin, ~2 at radius 0.3, < 0.1 beyond radius 0.5).")
+
+    def validate(self) -> None:
+        """Cross-field rule: ``max_resolution >= base_resolution``. Raises ValueError."""
         if self.max_resolution < self.base_resolution:
             raise ValueError(f"max_resolution ({self.max_resolution}) must be >= base_resolution "
                              f"({self.base_resolution})")
-        for name in ("bound", "blob_radius"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        for name in ("blob_density", "density_bias"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value)):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
-        return self
 
 
 class _TruncExp(torch.autograd.Function):
@@ -252,7 +235,7 @@ class LatentNeRF(nn.Module):
 
     def __init__(self, config: NeRFConfig | None = None):
         super().__init__()
-        self.config = (config or NeRFConfig()).validate()
+        self.config = check_config(config or NeRFConfig())
         cfg = self.config
         if cfg.encoding == "hashgrid":
             self.encoder: nn.Module = HashGridEncoding(cfg.num_levels, cfg.features_per_level, cfg.log2_hashmap_size,

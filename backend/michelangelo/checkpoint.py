@@ -46,7 +46,7 @@ allowlist that replaces every other object by an inert placeholder: the tensors 
 ``.safetensors`` files with the same keys are read too.
 
 Our format (what ``python -m backend train shape_vae|shape_ldm`` writes, see :func:`save_checkpoint`): a directory
-with ``config.json`` (``{"format": "latentforge-michelangelo", "version": 1, "config": MichelangeloConfig.to_dict(),
+with ``config.json`` (``{"format": "latentforge-michelangelo", "version": 1, "config": config_to_dict(config),
 "modules": [...], "metadata": {...}}``) and one ``<name>.safetensors`` per module (``vae``, ``denoiser``).
 """
 
@@ -58,13 +58,14 @@ import os
 import pickle
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..params import config_from_dict, config_to_dict
 from .asldm import ASLDMDenoiser
 from .config import MichelangeloConfig, get_preset
 from .shape_vae import ShapeVAE
@@ -409,7 +410,7 @@ def build_public_models(source: str | os.PathLike | Mapping[str, Any],
     ckpt = load_public_checkpoint(source, config)
     cfg = ckpt.config
     if ckpt.z_scale_factor is not None:
-        cfg = MichelangeloConfig.from_dict({**cfg.to_dict(), "z_scale_factor": ckpt.z_scale_factor})
+        cfg = replace(cfg, z_scale_factor=ckpt.z_scale_factor)
     with torch.device("meta"):
         vae = ShapeVAE(cfg.vae)
         den = ASLDMDenoiser(cfg.denoiser) if cfg.denoiser is not None else None
@@ -433,7 +434,7 @@ def save_checkpoint(directory: str | os.PathLike, config: MichelangeloConfig, mo
 
     Args:
         directory: output folder; existing files of the same names are replaced atomically (write + rename).
-        config: the full model config (``to_dict`` goes into ``config.json``).
+        config: the full model config (its ``config_to_dict`` goes into ``config.json``).
         modules: ``{"vae": ShapeVAE, "denoiser": ASLDMDenoiser}`` (either may be absent; at least one).
         metadata: JSON-serialisable extras (step, losses, data folder, …), stored under ``"metadata"``.
 
@@ -453,7 +454,7 @@ def save_checkpoint(directory: str | os.PathLike, config: MichelangeloConfig, mo
         raise ValueError("modules['denoiser'].config differs from config.denoiser")
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": config.to_dict(),
+    header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "config": config_to_dict(config),
               "modules": sorted(modules), "metadata": dict(metadata or {})}
     try:
         text = json.dumps(header, indent=2, sort_keys=True)
@@ -523,7 +524,7 @@ def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
         raise CheckpointError(f"{cfg_path}: version {header.get('version')!r} not supported "
                               f"(this code reads {FORMAT_VERSION})")
     try:
-        config = MichelangeloConfig.from_dict(header["config"])
+        config = config_from_dict(MichelangeloConfig, header["config"])
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{cfg_path}: invalid config ({exc})") from exc
     names = header.get("modules") or []

@@ -10,16 +10,18 @@ and from the code they instantiate (``michelangelo/models/...``); paper: Zhao et
 Shape Generation based on Shape-Image-Text Aligned Latent Representation", NeurIPS 2023, §3.1 (SITA-VAE), §3.2
 (ASLDM), §4 (implementation details).
 
-Every config validates itself on construction (``__post_init__``) and raises ``ValueError`` naming the bad field and
-value. ``to_dict`` / ``from_dict`` round-trip through JSON (used by :mod:`.checkpoint` for our saved format).
+Every config is a :class:`backend.params.Config`: it is checked on construction (field types, bounds and choices,
+then its cross-field ``validate()``) and raises :class:`backend.params.ParamError` (a ``ValueError``) naming the bad
+field and value. :func:`backend.params.config_to_dict` / :func:`backend.params.config_from_dict` round-trip a
+:class:`MichelangeloConfig` through JSON (used by :mod:`.checkpoint` for our saved format).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+
+from ..params import Config, config_from_dict, config_to_dict, param
 
 __all__ = [
     "ShapeVAEConfig", "ASLDMConfig", "CLIPConditionerConfig", "MichelangeloConfig", "PRESETS", "get_preset",
@@ -32,92 +34,47 @@ _BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 _PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 
-def _positive_int(obj: Any, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{type(obj).__name__}.{name} must be a positive int, got {value!r}")
-
-
-def _non_negative_int(obj: Any, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{type(obj).__name__}.{name} must be an int >= 0, got {value!r}")
-
-
-def _positive_float(obj: Any, *names: str) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"{type(obj).__name__}.{name} must be a positive finite number, got {value!r}")
-
-
-def _heads_divide(obj: Any, width_name: str = "width", heads_name: str = "heads") -> None:
+def _heads_divide(obj: Config, width_name: str = "width", heads_name: str = "heads") -> None:
     width, heads = getattr(obj, width_name), getattr(obj, heads_name)
     if width % heads:
         raise ValueError(f"{type(obj).__name__}.{width_name}={width} must be divisible by "
                          f"{heads_name}={heads} (one head has width/heads channels)")
 
 
-class _DictMixin:
-    """``to_dict`` / ``from_dict`` for flat dataclasses (unknown keys are an error, missing keys take defaults)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[arg-type]
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]):
-        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
-
-
 @dataclass
-class ShapeVAEConfig(_DictMixin):
+class ShapeVAEConfig(Config):
     """The SITA-VAE shape branch (paper §3.1; public class ``AlignedShapeLatentPerceiver`` +
     ``CLIPAlignedShapeAsLatentModule.shape_projection``). Defaults = ``shapevae-256.yaml``."""
 
-    num_latents: int = 256
-    """Number of shape latent tokens (the learned query has ``num_latents + 1`` rows: one extra CLS token)."""
-    embed_dim: int = 64
-    """Channels of one latent token after the KL bottleneck (the diffusion model's token width)."""
-    width: int = 768
-    """Transformer width of encoder, decoder and occupancy query."""
-    heads: int = 12
-    """Attention heads (``width`` must be divisible by it)."""
-    num_encoder_layers: int = 8
-    """Self-attention layers after the perceiver cross-attention in the encoder."""
-    num_decoder_layers: int = 16
-    """Self-attention layers applied to the latent tokens after the post-KL projection."""
-    num_freqs: int = 8
-    """Fourier frequencies 2^0 … 2^(num_freqs-1) per coordinate (out dim ``3 * (2 * num_freqs + 1)``)."""
-    include_pi: bool = False
-    """Multiply the Fourier frequencies by π (false in all public configs)."""
-    point_feats: int = 3
-    """Per-point features concatenated after the Fourier embedding: 3 = the surface normal."""
-    use_ln_post: bool = True
-    """LayerNorm on the encoder output tokens (CLS included) before the KL projection."""
-    init_scale: float = 0.25
-    """Std of the attention/MLP weight init is ``init_scale / sqrt(width)`` (public init)."""
-    qkv_bias: bool = False
-    """Bias on the q/k/v projections."""
-    clip_embed_dim: int = 768
-    """Output dim of the aligned projection of the CLS token (= CLIP ViT-L/14 ``projection_dim``)."""
-    logit_scale_init: float = math.log(100.0)
-    """Initial log of the contrastive temperature. The public code uses the frozen ``logit_scale`` of CLIP ViT-L/14,
-    whose trained value is ln(100); kept here as a parameter so our training can use or learn it."""
+    num_latents: int = param(256, doc="Number of shape latent tokens (the learned query has ``num_latents + 1`` rows: "
+                                      "one extra CLS token).", low=1)
+    embed_dim: int = param(64, doc="Channels of one latent token after the KL bottleneck (the diffusion model's token "
+                                   "width).", low=1)
+    width: int = param(768, doc="Transformer width of encoder, decoder and occupancy query.", low=1)
+    heads: int = param(12, doc="Attention heads (``width`` must be divisible by it).", low=1)
+    num_encoder_layers: int = param(8, doc="Self-attention layers after the perceiver cross-attention in the "
+                                           "encoder.", low=1)
+    num_decoder_layers: int = param(16, doc="Self-attention layers applied to the latent tokens after the post-KL "
+                                            "projection.", low=1)
+    num_freqs: int = param(8, doc="Fourier frequencies 2^0 … 2^(num_freqs-1) per coordinate (out dim "
+                                  "``3 * (2 * num_freqs + 1)``).", low=0)
+    include_pi: bool = param(False, doc="Multiply the Fourier frequencies by π (false in all public configs).")
+    point_feats: int = param(3, doc="Per-point features concatenated after the Fourier embedding: 3 = the surface "
+                                    "normal.", low=0)
+    use_ln_post: bool = param(True, doc="LayerNorm on the encoder output tokens (CLS included) before the KL "
+                                        "projection.")
+    init_scale: float = param(0.25, doc="Std of the attention/MLP weight init is ``init_scale / sqrt(width)`` (public "
+                                        "init).", low=0.0, low_exclusive=True)
+    qkv_bias: bool = param(False, doc="Bias on the q/k/v projections.")
+    clip_embed_dim: int = param(768, doc="Output dim of the aligned projection of the CLS token (= CLIP ViT-L/14 "
+                                         "``projection_dim``).", low=1)
+    logit_scale_init: float = param(math.log(100.0), doc="Initial log of the contrastive temperature. The public code "
+                                    "uses the frozen ``logit_scale`` of CLIP ViT-L/14, whose trained value is ln(100); "
+                                    "kept here as a parameter so our training can use or learn it.")
 
-    def __post_init__(self) -> None:
-        _positive_int(self, "num_latents", "embed_dim", "width", "heads", "num_encoder_layers",
-                      "num_decoder_layers", "clip_embed_dim")
-        _non_negative_int(self, "num_freqs", "point_feats")
-        _positive_float(self, "init_scale")
+    def validate(self) -> None:
+        """Cross-field rule: ``width`` divisible by ``heads``. Raises ValueError."""
         _heads_divide(self)
-        if not math.isfinite(self.logit_scale_init):
-            raise ValueError(f"ShapeVAEConfig.logit_scale_init must be finite, got {self.logit_scale_init!r}")
 
     @property
     def fourier_dim(self) -> int:
@@ -126,46 +83,36 @@ class ShapeVAEConfig(_DictMixin):
 
 
 @dataclass
-class ASLDMConfig(_DictMixin):
+class ASLDMConfig(Config):
     """The ASLDM denoiser (paper §3.2; public class ``ConditionalASLUDTDenoiser`` with backbone
     ``UNetDiffusionTransformer``). Defaults = ``image-ASLDM-256.yaml``'s ``denoiser_cfg``."""
 
-    input_channels: int = 64
-    """Channels of a noisy latent token (= ``ShapeVAEConfig.embed_dim``)."""
-    output_channels: int = 64
-    """Channels of the predicted ε per token."""
-    n_ctx: int = 256
-    """Number of latent tokens (= ``ShapeVAEConfig.num_latents``)."""
-    width: int = 768
-    """Transformer width."""
-    layers: int = 6
-    """Blocks in each half of the U-shaped transformer: ``2 * layers + 1`` blocks in all (6 image, 8 text)."""
-    heads: int = 12
-    """Attention heads."""
-    context_dim: int = 1024
-    """Channels of a conditioning token: 1024 (CLIP ViT-L/14 vision hidden) or 768 (CLIP text hidden)."""
-    context_ln: bool = True
-    """LayerNorm on the context before its linear projection to ``width``."""
-    skip_ln: bool = True
-    """LayerNorm after each skip-connection fusion linear in the decoder half."""
-    init_scale: float = 1.0
-    """Std of the attention/MLP/skip-linear weight init is ``init_scale / sqrt(width)``."""
-    qkv_bias: bool = False
-    """Bias on the q/k/v projections (the public backbone has none)."""
-    flip_sin_to_cos: bool = False
-    """Sinusoidal timestep embedding order: false = [sin, cos] (diffusers ``Timesteps`` convention)."""
+    input_channels: int = param(64, doc="Channels of a noisy latent token (= ``ShapeVAEConfig.embed_dim``).", low=1)
+    output_channels: int = param(64, doc="Channels of the predicted ε per token.", low=1)
+    n_ctx: int = param(256, doc="Number of latent tokens (= ``ShapeVAEConfig.num_latents``).", low=1)
+    width: int = param(768, doc="Transformer width (even: sinusoidal timestep embedding).", low=1)
+    layers: int = param(6, doc="Blocks in each half of the U-shaped transformer: ``2 * layers + 1`` blocks in all "
+                               "(6 image, 8 text).", low=0)
+    heads: int = param(12, doc="Attention heads (``width`` must be divisible by it).", low=1)
+    context_dim: int = param(1024, doc="Channels of a conditioning token: 1024 (CLIP ViT-L/14 vision hidden) or 768 "
+                                       "(CLIP text hidden).", low=1)
+    context_ln: bool = param(True, doc="LayerNorm on the context before its linear projection to ``width``.")
+    skip_ln: bool = param(True, doc="LayerNorm after each skip-connection fusion linear in the decoder half.")
+    init_scale: float = param(1.0, doc="Std of the attention/MLP/skip-linear weight init is "
+                                       "``init_scale / sqrt(width)``.", low=0.0, low_exclusive=True)
+    qkv_bias: bool = param(False, doc="Bias on the q/k/v projections (the public backbone has none).")
+    flip_sin_to_cos: bool = param(False, doc="Sinusoidal timestep embedding order: false = [sin, cos] (diffusers "
+                                             "``Timesteps`` convention).")
 
-    def __post_init__(self) -> None:
-        _positive_int(self, "input_channels", "output_channels", "n_ctx", "width", "heads", "context_dim")
-        _non_negative_int(self, "layers")
-        _positive_float(self, "init_scale")
+    def validate(self) -> None:
+        """Cross-field rules: ``width`` divisible by ``heads``, and even. Raises ValueError."""
         _heads_divide(self)
         if self.width % 2:
             raise ValueError(f"ASLDMConfig.width must be even (sinusoidal timestep embedding), got {self.width}")
 
 
 @dataclass
-class CLIPConditionerConfig(_DictMixin):
+class CLIPConditionerConfig(Config):
     """The frozen CLIP towers that condition the ASLDM and that the shape CLS token is aligned with.
 
     The public code uses Hugging Face ``openai/clip-vit-large-patch14``: the text ASLDM is conditioned on the text
@@ -173,34 +120,23 @@ class CLIPConditionerConfig(_DictMixin):
     (257 x 1024 = CLS + 16x16 patches of a 224² image). The alignment loss uses the projected embeddings (768).
     """
 
-    backend: str = "transformers"
-    """``"transformers"`` (``CLIPModel``) or ``"open_clip"``; both give the same output contract."""
-    model_id: str = "openai/clip-vit-large-patch14"
-    """Hugging Face id or local folder for ``transformers``; ``"tiny-random"`` builds a seeded tiny model."""
-    open_clip_model: str = "ViT-L-14"
-    """open_clip architecture name (backend ``open_clip``)."""
-    open_clip_pretrained: str = "openai"
-    """open_clip pretrained tag (backend ``open_clip``)."""
-    text_width: int = 768
-    """Hidden size of the text tower = channels of a text context token."""
-    vision_width: int = 1024
-    """Hidden size of the vision tower = channels of an image context token."""
-    projection_dim: int = 768
-    """Dim of the projected (aligned) text/image embeddings."""
-    text_tokens: int = 77
-    """Tokens of the text context (tokenizer pads/truncates to this)."""
-    image_size: int = 224
-    """Input side of the vision tower in pixels."""
-    patch_size: int = 14
-    """Patch side of the vision tower in pixels."""
+    backend: str = param("transformers", doc="``\"transformers\"`` (``CLIPModel``) or ``\"open_clip\"``; both give the "
+                                             "same output contract.", choices=CLIP_BACKENDS)
+    model_id: str = param("openai/clip-vit-large-patch14", doc="Hugging Face id or local folder for ``transformers``; "
+                          "``\"tiny-random\"`` builds a seeded tiny model (not empty).")
+    open_clip_model: str = param("ViT-L-14", doc="open_clip architecture name (backend ``open_clip``).")
+    open_clip_pretrained: str = param("openai", doc="open_clip pretrained tag (backend ``open_clip``).")
+    text_width: int = param(768, doc="Hidden size of the text tower = channels of a text context token.", low=1)
+    vision_width: int = param(1024, doc="Hidden size of the vision tower = channels of an image context token.", low=1)
+    projection_dim: int = param(768, doc="Dim of the projected (aligned) text/image embeddings.", low=1)
+    text_tokens: int = param(77, doc="Tokens of the text context (tokenizer pads/truncates to this).", low=1)
+    image_size: int = param(224, doc="Input side of the vision tower in pixels.", low=1)
+    patch_size: int = param(14, doc="Patch side of the vision tower in pixels (divides ``image_size``).", low=1)
 
-    def __post_init__(self) -> None:
-        if self.backend not in CLIP_BACKENDS:
-            raise ValueError(f"CLIPConditionerConfig.backend must be one of {CLIP_BACKENDS}, got {self.backend!r}")
-        if not isinstance(self.model_id, str) or not self.model_id:
+    def validate(self) -> None:
+        """``model_id`` not empty; ``image_size`` divisible by ``patch_size``. Raises ValueError."""
+        if not self.model_id:
             raise ValueError(f"CLIPConditionerConfig.model_id must be a non-empty str, got {self.model_id!r}")
-        _positive_int(self, "text_width", "vision_width", "projection_dim", "text_tokens", "image_size",
-                      "patch_size")
         if self.image_size % self.patch_size:
             raise ValueError(f"CLIPConditionerConfig.image_size={self.image_size} must be divisible by "
                              f"patch_size={self.patch_size}")
@@ -212,53 +148,44 @@ class CLIPConditionerConfig(_DictMixin):
 
 
 @dataclass
-class MichelangeloConfig:
+class MichelangeloConfig(Config):
     """A complete Michelangelo model: VAE, optional denoiser, CLIP conditioner, diffusion and extraction settings.
 
     Diffusion values are the public ``scheduler_cfg`` (DDPM for training noise, DDIM for sampling, same β schedule).
     """
 
-    vae: ShapeVAEConfig = field(default_factory=ShapeVAEConfig)
-    """The shape VAE."""
-    denoiser: ASLDMConfig | None = None
-    """The ASLDM denoiser; ``None`` for a VAE-only model (``shapevae-256``)."""
-    condition: str | None = None
-    """``"text"`` or ``"image"`` (what the denoiser's context is); ``None`` iff ``denoiser`` is ``None``."""
-    clip: CLIPConditionerConfig = field(default_factory=CLIPConditionerConfig)
-    """The CLIP towers (conditioning + alignment)."""
-    num_train_timesteps: int = 1000
-    """DDPM training timesteps."""
-    beta_start: float = 0.00085
-    """First β of the noise schedule."""
-    beta_end: float = 0.012
-    """Last β of the noise schedule."""
-    beta_schedule: str = "scaled_linear"
-    """diffusers β schedule name."""
-    prediction_type: str = "epsilon"
-    """What the denoiser predicts (the public model predicts ε)."""
-    steps_offset: int = 1
-    """DDIM ``steps_offset`` of the public sampler."""
-    set_alpha_to_one: bool = False
-    """DDIM ``set_alpha_to_one`` of the public sampler."""
-    num_inference_steps: int = 50
-    """Default DDIM steps."""
-    guidance_scale: float = 7.5
-    """Default classifier-free guidance scale."""
-    eta: float = 0.0
-    """DDIM η (0 = deterministic)."""
-    z_scale_factor: float = 1.0
-    """Latents are multiplied by this before diffusion and divided after (public default 1.0, ``scale_by_std``
-    false in both ASLDM configs)."""
-    bounds: float = 1.1
-    """Occupancy is extracted in the cube [-bounds, bounds]³ of the model frame (public text/image inference:
-    ``box_v=1.1``; the public reconstruction uses 1.25)."""
+    vae: ShapeVAEConfig = param(default_factory=ShapeVAEConfig, doc="The shape VAE.")
+    denoiser: ASLDMConfig | None = param(None, doc="The ASLDM denoiser; ``None`` for a VAE-only model "
+                                                   "(``shapevae-256``).")
+    condition: str | None = param(None, doc="``\"text\"`` or ``\"image\"`` (what the denoiser's context is); ``None`` "
+                                            "iff ``denoiser`` is ``None``.", choices=CONDITIONS)
+    clip: CLIPConditionerConfig = param(default_factory=CLIPConditionerConfig,
+                                        doc="The CLIP towers (conditioning + alignment).")
+    num_train_timesteps: int = param(1000, doc="DDPM training timesteps.", low=1)
+    beta_start: float = param(0.00085, doc="First β of the noise schedule (0 < beta_start < beta_end).", low=0.0,
+                              low_exclusive=True)
+    beta_end: float = param(0.012, doc="Last β of the noise schedule (beta_end < 1).", low=0.0, low_exclusive=True)
+    beta_schedule: str = param("scaled_linear", doc="diffusers β schedule name.", choices=_BETA_SCHEDULES)
+    prediction_type: str = param("epsilon", doc="What the denoiser predicts (the public model predicts ε).",
+                                 choices=_PREDICTION_TYPES)
+    steps_offset: int = param(1, doc="DDIM ``steps_offset`` of the public sampler.", low=0)
+    set_alpha_to_one: bool = param(False, doc="DDIM ``set_alpha_to_one`` of the public sampler.")
+    num_inference_steps: int = param(50, doc="Default DDIM steps.", low=1)
+    guidance_scale: float = param(7.5, doc="Default classifier-free guidance scale.", low=0.0)
+    eta: float = param(0.0, doc="DDIM η (0 = deterministic).", low=0.0, high=1.0)
+    z_scale_factor: float = param(1.0, doc="Latents are multiplied by this before diffusion and divided after (public "
+                                           "default 1.0, ``scale_by_std`` false in both ASLDM configs).", low=0.0,
+                                  low_exclusive=True)
+    bounds: float = param(1.1, doc="Occupancy is extracted in the cube [-bounds, bounds]³ of the model frame (public "
+                                   "text/image inference: ``box_v=1.1``; the public reconstruction uses 1.25).",
+                          low=0.0, low_exclusive=True)
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.vae, ShapeVAEConfig):
-            raise ValueError(f"MichelangeloConfig.vae must be a ShapeVAEConfig, got {type(self.vae).__name__}")
-        if not isinstance(self.clip, CLIPConditionerConfig):
-            raise ValueError(f"MichelangeloConfig.clip must be a CLIPConditionerConfig, "
-                             f"got {type(self.clip).__name__}")
+    def validate(self) -> None:
+        """Cross-field rules: the VAE, denoiser, condition and CLIP sizes agree; ``beta_start < beta_end < 1``.
+
+        Raises:
+            ValueError: naming both sides of the first mismatch.
+        """
         if self.vae.clip_embed_dim != self.clip.projection_dim:
             raise ValueError(f"vae.clip_embed_dim={self.vae.clip_embed_dim} must equal "
                              f"clip.projection_dim={self.clip.projection_dim} (aligned embedding space)")
@@ -267,10 +194,7 @@ class MichelangeloConfig:
                 raise ValueError(f"MichelangeloConfig.condition must be None without a denoiser, "
                                  f"got {self.condition!r}")
         else:
-            if not isinstance(self.denoiser, ASLDMConfig):
-                raise ValueError(f"MichelangeloConfig.denoiser must be an ASLDMConfig or None, "
-                                 f"got {type(self.denoiser).__name__}")
-            if self.condition not in CONDITIONS:
+            if self.condition is None:
                 raise ValueError(f"MichelangeloConfig.condition must be one of {CONDITIONS} with a denoiser, "
                                  f"got {self.condition!r}")
             d = self.denoiser
@@ -284,41 +208,8 @@ class MichelangeloConfig:
                 which = "text_width" if self.condition == "text" else "vision_width"
                 raise ValueError(f"denoiser.context_dim={d.context_dim} must equal clip.{which}={expected} "
                                  f"for condition {self.condition!r}")
-        _positive_int(self, "num_train_timesteps", "num_inference_steps")
-        _non_negative_int(self, "steps_offset")
-        _positive_float(self, "beta_start", "beta_end", "z_scale_factor", "bounds")
         if not self.beta_start < self.beta_end < 1:
             raise ValueError(f"need 0 < beta_start < beta_end < 1, got {self.beta_start!r}, {self.beta_end!r}")
-        if self.beta_schedule not in _BETA_SCHEDULES:
-            raise ValueError(f"MichelangeloConfig.beta_schedule must be one of {_BETA_SCHEDULES}, "
-                             f"got {self.beta_schedule!r}")
-        if self.prediction_type not in _PREDICTION_TYPES:
-            raise ValueError(f"MichelangeloConfig.prediction_type must be one of {_PREDICTION_TYPES}, "
-                             f"got {self.prediction_type!r}")
-        if not math.isfinite(self.guidance_scale) or self.guidance_scale < 0:
-            raise ValueError(f"MichelangeloConfig.guidance_scale must be >= 0, got {self.guidance_scale!r}")
-        if not 0.0 <= self.eta <= 1.0:
-            raise ValueError(f"MichelangeloConfig.eta must be in [0, 1], got {self.eta!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (nested configs as dicts, ``denoiser`` may be ``None``)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MichelangeloConfig:
-        """Inverse of :meth:`to_dict`. Raises ``ValueError`` on unknown fields or invalid values."""
-        data = dict(data)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"MichelangeloConfig: unknown field(s) {unknown}; known: {sorted(known)}")
-        if "vae" in data:
-            data["vae"] = ShapeVAEConfig.from_dict(data["vae"])
-        if data.get("denoiser") is not None:
-            data["denoiser"] = ASLDMConfig.from_dict(data["denoiser"])
-        if "clip" in data:
-            data["clip"] = CLIPConditionerConfig.from_dict(data["clip"])
-        return cls(**data)
 
 
 def _public_vae() -> ShapeVAEConfig:
@@ -368,4 +259,4 @@ def get_preset(name: str) -> MichelangeloConfig:
     """A fresh copy of the preset ``name``. Raises ``ValueError`` naming the known presets."""
     if name not in PRESETS:
         raise ValueError(f"unknown Michelangelo preset {name!r}; known: {sorted(PRESETS)}")
-    return MichelangeloConfig.from_dict(PRESETS[name].to_dict())
+    return config_from_dict(MichelangeloConfig, config_to_dict(PRESETS[name]))

@@ -19,7 +19,7 @@ unless ``allow_download``; nothing is loaded at import.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -131,8 +131,7 @@ def _conditioner(config: MichelangeloConfig, device: torch.device, allow_downloa
         return CLIPConditioner.from_config(config.clip, device, torch.float32)
 
     def with_backend(backend: str):
-        return MichelangeloConfig.from_dict({**config.to_dict(), "clip": {**config.clip.to_dict(),
-                                                                           "backend": backend}}).clip
+        return replace(config.clip, backend=backend)
 
     try:
         import open_clip  # noqa: F401  (imports torchvision; absent on CPU-only installs)

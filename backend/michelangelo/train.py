@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.devices import resolve_device
-from ..params import ParamError, param, parse_config
+from ..params import Config, ParamError, param, parse_config
 from .asldm import ASLDMDenoiser
 from .checkpoint import CheckpointError, is_our_checkpoint, load_checkpoint, save_checkpoint
 from .conditioner import CLIPConditioner
@@ -69,7 +69,7 @@ class TrainingError(ValueError):
 
 
 @dataclass
-class _Common:
+class _Common(Config):
     """Fields both trainings share (the trainer-specific configs below extend it)."""
 
     data: str = param(doc="folder of meshes (.obj .ply .stl .glb .gltf .off) with optional captions.json / "

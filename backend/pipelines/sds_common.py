@@ -14,12 +14,12 @@ from ..guidance.denoiser import StableDiffusionDenoiser
 from ..guidance.sds import ScoreDistillation, SDSConfig
 from ..models.latent_rgb import latents_to_rgb_linear
 from ..models.stable_diffusion import DEFAULT_SD_MODEL
-from ..params import ParamError, param
+from ..params import Config, ParamError, param
 from .base import JobContext, to_uint8_image
 
 
 @dataclass
-class SDSPipelineConfig:
+class SDSPipelineConfig(Config):
     """Settings every score-distillation pipeline has (each pipeline's config extends this)."""
 
     prompt: str = param(doc="What to generate, e.g. 'a rusty metal barrel'.")

@@ -39,7 +39,7 @@ from ..geometry.mesh import MeshError, TriMesh, validate_mesh
 from ..michelangelo.data import sample_surface, to_model_frame
 from ..michelangelo.model import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL, MichelangeloBundle, load_michelangelo
 from ..michelangelo.sampling import sample_latents
-from ..params import ParamError, param
+from ..params import Config, ParamError, param
 from .base import JobContext, PipelineResult, ResultMesh
 
 AUTO_MODEL = "auto"
@@ -54,7 +54,7 @@ SURFACE_LEVEL = 0.0
 # ---------------------------------------------------------------------------------------------------------------------
 
 @dataclass
-class ShapeDecodeConfig:
+class ShapeDecodeConfig(Config):
     """Settings every shape pipeline has: the model, DDIM sampling and mesh extraction."""
 
     model: str = param(AUTO_MODEL, doc="Michelangelo model: 'auto' (text-ASLDM-256 for prompts and meshes, "
