@@ -27,7 +27,7 @@ from .denoiser import Denoiser
 
 @dataclass
 class SDSConfig(Config):
-    """Score distillation settings (defaults: Latent-NeRF / DESIGN.md §5).
+    """Score distillation settings (defaults: Latent-NeRF and its official code).
 
     Checked on construction (:class:`backend.params.Config`); raises ParamError naming the bad field and value.
     """
