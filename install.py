@@ -49,7 +49,7 @@ BACKEND_REQUIREMENTS = (
     "huggingface_hub",
     "accelerate",
     "PyMCubes",
-    "fast-simplification",  # quadric decimation of extracted meshes (backend/extract.py)
+    "fast-simplification",  # quadric decimation of extracted meshes (backend/geometry/extract.py)
     "xatlas",
     "trimesh",
     "pygltflib",

@@ -1,4 +1,5 @@
-"""Tests of backend/extract.py: grid sampling, marching cubes, clean-up, vertex colours, texture baking (CPU, fast)."""
+"""Tests of backend/geometry/extract.py and bake.py: grid sampling, marching cubes, clean-up, vertex colours, texture
+baking (CPU, fast)."""
 
 from __future__ import annotations
 
