@@ -104,7 +104,7 @@ def build_zip(out_dir: Path) -> Path:
 
 def pyvista_example_bytes(name: str) -> bytes:
     """Bytes of ``pyvista/examples/<name>`` without importing pyvista: from an installed pyvista, else from a
-    pyvista wheel ($LATENTFORGE_TEST_WHEELS, <repo>/.whl, /tmp/pv), else from ``pip download`` into <repo>/.whl.
+    pyvista wheel ($LATENTFORGE_TEST_WHEELS, <repo>/.whl), else from ``pip download`` into <repo>/.whl.
     Skips the test when none works (no network)."""
     spec = importlib.util.find_spec("pyvista")
     if spec is not None and spec.submodule_search_locations:
@@ -112,7 +112,7 @@ def pyvista_example_bytes(name: str) -> bytes:
         if path.is_file():
             return path.read_bytes()
     dirs = [Path(p) for p in os.environ.get("LATENTFORGE_TEST_WHEELS", "").split(os.pathsep) if p]
-    dirs += [REPO_ROOT / ".whl", Path("/tmp/pv")]
+    dirs.append(REPO_ROOT / ".whl")
     wheels = [w for d in dirs if d.is_dir() for w in sorted(d.glob("pyvista-*.whl"))]
     if not wheels:
         cache = REPO_ROOT / ".whl"
