@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
+import re
 import shutil
 import signal
 import sys
@@ -27,22 +29,23 @@ import typing
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from blender_addon.core import paths
 from blender_addon.core.protocol import safe_text
 
 from . import __version__
+from .cli_progress import ProgressReporter
 from .geometry.mesh import MeshError, load_mesh
 from .michelangelo.conditioner import load_image
 from .michelangelo.model import PUBLIC_FILES, download_public_checkpoint
 from .michelangelo.train import TRAINERS
 from .models.cache import ModelCache
 from .models.devices import resolve_device
-from .models.base import ModelNotFoundError
+from .models.base import TINY_RANDOM, ModelNotFoundError
 from .models.stable_diffusion import DEFAULT_SD_MODEL, download_stable_diffusion
 from .pipelines import PIPELINES
 from .pipelines.base import PipelineInputs
+from .pipelines.sds_common import SDSPipelineConfig
 from .pipelines.io import inputs_to_arrays
 from .serving.server import BackendServer
 from .serving.service import JobService
@@ -52,13 +55,59 @@ log = logging.getLogger("backend")
 
 # Flags every pipeline shares, in the order `--help` shows them (the rest of each config follows).
 SHARED_FLAGS = ("model", "prompt", "negative_prompt", "seed", "iterations")
+TEXTURED = ("latent_paint", "latent_nerf")
+"""Pipelines whose result carries a texture (written beside the GLB as PNG by ``run``)."""
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, default=None,
                    help="job store folder (default: data_dir of the install config, else <home>/data)")
     p.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:1 …")
+    _add_verbosity(p)
+
+
+def _add_verbosity(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only (no progress)")
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    """argparse type: a TCP port, 0 (any free) to 65535."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port from 0 to 65535, got {value}")
+    return value
+
+
+def _glb_path(text: str) -> Path:
+    """argparse type: an output file ending in .glb (the writer makes glTF binary), not a folder."""
+    path = Path(text)
+    if text.endswith(("/", "\\")) or path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; give a file name ending in .glb")
+    if path.suffix.lower() != ".glb":
+        raise argparse.ArgumentTypeError(f"{text!r} must end in .glb (the result is written as glTF binary)")
+    return path
+
+
+def _flag_help(f: dataclasses.Field, default) -> str:
+    """A config field's help: its doc, then default, range and choices from the field's own description."""
+    meta = f.metadata
+    parts = [] if default is None else [f"default: {list(default) if isinstance(default, tuple) else default}"]
+    if meta.get("low") is not None or meta.get("high") is not None:
+        low = "-inf" if meta.get("low") is None else f"{meta['low']:g}"
+        high = "inf" if meta.get("high") is None else f"{meta['high']:g}"
+        parts.append(f"range {'(' if meta.get('low_exclusive') else '['}{low}, {high}]")
+    if meta.get("choices"):
+        parts.append("one of " + ", ".join(map(str, meta["choices"])))
+    return meta.get("doc", "") + (f" ({'; '.join(parts)})" if parts else "")
 
 
 def _config_flags(p: argparse.ArgumentParser, config_class) -> None:
@@ -70,7 +119,7 @@ def _config_flags(p: argparse.ArgumentParser, config_class) -> None:
         tp = hints[f.name]
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         default = None if required else (f.default if f.default is not dataclasses.MISSING else f.default_factory())
-        help_text = f.metadata.get("doc", "") + ("" if required else f" (default: {default})")
+        help_text = _flag_help(f, default)
         if tp is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
         elif typing.get_origin(tp) is tuple:
@@ -95,8 +144,15 @@ def _store_caps(args) -> tuple[int | None, float | None]:
     return (int(args.max_store_gb * 1e9) or None), (args.max_job_age_days * 86400.0 or None)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``<prog>: error: <what> (--help shows the flags)``, exit 2 — no usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help shows the flags)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m backend", description="LatentForge backend")
+    parser = _Parser(prog="python -m backend", description="LatentForge backend")
     parser.add_argument("--version", action="version", version=f"latentforge-backend {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -104,17 +160,18 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = paths.read_config()
     serve.add_argument("--host", default=cfg.get("host", paths.DEFAULT_HOST),
                        help="interface to bind (default 127.0.0.1; use an SSH tunnel rather than 0.0.0.0)")
-    serve.add_argument("--port", type=int, default=cfg.get("port", paths.DEFAULT_PORT), help="TCP port (0 = any free)")
+    serve.add_argument("--port", type=_port, default=cfg.get("port", paths.DEFAULT_PORT),
+                       help="TCP port, 0–65535 (0 = any free)")
     serve.add_argument("--token-file", type=Path, default=None, help=f"token file (default {paths.token_path()})")
-    serve.add_argument("--max-payload-mb", type=int, default=1024, help="largest accepted message payload (MiB)")
+    serve.add_argument("--max-payload-mb", type=_positive_int, default=1024, help="largest accepted message payload (MiB)")
     serve.add_argument("--allow-download", action="store_true",
                        help="let jobs download missing models from the Hugging Face Hub")
-    serve.add_argument("--keep-models", type=int, default=1, help="models kept loaded between jobs")
-    serve.add_argument("--max-connections", type=int, default=64,
+    serve.add_argument("--keep-models", type=_positive_int, default=1, help="models kept loaded between jobs")
+    serve.add_argument("--max-connections", type=_positive_int, default=64,
                        help="most client connections at once, authenticated or not (default 64)")
-    serve.add_argument("--max-client-queue-mb", type=int, default=256,
+    serve.add_argument("--max-client-queue-mb", type=_positive_int, default=256,
                        help="most MiB of replies queued for one client before it is disconnected (default 256)")
-    serve.add_argument("--max-buffered-mb", type=int, default=2048,
+    serve.add_argument("--max-buffered-mb", type=_positive_int, default=2048,
                        help="most MiB buffered for all clients together, incoming and outgoing (default 2048)")
     _add_store_caps(serve)
     _add_common(serve)
@@ -132,8 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
         for image_input in spec.image_inputs:
             p.add_argument(f"--{image_input.name.replace('_', '-')}", dest=image_input.name, type=Path,
                            required=image_input.required, help=f"{image_input.help} (PNG/JPEG…)")
-        p.add_argument("--out", type=Path, required=True,
-                       help="output .glb (a .png texture is written beside it; several meshes: one node each)")
+        p.add_argument("--out", type=_glb_path, required=True,
+                       help="output .glb (several meshes: one node each)" + (
+                           "; its texture is also written beside it as .png" if name in TEXTURED else ""))
+        p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
         p.add_argument("--allow-download", action="store_true", help="download the model if it is not cached")
         _config_flags(p, spec.config_class)
         _add_common(p)
@@ -146,12 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
         t = train_sub.add_parser(name, help=summary, description=summary)
         _config_flags(t, config_class)
         t.add_argument("--no-progress", action="store_true", help="no progress bar")
-        t.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        _add_verbosity(t)
 
     jobs = sub.add_parser("jobs", help="list the job store, or export a finished job")
-    jobs.add_argument("--limit", type=int, default=20)
+    jobs.add_argument("--limit", type=_positive_int, default=20, help="most recent jobs to list (default 20)")
     jobs.add_argument("--export", metavar="JOB_ID", help="copy this finished job's result.glb to --out")
-    jobs.add_argument("--out", type=Path)
+    jobs.add_argument("--out", type=_glb_path, help="where --export writes the result (.glb)")
     jobs.add_argument("--delete", metavar="JOB_ID", help="delete this finished job (done/failed/cancelled) and its files")
     jobs.add_argument("--prune", action="store_true",
                       help="apply the store cap (--max-store-gb, --max-job-age-days) once and list what it deleted")
@@ -161,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     download = sub.add_parser("download", help="download a Stable Diffusion model or a Michelangelo checkpoint into "
                                                "the Hugging Face cache")
 
+    _add_verbosity(download)
     download.add_argument("model", nargs="?", default=DEFAULT_SD_MODEL,
                           help=f"a Stable Diffusion Hugging Face id (default {DEFAULT_SD_MODEL}), or text-ASLDM-256, "
                                f"image-ASLDM-256, shapevae-256 (Michelangelo, with CLIP ViT-L/14)")
@@ -173,10 +233,13 @@ def _data_dir(args) -> Path:
     return Path(paths.read_config().get("data_dir") or paths.default_data_dir())
 
 
-def _device(args):
+def _device(args, config_class: type | None = None, model: str | None = None):
+    """The compute device; on a CPU, warns when the job is a score-distillation one with a real Stable Diffusion model
+    (hours per job there)."""
     device = resolve_device(args.device)
-    if device.type == "cpu":
-        log.warning("running on the CPU: real Stable Diffusion models take hours per job there; "
+    if device.type == "cpu" and config_class is not None and issubclass(config_class, SDSPipelineConfig) \
+            and model != TINY_RANDOM:
+        log.warning("running on the CPU: a real Stable Diffusion model takes hours per job there; "
                     "use a CUDA GPU (or --model tiny-random for a smoke test)")
     torch.set_grad_enabled(True)
     return device
@@ -230,32 +293,29 @@ def cmd_run(args) -> int:
         except (OSError, ValueError) as err:
             print(f"error: --{image_input.name.replace('_', '-')}: {err}", file=sys.stderr)
             return 2
-    service = JobService(_data_dir(args), _device(args), ModelCache(1, args.allow_download), start_worker=False)
-    done = threading.Event()
+    device = _device(args, spec.config_class, params.get("model"))
+    service = JobService(_data_dir(args), device, ModelCache(1, args.allow_download), start_worker=False)
     outcome: dict = {}
-    bar = tqdm(total=1, unit="step", dynamic_ncols=True)
+    progress = ProgressReporter(sys.stderr, enabled=not (args.no_progress or args.quiet))
 
     def listener(msg_type, fields, arrays):
         if msg_type == "progress":
-            bar.total = max(fields["total"], 1)
-            bar.n = fields["step"]
-            bar.set_description(fields["stage"])
-            bar.set_postfix({k: f"{v:.4g}" for k, v in fields["losses"].items() if v is not None}, refresh=False)
-            bar.refresh()
+            progress.update(fields["stage"], fields["step"], fields["total"], fields["losses"], fields["eta_s"])
         elif msg_type in ("result", "error", "cancelled"):
             outcome.update(type=msg_type, fields=fields, arrays=arrays)
-            done.set()
 
     try:
         job_id, _ = service.submit(args.pipeline, params, inputs_to_arrays(inputs), listener=listener)
     except (ValueError, KeyError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_in_flag_words(str(err), spec.config_class)}", file=sys.stderr)
         return 2
-    service.run_job(job_id)
-    bar.close()
+    try:
+        service.run_job(job_id)
+    finally:
+        progress.close()
     if outcome.get("type") != "result":
-        print(f"error: job {job_id} {outcome.get('type')}: {outcome.get('fields', {}).get('message', '')}",
-              file=sys.stderr)
+        message = _in_flag_words(outcome.get("fields", {}).get("message", ""), spec.config_class)
+        print(f"error: job {job_id} {outcome.get('type')}: {message}", file=sys.stderr)
         return 1
     folder = service.store.job_dir(job_id)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -299,6 +359,7 @@ def cmd_jobs(args) -> int:
         if not args.out:
             print("error: --export needs --out", file=sys.stderr)
             return 2
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(store.job_dir(args.export) / "result.glb", args.out)
         print(args.out)
         return 0
@@ -317,7 +378,10 @@ def cmd_train(args) -> int:
     config_class, train_fn = TRAINERS[args.trainer]
     params = {f.name: getattr(args, f.name) for f in dataclasses.fields(config_class) if hasattr(args, f.name)}
     try:
-        result = train_fn(params, progress=not args.no_progress)
+        result = train_fn(params, progress=not (args.no_progress or args.quiet))
+    except ValueError as err:
+        print(f"error: {_in_flag_words(str(err), config_class)}", file=sys.stderr)
+        return 2
     except (ModelNotFoundError, ImportError) as err:  # CLIP not cached / open_clip unusable
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -331,19 +395,40 @@ def cmd_train(args) -> int:
 
 
 def cmd_download(args) -> int:
-    if args.model in PUBLIC_FILES:
-        print(download_public_checkpoint(args.model))
-    else:
-        print(download_stable_diffusion(args.model))
+    try:
+        path = (download_public_checkpoint if args.model in PUBLIC_FILES else download_stable_diffusion)(args.model)
+    except Exception as err:  # noqa: BLE001 — offline, unknown id, hub errors: one line, never a traceback
+        log.debug("download of %s failed", args.model, exc_info=True)
+        while err.__cause__ is not None:  # the hub's own reason, not our "not on this machine" wrapper
+            err = err.__cause__
+        text = str(err).strip()
+        reason = safe_text(text.splitlines()[0] if text else type(err).__name__, 300)
+        print(f"error: could not download {safe_text(args.model, 120)!r}: {reason} (is the Hugging Face Hub "
+              f"reachable from this machine? -v shows the details)", file=sys.stderr)
+        return 2
+    print(path)
     return 0
+
+
+def _in_flag_words(message: str, config_class: type) -> str:
+    """A config error in the words of the command line: field names become the flags the user typed
+    (``texture_size = 9999 …`` → ``--texture-size = 9999 …``)."""
+    message = re.sub(r"\b\w+Config\.", "", message)  # "ShapeLDMConfig.grid_resolution" → "grid_resolution"
+    for f in sorted(dataclasses.fields(config_class), key=lambda f: -len(f.name)):
+        message = re.sub(rf"(?<![\w-]){re.escape(f.name)}(?![\w])", "--" + f.name.replace("_", "-"), message)
+    return message
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+    level = logging.DEBUG if getattr(args, "verbose", False) else (
+        logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
+    logging.basicConfig(level=level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("httpx", "urllib3", "huggingface_hub", "diffusers", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not getattr(args, "verbose", False):  # the hub sets its own loggers' level when it is first imported
+        os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+    for noisy in ("httpx", "urllib3", "huggingface_hub", "diffusers", "transformers"):  # their retries are ours to say
+        logging.getLogger(noisy).setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.ERROR)
     try:
         return {"serve": cmd_serve, "run": cmd_run, "train": cmd_train, "jobs": cmd_jobs,
                 "download": cmd_download}[args.command](args)

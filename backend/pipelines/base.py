@@ -128,7 +128,9 @@ class JobContext:
     on_progress: Callable[..., None] | None = None
     on_preview: Callable[..., None] | None = None
     on_partial: Callable[..., None] | None = None
-    _t0: float = field(default_factory=time.monotonic)
+    _stage: str | None = field(default=None, repr=False)
+    _stage_t0: float = field(default=0.0, repr=False)
+    _stage_step0: int = field(default=0, repr=False)
 
     def check_cancelled(self) -> None:
         """Raise :class:`JobCancelled` when cancellation was requested."""
@@ -136,16 +138,20 @@ class JobContext:
             raise JobCancelled()
 
     def progress(self, stage: str, step: int, total: int, losses: dict[str, float] | None = None) -> None:
-        """Report progress (ETA from the mean step time so far) and raise :class:`JobCancelled` if cancelled."""
-        self.check_cancelled()
-        if self.on_progress is not None:
-            elapsed = time.monotonic() - self._t0
-            eta = elapsed / step * (total - step) if step > 0 else None
-            self.on_progress(stage, step, total, dict(losses or {}), eta)
+        """Report progress and raise :class:`JobCancelled` if cancelled.
 
-    def restart_clock(self) -> None:
-        """Start ETA timing now (after model loading / set-up)."""
-        self._t0 = time.monotonic()
+        The ETA (seconds) is the stage's own: its clock starts at the stage's first report, so model loading and
+        earlier stages do not count, ``(total - step)`` × the mean time of the steps since then (None until one step
+        is timed).
+        """
+        self.check_cancelled()
+        now = time.monotonic()
+        if stage != self._stage:
+            self._stage, self._stage_t0, self._stage_step0 = stage, now, step
+        if self.on_progress is not None:
+            done = step - self._stage_step0
+            eta = (now - self._stage_t0) / done * (total - step) if done > 0 else None
+            self.on_progress(stage, step, total, dict(losses or {}), eta)
 
     def preview(self, step: int, image: np.ndarray, decoder: str) -> None:
         """Stream a preview image, (H, W, 3) uint8, row 0 = top."""

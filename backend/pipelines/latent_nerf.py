@@ -161,7 +161,6 @@ class LatentNeRFPipeline:
         preview_cam = preview_camera(self.device)
         if sketch is not None and config.sketch_init_iterations:
             self._fit_sketch(run)
-        context.restart_clock()
 
         # 2. Latent stage: SDS on rendered latents (+ Sketch-Shape loss, + opacity sparsity).
         total_steps = config.iterations + config.refine_iterations

@@ -157,7 +157,6 @@ class LatentPaintPipeline:
         optimizer = torch.optim.Adam([texture], lr=config.lr, eps=1e-15 if self.device.type == "cuda" else 1e-8)
         preview_cam = preview_camera(self.device)
         timings["setup"] = time.perf_counter() - t_setup
-        context.restart_clock()
 
         # 3. Optimisation loop: render → SDS → Adam.
         for step in range(1, config.iterations + 1):

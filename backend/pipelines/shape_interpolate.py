@@ -54,7 +54,6 @@ def run(config: ShapeInterpolateConfig, inputs: PipelineInputs, ctx: JobContext)
     ctx.progress("encode", 1, 2)
     latent_b, place_b = pipe.encode_mesh(inputs.meshes["mesh_b"], config.seed, name="mesh_b")
     timings["encode"] = time.perf_counter() - t0
-    ctx.restart_clock()
 
     # 2. Interpolate latents and placements.
     k = config.num_shapes

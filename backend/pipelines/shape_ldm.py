@@ -57,7 +57,6 @@ def run(config: ShapeLDMConfig, inputs: PipelineInputs, ctx: JobContext) -> Pipe
     pipe = load_shape_pipeline(config, ctx, DEFAULT_IMAGE_MODEL if image is not None else DEFAULT_TEXT_MODEL)
     pipe.require_denoiser("shape_ldm")
     timings: dict[str, float] = {}
-    ctx.restart_clock()
 
     # 1. Condition: CLIP tokens of the prompt or the image, and the unconditional tokens for guidance.
     t0 = time.perf_counter()

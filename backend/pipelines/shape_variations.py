@@ -44,7 +44,6 @@ def run(config: ShapeVariationsConfig, inputs: PipelineInputs, ctx: JobContext) 
     ctx.progress("encode", 0, 1)
     latent, placement = pipe.encode_mesh(inputs.meshes["mesh"], config.seed)
     timings["encode"] = time.perf_counter() - t0
-    ctx.restart_clock()
 
     # 2. Condition: the prompt's tokens, or the unconditional tokens (no guidance) without one.
     context, uncond = pipe.context(config.prompt, None, config.num_samples)

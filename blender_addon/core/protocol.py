@@ -440,7 +440,7 @@ MESSAGE_TYPES: Mapping[str, MessageSpec] = MappingProxyType({
         "step": _f("int", doc="steps done in this stage", minimum=0),
         "total": _f("int", doc="steps in this stage", minimum=0),
         "losses": _f("object", doc="loss name -> latest value (null when not finite)", items=("number", "null")),
-        "eta_s": _f("number|null", doc="estimated seconds to the end of the job, null if unknown", minimum=0),
+        "eta_s": _f("number|null", doc="estimated seconds to the end of the current stage, null if unknown", minimum=0),
     }), doc="optimization progress, at most a few per second"),
     "preview": MessageSpec(_S2C, MappingProxyType({
         "job_id": _f("str", doc=_JOB_ID, max_len=MAX_ID_CHARS),

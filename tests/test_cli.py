@@ -1,0 +1,158 @@
+"""The command line as a new user meets it: progress that reads well in a file, ETAs from the pipeline's own clock,
+and one-line errors that name the flag the user typed (no traceback, exit 2)."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from backend import cli
+from backend.cli_progress import ProgressReporter
+from backend.models.cache import ModelCache
+from backend.params import parse_config
+from backend.pipelines import PIPELINES
+from backend.pipelines.base import JobContext
+from backend.pipelines.io import inputs_from_arrays
+from backend.pipelines.latent_paint import LatentPaintConfig, run
+from conftest import REPO_ROOT
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_progress_in_a_file_is_a_few_plain_lines_per_stage():
+    out, clock = io.StringIO(), FakeClock()
+    reporter = ProgressReporter(out, clock=clock)
+    assert not reporter.live  # a StringIO is no terminal
+    for stage, total in (("fit_sketch", 200), ("optimize", 5000)):
+        for step in range(1, total + 1):
+            clock.t += 0.05
+            reporter.update(stage, step, total, {"sds": 1.5, "shape": None}, eta_s=(total - step) * 0.05)
+    reporter.close()
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue()
+    assert 20 <= len(lines) <= 60, len(lines)  # ~every 5 % per stage, not one per step
+    assert lines[0].startswith("fit_sketch 1/200") and lines[-1].startswith("optimize 5000/5000 (100%) eta 0s")
+    assert any(line.startswith("optimize 250/5000 (5%) eta 3m 58s sds=1.5") for line in lines), lines[:30]
+    assert all("shape=" not in line for line in lines)  # unknown losses are left out
+
+
+def test_a_slow_stage_still_writes_a_line_every_interval_and_disabled_writes_nothing():
+    out, clock = io.StringIO(), FakeClock()
+    reporter = ProgressReporter(out, line_interval_s=30.0, clock=clock)
+    for step in range(1, 41):  # 40 steps of 10 s: 5 % of the steps = 2 steps, but also every 30 s
+        clock.t += 10.0
+        reporter.update("optimize", step, 10_000, {}, None)
+    assert len(out.getvalue().splitlines()) == 14  # the first step, then one line per 30 s
+    silent = io.StringIO()
+    off = ProgressReporter(silent, enabled=False)
+    off.update("optimize", 1, 10, {}, 1.0)
+    assert silent.getvalue() == ""
+
+
+def test_the_eta_is_the_stage_s_own_and_restarts_with_each_stage(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr("backend.pipelines.base.time.monotonic", clock)
+    events = []
+    ctx = JobContext(device=torch.device("cpu"), models=None, on_progress=lambda *e: events.append(e))
+    clock.t = 100.0  # model loading took 100 s: it must not count
+    for step in range(0, 11):
+        ctx.progress("optimize", step, 10)
+        clock.t += 2.0
+    assert events[0][4] is None and events[1][4] == pytest.approx(2.0 * 9)  # 2 s per step, 9 steps left
+    clock.t += 500.0
+    ctx.progress("decode", 0, 4)
+    clock.t += 1.0
+    ctx.progress("decode", 1, 4)
+    assert events[-2][4] is None and events[-1][4] == pytest.approx(3.0)
+
+
+def test_a_real_run_s_eta_after_a_tenth_of_the_steps_is_within_half_of_the_remaining_time():
+    mesh = trimesh.creation.icosphere(subdivisions=2)
+    arrays = {"mesh.v_pos": mesh.vertices.astype(np.float32), "mesh.t_pos_idx": mesh.faces.astype(np.int32)}
+    config = parse_config(LatentPaintConfig, {"prompt": "a ball", "model": "tiny-random", "iterations": 60,
+                                              "texture_size": 64, "preview_every": 0, "vae_preview_every": 0})
+    seen = []
+    ctx = JobContext(device=torch.device("cpu"), models=ModelCache(),
+                     on_progress=lambda stage, step, total, losses, eta: seen.append(
+                         (stage, step, eta, time.monotonic())))
+    run(config, inputs_from_arrays("latent_paint", PIPELINES["latent_paint"], arrays), ctx)
+    optimize = [e for e in seen if e[0] == "optimize"]
+    at_tenth = next(e for e in optimize if e[1] == 6)
+    end = optimize[-1][3]
+    remaining = end - at_tenth[3]
+    assert at_tenth[2] is not None and abs(at_tenth[2] - remaining) <= 0.5 * remaining, (at_tenth[2], remaining)
+
+
+def _cli(args: list[str], tmp_path) -> subprocess.CompletedProcess:
+    env = {"LATENTFORGE_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    return subprocess.run([sys.executable, "-m", "backend", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+@pytest.fixture(scope="module")
+def ball(tmp_path_factory):
+    path = tmp_path_factory.mktemp("mesh") / "ball.obj"
+    trimesh.creation.icosphere(subdivisions=1).export(path)
+    return path
+
+
+BAD = [  # (args, words the one error line must hold)
+    (["serve", "--port", "99999"], ["--port", "0 to 65535"]),
+    (["serve", "--max-payload-mb", "-1"], ["--max-payload-mb", "at least 1"]),
+    (["serve", "--keep-models", "0"], ["--keep-models", "at least 1"]),
+    (["jobs", "--limit", "0"], ["--limit", "at least 1"]),
+    (["run", "shape_ldm", "--prompt", "x", "--out", "{tmp}/"], ["--out", "folder"]),
+    (["run", "shape_ldm", "--prompt", "x", "--out", "{tmp}/x.obj"], ["--out", ".glb"]),
+    (["run", "shape_ldm", "--model", "tiny-random", "--prompt", "x", "--grid-resolution", "9999", "--out",
+      "{tmp}/x.glb"], ["--grid-resolution", "512"]),
+    (["run", "latent_paint", "--mesh", "{ball}", "--model", "tiny-random", "--prompt", "x", "--texture-size", "9",
+      "--out", "{tmp}/x.glb"], ["--texture-size", "64"]),
+    (["run", "latent_paint", "--mesh", "{tmp}/missing.obj", "--prompt", "x", "--out", "{tmp}/x.glb"],
+     ["missing.obj", "does not exist"]),
+    (["run", "latent_paint", "--prompt", "x"], ["--mesh", "--out", "required"]),
+    (["run", "shape_ldm", "--model", "tiny-random", "--prompt", "x", "--radius-range", "2", "1", "--out",
+      "{tmp}/x.glb"], ["unrecognized", "--radius-range"]),
+]
+
+
+@pytest.mark.parametrize("args, words", BAD, ids=[" ".join(a[:3]) + " " + a[-2] for a, _ in BAD])
+def test_every_bad_invocation_is_one_line_naming_the_flag(args, words, tmp_path, ball):
+    args = [a.format(tmp=tmp_path, ball=ball) for a in args]
+    proc = _cli(args, tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    assert not re.search(r"\b[a-z]+_[a-z_]+ = ", lines[0]), lines[0]  # no config field names, only flags
+
+
+def test_an_offline_download_is_one_line(tmp_path):
+    proc = _cli(["download", "text-ASLDM-256"], tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert lines[0].startswith("error: could not download 'text-ASLDM-256'")
+
+
+def test_help_shows_each_flag_s_default_range_and_choices():
+    parser = cli.build_parser()
+    text = parser._subparsers._group_actions[0].choices["run"]._subparsers._group_actions[0].choices[
+        "latent_paint"].format_help()
+    text = " ".join(text.split())
+    assert "--texture-size TEXTURE_SIZE" in text and "(default: 1024; range [64, 8192])" in text
+    assert "one of sds, sqrt_alpha, uniform" in text
+    assert "its texture is also written beside it as .png" in text
