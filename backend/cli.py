@@ -411,11 +411,13 @@ def cmd_download(args) -> int:
 
 
 def _in_flag_words(message: str, config_class: type) -> str:
-    """A config error in the words of the command line: field names become the flags the user typed
-    (``texture_size = 9999 …`` → ``--texture-size = 9999 …``)."""
+    """A config error in the words of the command line: a field named as a value (``texture_size = 9999 …``,
+    ``'prompt'``) becomes the flag the user typed (``--texture-size = 9999 …``); prose is left alone."""
     message = re.sub(r"\b\w+Config\.", "", message)  # "ShapeLDMConfig.grid_resolution" → "grid_resolution"
     for f in sorted(dataclasses.fields(config_class), key=lambda f: -len(f.name)):
-        message = re.sub(rf"(?<![\w-]){re.escape(f.name)}(?![\w])", "--" + f.name.replace("_", "-"), message)
+        flag = "--" + f.name.replace("_", "-")
+        message = re.sub(rf"(?<![\w-]){re.escape(f.name)}(?= = | must )", flag, message)  # "texture_size = 9 …"
+        message = message.replace(f"'{f.name}'", f"'{flag}'")  # "missing required parameter 'prompt'"
     return message
 
 

@@ -338,7 +338,7 @@ def test_cli_bad_inputs_are_clear_errors(tmp_path, capsys):
     code, err = _cli(capsys, "shape_ldm", *common)
     assert code == 2 and "needs a prompt or an image" in err
     code, err = _cli(capsys, "shape_ldm", "--prompt", "a chair", *common, "--grid-resolution", "5000")
-    assert code == 2 and "grid_resolution = 5000 is above the maximum 512" in err
+    assert code == 2 and "--grid-resolution = 5000 is above the maximum 512" in err
     code, err = _cli(capsys, "shape_ldm", "--prompt", "a chair", *common, "--model", "nobody/no-such-shape-model")
     assert code == 1 and "unknown Michelangelo model 'nobody/no-such-shape-model'" in err
     empty = tmp_path / "points.ply"

@@ -34,7 +34,9 @@ class SDSPipelineConfig(Config):
     min_step_percent: float = param(0.02, doc="Smallest SDS timestep as a fraction of T.", low=0.0, high=1.0)
     max_step_percent: float = param(0.98, doc="Largest SDS timestep as a fraction of T.", low=0.0, high=1.0)
     weighting: str = param("sds", doc="SDS weight w(t).", choices=("sds", "sqrt_alpha", "uniform"))
-    radius_range: tuple[float, float] = param((1.0, 1.5), doc="Camera distance range (object normalised to the unit ball).", low=0.1, high=100.0)
+    radius_range: tuple[float, float] = param((1.0, 1.5), doc="Camera distance range (Latent-Paint: the mesh is "
+                                              "normalised to radius 0.6; Latent-NeRF: the scene box is [-1, 1]³).",
+                                              low=0.1, high=100.0)
     elevation_range: tuple[float, float] = param((-15.0, 45.0), doc="Camera elevation range, degrees.", low=-90.0, high=90.0)
     fovy_range: tuple[float, float] = param((40.0, 70.0), doc="Vertical field of view range, degrees.", low=1.0, high=179.0)
     preview_every: int = param(10, doc="Steps between linear-decoded previews (0 = never).", low=0, high=100_000)
