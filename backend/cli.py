@@ -307,14 +307,15 @@ def cmd_run(args) -> int:
     try:
         job_id, _ = service.submit(args.pipeline, params, inputs_to_arrays(inputs), listener=listener)
     except (ValueError, KeyError) as err:
-        print(f"error: {_in_flag_words(str(err), spec.config_class)}", file=sys.stderr)
+        print(f"error: {_in_flag_words(str(err), spec.config_class, _input_names(spec))}", file=sys.stderr)
         return 2
     try:
         service.run_job(job_id)
     finally:
         progress.close()
     if outcome.get("type") != "result":
-        message = _in_flag_words(outcome.get("fields", {}).get("message", ""), spec.config_class)
+        message = _in_flag_words(outcome.get("fields", {}).get("message", ""), spec.config_class,
+                                 _input_names(spec))
         print(f"error: job {job_id} {outcome.get('type')}: {message}", file=sys.stderr)
         return 1
     folder = service.store.job_dir(job_id)
@@ -410,7 +411,12 @@ def cmd_download(args) -> int:
     return 0
 
 
-def _in_flag_words(message: str, config_class: type) -> str:
+def _input_names(spec) -> tuple[str, ...]:
+    """The names of a pipeline's input meshes and images (each is a ``--<name>`` flag of ``run``)."""
+    return tuple(m.group for m in spec.mesh_inputs) + tuple(i.name for i in spec.image_inputs)
+
+
+def _in_flag_words(message: str, config_class: type, input_names: tuple[str, ...] = ()) -> str:
     """A config error in the words of the command line: a field named as a value (``texture_size = 9999 …``,
     ``'prompt'``) becomes the flag the user typed (``--texture-size = 9999 …``); prose is left alone."""
     message = re.sub(r"\b\w+Config\.", "", message)  # "ShapeLDMConfig.grid_resolution" → "grid_resolution"
@@ -418,6 +424,9 @@ def _in_flag_words(message: str, config_class: type) -> str:
         flag = "--" + f.name.replace("_", "-")
         message = re.sub(rf"(?<![\w-]){re.escape(f.name)}(?= = | must )", flag, message)  # "texture_size = 9 …"
         message = message.replace(f"'{f.name}'", f"'{flag}'")  # "missing required parameter 'prompt'"
+    for name in input_names:  # "an image (input array 'image')" → "an image (--image)"
+        flag = "--" + name.replace("_", "-")
+        message = message.replace(f"input array '{name}'", flag).replace(f"input mesh '{name}'", flag)
     return message
 
 

@@ -124,6 +124,7 @@ BAD = [  # (args, words the one error line must hold)
     (["run", "latent_paint", "--mesh", "{tmp}/missing.obj", "--prompt", "x", "--out", "{tmp}/x.glb"],
      ["missing.obj", "does not exist"]),
     (["run", "latent_paint", "--prompt", "x"], ["--mesh", "--out", "required"]),
+    (["run", "shape_ldm", "--model", "tiny-random", "--out", "{tmp}/x.glb"], ["a prompt or an image (--image)"]),
     (["run", "shape_ldm", "--model", "tiny-random", "--prompt", "x", "--radius-range", "2", "1", "--out",
       "{tmp}/x.glb"], ["unrecognized", "--radius-range"]),
 ]
@@ -156,3 +157,11 @@ def test_help_shows_each_flag_s_default_range_and_choices():
     assert "--texture-size TEXTURE_SIZE" in text and "(default: 1024; range [64, 8192])" in text
     assert "one of sds, sqrt_alpha, uniform" in text
     assert "its texture is also written beside it as .png" in text
+
+
+def test_one_sample_glb_names_its_node_like_several_do(tmp_path):
+    from backend.geometry.mesh import TriMesh, save_glb
+
+    box = trimesh.creation.box()
+    path = save_glb(tmp_path / "one.glb", TriMesh(box.vertices.astype(np.float32), box.faces.astype(np.int32)))
+    assert list(trimesh.load(path).geometry) == ["mesh"]

@@ -184,10 +184,7 @@ def save_glb(path: str | Path, mesh: TriMesh | Sequence[TriMesh], texture: np.nd
             parts.append(trimesh.Trimesh(blender_to_gltf(v), faces, visual=visual, process=False))
         else:
             parts.append(trimesh.Trimesh(blender_to_gltf(m.v_pos), m.t_pos_idx, process=False))
-    if len(parts) == 1 and not offsets.any():
-        parts[0].export(path, file_type="glb")
-        return path
-    scene = trimesh.Scene()
+    scene = trimesh.Scene()  # always named nodes: one sample is `mesh` too, not trimesh's `geometry_0`
     for part, name, offset in zip(parts, names, blender_to_gltf(offsets)):
         scene.add_geometry(part, node_name=name, geom_name=name,
                            transform=trimesh.transformations.translation_matrix(offset))
