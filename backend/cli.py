@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, default=cfg.get("port", paths.DEFAULT_PORT),
                        help="TCP port, 0–65535 (0 = any free)")
     serve.add_argument("--token-file", type=Path, default=None, help=f"token file (default {paths.token_path()})")
-    serve.add_argument("--max-payload-mb", type=_positive_int, default=1024, help="largest accepted message payload (MiB)")
+    serve.add_argument("--max-payload-mb", type=_positive_int, default=1024,
+                       help="largest accepted message payload (MiB)")
     serve.add_argument("--allow-download", action="store_true",
                        help="let jobs download missing models from the Hugging Face Hub")
     serve.add_argument("--keep-models", type=_positive_int, default=1, help="models kept loaded between jobs")
@@ -211,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_argument("--limit", type=_positive_int, default=20, help="most recent jobs to list (default 20)")
     jobs.add_argument("--export", metavar="JOB_ID", help="copy this finished job's result.glb to --out")
     jobs.add_argument("--out", type=_glb_path, help="where --export writes the result (.glb)")
-    jobs.add_argument("--delete", metavar="JOB_ID", help="delete this finished job (done/failed/cancelled) and its files")
+    jobs.add_argument("--delete", metavar="JOB_ID",
+                      help="delete this finished job (done/failed/cancelled) and its files")
     jobs.add_argument("--prune", action="store_true",
                       help="apply the store cap (--max-store-gb, --max-job-age-days) once and list what it deleted")
     _add_store_caps(jobs)

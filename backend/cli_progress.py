@@ -19,17 +19,7 @@ from typing import Callable, TextIO
 
 from tqdm import tqdm
 
-
-def format_eta(eta_s: float | None) -> str:
-    """``"1h 02m"`` / ``"3m 05s"`` / ``"42s"``; ``"?"`` when unknown or negative."""
-    if eta_s is None or eta_s < 0:
-        return "?"
-    s = int(round(eta_s))
-    if s >= 3600:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    if s >= 60:
-        return f"{s // 60}m {s % 60:02d}s"
-    return f"{s}s"
+from blender_addon.core.text import format_duration
 
 
 class ProgressReporter:
@@ -83,7 +73,7 @@ class ProgressReporter:
                                                          "[{elapsed}{postfix}]")
         bar = self._bar
         bar.total = max(total, 1)
-        bar.set_postfix_str(f", eta {format_eta(eta_s)}" + _losses_text(losses, ", "), refresh=False)
+        bar.set_postfix_str(f", eta {format_duration(eta_s) or '?'}" + _losses_text(losses, ", "), refresh=False)
         bar.update(max(step - bar.n, 0))  # redraws at most every mininterval
 
     # ---- file or pipe -----------------------------------------------------------------------------------------------
@@ -99,7 +89,7 @@ class ProgressReporter:
             return
         self._last_step, self._last_line_t = step, now
         percent = 100.0 * step / total if total else 100.0
-        self.stream.write(f"{stage} {step}/{total} ({percent:.0f}%) eta {format_eta(eta_s)}"
+        self.stream.write(f"{stage} {step}/{total} ({percent:.0f}%) eta {format_duration(eta_s) or '?'}"
                           f"{_losses_text(losses, ' ')}\n")
         self.stream.flush()
 

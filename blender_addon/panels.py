@@ -17,7 +17,7 @@ import bpy
 from . import operators, session
 from .core import fields, tasks
 from .results.preview import PREVIEW_IMAGE_NAME
-from .runtime import format_eta
+from .core.text import format_duration
 
 STATUS_ICONS = {"queued": "SORTTIME", "running": "PLAY", "done": "CHECKMARK", "failed": "ERROR",
                 "cancelled": "CANCEL"}
@@ -141,8 +141,8 @@ class LATENTFORGE_PT_main(_SidebarPanel, bpy.types.Panel):
         row.operator("latentforge.cancel_job", text="Cancel Job", icon="CANCEL")
 
         if state.active_job_id or state.stage:
-            eta = format_eta(state.eta_s)
-            text = f"{state.stage}  {eta}".strip() or "…"
+            eta = format_duration(state.eta_s)
+            text = f"{state.stage}  {'ETA ' + eta if eta else ''}".strip() or "…"
             if hasattr(layout, "progress"):  # Blender 4.0+
                 layout.progress(factor=state.progress, type="BAR", text=text)
             else:

@@ -25,15 +25,3 @@ def tag_redraw() -> None:
         for area in window.screen.areas:
             if area.type == "VIEW_3D":
                 area.tag_redraw()
-
-
-def format_eta(eta_s: float | None) -> str:
-    """``"ETA 1m 05s"`` / ``"ETA 42s"`` / ``""`` (unknown or negative seconds)."""
-    if eta_s is None or eta_s < 0:
-        return ""
-    eta = int(round(eta_s))
-    if eta >= 3600:
-        return f"ETA {eta // 3600}h {eta % 3600 // 60:02d}m"
-    if eta >= 60:
-        return f"ETA {eta // 60}m {eta % 60:02d}s"
-    return f"ETA {eta}s"
