@@ -55,8 +55,6 @@ log = logging.getLogger("backend")
 
 # Flags every pipeline shares, in the order `--help` shows them (the rest of each config follows).
 SHARED_FLAGS = ("model", "prompt", "negative_prompt", "seed", "iterations")
-TEXTURED = ("latent_paint", "latent_nerf")
-"""Pipelines whose result carries a texture (written beside the GLB as PNG by ``run``)."""
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -192,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                            required=image_input.required, help=f"{image_input.help} (PNG/JPEG…)")
         p.add_argument("--out", type=_glb_path, required=True,
                        help="output .glb (several meshes: one node each)" + (
-                           "; its texture is also written beside it as .png" if name in TEXTURED else ""))
+                           "; its texture is also written beside it as .png" if spec.textured else ""))
         p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
         p.add_argument("--allow-download", action="store_true", help="download the model if it is not cached")
         _config_flags(p, spec.config_class)

@@ -15,11 +15,13 @@ PIPELINES: dict[str, PipelineSpec] = {
     "latent_paint": PipelineSpec(
         latent_paint.LatentPaintConfig, latent_paint.run,
         "Texture a mesh from text (Latent-Paint: SDS on a latent UV texture).",
-        mesh_inputs=(MeshInput("mesh", True, "mesh to texture (UVs kept if it has them, else xatlas)"),)),
+        mesh_inputs=(MeshInput("mesh", True, "mesh to texture (UVs kept if it has them, else xatlas)"),),
+        textured=True),
     "latent_nerf": PipelineSpec(
         latent_nerf.LatentNeRFConfig, latent_nerf.run,
         "Generate a textured mesh from text, optionally following a sketch shape (Latent-NeRF).",
-        mesh_inputs=(MeshInput("sketch", False, "sketch shape: a rough blockout the result follows"),)),
+        mesh_inputs=(MeshInput("sketch", False, "sketch shape: a rough blockout the result follows"),),
+        textured=True),
     "shape_ldm": PipelineSpec(
         shape_ldm.ShapeLDMConfig, shape_ldm.run,
         "Generate shapes from text or an image in seconds (Michelangelo: aligned shape latent diffusion); one mesh "

@@ -99,6 +99,7 @@ class PipelineSpec:
         mesh_inputs, image_inputs: what it takes besides its parameters.
         check_inputs: ``(config, inputs) -> None`` run at submit time, after the inputs decoded, raising
             ``ParamError``/``ValueError`` for inputs the pipeline cannot use (e.g. neither a prompt nor an image).
+        textured: its result carries a texture (the CLI writes it beside the GLB as PNG).
     """
 
     config_class: type
@@ -107,6 +108,7 @@ class PipelineSpec:
     mesh_inputs: tuple[MeshInput, ...] = ()
     image_inputs: tuple[ImageInput, ...] = ()
     check_inputs: Callable[[Any, PipelineInputs], None] | None = None
+    textured: bool = False
 
 
 @dataclass
