@@ -38,6 +38,19 @@ class ResultMesh:
 
 
 @dataclass
+class ResultPointCloud:
+    """One point cloud a pipeline hands back (Point-E, LION), in Blender's world frame (right-handed, Z up, metres).
+
+    Attributes:
+        points: (N, 3) float32 positions, N >= 1, finite.
+        colors: (N, 3) float32 per-point linear RGB in [0, 1], or None.
+    """
+
+    points: np.ndarray
+    colors: np.ndarray | None = None
+
+
+@dataclass
 class PipelineInputs:
     """A job's inputs, decoded and validated by :func:`backend.pipelines.io.inputs_from_arrays`.
 
@@ -57,6 +70,7 @@ class PipelineResult:
 
     Attributes:
         meshes: the output meshes, in order (several for samples, variations, interpolations).
+        point_clouds: the output point clouds, in order (pipelines that make points; empty otherwise).
         metadata: JSON-able facts about the run (pipeline, prompt, seed, model, counts…), stored and sent as is.
         timings: seconds per phase.
         extras: in-process values (tensors) for tests and benchmarks; never sent or stored.
@@ -64,6 +78,7 @@ class PipelineResult:
 
     meshes: list[ResultMesh]
     metadata: dict[str, Any]
+    point_clouds: list[ResultPointCloud] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
 
