@@ -18,6 +18,7 @@ import bpy
 from .core import paths, protocol
 from .core.backend_process import LocalBackend
 from .core.client import BackendClient
+from .core.text import backend_summary
 from .runtime import runtime_state
 
 
@@ -87,7 +88,7 @@ class Connection:
     def show_connected(self, host: str, port: int, welcome: dict) -> None:
         """Show "Connected to host:port" and the backend's device and version."""
         self.set_status(f"Connected to {host}:{port}", connected=True)
-        runtime_state().backend_info = f"{welcome.get('device', '?')} · backend {welcome.get('server_version', '?')}"
+        runtime_state().backend_info = backend_summary(welcome)
 
     def sync_status(self) -> None:
         """Restore the status line after a file load replaced the window manager (and its runtime state)."""
