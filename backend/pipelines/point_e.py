@@ -46,7 +46,7 @@ class PointEConfig(Config):
     sdf_model: str = param(AUTO, doc="SDF model for meshes: 'auto' (the public sdf, or tiny with tiny-random), "
                                      "'sdf', or a .pt file.")
     seed: int = param(0, doc="Seed of the diffusion noise; same seed, same points.", low=0, high=2**63 - 1)
-    num_samples: int = param(1, doc="Point clouds to generate (each a cloud, and a mesh with make_mesh).",
+    num_samples: int = param(1, doc="Point clouds to generate (each a cloud, and a mesh when meshes are made).",
                              low=1, high=16)
     guidance_scale: float = param(3.0, doc="Classifier-free guidance of the base model (0 or 1 = none).",
                                   low=0.0, high=100.0)

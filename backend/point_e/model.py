@@ -24,12 +24,13 @@ from torch import nn
 
 from ..models.base import TINY_RANDOM, ModelNotFoundError
 from ..models.devices import resolve_device
-from .checkpoint import CheckpointError, checkpoint_path, detect_preset, load_state_dict_checked, read_state_dict
+from .checkpoint import (CheckpointError, checkpoint_path, detect_preset, download_checkpoint, load_state_dict_checked,
+                         read_state_dict)
 from .clip import PointECLIP
 from .config import PRESETS, TINY_PRESETS, PointEPreset, get_preset
 from .transformer import PointCloudSDFModel, PointDiffusionTransformer
 
-__all__ = ["PointENet", "build_net", "load_point_e", "load_point_e_clip", "srgb_to_linear"]
+__all__ = ["PointENet", "build_net", "load_point_e", "load_point_e_clip", "download_point_e", "srgb_to_linear"]
 
 
 @dataclass
@@ -125,3 +126,19 @@ def srgb_to_linear(srgb: np.ndarray) -> np.ndarray:
     """sRGB-encoded values in [0, 1] → scene-linear (IEC 61966-2-1), float32, same shape (values clipped first)."""
     x = np.clip(np.asarray(srgb, dtype=np.float32), 0.0, 1.0)
     return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+def download_point_e(name: str) -> Path:
+    """Fetch public checkpoint ``name`` (a key of :data:`.config.PRESETS`) and the CLIP tower it is conditioned on
+    (text for ``base40M-textvec``, vision for the image-grid models and the upsampler; none for ``sdf``) — the only
+    function here that downloads. Returns the checkpoint's local path.
+
+    Raises:
+        ValueError: unknown name. OSError / ModelNotFoundError: the download failed.
+    """
+    path = download_checkpoint(name)
+    preset = get_preset(name)
+    if preset.model is not None:
+        kind = "text" if preset.model.kind == "textvec" else "image"
+        PointECLIP.from_pretrained(preset.clip_model_id, kind, "cpu", allow_download=True)
+    return path
