@@ -73,7 +73,7 @@ def sigma_to_timestep(sigma: float, acp: np.ndarray) -> int:
         return 0
     if alpha <= acp[-1]:
         return len(acp) - 1
-    return int(np.interp(alpha, acp[::-1], np.arange(len(acp))[::-1].astype(np.float64)))
+    return int(np.interp(-alpha, -acp, np.arange(len(acp), dtype=np.float64)))  # −ᾱ increases with t
 
 
 def _channel_vectors(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -81,8 +81,9 @@ def load_point_e(model: str, device: str | torch.device = "auto", dtype: torch.d
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             net = build_net(preset)
-            if isinstance(net, PointDiffusionTransformer):  # the public init zeroes it: outputs would ignore inputs
-                nn.init.normal_(net.output_proj.weight, std=0.02)
+            for layer in net.modules():  # unit-gain weights: the public init (small, output layer zero) would make
+                if isinstance(layer, nn.Linear):  # a tiny model's outputs almost ignore its inputs
+                    nn.init.normal_(layer.weight, std=layer.in_features ** -0.5)
     else:
         path = Path(model).expanduser()
         try:
