@@ -431,3 +431,22 @@ def test_presets_match_the_public_sampler_defaults():
     assert (up.schedule, up.karras_steps, up.sigma_max, up.s_churn) == ("linear", 64, 160.0, 0.0)
     assert PointEConfig().guidance_scale == 3.0 and PointEConfig().grid_resolution == 128
     assert set(PRESETS) == set(PUBLIC_FILES)
+
+
+def test_download_knows_the_point_e_ids(monkeypatch, capsys, tmp_path):
+    """``download <id>`` routes Point-E ids to the Point-E fetcher (no network here: the fetcher is replaced)."""
+    import backend.cli as cli
+
+    asked = []
+    monkeypatch.setattr(cli, "download_point_e", lambda name: asked.append(name) or tmp_path / f"{name}.pt")
+    monkeypatch.setattr(cli, "download_stable_diffusion", lambda name: pytest.fail(f"{name} went to Stable Diffusion"))
+    for name in PUBLIC_FILES:
+        assert cli.main(["download", name]) == 0
+    assert asked == list(PUBLIC_FILES) and "sdf.pt" in capsys.readouterr().out
+
+    def offline(name):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(cli, "download_point_e", offline)
+    assert cli.main(["download", "base1B"]) == 2
+    assert "openaipublic.azureedge.net" in capsys.readouterr().err
