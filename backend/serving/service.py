@@ -3,7 +3,10 @@
 - Every job's parameters, status, timings and outputs are persisted: a row in ``<data_dir>/jobs.sqlite3`` and files in
   ``<data_dir>/jobs/<job_id>/`` (``inputs.npz``, ``result.npz``, ``texture.png``, ``result.glb``, ``preview.png``).
   A client that disconnects loses nothing; a backend restart re-queues queued jobs and marks interrupted ones failed.
-- One worker thread runs one job at a time (the GPU is the bottleneck); the model cache stays warm between jobs.
+- One worker thread per worker of the executor (:mod:`backend.serving.executors`) runs one job at a time on it (a
+  worker is a GPU): the local executor (default) has one worker in this process, whose model cache stays warm between
+  jobs; the Ray executor has one per Ray actor. Whatever ran a job, its result is saved here, and the job's row names
+  the worker (``local``, ``ray:actor-2@host``). A job whose worker dies is re-queued once, then failed.
 - Listeners (socket connections, the CLI) subscribe to a job and receive its events:
   ``listener(msg_type, fields, arrays)`` with the protocol's message types (status, progress, preview, result,
   error, cancelled). Listeners are called on the worker thread and must not block (connections enqueue).
@@ -34,8 +37,9 @@ from ..models.base import ModelNotFoundError
 from ..models.devices import InsufficientMemoryError, describe_memory, device_memory, is_out_of_memory
 from ..params import ParamError, parse_config
 from ..pipelines import PIPELINES
-from ..pipelines.base import JobCancelled, JobContext
-from ..pipelines.io import inputs_from_arrays, meshes_to_arrays, preview_to_arrays, result_to_arrays
+from ..pipelines.base import JobCancelled
+from ..pipelines.io import inputs_from_arrays, meshes_to_arrays, preview_to_arrays
+from .executors import Executor, JobEvents, JobFailed, JobRequest, LocalExecutor, Worker, WorkerLost
 from .store import TERMINAL, JobStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -74,6 +78,33 @@ def error_code(err: BaseException) -> str:
     return "internal"
 
 
+def describe_failure(err: BaseException, models: ModelCache, device: torch.device, job_id: str) -> tuple[str, str]:
+    """``(code, message)`` of job ``job_id`` that raised ``err`` on a worker with ``models`` on ``device`` (call it in
+    the ``except`` block): the wire code (:func:`error_code`), the message (an internal error is logged with its
+    traceback and named by its type), and after an out-of-memory the worker's model cache is emptied so that its next
+    job runs (the message says so). The message is not scrubbed yet (:meth:`JobService.scrub`)."""
+    code = error_code(err)
+    message = str(err) or type(err).__name__
+    if code == "internal":
+        log.error("job %s failed:\n%s", job_id, traceback.format_exc())
+        message = f"{type(err).__name__}: {message}"
+    if code == "out_of_memory":
+        message = after_out_of_memory(err, message, models, device)
+    return code, message
+
+
+def after_out_of_memory(err: BaseException, message: str, models: ModelCache, device: torch.device) -> str:
+    """Recover from an out-of-memory so that the next job runs: drop every cached model and hand the allocator's
+    blocks back. Returns the job's error message, saying what ran out and what to try."""
+    models.clear()
+    memory = describe_memory(device_memory(device))
+    if isinstance(err, InsufficientMemoryError):
+        return message
+    return (f"out of memory on {device} ({memory} after freeing the models): {message}. The backend emptied "
+            f"its model cache and takes the next job; try smaller settings (render size, batch size, texture size, "
+            f"grid resolution, samples) or close other programs using the device")
+
+
 @dataclass
 class _LiveJob:
     """In-memory state of a queued/running job (what ``attach`` replays)."""
@@ -84,6 +115,7 @@ class _LiveJob:
     last_progress: dict | None = None
     last_preview: tuple[dict, np.ndarray] | None = None  # (fields, image (H, W, 3) uint8 row 0 = top)
     cancel_requested_by: list[Listener] = field(default_factory=list)
+    lost_on: list[str] = field(default_factory=list)  # workers that died running it (re-queued once)
 
 
 def check_params_text(params: dict) -> None:
@@ -131,26 +163,44 @@ class JobService:
         data_dir: job store folder (created).
         device: torch device every job runs on.
         models: model cache shared by all jobs (default: one model kept warm).
-        start_worker: start the worker thread now (tests may drive :meth:`run_next` by hand).
+        start_worker: start the worker threads now (the CLI's ``run`` drives :meth:`run_job` by hand).
+        executor: where jobs run (:mod:`backend.serving.executors`); default: a
+            :class:`~backend.serving.executors.LocalExecutor` on ``device`` with ``models``.
     """
 
     def __init__(self, data_dir: Path, device: torch.device, models: ModelCache | None = None, start_worker: bool = True,
-                 max_store_bytes: int | None = None, max_job_age_s: float | None = None):
+                 max_store_bytes: int | None = None, max_job_age_s: float | None = None,
+                 executor: Executor | None = None):
         self.store = JobStore(Path(data_dir))
         self.max_store_bytes = max_store_bytes
         self.max_job_age_s = max_job_age_s
         self.device = torch.device(device)
         self.models = models or ModelCache()
+        self.executor = executor or LocalExecutor(self.device, self.models)
         self._queue: deque[str] = deque()
         self._live: dict[str, _LiveJob] = {}
+        self._running: dict[int, str] = {}  # id(worker) -> the job it runs
         self._cond = threading.Condition()
         self._stopping = False
-        self.current_job: str | None = None
         self._recover()
         self.prune()
-        self._worker = threading.Thread(target=self._work, name="latentforge-worker", daemon=True)
+        workers = self.executor.workers
+        self._threads = [threading.Thread(target=self._work, args=(w,), daemon=True,
+                                          name="latentforge-worker" + (f"-{i}" if len(workers) > 1 else ""))
+                         for i, w in enumerate(workers)]
         if start_worker:
-            self._worker.start()
+            for thread in self._threads:
+                thread.start()
+
+    @property
+    def current_job(self) -> str | None:
+        """A running job's id (the oldest-started worker's), or None when every worker is idle."""
+        return next(iter(self._running.values()), None)
+
+    def running_jobs(self) -> list[str]:
+        """The ids of the jobs running now, one per busy worker."""
+        with self._cond:
+            return list(self._running.values())
 
     # ---- client-facing API ------------------------------------------------------------------------------------------
 
@@ -179,7 +229,7 @@ class JobService:
             if listener:
                 live.listeners.append(listener)
             self._queue.append(job_id)
-            position = len(self._queue) - 1 + (1 if self.current_job else 0)
+            position = len(self._queue) - 1 + self._busy_offset()
             self._cond.notify_all()
         return job_id, position
 
@@ -266,53 +316,97 @@ class JobService:
     def queue_position(self, job_id: str) -> int | None:
         with self._cond:
             if job_id in self._queue:
-                return self._queue.index(job_id) + (1 if self.current_job else 0)
+                return self._queue.index(job_id) + self._busy_offset()
         return None
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop the worker after cancelling the running job; queued jobs stay queued in the store."""
+        """Stop the workers after cancelling the running jobs; queued jobs stay queued in the store."""
         with self._cond:
             self._stopping = True
             for live in self._live.values():
-                if live.job_id == self.current_job:
+                if live.job_id in self._running.values():
                     live.cancel_event.set()
             self._cond.notify_all()
-        if self._worker.is_alive():
-            self._worker.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(max(0.0, deadline - time.monotonic()))
+        try:
+            self.executor.shutdown()
+        except Exception:  # noqa: BLE001 — the store must still close
+            log.exception("executor shutdown failed")
         self.store.close()
 
     # ---- worker -----------------------------------------------------------------------------------------------------
 
-    def _work(self) -> None:
+    def _work(self, worker: Worker) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._stopping:
+                while not self._stopping and (job_id := self._next_job_for(worker)) is None:
                     self._cond.wait()
                 if self._stopping:
                     return
-                job_id = self._queue.popleft()
-                self.current_job = job_id
+                self._queue.remove(job_id)
+                self._running[id(worker)] = job_id
                 self._announce_positions()
+            lost = False
             try:
-                self.run_job(job_id)
+                self.run_job(job_id, worker)
+            except WorkerLost:
+                lost = True
             except BaseException:  # the worker must survive anything a job does
                 log.exception("unexpected failure around job %s", job_id)
             finally:
                 with self._cond:
-                    self.current_job = None
-                    self._live.pop(job_id, None)
+                    self._running.pop(id(worker), None)
+                    if job_id not in self._queue:  # a re-queued job stays live
+                        self._live.pop(job_id, None)
+                    self._cond.notify_all()
+            if lost:
+                self._recover_worker(worker)
             try:
                 self.prune()
             except Exception:  # noqa: BLE001 — housekeeping must not stop the worker
                 log.exception("job store cap policy failed")
 
-    def run_job(self, job_id: str) -> None:
-        """Run one job to a terminal status, emitting its events and persisting everything."""
+    def _next_job_for(self, worker: Worker) -> str | None:
+        """The first queued job ``worker`` may take (called with the condition held): a job re-queued after a worker
+        died goes to another worker when there is one."""
+        for job_id in self._queue:
+            live = self._live.get(job_id)
+            if live is not None and worker.name in live.lost_on and len(self.executor.workers) > 1:
+                continue
+            return job_id
+        return None
+
+    def _recover_worker(self, worker: Worker) -> None:
+        """Bring a lost worker back (e.g. a new Ray actor), retrying until it works or the service stops."""
+        delay = 1.0
+        while not self._stopping:
+            try:
+                lost = worker.name
+                worker.recover()
+                log.warning("worker %s was lost; %s takes its place", lost, worker.name)
+                return
+            except Exception as err:  # noqa: BLE001 — no GPU free yet, cluster unreachable, …: try again
+                log.warning("worker %s cannot be brought back yet (%s); retrying in %.0f s", worker.name, err, delay)
+                with self._cond:
+                    self._cond.wait(delay)
+                delay = min(delay * 2, 60.0)
+
+    def run_job(self, job_id: str, worker: Worker | None = None) -> None:
+        """Run one job to a terminal status on ``worker`` (default: the executor's first), emitting its events and
+        persisting everything.
+
+        Raises:
+            WorkerLost: the worker died while running the job; the job was re-queued (first time) or failed
+            (second time), and the caller must :meth:`~backend.serving.executors.Worker.recover` the worker.
+        """
+        worker = worker or self.executor.workers[0]
         job = self.store.get(job_id)
         live = self._live.setdefault(job_id, _LiveJob(job_id))
-        spec = PIPELINES[job["pipeline"]]
         started = time.time()
-        self.store.update(job_id, status="running", started=started)
+        self.store.update(job_id, status="running", started=started, worker=worker.name)
         self._emit(live, "status", {"job_id": job_id, "status": "running"})
 
         def on_progress(stage, step, total, losses, eta):
@@ -329,13 +423,12 @@ class JobService:
         def on_partial(step, meshes):
             self._emit(live, "partial", {"job_id": job_id, "step": int(step)}, meshes_to_arrays(meshes))
 
-        context = JobContext(device=self.device, models=self.models, cancel_event=live.cancel_event,
-                             on_progress=on_progress, on_preview=on_preview, on_partial=on_partial)
+        events = JobEvents(cancel_event=live.cancel_event, on_progress=on_progress, on_preview=on_preview,
+                           on_partial=on_partial)
         try:
-            config = parse_config(spec.config_class, job["params"])
-            inputs = inputs_from_arrays(job["pipeline"], spec, self.store.load_inputs(job_id))
-            result = spec.run(config, inputs, context)
-            arrays = result_to_arrays(result)
+            request = JobRequest(job_id, job["pipeline"], job["params"], self.store.load_inputs(job_id))
+            output = worker.run(request, events)
+            arrays = output.arrays
             self.store.save_result(job_id, arrays)
             if live.last_preview:
                 self.store.save_preview(job_id, live.last_preview[1])
@@ -346,25 +439,21 @@ class JobService:
                 if requester not in live.listeners:
                     requester("cancelled", {"job_id": job_id}, {})
             return
+        except WorkerLost as err:
+            self._worker_lost(live, err)
+            raise
         except BaseException as err:  # noqa: BLE001 — every failure becomes a failed job, never a dead worker
-            code = error_code(err)
-            message = str(err) or type(err).__name__
-            if code == "internal":
-                log.error("job %s failed:\n%s", job_id, traceback.format_exc())
-                message = f"{type(err).__name__}: {message}"
-            message = self.scrub(message)
-            if code == "out_of_memory":
-                message = self._after_out_of_memory(err, message)
-            self.store.update(job_id, status="failed", finished=time.time(), error=message, error_code=code)
-            self._emit(live, "status", {"job_id": job_id, "status": "failed", "error": message})
-            self._emit(live, "error", {"job_id": job_id, "code": code, "message": message})
-            self._cancel_too_late(live, "failed")
+            if isinstance(err, JobFailed):  # described where it ran
+                code, message = err.code, err.message
+            else:
+                code, message = describe_failure(err, self.models, self.device, job_id)
+            self._fail(live, code, self.scrub(message))
             if not isinstance(err, Exception):
                 raise
             return
         finished = time.time()
-        timings = {**result.timings, "total": finished - started}
-        metadata = {**result.metadata, "job_id": job_id, "timings": timings}
+        timings = {**output.timings, "total": finished - started}
+        metadata = {**output.metadata, "job_id": job_id, "timings": timings}
         self.store.update(job_id, status="done", finished=finished, metadata=metadata, timings=timings)
         self._emit(live, "status", {"job_id": job_id, "status": "done"})
         self._emit(live, "result", {"job_id": job_id, "metadata": metadata}, arrays)
@@ -378,16 +467,36 @@ class JobService:
             raise JobError("not_found", f"no job with id {safe_text(job_id, 80)!r}")
         return job
 
-    def _after_out_of_memory(self, err: BaseException, message: str) -> str:
-        """Recover from an out-of-memory so that the next job runs: drop every cached model and hand the allocator's
-        blocks back. Returns the job's error message, saying what ran out and what to try."""
-        self.models.clear()
-        memory = describe_memory(device_memory(self.device))
-        if isinstance(err, InsufficientMemoryError):
-            return message
-        return (f"out of memory on {self.device} ({memory} after freeing the models): {message}. The backend emptied "
-                f"its model cache and takes the next job; try smaller settings (render size, batch size, texture size, "
-                f"grid resolution, samples) or close other programs using the device")
+    def _fail(self, live: _LiveJob, code: str, message: str) -> None:
+        """Persist and announce a failed job (``message`` already scrubbed)."""
+        job_id = live.job_id
+        self.store.update(job_id, status="failed", finished=time.time(), error=message, error_code=code)
+        self._emit(live, "status", {"job_id": job_id, "status": "failed", "error": message})
+        self._emit(live, "error", {"job_id": job_id, "code": code, "message": message})
+        self._cancel_too_late(live, "failed")
+
+    def _worker_lost(self, live: _LiveJob, err: WorkerLost) -> None:
+        """The worker running ``live`` died: re-queue the job at the head of the queue the first time (another
+        worker takes it), fail it with ``interrupted`` the second time; a job being cancelled is cancelled."""
+        job_id = live.job_id
+        log.warning("job %s: %s", job_id, err)
+        if live.cancel_event.is_set():
+            self.store.update(job_id, status="cancelled", finished=time.time())
+            self._emit(live, "cancelled", {"job_id": job_id})
+            return
+        if live.lost_on:
+            message = self.scrub(f"interrupted: worker {err.worker} was lost while running this job ({err.reason}); "
+                                 f"it had already been re-queued once after worker {live.lost_on[0]} was lost, so "
+                                 f"it is not tried again: submit it again")
+            self._fail(live, "interrupted", message)
+            return
+        with self._cond:
+            live.lost_on.append(err.worker)
+            live.last_progress = None
+            self.store.update(job_id, status="queued", started=None, worker=None)
+            self._queue.appendleft(job_id)
+            self._announce_positions()
+            self._cond.notify_all()
 
     def scrub(self, message: str) -> str:
         """A job error as the client may see it: no server path (the data folder becomes ``<data>``), capped."""
@@ -406,6 +515,10 @@ class JobService:
             except Exception:  # noqa: BLE001
                 log.exception("listener failed")
 
+    def _busy_offset(self) -> int:
+        """1 when every worker is busy (a queued job waits for one), else 0."""
+        return 1 if len(self._running) >= len(self.executor.workers) else 0
+
     def _status_fields(self, job_id: str, status: str) -> dict:
         fields = {"job_id": job_id, "status": status}
         position = self.queue_position(job_id)
@@ -417,7 +530,7 @@ class JobService:
         """Tell listeners of queued jobs where they stand (called with the condition held)."""
         for i, job_id in enumerate(self._queue):
             live = self._live.get(job_id)
-            position = i + (1 if self.current_job else 0)
+            position = i + self._busy_offset()
             self._emit(live, "status", {"job_id": job_id, "status": "queued", "queue_position": position})
 
     def _replay_finished(self, job_id: str, listener: Listener) -> None:

@@ -126,7 +126,7 @@ class JobStore:
     """
 
     COLUMNS = ("job_id", "pipeline", "params", "status", "created", "started", "finished", "error", "error_code",
-               "metadata", "timings")
+               "metadata", "timings", "worker")
 
     def __init__(self, data_dir: Path):
         self.data_dir = Path(data_dir)
@@ -142,6 +142,8 @@ class JobStore:
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
         if "size_bytes" not in columns:  # stores written before the cap policy: sizes are measured on demand
             self._db.execute("ALTER TABLE jobs ADD COLUMN size_bytes INTEGER")
+        if "worker" not in columns:  # which worker ran the job ("local", "ray:actor-2@host"); NULL before it ran
+            self._db.execute("ALTER TABLE jobs ADD COLUMN worker TEXT")
         self._db.execute("CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created DESC, job_id DESC)")
 
     # ---- rows ----------------------------------------------------------------------------------------------------
