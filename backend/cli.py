@@ -1,12 +1,13 @@
 """Command line: ``python -m backend {serve,run,train,jobs,download}`` (installed as the ``latentforge`` command).
 
-- ``serve``: the socket service the Blender add-on talks to.
+- ``serve``: the socket service the Blender add-on talks to; ``--executor ray`` runs its jobs on Ray actors, one per
+  GPU of a Ray cluster (``--ray-address``), instead of in this process.
 - ``run <pipeline>``: one job in this process, no Blender, with a progress bar; writes a GLB (+ PNG texture). Every
   field of the pipeline's config is a flag (``--texture-size 2048``); ``--help`` lists them with their defaults. A
   result with several meshes (``shape_ldm --num-samples 4``) becomes one GLB with one node per mesh, side by side.
 - ``train shape_vae|shape_ldm``: train Michelangelo's shape VAE, then its denoiser, on a folder of meshes
   (``--data DIR --out DIR``; every field of the training config is a flag, ``--resume`` continues a run).
-- ``jobs``: list the job store; ``--export JOB --out file.glb`` copies a finished job's result; ``--delete JOB``
+- ``jobs``: list the job store (with the worker that ran each job); ``--export JOB --out file.glb`` copies a finished job's result; ``--delete JOB``
   deletes a finished job and its files; ``--prune`` applies the store's size/age cap once.
 - ``download <model>``: fetch a Stable Diffusion model, or a public Michelangelo checkpoint (``text-ASLDM-256``,
   ``image-ASLDM-256``, ``shapevae-256``) with the CLIP it needs, into the Hugging Face cache, or a public Point-E
@@ -51,6 +52,7 @@ from .pipelines import PIPELINES
 from .pipelines.base import PipelineInputs
 from .pipelines.sds_common import SDSPipelineConfig
 from .pipelines.io import inputs_to_arrays
+from .serving.ray_executor import RayExecutor
 from .serving.server import BackendServer
 from .serving.service import JobService
 from .serving.store import TERMINAL, JobStore
@@ -176,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="most MiB of replies queued for one client before it is disconnected (default 256)")
     serve.add_argument("--max-buffered-mb", type=_positive_int, default=2048,
                        help="most MiB buffered for all clients together, incoming and outgoing (default 2048)")
+    serve.add_argument("--executor", choices=("local", "ray"), default="local",
+                       help="where jobs run: local (default: one job at a time in this process) or ray (one Ray "
+                            "actor per GPU of a Ray cluster, jobs in parallel; needs `install.py --studio`)")
+    serve.add_argument("--ray-address", default=None,
+                       help="with --executor ray: the Ray cluster to join (auto: the one `ray start --head` runs on "
+                            "this machine; HOST:PORT: a remote head); default: start Ray on this machine")
+    serve.add_argument("--ray-workers", type=int, default=0,
+                       help="with --executor ray: actors to start, one GPU each (default 0 = one per GPU of the "
+                            "cluster)")
     _add_store_caps(serve)
     _add_common(serve)
 
@@ -250,11 +261,32 @@ def _device(args, config_class: type | None = None, model: str | None = None):
     return device
 
 
+def _executor(args):
+    """The ``serve`` executor: None (the service's local one) or a :class:`RayExecutor`.
+
+    Raises:
+        ValueError: Ray flags without ``--executor ray``, a negative ``--ray-workers``, too few GPUs in the cluster.
+        ImportError: Ray is not installed.
+    """
+    if args.executor != "ray":
+        if args.ray_address is not None or args.ray_workers:
+            raise ValueError("--ray-address and --ray-workers need --executor ray")
+        return None
+    if args.ray_workers < 0:
+        raise ValueError(f"--ray-workers must be >= 0, got {args.ray_workers}")
+    return RayExecutor(args.ray_address, args.ray_workers, args.device, args.keep_models, args.allow_download)
+
+
 def cmd_serve(args) -> int:
     token = paths.read_token(args.token_file)
     max_store_bytes, max_job_age_s = _store_caps(args)
+    try:
+        executor = _executor(args)
+    except ImportError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     service = JobService(_data_dir(args), _device(args), ModelCache(args.keep_models, args.allow_download),
-                         max_store_bytes=max_store_bytes, max_job_age_s=max_job_age_s)
+                         max_store_bytes=max_store_bytes, max_job_age_s=max_job_age_s, executor=executor)
     server = BackendServer(service, token, args.host, args.port, max_payload=args.max_payload_mb << 20,
                            max_connections=args.max_connections, max_client_queue=args.max_client_queue_mb << 20,
                            max_buffered=args.max_buffered_mb << 20)
@@ -268,8 +300,8 @@ def cmd_serve(args) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info("LatentForge backend %s on %s:%d, device %s, data %s", __version__, host, port, service.device,
-             service.store.data_dir)
+    log.info("LatentForge backend %s on %s:%d, device %s, data %s; %s", __version__, host, port, service.device,
+             service.store.data_dir, service.executor.describe())
     print(f"LATENTFORGE_LISTENING {host} {port}", flush=True)
     server.serve_forever()
     return 0
@@ -380,14 +412,15 @@ def cmd_jobs(args) -> int:
 def _job_table(rows: list[dict]) -> list[str]:
     """``jobs``' listing: a header and one line per job, columns as wide as their longest entry (any pipeline name
     or status lines up); the last column (the error or the prompt) is cut to 100 characters, on one line."""
-    table = [("job", "created", "pipeline", "status", "took", "prompt / error")]
+    table = [("job", "created", "pipeline", "status", "worker", "took", "prompt / error")]
     for job in rows:
         took = format_duration(job["finished"] - job["started"]) if job["finished"] and job["started"] else "-"
         note = safe_text(job["error"] or job["params"].get("prompt", ""), 100).replace("\n", " ")
         table.append((job["job_id"], time.strftime("%Y-%m-%d %H:%M", time.localtime(job["created"])),
-                      safe_text(job["pipeline"], 40), job["status"], took, note))
+                      safe_text(job["pipeline"], 40), job["status"], safe_text(job.get("worker") or "-", 60), took,
+                      note))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
-    return ["  ".join([cell.rjust(w) if i == 4 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+    return ["  ".join([cell.rjust(w) if i == 5 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
                       + [row[-1]]).rstrip() for row in table]
 
 

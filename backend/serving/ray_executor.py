@@ -40,6 +40,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..models.cache import ModelCache
 from ..models.devices import resolve_device
@@ -79,8 +80,11 @@ class _JobActor:
         self._lock = threading.Lock()
 
     def describe(self) -> dict:
-        """``{"name", "host", "pid", "device"}`` of this actor (also the head's readiness check)."""
-        return {"name": self.name, "host": socket.gethostname(), "pid": os.getpid(), "device": str(self.device)}
+        """``{"name", "host", "pid", "device", "torch_threads"}`` of this actor (also the head's readiness check).
+        ``torch_threads``: torch's intra-op threads here (Ray sets ``OMP_NUM_THREADS`` for the actor); CPU results
+        are bit-identical to another process's only with the same count."""
+        return {"name": self.name, "host": socket.gethostname(), "pid": os.getpid(), "device": str(self.device),
+                "torch_threads": torch.get_num_threads()}
 
     def _cancel_event(self, job_id: str) -> threading.Event:
         with self._lock:

@@ -1,0 +1,249 @@
+"""The Ray executor (``serve --executor ray``) on a local Ray cluster: two logical GPUs on the CPU, one cluster for
+the whole module (``ray.init(num_cpus=2, num_gpus=2)``), one service with two actors shared by the tests.
+
+What it shows: two jobs run at once on two actors; cancel reaches the actor; killing an actor mid-job re-queues its
+job, which finishes on the other actor (and a job whose second actor dies too fails clearly); a tiny-random job gives
+bit-identical result arrays under the local and the Ray executor; and the real server (``serve --executor ray``, a
+subprocess joining the same cluster) serves a client as before, with ``jobs`` naming the worker.
+Jobs are tiny-random Latent-Paint runs (32² renders, 64² textures).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from backend.serving.service import JobService
+from conftest import REPO_ROOT, TINY_PARAMS, WireClient, sphere_arrays, start_backend
+
+ray = pytest.importorskip("ray", reason="the Ray executor needs Ray (python install.py --studio, or --dev)")
+
+from backend.serving.ray_executor import RayExecutor  # noqa: E402 — after the skip
+
+LONG = {"iterations": 100_000, "preview_every": 0}
+"""A job that runs until it is cancelled or its actor dies."""
+
+WAIT_S = 120.0
+
+
+class Events:
+    """A thread-safe listener that keeps every event of the jobs it is given."""
+
+    def __init__(self):
+        self.items: list[tuple[str, dict, dict]] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, msg_type: str, fields: dict, arrays: dict) -> None:
+        with self._cond:
+            self.items.append((msg_type, fields, arrays))
+            self._cond.notify_all()
+
+    def wait(self, predicate, timeout: float = WAIT_S, since: int = 0):
+        """The first event ``(type, fields, arrays)`` from the ``since``-th on for which ``predicate`` holds, waiting
+        for it."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for item in self.items[since:]:
+                    if predicate(*item):
+                        return item
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"no such event within {timeout} s; got {[(t, f) for t, f, _ in self.items]}")
+                self._cond.wait(left)
+
+    def end(self, job_id: str, timeout: float = WAIT_S):
+        """The job's terminal event (result, error or cancelled)."""
+        return self.wait(lambda t, f, a: t in ("result", "error", "cancelled") and f.get("job_id") == job_id, timeout)
+
+    def progressed(self, job_id: str, step: int = 1, since: int = 0):
+        """The job's first optimisation progress at ``step`` or later (from the ``since``-th event on)."""
+        return self.wait(lambda t, f, a: t == "progress" and f["job_id"] == job_id and f["stage"] == "optimize"
+                         and f["step"] >= step, since=since)
+
+    def index(self, item) -> int:
+        with self._cond:
+            return next(i for i, x in enumerate(self.items) if x is item)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A local Ray cluster with 2 CPUs and 2 logical GPUs; yields its address (for a second driver)."""
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="warning")
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_service(cluster, tmp_path_factory):
+    """A job service on a Ray executor with two actors (device cpu)."""
+    service = JobService(tmp_path_factory.mktemp("ray-store"), torch.device("cpu"),
+                         executor=RayExecutor(num_workers=2, device="cpu"))
+    try:
+        yield service
+    finally:
+        service.shutdown()
+
+
+def _submit(service: JobService, events: Events, **params) -> str:
+    job_id, _ = service.submit("latent_paint", {**TINY_PARAMS, **params}, sphere_arrays(), listener=events)
+    return job_id
+
+
+def _worker_of(service: JobService, job_id: str) -> str | None:
+    return service.store.get(job_id)["worker"]
+
+
+def _wait_for_workers(service: JobService, count: int, timeout: float = WAIT_S) -> list[str]:
+    """The executor's worker names once ``count`` distinct live actors answer (a lost one is replaced in the
+    background)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = service.executor.workers
+        try:
+            ray.get([w.actor.describe.remote() for w in workers], timeout=5)
+            names = [w.name for w in workers]
+            if len(set(names)) == count:
+                return names
+        except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"the executor did not get back to {count} live actors")
+
+
+def test_two_jobs_run_at_once_on_two_actors_and_cancel_reaches_them(ray_service):
+    events = Events()
+    a, b = _submit(ray_service, events, **LONG), _submit(ray_service, events, **LONG, seed=1)
+    events.progressed(a, 2)
+    events.progressed(b, 2)
+    # both are running at the same moment (neither can end by itself), each on its own actor
+    assert sorted(ray_service.running_jobs()) == sorted([a, b])
+    workers = {_worker_of(ray_service, a), _worker_of(ray_service, b)}
+    assert len(workers) == 2 and all(w.startswith("ray:actor-") for w in workers), workers
+
+    step_at_cancel = max(f["step"] for t, f, _ in list(events.items) if t == "progress" and f["job_id"] == a)
+    assert ray_service.cancel(a) == "cancelling"
+    assert events.end(a)[0] == "cancelled"
+    later = [f["step"] for t, f, _ in list(events.items) if t == "progress" and f["job_id"] == a]
+    # the actor stopped within a few steps (the ones already streamed when the cancel arrived), not at 100 000
+    assert max(later) <= step_at_cancel + 20
+    assert ray_service.store.get(a)["status"] == "cancelled"
+    assert ray_service.store.get(b)["status"] == "running"  # the other actor's job goes on
+    ray_service.cancel(b)
+    assert events.end(b)[0] == "cancelled"
+
+
+def test_a_job_gives_bit_identical_results_under_the_local_and_the_ray_executor(ray_service, tmp_path):
+    params = {"iterations": 20, "seed": 3}
+    events = Events()
+    ray_end = events.end(_submit(ray_service, events, **params))
+    # CPU kernels split their sums by thread: the local run uses the actor's intra-op thread count (Ray sets it)
+    threads = ray.get(ray_service.executor.workers[0].actor.describe.remote())["torch_threads"]
+    before = torch.get_num_threads()
+    local = JobService(tmp_path / "local", torch.device("cpu"))
+    try:
+        torch.set_num_threads(threads)
+        local_events = Events()
+        local_end = local_events.end(_submit(local, local_events, **params))
+        assert local.store.list(1)[0]["worker"] == "local"
+    finally:
+        torch.set_num_threads(before)
+        local.shutdown()
+    assert ray_end[0] == local_end[0] == "result"
+    assert sorted(ray_end[2]) == sorted(local_end[2])
+    for name, array in local_end[2].items():
+        assert ray_end[2][name].dtype == array.dtype, name
+        np.testing.assert_array_equal(ray_end[2][name], array, err_msg=name)
+    assert local_end[2]["texture"].std() > 0  # a real texture, not two blanks
+
+
+def test_killing_an_actor_mid_job_requeues_the_job_once_on_the_other_actor(ray_service):
+    _wait_for_workers(ray_service, 2)
+    events = Events()
+    job_id = _submit(ray_service, events, iterations=60, preview_every=0)
+    events.progressed(job_id, 2)
+    first = _worker_of(ray_service, job_id)
+    victim = next(w for w in ray_service.executor.workers if w.name == first)
+    ray.kill(victim.actor)
+    end = events.end(job_id)
+    assert end[0] == "result", end[1]
+    second = _worker_of(ray_service, job_id)
+    assert second != first and second.startswith("ray:actor-")
+    statuses = [f["status"] for t, f, _ in events.items if t == "status" and f["job_id"] == job_id]
+    running = statuses.index("running")
+    assert statuses[running + 1:running + 3] == ["queued", "running"] and statuses[-1] == "done", statuses
+    assert end[2]["texture"].shape == (64, 64, 3)
+    names = _wait_for_workers(ray_service, 2)  # the dead actor was replaced by a fresh one
+    assert first not in names
+
+
+def test_a_job_whose_second_actor_dies_too_fails_clearly(ray_service):
+    _wait_for_workers(ray_service, 2)
+    events = Events()
+    job_id = _submit(ray_service, events, **LONG)
+    since, killed = 0, []
+    for _ in range(2):
+        events.progressed(job_id, 2, since=since)
+        name = _worker_of(ray_service, job_id)
+        assert name is not None and name not in killed
+        killed.append(name)
+        ray.kill(next(w for w in ray_service.executor.workers if w.name == name).actor)
+        if len(killed) == 1:  # re-queued, then running on the other actor: its progress comes after this
+            since = events.index(events.wait(lambda t, f, a: t == "status" and f["status"] == "queued"))
+    end = events.end(job_id)
+    assert end[0] == "error" and end[1]["code"] == "interrupted", end[1]
+    assert "re-queued once" in end[1]["message"] and "submit it again" in end[1]["message"]
+    assert killed[0] in end[1]["message"] and killed[1] in end[1]["message"]
+    assert ray_service.store.get(job_id)["status"] == "failed"
+    _wait_for_workers(ray_service, 2)
+
+
+def test_serve_with_the_ray_executor_serves_a_client_and_jobs_names_the_worker(cluster, ray_service, tmp_path):
+    ray_service.shutdown()  # its actors give the two logical GPUs back for the server's own
+    server = start_backend(tmp_path / "data", tmp_path / "token", timeout=180.0,
+                           extra_args=("--executor", "ray", "--ray-address", cluster, "--ray-workers", "2"))
+    try:
+        client = WireClient(server)
+        jobs = []
+        for seed in (0, 1):
+            client.send("submit", {"pipeline": "latent_paint", "params": {**TINY_PARAMS, "iterations": 4,
+                                                                           "seed": seed}}, sphere_arrays())
+            jobs.append(client.recv_until("accepted").fields["job_id"])
+        seen: list = []
+        results: dict = {}
+        while len(results) < 2:  # the two jobs run at once: their results come in either order
+            msg = client.recv_until("result", seen=seen)
+            results[msg.fields["job_id"]] = msg
+        assert sorted(results) == sorted(jobs)
+        assert all(r.arrays["texture"].shape == (64, 64, 3) for r in results.values())
+        assert any(m.type == "progress" for m in seen) and any(m.type == "preview" for m in seen)
+        client.send("list_jobs", {})
+        listed = {j["job_id"]: j["status"] for j in client.recv_until("jobs").fields["jobs"]}
+        assert listed == {job_id: "done" for job_id in jobs}
+    except BaseException:
+        print("\n".join(server.log[-80:]))
+        raise
+    finally:
+        server.stop()
+    listing = subprocess.run([sys.executable, "-m", "backend", "jobs", "--data-dir", str(tmp_path / "data")],
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    assert listing.stdout.splitlines()[0].split()[:5] == ["job", "created", "pipeline", "status", "worker"]
+    assert listing.stdout.count("ray:actor-") == 2, listing.stdout
+
+
+def test_serve_refuses_ray_flags_without_the_ray_executor_and_too_many_actors(cluster, tmp_path):
+    from backend import cli
+
+    with pytest.raises(ValueError, match="--executor ray"):
+        cli._executor(cli.build_parser().parse_args(["serve", "--ray-workers", "2"]))
+    with pytest.raises(ValueError, match="2 GPU"):
+        RayExecutor(num_workers=3, device="cpu")
