@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """LatentForge set-up: one command that makes a working install (stdlib only, Python 3.10+).
 
-    python install.py [--dev] [--venv PATH] [--device auto|cuda|cpu] [--blender PATH | --no-blender] ...
+    python install.py [--dev] [--studio] [--venv PATH] [--device auto|cuda|cpu] [--blender PATH | --no-blender] ...
 
 Steps (each reported as done / skipped / failed in the final summary):
 
 1. virtualenv   create ``<repo>/.venv`` (or ``--venv``); reuse it when its python runs, recreate it when not.
 2. packages     one ``pip install`` per group: torch, backend libraries, nvdiffrast (CUDA only), dev tools,
-                bpy (``--dev``, Python 3.11 only), test data (``--dev``, ``--no-deps``).
+                bpy (``--dev``, Python 3.11 only), test data (``--dev``, ``--no-deps``), Ray (``--studio`` or
+                ``--dev``: the executor of ``serve --executor ray``).
 3. .pth file    puts the repo root on the venv's ``sys.path`` (``python -m backend`` works from anywhere).
 4. token/config the socket token (kept; ``--new-token`` rotates it) and ``config.json`` in the LatentForge home.
 5. extension    ``dist/<id>-<version>.zip`` from ``blender_addon/`` (files at the zip root).
@@ -66,6 +67,7 @@ OPEN_CLIP_SPEC = "open_clip_torch"
 OPEN_CLIP_CPU_DEPS = ("ftfy", "regex")
 CUDA_REQUIREMENTS = ("diffrp-nvdiffrast",)  # provides the module `nvdiffrast`; NVIDIA Source Code License
 DEV_REQUIREMENTS = ("pytest", "pytest-timeout")
+STUDIO_REQUIREMENTS = ("ray",)  # `serve --executor ray`: jobs on Ray actors, one per GPU (the tests run a local cluster)
 BPY_SPEC = "bpy>=5.0,<5.1"  # Blender as a Python module, for the add-on tests
 BPY_PYTHON = (3, 11)  # the bpy 5.0 wheels exist for CPython 3.11 only
 TEST_DATA_REQUIREMENTS = ("pyvista==0.49.1",)  # --no-deps: only its bundled example meshes are read, never imported
@@ -133,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: CUDA extras (nvdiffrast) only when `nvidia-smi` runs; cuda/cpu force it")
     p.add_argument("--dev", action="store_true",
                    help="also install pytest, pytest-timeout, bpy (Blender as a module) and test data")
+    p.add_argument("--studio", action="store_true",
+                   help="also install Ray, for `serve --executor ray` (jobs on the GPUs of several machines); --dev "
+                        "installs it too")
     p.add_argument("--host", default=None,
                    help=f"backend host to record in the config (default: keep the config's, else {paths.DEFAULT_HOST})")
     p.add_argument("--port", type=_port, default=None,
@@ -299,8 +304,9 @@ class PipGroup:
     skip_reason: str = ""
 
 
-def plan_pip_groups(torch_spec: str, cuda: bool, dev: bool, python_version: tuple[int, ...]) -> list[PipGroup]:
-    """The pip groups to install, in order, for this machine and these flags."""
+def plan_pip_groups(torch_spec: str, cuda: bool, dev: bool, python_version: tuple[int, ...],
+                    studio: bool = False) -> list[PipGroup]:
+    """The pip groups to install, in order, for this machine and these flags (``studio`` or ``dev``: Ray)."""
     groups = [
         PipGroup("torch", (torch_spec, NUMPY_SPEC)),
         PipGroup("backend libraries", (NUMPY_SPEC, *BACKEND_REQUIREMENTS)),
@@ -316,6 +322,8 @@ def plan_pip_groups(torch_spec: str, cuda: bool, dev: bool, python_version: tupl
             "(and a new --venv) to run the Blender tests")
         groups.append(PipGroup("bpy (Blender as a module)", (BPY_SPEC,), skip_reason=bpy_skip))
         groups.append(PipGroup("test data (pyvista wheel, no deps)", TEST_DATA_REQUIREMENTS, no_deps=True))
+    if studio or dev:
+        groups.append(PipGroup("Ray (studio executor)", STUDIO_REQUIREMENTS))
     return groups
 
 
@@ -629,9 +637,10 @@ VERIFY_MODULES = ("torch", "diffusers", "diffusers.models.unets.unet_2d_conditio
                   "blender_addon.core.paths")
 
 
-def verify_modules(cuda: bool, dev_bpy: bool) -> tuple[str, ...]:
+def verify_modules(cuda: bool, dev_bpy: bool, ray: bool = False) -> tuple[str, ...]:
     """The modules the verify step imports with the venv's python."""
-    return VERIFY_MODULES + (("nvdiffrast",) if cuda else ()) + (("bpy",) if dev_bpy else ())
+    return VERIFY_MODULES + (("nvdiffrast",) if cuda else ()) + (("bpy",) if dev_bpy else ()) + \
+        (("ray",) if ray else ())
 
 
 def verify_install(python: Path, modules: tuple[str, ...], neutral_cwd: Path) -> dict:
@@ -716,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
         cuda = cuda_present(args.device)
         constraints = write_constraints(venv_dir, args.torch_spec)
         bpy_installed = False
-        for group in plan_pip_groups(args.torch_spec, cuda, args.dev, tuple(info["version"])):
+        for group in plan_pip_groups(args.torch_spec, cuda, args.dev, tuple(info["version"]), args.studio):
             step = f"pip: {group.name}"
             if group.skip_reason:
                 heading(step)
@@ -768,7 +777,7 @@ def main(argv: list[str] | None = None) -> int:
             report.add("Blender extension", status, detail, dt)
 
         # 7. verify
-        modules = verify_modules(cuda, bpy_installed)
+        modules = verify_modules(cuda, bpy_installed, args.studio or args.dev)
         result, dt = timed("verify imports", lambda: verify_install(python, modules, neutral_cwd=venv_dir))
         for key, value in result.items():
             print(f"  {key:<26} {value}")

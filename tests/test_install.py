@@ -344,3 +344,15 @@ def test_macos_never_plans_cuda_extras_and_refuses_device_cuda(monkeypatch):
     nvdiffrast = next(g for g in groups if g.name.startswith("nvdiffrast"))
     assert nvdiffrast.skip_reason  # no nvdiffrast on macOS: the torch rasterizer serves MPS
     assert install.cuda_present("cuda", platform="linux") is True
+
+
+def test_studio_and_dev_install_ray_and_verify_it():
+    def names(**flags):
+        return {g.name: g for g in install.plan_pip_groups("torch==2.13.0", False, python_version=(3, 11, 7), **flags)}
+
+    assert "Ray (studio executor)" not in names(dev=False)
+    for flags in ({"dev": False, "studio": True}, {"dev": True}):  # CI runs --dev: the Ray tests run there
+        assert names(**flags)["Ray (studio executor)"].requirements == install.STUDIO_REQUIREMENTS == ("ray",)
+    assert install.parse_args(["--studio"]).studio and not install.parse_args([]).studio
+    assert install.verify_modules(False, False, ray=True)[-1] == "ray"
+    assert "ray" not in install.verify_modules(False, False)
