@@ -4,12 +4,14 @@ the whole module (``ray.init(num_cpus=2, num_gpus=2)``), one service with two ac
 What it shows: two jobs run at once on two actors; cancel reaches the actor; killing an actor mid-job re-queues its
 job, which finishes on the other actor (and a job whose second actor dies too fails clearly); a tiny-random job gives
 bit-identical result arrays under the local and the Ray executor; and the real server (``serve --executor ray``, a
-subprocess joining the same cluster) serves a client as before, with ``jobs`` naming the worker.
+subprocess joining the same cluster) serves a client as before, with ``jobs`` naming the worker, and the real
+add-on (``bpy``) textures Suzanne through it unchanged.
 Jobs are tiny-random Latent-Paint runs (32² renders, 64² textures).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import threading
@@ -19,8 +21,13 @@ import numpy as np
 import pytest
 import torch
 
+import test_blender_addon as blender
 from backend.serving.service import JobService
+from backend.serving.store import JobStore
 from conftest import REPO_ROOT, TINY_PARAMS, WireClient, sphere_arrays, start_backend
+from test_blender_addon import check_textured, loop_uvs, texture_and_wait
+
+addon, scene = blender.addon, blender.scene  # the add-on fixtures (extension install, clean scene)
 
 ray = pytest.importorskip("ray", reason="the Ray executor needs Ray (python install.py --studio, or --dev)")
 
@@ -206,10 +213,21 @@ def test_a_job_whose_second_actor_dies_too_fails_clearly(ray_service):
     _wait_for_workers(ray_service, 2)
 
 
-def test_serve_with_the_ray_executor_serves_a_client_and_jobs_names_the_worker(cluster, ray_service, tmp_path):
+@pytest.fixture(scope="module")
+def ray_server(cluster, ray_service, tmp_path_factory):
+    """``python -m backend serve --executor ray`` joining the module's cluster with two actors."""
     ray_service.shutdown()  # its actors give the two logical GPUs back for the server's own
-    server = start_backend(tmp_path / "data", tmp_path / "token", timeout=180.0,
+    root = tmp_path_factory.mktemp("ray-server")
+    server = start_backend(root / "data", root / "token", timeout=180.0,
                            extra_args=("--executor", "ray", "--ray-address", cluster, "--ray-workers", "2"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_serve_with_the_ray_executor_serves_a_client_and_jobs_names_the_worker(ray_server):
+    server = ray_server
     try:
         client = WireClient(server)
         jobs = []
@@ -231,9 +249,7 @@ def test_serve_with_the_ray_executor_serves_a_client_and_jobs_names_the_worker(c
     except BaseException:
         print("\n".join(server.log[-80:]))
         raise
-    finally:
-        server.stop()
-    listing = subprocess.run([sys.executable, "-m", "backend", "jobs", "--data-dir", str(tmp_path / "data")],
+    listing = subprocess.run([sys.executable, "-m", "backend", "jobs", "--data-dir", str(server.data_dir)],
                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert listing.returncode == 0, listing.stderr
     assert listing.stdout.splitlines()[0].split()[:5] == ["job", "created", "pipeline", "status", "worker"]
@@ -247,3 +263,29 @@ def test_serve_refuses_ray_flags_without_the_ray_executor_and_too_many_actors(cl
         cli._executor(cli.build_parser().parse_args(["serve", "--ray-workers", "2"]))
     with pytest.raises(ValueError, match="2 GPU"):
         RayExecutor(num_workers=3, device="cpu")
+
+
+@pytest.mark.blender
+@pytest.mark.skipif(importlib.util.find_spec("bpy") is None, reason="needs the bpy module (Blender as a module)")
+def test_the_addon_works_unchanged_against_the_ray_executor(scene, ray_server):
+    addon, bpy = scene, scene.bpy
+    prefs = addon.prefs
+    prefs.backend_mode = "REMOTE"
+    prefs.host, prefs.port, prefs.token_file = ray_server.host, ray_server.port, str(ray_server.token_file)
+    assert bpy.ops.latentforge.connect() == {"FINISHED"}
+    try:
+        addon.pump(lambda: addon.state.connected, 30, "the connection")
+        bpy.ops.mesh.primitive_monkey_add()
+        suzanne = bpy.context.active_object
+        uv_before = loop_uvs(suzanne, "UVMap")
+        job_id = texture_and_wait(addon, suzanne)
+        suzanne = bpy.data.objects["Suzanne"]
+        check_textured(suzanne, "UVMap")
+        np.testing.assert_array_equal(loop_uvs(suzanne, "UVMap"), uv_before)
+    finally:
+        addon.session.connection.close_client()
+    store = JobStore(ray_server.data_dir)
+    try:
+        assert store.get(job_id)["worker"].startswith("ray:actor-")
+    finally:
+        store.close()

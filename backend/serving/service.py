@@ -192,11 +192,6 @@ class JobService:
             for thread in self._threads:
                 thread.start()
 
-    @property
-    def current_job(self) -> str | None:
-        """A running job's id (the oldest-started worker's), or None when every worker is idle."""
-        return next(iter(self._running.values()), None)
-
     def running_jobs(self) -> list[str]:
         """The ids of the jobs running now, one per busy worker."""
         with self._cond:
