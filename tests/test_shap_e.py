@@ -363,3 +363,15 @@ def test_cli_bad_inputs_are_one_line_errors(tmp_path, capsys):
         lines = err.strip().splitlines()
         assert code == code_expected and len(lines) == 1 and words in lines[0], (args, err)
     assert not (tmp_path / "x.glb").exists()
+
+
+def test_download_knows_the_shap_e_ids(monkeypatch, capsys, tmp_path):
+    from backend import cli
+
+    asked = []
+    monkeypatch.setattr(cli, "download_shap_e", lambda model: asked.append(model) or tmp_path / model)
+    monkeypatch.setattr(cli, "download_stable_diffusion", lambda model: pytest.fail(f"{model} went to Stable Diffusion"))
+    for model in ("openai/shap-e", "openai/shap-e-img2img"):
+        assert cli.main(["download", model]) == 0
+        assert capsys.readouterr().out.strip() == str(tmp_path / model)
+    assert asked == ["openai/shap-e", "openai/shap-e-img2img"]
