@@ -136,6 +136,29 @@ def test_cancel_stops_at_the_next_prior_call_and_leaves_no_hook(models):
     assert len(_run({"prompt": "a chair"}, models=models).meshes) == 1  # the model still works afterwards
 
 
+@pytest.mark.parametrize("scheduler_name, calls_per_run", [("HeunDiscreteScheduler", lambda n: 2 * n - 1),
+                                                          ("EulerDiscreteScheduler", lambda n: n)])
+def test_step_progress_counts_the_prior_calls_of_the_scheduler(models, scheduler_name, calls_per_run):
+    """Heun (Shap-E's sampler) calls the prior 2N − 1 times for N steps, a first-order scheduler N times: either
+    way, one report per completed step, in order, the last one N."""
+    import diffusers
+
+    from backend.models.shap_e import SCHEDULER_CONFIG
+
+    class Pipe:
+        prior = torch.nn.Identity()
+        scheduler = getattr(diffusers, scheduler_name).from_config({**SCHEDULER_CONFIG, "beta_schedule": "linear"})
+
+    for n in (1, 2, 5):
+        reports = []
+        ctx = _ctx(models, on_progress=lambda stage, step, total, *_: reports.append((stage, step, total)))
+        with shap_e_pipeline._StepProgress(Pipe, n, ctx):
+            for _ in range(calls_per_run(n)):
+                Pipe.prior(torch.zeros(1))
+        assert reports == [("denoise", s, n) for s in range(n + 1)]
+    assert not Pipe.prior._forward_hooks
+
+
 def test_no_surface_is_a_clear_error(monkeypatch, models):
     monkeypatch.setattr(shap_e_pipeline, "stf_fields", lambda renderer, latent: (
         lambda p: -torch.ones(len(p)), lambda p: torch.full((len(p), 3), 0.5)))

@@ -127,7 +127,7 @@ def run(config: ShapEConfig, inputs: PipelineInputs, ctx: JobContext) -> Pipelin
     t0 = time.perf_counter()
     condition = {"image": _pil_on_white(image)} if kind == "image" else {"prompt": config.prompt}
     generator = torch.Generator(device=bundle.device).manual_seed(config.seed)
-    with _StepProgress(pipe.prior, config.num_inference_steps, ctx):
+    with _StepProgress(pipe, config.num_inference_steps, ctx):
         latents = pipe(**condition, num_images_per_prompt=config.num_samples,
                        num_inference_steps=config.num_inference_steps, guidance_scale=guidance_scale,
                        generator=generator, output_type="latent").images
@@ -156,13 +156,16 @@ class _StepProgress:
 
     diffusers' Shap-E pipelines take no step callback (``callback_on_step_end``), so the prior's forward hooks count
     its calls: cancellation is checked before each call, and ``ctx.progress("denoise", step, N)`` is reported when a
-    Heun step completes. ``HeunDiscreteScheduler`` with N steps runs 2N − 1 prior calls: steps 1..N−1 take two (an
-    Euler prediction, then the trapezoidal correction) and the last, to σ = 0, one.
+    step completes, step = ⌊calls · N / total calls⌋ with the total read from the scheduler's timesteps for N steps.
+    Shap-E's ``HeunDiscreteScheduler`` makes 2N − 1 calls: steps 1..N−1 take two (an Euler prediction, then the
+    trapezoidal correction) and the last, to σ = 0, one; a first-order scheduler makes N.
     """
 
-    def __init__(self, prior: torch.nn.Module, num_inference_steps: int, ctx: JobContext):
-        self.prior, self.steps, self.ctx = prior, num_inference_steps, ctx
-        self.calls = 0
+    def __init__(self, pipe, num_inference_steps: int, ctx: JobContext):
+        self.prior, self.steps, self.ctx = pipe.prior, num_inference_steps, ctx
+        pipe.scheduler.set_timesteps(num_inference_steps)  # the pipeline sets them again (same values)
+        self.total_calls = len(pipe.scheduler.timesteps)
+        self.calls = self.reported = 0
         self.handles: list = []
 
     def _before(self, _module, _args) -> None:
@@ -170,10 +173,10 @@ class _StepProgress:
 
     def _after(self, _module, _args, _output) -> None:
         self.calls += 1
-        if self.calls == 2 * self.steps - 1:
-            self.ctx.progress("denoise", self.steps, self.steps)
-        elif self.calls % 2 == 0:
-            self.ctx.progress("denoise", self.calls // 2, self.steps)
+        step = self.calls * self.steps // self.total_calls
+        if step > self.reported:
+            self.reported = step
+            self.ctx.progress("denoise", step, self.steps)
 
     def __enter__(self) -> "_StepProgress":
         self.ctx.progress("denoise", 0, self.steps)
