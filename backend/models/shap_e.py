@@ -67,15 +67,18 @@ _PIPELINE_CLASSES = {"ShapEPipeline": "text", "ShapEImg2ImgPipeline": "image"}
 SCHEDULER_CONFIG = dict(beta_schedule="exp", num_train_timesteps=1024, prediction_type="sample", use_karras_sigmas=True,
                         clip_sample=True, clip_sample_range=1.0)
 
-# Architecture facts of the public checkpoints (prior/config.json, shap_e_renderer/config.json, text_encoder and
-# image_encoder config.json of openai/shap-e and openai/shap-e-img2img); CLIP is ViT-L/14.
+# Architecture facts of the public checkpoints: prior/config.json of openai/shap-e and openai/shap-e-img2img (the same
+# but for the image prior's 8 heads of 128, its 1024-wide LayerNormed input), scheduler_config.json (above), the
+# ShapERenderer defaults; the CLIP towers are ViT-L/14 (text: 768 wide, projected to 768; image: 1024 wide, 256 patch
+# tokens, as the image prior's embedding_proj_dim and the paper say).
 _PRIOR_FULL = dict(num_attention_heads=16, attention_head_dim=64, num_layers=24, embedding_dim=1024,
                    num_embeddings=1024, additional_embeddings=0, time_embed_act_fn="gelu", norm_in_type="layer",
                    encoder_hid_proj_type=None, added_emb_type=None, time_embed_dim=4096, clip_embed_dim=2048)
+_IMAGE_PRIOR_FULL = dict(_PRIOR_FULL, num_attention_heads=8, attention_head_dim=128)  # openai/shap-e-img2img
 _PRIOR_TINY = dict(num_attention_heads=2, attention_head_dim=8, num_layers=1, embedding_dim=16, num_embeddings=16,
                    additional_embeddings=0, time_embed_act_fn="gelu", norm_in_type="layer", encoder_hid_proj_type=None,
                    added_emb_type=None, time_embed_dim=32, clip_embed_dim=32)
-_RENDERER_FULL: dict = {}  # the ShapERenderer defaults are the public config (MLP width 256, 6 layers, d_latent 1024)
+_RENDERER_FULL: dict = {}  # ShapERenderer defaults: the public renderer (MLP width 256, 6 layers, d_latent 1024)
 _RENDERER_TINY = dict(param_shapes=((4, 93), (4, 4), (4, 4), (4, 4)), d_latent=16, d_hidden=4, n_output=12)
 _TEXT_FULL = dict(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                   num_attention_heads=12, projection_dim=768, hidden_act="quick_gelu", max_position_embeddings=77)
@@ -188,9 +191,11 @@ def build_random_shap_e(arch: str = TINY_RANDOM, seed: int = 0) -> ShapEBundle:
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPVisionConfig, CLIPVisionModel
 
     if arch == TINY_RANDOM:
-        prior_cfg, renderer_cfg, text_cfg, vision_cfg = _PRIOR_TINY, _RENDERER_TINY, _TEXT_TINY, _VISION_TINY
+        prior_cfg, image_prior_cfg = _PRIOR_TINY, _PRIOR_TINY
+        renderer_cfg, text_cfg, vision_cfg = _RENDERER_TINY, _TEXT_TINY, _VISION_TINY
     elif arch == RANDOM_SHAP_E:
-        prior_cfg, renderer_cfg, text_cfg, vision_cfg = _PRIOR_FULL, _RENDERER_FULL, _TEXT_FULL, _VISION_FULL
+        prior_cfg, image_prior_cfg = _PRIOR_FULL, _IMAGE_PRIOR_FULL
+        renderer_cfg, text_cfg, vision_cfg = _RENDERER_FULL, _TEXT_FULL, _VISION_FULL
     else:
         raise ValueError(f"unknown random architecture {arch!r}; expected {TINY_RANDOM!r} or {RANDOM_SHAP_E!r}")
     with torch.random.fork_rng(devices=[]):
@@ -198,7 +203,7 @@ def build_random_shap_e(arch: str = TINY_RANDOM, seed: int = 0) -> ShapEBundle:
         text_prior = PriorTransformer(embedding_proj_dim=text_cfg["projection_dim"], **prior_cfg)
         # The image prior reads the vision tower's patch tokens through a LayerNorm (embedding_proj_norm_type).
         image_prior = PriorTransformer(embedding_proj_dim=vision_cfg["hidden_size"], embedding_proj_norm_type="layer",
-                                       **prior_cfg)
+                                       **image_prior_cfg)
         renderer = ShapERenderer(**renderer_cfg)
         # Random latents give a signed distance below 0 (outside) almost everywhere; raising the bias of the SDF output
         # by _RANDOM_SDF_SHIFT gives seeded arbitrary solids instead of empty space (the public weights need nothing).
