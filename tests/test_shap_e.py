@@ -159,6 +159,13 @@ def test_step_progress_counts_the_prior_calls_of_the_scheduler(models, scheduler
     assert not Pipe.prior._forward_hooks
 
 
+def test_face_budget_decimates_each_sample(models):
+    full = _run({"prompt": "a vase", "num_samples": 2}, models=models)
+    budget = _run({"prompt": "a vase", "num_samples": 2, "face_budget": 200}, models=models)
+    assert all(n > 400 for n in full.metadata["faces"]) and all(n <= 200 for n in budget.metadata["faces"])
+    assert [len(m.v_color) for m in budget.meshes] == [len(m.mesh.v_pos) for m in budget.meshes]
+
+
 def test_no_surface_is_a_clear_error(monkeypatch, models):
     monkeypatch.setattr(shap_e_pipeline, "stf_fields", lambda renderer, latent: (
         lambda p: -torch.ones(len(p)), lambda p: torch.full((len(p), 3), 0.5)))
