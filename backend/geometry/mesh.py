@@ -148,7 +148,8 @@ def split_by_uv(mesh: TriMesh) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def save_glb(path: str | Path, mesh: TriMesh | Sequence[TriMesh], texture: np.ndarray | None = None,
-             names: Sequence[str] | None = None, offsets: np.ndarray | None = None) -> Path:
+             names: Sequence[str] | None = None, offsets: np.ndarray | None = None,
+             v_colors: Sequence[np.ndarray | None] | None = None) -> Path:
     """Write a binary glTF: one mesh, or several meshes as separate nodes of one scene.
 
     Args:
@@ -158,9 +159,11 @@ def save_glb(path: str | Path, mesh: TriMesh | Sequence[TriMesh], texture: np.nd
         names: node/mesh names, one per mesh (default ``mesh``, ``mesh_1``, … as the protocol's groups).
         offsets: (K, 3) float translations of the K nodes in the Blender frame, metres (e.g. to lay samples out side
             by side); the vertex data stays as given. Default: no translation.
+        v_colors: per mesh, (N, 3|4) float linear RGB(A) in [0, 1] or None; written as the glTF vertex colour
+            ``COLOR_0`` (linear, as glTF specifies; 8-bit). A textured first mesh keeps its texture instead.
 
     Raises:
-        ValueError: no mesh, or ``names``/``offsets`` of the wrong length.
+        ValueError: no mesh, or ``names``/``offsets``/``v_colors`` of the wrong length, or colours not (N, 3|4).
     """
     import trimesh
     from PIL import Image
@@ -174,6 +177,9 @@ def save_glb(path: str | Path, mesh: TriMesh | Sequence[TriMesh], texture: np.nd
     offsets = np.zeros((len(meshes), 3)) if offsets is None else np.asarray(offsets, dtype=np.float64)
     if len(names) != len(meshes) or offsets.shape != (len(meshes), 3):
         raise ValueError(f"save_glb got {len(meshes)} meshes, {len(names)} names and offsets of shape {offsets.shape}")
+    v_colors = list(v_colors) if v_colors is not None else [None] * len(meshes)
+    if len(v_colors) != len(meshes):
+        raise ValueError(f"save_glb got {len(meshes)} meshes and {len(v_colors)} vertex colour arrays")
     parts = []
     for i, m in enumerate(meshes):
         if i == 0 and texture is not None and m.has_uv:
@@ -182,6 +188,14 @@ def save_glb(path: str | Path, mesh: TriMesh | Sequence[TriMesh], texture: np.nd
                                                            metallicFactor=0.0, roughnessFactor=0.8)
             visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
             parts.append(trimesh.Trimesh(blender_to_gltf(v), faces, visual=visual, process=False))
+        elif v_colors[i] is not None:
+            color = np.asarray(v_colors[i], dtype=np.float32)
+            if color.ndim != 2 or color.shape[0] != len(m.v_pos) or color.shape[1] not in (3, 4):
+                raise ValueError(f"vertex colours of mesh {i} must be ({len(m.v_pos)}, 3|4), got {color.shape}")
+            rgba = np.concatenate([color, np.ones((len(color), 1), np.float32)], axis=1) if color.shape[1] == 3 \
+                else color
+            visual = trimesh.visual.ColorVisuals(vertex_colors=np.rint(np.clip(rgba, 0, 1) * 255).astype(np.uint8))
+            parts.append(trimesh.Trimesh(blender_to_gltf(m.v_pos), m.t_pos_idx, visual=visual, process=False))
         else:
             parts.append(trimesh.Trimesh(blender_to_gltf(m.v_pos), m.t_pos_idx, process=False))
     scene = trimesh.Scene()  # always named nodes: one sample is `mesh` too, not trimesh's `geometry_0`

@@ -236,7 +236,7 @@ class JobStore:
 
     def save_result(self, job_id: str, arrays: dict[str, np.ndarray]) -> None:
         """Write ``result.npz`` (the result's wire arrays, every mesh), ``texture.png`` and ``result.glb`` (every mesh:
-        one node each, laid out side by side) into the job folder."""
+        one node each, laid out side by side, with its vertex colours) into the job folder."""
         from PIL import Image
 
         folder = self.job_dir(job_id)
@@ -248,7 +248,7 @@ class JobStore:
         if results:  # several meshes (samples): one node each, side by side along +X
             meshes = [r.mesh for r in results]
             offsets = side_by_side(meshes) if len(meshes) > 1 else None
-            save_glb(folder / "result.glb", meshes, texture, offsets=offsets)
+            save_glb(folder / "result.glb", meshes, texture, offsets=offsets, v_colors=[r.v_color for r in results])
         self.measure(job_id)
 
     def load_result(self, job_id: str) -> dict[str, np.ndarray]:
