@@ -140,8 +140,9 @@ def test_two_jobs_run_at_once_on_two_actors_and_cancel_reaches_them(ray_service)
     assert ray_service.cancel(a) == "cancelling"
     assert events.end(a)[0] == "cancelled"
     later = [f["step"] for t, f, _ in list(events.items) if t == "progress" and f["job_id"] == a]
-    # the actor stopped within a few steps (the ones already streamed when the cancel arrived), not at 100 000
-    assert max(later) <= step_at_cancel + 20
+    # the actor stopped within a few steps (those already streamed when the cancel arrived; a margin for a loaded
+    # machine), not at 100 000
+    assert max(later) <= step_at_cancel + 100
     assert ray_service.store.get(a)["status"] == "cancelled"
     assert ray_service.store.get(b)["status"] == "running"  # the other actor's job goes on
     ray_service.cancel(b)
@@ -175,7 +176,7 @@ def test_a_job_gives_bit_identical_results_under_the_local_and_the_ray_executor(
 def test_killing_an_actor_mid_job_requeues_the_job_once_on_the_other_actor(ray_service):
     _wait_for_workers(ray_service, 2)
     events = Events()
-    job_id = _submit(ray_service, events, iterations=60, preview_every=0)
+    job_id = _submit(ray_service, events, iterations=150, preview_every=0)  # seconds: killed long before its end
     events.progressed(job_id, 2)
     first = _worker_of(ray_service, job_id)
     victim = next(w for w in ray_service.executor.workers if w.name == first)
@@ -289,3 +290,16 @@ def test_the_addon_works_unchanged_against_the_ray_executor(scene, ray_server):
         assert store.get(job_id)["worker"].startswith("ray:actor-")
     finally:
         store.close()
+
+
+def test_without_ray_serve_executor_ray_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    from backend import cli
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as on an install without --studio
+    token = tmp_path / "token"
+    token.write_text("test-token-0123456789\n")
+    token.chmod(0o600)
+    rc = cli.main(["serve", "--executor", "ray", "--port", "0", "--token-file", str(token),
+                   "--data-dir", str(tmp_path / "data")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: --executor ray needs Ray") and "install.py --studio" in err, err
