@@ -2,11 +2,12 @@
 the whole module (``ray.init(num_cpus=2, num_gpus=2)``), one service with two actors shared by the tests.
 
 What it shows: two jobs run at once on two actors; cancel reaches the actor; killing an actor mid-job re-queues its
-job, which finishes on the other actor (and a job whose second actor dies too fails clearly); a tiny-random job gives
-bit-identical result arrays under the local and the Ray executor; and the real server (``serve --executor ray``, a
+job, which finishes on the other actor (and a job whose second actor dies too fails clearly); tiny-random jobs give
+the same previews, partial meshes and bit-identical result arrays under the local and the Ray executor; and the real
+server (``serve --executor ray``, a
 subprocess joining the same cluster) serves a client as before, with ``jobs`` naming the worker, and the real
 add-on (``bpy``) textures Suzanne through it unchanged.
-Jobs are tiny-random Latent-Paint runs (32² renders, 64² textures).
+Jobs are tiny-random Latent-Paint runs (32² renders, 64² textures) and one tiny-random shape_ldm run.
 """
 
 from __future__ import annotations
@@ -149,28 +150,50 @@ def test_two_jobs_run_at_once_on_two_actors_and_cancel_reaches_them(ray_service)
     assert events.end(b)[0] == "cancelled"
 
 
-def test_a_job_gives_bit_identical_results_under_the_local_and_the_ray_executor(ray_service, tmp_path):
-    params = {"iterations": 20, "seed": 3}
-    events = Events()
-    ray_end = events.end(_submit(ray_service, events, **params))
+SHAPE = {"prompt": "a swivel chair", "model": "tiny-random", "num_inference_steps": 3, "grid_resolution": 20,
+         "preview_resolution": 12, "num_samples": 2}
+"""A tiny-random Michelangelo job that streams a partial mesh per sample before its result."""
+
+
+@pytest.mark.parametrize("pipeline, params, arrays", [
+    ("latent_paint", {**TINY_PARAMS, "iterations": 20, "seed": 3}, sphere_arrays()),
+    ("shape_ldm", SHAPE, {}),
+], ids=["latent_paint", "shape_ldm"])
+def test_a_job_gives_bit_identical_results_and_events_under_the_local_and_the_ray_executor(
+        ray_service, tmp_path, pipeline, params, arrays):
+    def run(service: JobService) -> Events:
+        events = Events()
+        job_id, _ = service.submit(pipeline, params, arrays, listener=events)
+        assert events.end(job_id)[0] == "result", events.items[-1][1]
+        return events
+
+    on_ray = run(ray_service)
     # CPU kernels split their sums by thread: the local run uses the actor's intra-op thread count (Ray sets it)
     threads = ray.get(ray_service.executor.workers[0].actor.describe.remote())["torch_threads"]
     before = torch.get_num_threads()
     local = JobService(tmp_path / "local", torch.device("cpu"))
     try:
         torch.set_num_threads(threads)
-        local_events = Events()
-        local_end = local_events.end(_submit(local, local_events, **params))
+        on_local = run(local)
         assert local.store.list(1)[0]["worker"] == "local"
     finally:
         torch.set_num_threads(before)
         local.shutdown()
-    assert ray_end[0] == local_end[0] == "result"
-    assert sorted(ray_end[2]) == sorted(local_end[2])
-    for name, array in local_end[2].items():
-        assert ray_end[2][name].dtype == array.dtype, name
-        np.testing.assert_array_equal(ray_end[2][name], array, err_msg=name)
-    assert local_end[2]["texture"].std() > 0  # a real texture, not two blanks
+    for kind in ("partial", "preview", "result"):  # every array the clients get, in the same order
+        ray_arrays = [a for t, _, a in on_ray.items if t == kind]
+        local_arrays = [a for t, _, a in on_local.items if t == kind]
+        assert len(ray_arrays) == len(local_arrays) and (kind != "result" or len(ray_arrays) == 1), kind
+        for r, l in zip(ray_arrays, local_arrays):
+            assert sorted(r) == sorted(l), kind
+            for name, array in l.items():
+                assert r[name].dtype == array.dtype, (kind, name)
+                np.testing.assert_array_equal(r[name], array, err_msg=f"{kind} {name}")
+    stream = [t for t, _, _ in on_ray.items if t != "progress"]
+    assert stream == [t for t, _, _ in on_local.items if t != "progress"]
+    if pipeline == "shape_ldm":
+        assert stream.count("partial") == 1  # a coarse mesh of each sample, streamed from the actor
+    else:
+        assert stream.count("preview") == 20 and on_local.items[-1][2]["texture"].std() > 0
 
 
 def test_killing_an_actor_mid_job_requeues_the_job_once_on_the_other_actor(ray_service):
