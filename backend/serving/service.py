@@ -115,7 +115,8 @@ class _LiveJob:
     last_progress: dict | None = None
     last_preview: tuple[dict, np.ndarray] | None = None  # (fields, image (H, W, 3) uint8 row 0 = top)
     cancel_requested_by: list[Listener] = field(default_factory=list)
-    lost_on: list[str] = field(default_factory=list)  # workers that died running it (re-queued once)
+    lost_on: list[str] = field(default_factory=list)  # names of the workers that died running it (re-queued once)
+    lost_slots: set[int] = field(default_factory=set)  # id() of those workers: a replacement there is skipped too
 
 
 def check_params_text(params: dict) -> None:
@@ -354,7 +355,7 @@ class JobService:
             finally:
                 with self._cond:
                     self._running.pop(id(worker), None)
-                    if job_id not in self._queue:  # a re-queued job stays live
+                    if job_id not in self._queue and job_id not in self._running.values():  # re-queued: stays live
                         self._live.pop(job_id, None)
                     self._cond.notify_all()
             if lost:
@@ -366,10 +367,10 @@ class JobService:
 
     def _next_job_for(self, worker: Worker) -> str | None:
         """The first queued job ``worker`` may take (called with the condition held): a job re-queued after a worker
-        died goes to another worker when there is one."""
+        died goes to another worker when there is one (not to the dead one's replacement in the same place)."""
         for job_id in self._queue:
             live = self._live.get(job_id)
-            if live is not None and worker.name in live.lost_on and len(self.executor.workers) > 1:
+            if live is not None and id(worker) in live.lost_slots and len(self.executor.workers) > 1:
                 continue
             return job_id
         return None
@@ -435,7 +436,7 @@ class JobService:
                     requester("cancelled", {"job_id": job_id}, {})
             return
         except WorkerLost as err:
-            self._worker_lost(live, err)
+            self._worker_lost(live, err, worker)
             raise
         except BaseException as err:  # noqa: BLE001 — every failure becomes a failed job, never a dead worker
             if isinstance(err, JobFailed):  # described where it ran
@@ -470,7 +471,7 @@ class JobService:
         self._emit(live, "error", {"job_id": job_id, "code": code, "message": message})
         self._cancel_too_late(live, "failed")
 
-    def _worker_lost(self, live: _LiveJob, err: WorkerLost) -> None:
+    def _worker_lost(self, live: _LiveJob, err: WorkerLost, worker: Worker) -> None:
         """The worker running ``live`` died: re-queue the job at the head of the queue the first time (another
         worker takes it), fail it with ``interrupted`` the second time; a job being cancelled is cancelled."""
         job_id = live.job_id
@@ -487,6 +488,7 @@ class JobService:
             return
         with self._cond:
             live.lost_on.append(err.worker)
+            live.lost_slots.add(id(worker))
             live.last_progress = None
             self.store.update(job_id, status="queued", started=None, worker=None)
             self._queue.appendleft(job_id)
