@@ -48,18 +48,20 @@ __all__ = [
     "ProtocolError", "ConnectionClosed", "FieldSpec", "ArraySlot", "KindSpec", "MessageSpec", "Message",
     "KIND_SPECS", "MESSAGE_TYPES",
     "encode_message", "decode_message", "decode_frame", "parse_prefix", "send_message", "recv_message",
-    "tokens_match", "mesh_arrays", "mesh_groups", "split_groups", "split_array_name",
+    "tokens_match", "mesh_arrays", "mesh_groups", "point_cloud_arrays", "point_groups", "split_groups",
+    "split_array_name", "MESH_GROUP", "POINTS_GROUP",
 ]
 
 # ---------------------------------------------------------------------------------------------------------------
 # Constants
 # ---------------------------------------------------------------------------------------------------------------
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 """Version carried in every header's ``"v"`` and in hello/welcome ``protocol_version``; a mismatch is fatal.
 History: 1 = first release; 2 = ``partial``/``result`` may carry several meshes (groups ``mesh``, ``mesh_1``, …);
 3 = length/range limits on fields, valid-Unicode strings only, ``list_jobs`` pages (``cursor`` → ``next_cursor``),
-``delete_job`` → ``deleted``."""
+``delete_job`` → ``deleted``; 4 = ``partial``/``result`` may carry point clouds (groups ``points``, ``points_1``, …)
+beside or instead of meshes."""
 
 MAGIC = b"LFRG"
 """First 4 bytes of every frame."""
@@ -117,7 +119,13 @@ MAX_IMAGE_SIDE = 16384
 
 MAX_MESHES = 64
 """Most meshes one ``partial``/``result`` carries: groups ``mesh``, ``mesh_1`` … ``mesh_63``
-(see :attr:`ArraySlot.repeat`)."""
+(see :attr:`ArraySlot.repeat`); the same bound holds for point clouds (``points`` … ``points_63``)."""
+
+MESH_GROUP = "mesh"
+"""Group of the first mesh of a ``partial``/``result``; the others are ``mesh_1``, ``mesh_2``, …"""
+
+POINTS_GROUP = "points"
+"""Group of the first point cloud of a ``partial``/``result``; the others are ``points_1``, ``points_2``, …"""
 
 WIRE_DTYPES: Mapping[str, np.dtype] = MappingProxyType({
     "float32": np.dtype("<f4"),
@@ -266,6 +274,14 @@ class ArraySlot:
     repeat: bool = False
     """The slot's group may also appear numbered, ``<group>_1`` … ``<group>_{MAX_MESHES - 1}`` (one more mesh
     each, consecutive from 1), with the same rules: a required slot is required in every numbered group present."""
+    with_group: bool = False
+    """Required whenever its group (or, with ``repeat``, a numbered copy of it) is present, though the group itself
+    is optional (e.g. ``points.v_pos``: a result without point clouds carries no ``points`` group)."""
+
+    @property
+    def required_text(self) -> str:
+        """The slot's "required" column in docs/protocol.md: ``yes``, ``with group`` or ``no``."""
+        return "yes" if self.required else "with group" if self.with_group else "no"
 
 
 @dataclass(frozen=True)
@@ -312,6 +328,8 @@ class MessageSpec:
     """The array names the message may carry; None (with ``arrays_allowed``) = any name of a known kind."""
     doc: str = ""
     """One-line meaning, mirrored in docs/protocol.md."""
+    any_of_groups: tuple[str, ...] = ()
+    """If set, the message must carry at least one of these groups (e.g. a ``result``: a mesh or a point cloud)."""
 
     @property
     def array_kinds(self) -> frozenset[str]:
@@ -369,10 +387,14 @@ def _f(types: str, required: bool = True, doc: str = "", **kw) -> FieldSpec:
     return FieldSpec(tuple(types.split("|")), required, doc, **kw)
 
 
-def _mesh_slots(required: bool, repeat: bool = False) -> tuple[ArraySlot, ...]:
-    return (ArraySlot("mesh.v_pos", required, repeat=repeat), ArraySlot("mesh.t_pos_idx", required, repeat=repeat),
-            ArraySlot("mesh.uv", repeat=repeat), ArraySlot("mesh.uv_idx", repeat=repeat),
-            ArraySlot("mesh.v_color", repeat=repeat))
+def _shape_slots() -> tuple[ArraySlot, ...]:
+    """The slots of ``partial`` and ``result``: meshes (``mesh``, ``mesh_1``, …) and point clouds (``points``,
+    ``points_1``, …), each group optional but at least one present (:attr:`MessageSpec.any_of_groups`)."""
+    return (ArraySlot("mesh.v_pos", repeat=True, with_group=True),
+            ArraySlot("mesh.t_pos_idx", repeat=True, with_group=True),
+            ArraySlot("mesh.uv", repeat=True), ArraySlot("mesh.uv_idx", repeat=True),
+            ArraySlot("mesh.v_color", repeat=True),
+            ArraySlot("points.v_pos", repeat=True, with_group=True), ArraySlot("points.v_color", repeat=True))
 
 
 _JOB_ID = "job id assigned by the server in accepted"
@@ -451,12 +473,14 @@ MESSAGE_TYPES: Mapping[str, MessageSpec] = MappingProxyType({
     "partial": MessageSpec(_S2C, MappingProxyType({
         "job_id": _f("str", doc=_JOB_ID, max_len=MAX_ID_CHARS),
         "step": _f("int", doc="step the mesh was extracted at", minimum=0),
-    }), arrays_allowed=True, array_slots=_mesh_slots(True, repeat=True), doc="intermediate mesh(es)"),
+    }), arrays_allowed=True, array_slots=_shape_slots(), any_of_groups=(MESH_GROUP, POINTS_GROUP),
+        doc="intermediate mesh(es) and/or point cloud(s)"),
     "result": MessageSpec(_S2C, MappingProxyType({
         "job_id": _f("str", doc=_JOB_ID, max_len=MAX_ID_CHARS),
         "metadata": _f("object", doc="pipeline, params, seed, timings, model ids, ..."),
     }), arrays_allowed=True,
-        array_slots=_mesh_slots(True, repeat=True) + (ArraySlot("texture", False, ("uint8",), (3, 4)),),
+        array_slots=_shape_slots() + (ArraySlot("texture", False, ("uint8",), (3, 4)),),
+        any_of_groups=(MESH_GROUP, POINTS_GROUP),
         doc="final output of a done job (sent when it finishes, and on get_result)"),
     "error": MessageSpec(_S2C, MappingProxyType({
         "code": _f("str", doc="an ERROR_CODES code, or a SERVER_ERROR_CODES code", max_len=MAX_NAME_CHARS),
@@ -765,6 +789,14 @@ def _check_array_contents(msg_type: str, spec: MessageSpec, arrays: Mapping[str,
             raise ProtocolError("bad_array", f"{msg_type} requires array {slot.name!r}")
     _check_repeated_groups(msg_type, spec, arrays)
     groups = split_groups(arrays)
+    if spec.any_of_groups and not any(g in groups for g in spec.any_of_groups):
+        wanted = " or ".join(f"a {g} group" for g in spec.any_of_groups)
+        raise ProtocolError("bad_array", f"{msg_type} carries nothing to show: it needs {wanted} (arrays: "
+                                         f"{', '.join(_short(n, 40) for n in list(arrays)[:5]) or 'none'})")
+    for slot in spec.array_slots or ():
+        group, kind = split_array_name(slot.name)
+        if slot.with_group and group in groups and kind not in groups[group]:
+            raise ProtocolError("bad_array", f"{msg_type} requires array {slot.name!r} (group {group} is present)")
     # 1) structure: needed kinds and matching row counts (cheap, before any data pass)
     for group, members in groups.items():
         prefix = f"{group}." if group else ""
@@ -814,14 +846,18 @@ def _check_repeated_groups(msg_type: str, spec: MessageSpec, arrays: Mapping[str
         base = _repeat_base(name)
         if base is not None and spec.slot(name) is not None:
             numbers.setdefault(split_array_name(base[0])[0], set()).add(base[1])
+    groups = {split_array_name(name)[0] for name in arrays}
     for group, present in numbers.items():
+        if group not in groups:
+            raise ProtocolError("bad_array", f"{msg_type} carries group {group}_{min(present)} but not {group}; "
+                                             f"numbered groups follow the first, unnumbered one")
         gap = next(i for i in range(1, max(present) + 2) if i not in present)
         if gap < max(present):
             raise ProtocolError("bad_array", f"{msg_type} carries group {group}_{max(present)} but not {group}_{gap}; "
                                              f"numbered groups must be consecutive from {group}_1")
         for slot in repeating:
             slot_group, kind = split_array_name(slot.name)
-            if slot_group != group or not slot.required:
+            if slot_group != group or not (slot.required or slot.with_group):
                 continue
             for i in sorted(present):
                 if f"{group}_{i}.{kind}" not in arrays:
@@ -1295,6 +1331,32 @@ def mesh_groups(arrays: Mapping[str, np.ndarray], group: str = "mesh") -> list[s
         elif g.startswith(group + "_") and g[len(group) + 1:].isdigit():
             found[int(g[len(group) + 1:])] = g
     return [found[i] for i in sorted(found)]
+
+
+def point_cloud_arrays(group: str, v_pos: np.ndarray, v_color: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Name a point cloud's arrays for a message: ``{"<group>.v_pos": v_pos[, "<group>.v_color": v_color]}``.
+
+    Args:
+        group: ``"points"``, ``"points_1"``, … (letters, digits and '_').
+        v_pos: (N, 3) float32 point positions, Blender world frame (Z up), metres, N >= 1.
+        v_color: optional (N, 3|4) float32 linear colours in [0, 1].
+    Returns:
+        dict name -> the arrays as given (no copy, no validation: :func:`encode_message` validates).
+    Raises:
+        ValueError: an ill-formed group name.
+    """
+    if not isinstance(group, str) or not _NAME_RE.match(group):
+        raise ValueError(f"group {group!r} must be letters, digits and '_' (dots between parts)")
+    out = {f"{group}.v_pos": v_pos}
+    if v_color is not None:
+        out[f"{group}.v_color"] = v_color
+    return out
+
+
+def point_groups(arrays: Mapping[str, np.ndarray]) -> list[str]:
+    """The point-cloud groups a ``partial``/``result`` carries, in order: ``["points", "points_1", ...]`` (empty when
+    there is none); :func:`mesh_groups` with the group :data:`POINTS_GROUP`."""
+    return mesh_groups(arrays, POINTS_GROUP)
 
 
 def split_groups(arrays: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
