@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(f"--{image_input.name.replace('_', '-')}", dest=image_input.name, type=Path,
                            required=image_input.required, help=f"{image_input.help} (PNG/JPEG…)")
         p.add_argument("--out", type=_glb_path, required=True,
-                       help="output .glb (several meshes: one node each)" + (
+                       help="output .glb (every mesh and point cloud: one node each, named mesh, mesh_1, …, "
+                            "points, points_1, …)" + (
                            "; its texture is also written beside it as .png" if spec.textured else ""))
         p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
         p.add_argument("--allow-download", action="store_true", help="download the model if it is not cached")

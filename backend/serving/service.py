@@ -34,7 +34,7 @@ from ..models.base import ModelNotFoundError
 from ..params import ParamError, parse_config
 from ..pipelines import PIPELINES
 from ..pipelines.base import JobCancelled, JobContext
-from ..pipelines.io import inputs_from_arrays, meshes_to_arrays, preview_to_arrays, result_to_arrays
+from ..pipelines.io import inputs_from_arrays, partial_to_arrays, preview_to_arrays, result_to_arrays
 from .store import TERMINAL, JobStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -325,8 +325,8 @@ class JobService:
             live.last_preview = (fields, image)
             self._emit(live, "preview", fields, preview_to_arrays(image))
 
-        def on_partial(step, meshes):
-            self._emit(live, "partial", {"job_id": job_id, "step": int(step)}, meshes_to_arrays(meshes))
+        def on_partial(step, meshes, point_clouds=()):
+            self._emit(live, "partial", {"job_id": job_id, "step": int(step)}, partial_to_arrays(meshes, point_clouds))
 
         context = JobContext(device=self.device, models=self.models, cancel_event=live.cancel_event,
                              on_progress=on_progress, on_preview=on_preview, on_partial=on_partial)

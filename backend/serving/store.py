@@ -34,7 +34,7 @@ from blender_addon.core import protocol
 from blender_addon.core.protocol import safe_text
 
 from ..geometry.mesh import save_glb, side_by_side
-from ..pipelines.io import meshes_from_arrays
+from ..pipelines.io import meshes_from_arrays, point_clouds_from_arrays
 
 log = logging.getLogger(__name__)
 
@@ -233,20 +233,25 @@ class JobStore:
             return {k: data[k] for k in data.files}
 
     def save_result(self, job_id: str, arrays: dict[str, np.ndarray]) -> None:
-        """Write ``result.npz`` (the result's wire arrays, every mesh), ``texture.png`` and ``result.glb`` (every mesh:
-        one node each, laid out side by side) into the job folder."""
+        """Write ``result.npz`` (the result's wire arrays, every mesh and point cloud), ``texture.png`` and
+        ``result.glb`` (every mesh with its vertex colours, then every point cloud: one node each, named like the
+        wire groups, laid out side by side) into the job folder."""
         from PIL import Image
 
         folder = self.job_dir(job_id)
         np.savez(folder / "result.npz", **arrays)
         results = meshes_from_arrays(arrays)
+        clouds = point_clouds_from_arrays(arrays)
         texture = results[0].texture if results else None
         if texture is not None:
             Image.fromarray(texture.squeeze(-1) if texture.shape[-1] == 1 else texture).save(folder / "texture.png")
-        if results:  # several meshes (samples): one node each, side by side along +X
+        if results or clouds:  # several meshes / clouds (samples): one node each, side by side along +X
             meshes = [r.mesh for r in results]
-            offsets = side_by_side(meshes) if len(meshes) > 1 else None
-            save_glb(folder / "result.glb", meshes, texture, offsets=offsets)
+            items = meshes + [c.points for c in clouds]
+            offsets = side_by_side(items) if len(items) > 1 else np.zeros((len(items), 3))
+            save_glb(folder / "result.glb", meshes, texture, offsets=offsets[:len(meshes)],
+                     v_colors=[r.v_color for r in results], point_clouds=[(c.points, c.colors) for c in clouds],
+                     point_offsets=offsets[len(meshes):])
         self.measure(job_id)
 
     def load_result(self, job_id: str) -> dict[str, np.ndarray]:
