@@ -18,6 +18,7 @@ import bpy
 from .core import paths, protocol
 from .core.backend_process import LocalBackend
 from .core.client import BackendClient
+from .properties import sync_backend_fields
 from .runtime import runtime_state
 
 
@@ -85,9 +86,17 @@ class Connection:
             pass
 
     def show_connected(self, host: str, port: int, welcome: dict) -> None:
-        """Show "Connected to host:port" and the backend's device and version."""
+        """Show "Connected to host:port" and the backend's device and version; make every scene's model settings
+        match the backend's pipeline descriptions (:func:`.properties.sync_backend_fields`)."""
         self.set_status(f"Connected to {host}:{port}", connected=True)
         runtime_state().backend_info = f"{welcome.get('device', '?')} · backend {welcome.get('server_version', '?')}"
+        pipelines = welcome.get("pipelines") if isinstance(welcome.get("pipelines"), dict) else None
+        if pipelines is None:
+            pipelines = self.pipelines
+        for scene in bpy.data.scenes:
+            settings = getattr(scene, "latentforge", None)
+            if settings is not None:
+                sync_backend_fields(settings, pipelines)
 
     def sync_status(self) -> None:
         """Restore the status line after a file load replaced the window manager (and its runtime state)."""
