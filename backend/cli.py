@@ -32,6 +32,7 @@ import torch
 
 from blender_addon.core import paths
 from blender_addon.core.protocol import safe_text
+from blender_addon.core.text import format_duration
 
 from . import __version__
 from .cli_progress import ProgressReporter
@@ -368,12 +369,23 @@ def cmd_jobs(args) -> int:
     rows = store.list(args.limit)
     if not rows:
         print(f"no jobs in {store.data_dir}")
-    for job in rows:
-        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(job["created"]))
-        took = f"{job['finished'] - job['started']:.0f}s" if job["finished"] and job["started"] else "-"
-        note = safe_text(job["error"] or job["params"].get("prompt", ""), 100).replace("\n", " ")
-        print(f"{job['job_id']}  {created}  {job['pipeline']:<13} {job['status']:<9} {took:>6}  {note}")
+        return 0
+    print("\n".join(_job_table(rows)))
     return 0
+
+
+def _job_table(rows: list[dict]) -> list[str]:
+    """``jobs``' listing: a header and one line per job, columns as wide as their longest entry (any pipeline name
+    or status lines up); the last column (the error or the prompt) is cut to 100 characters, on one line."""
+    table = [("job", "created", "pipeline", "status", "took", "prompt / error")]
+    for job in rows:
+        took = format_duration(job["finished"] - job["started"]) if job["finished"] and job["started"] else "-"
+        note = safe_text(job["error"] or job["params"].get("prompt", ""), 100).replace("\n", " ")
+        table.append((job["job_id"], time.strftime("%Y-%m-%d %H:%M", time.localtime(job["created"])),
+                      safe_text(job["pipeline"], 40), job["status"], took, note))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
+    return ["  ".join([cell.rjust(w) if i == 4 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+                      + [row[-1]]).rstrip() for row in table]
 
 
 def cmd_train(args) -> int:

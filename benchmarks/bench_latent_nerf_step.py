@@ -3,10 +3,11 @@
     python benchmarks/bench_latent_nerf_step.py                                  # CPU, tiny-random
     python benchmarks/bench_latent_nerf_step.py --arch sd15 --device cuda        # full SD 1.5 architecture, random weights
 
-Prints milliseconds per step for each part and each part's share of the step, all measured in this run (CUDA work
-is synchronised before every clock read). The field is the pipeline's (hash grid by default), rendered at the
-pipeline's training resolution (64×64 latent pixels, 64 samples per ray; smaller with ``--render-size`` and
-``--num-samples`` for quick CPU runs), with the Sketch-Shape loss of a two-primitive blockout on the render's samples.
+Prints milliseconds per step for each part and each part's share of the step, then the baseline — the SDS guidance
+alone (UNet with CFG on fixed latents of the render's size, no graph) — and the step's ratio to it, all measured in
+this run (CUDA work is synchronised before every clock read). The field is the pipeline's (hash grid by default),
+rendered at the pipeline's training resolution (64×64 latent pixels, 64 samples per ray; smaller with
+``--render-size`` and ``--num-samples`` for quick CPU runs), with the Sketch-Shape loss of a two-primitive blockout on the render's samples.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from backend.params import parse_config  # noqa: E402
 from backend.pipelines.sds_common import build_sds  # noqa: E402
 from backend.pipelines.latent_nerf import LatentNeRFConfig, LatentNeRFPipeline  # noqa: E402
 from backend.latent_nerf.sketch import sketch_loss, SketchShape  # noqa: E402
-from benchmarks.steptime import device_name, print_split, time_steps  # noqa: E402
+from benchmarks.steptime import device_name, guidance_floor, print_ratio, print_split, time_steps  # noqa: E402
 
 
 def blockout() -> TriMesh:
@@ -86,9 +87,14 @@ def main() -> None:
         mark("backward")
 
     parts = time_steps(step, args.steps, args.warmup, device)
+    cameras = sample_cameras(args.batch_size, generator, device=device, **config.camera_ranges())
+    with torch.no_grad():
+        latents = pipe.render(nerf, background, cameras, args.render_size, args.num_samples, generator)["image"]
+    floor = guidance_floor(sds, latents, cameras, generator, args.steps, args.warmup, device)
     print_split(f"Latent-NeRF step, arch={args.arch}, device={device_name(device)}, encoding={args.encoding}, "
                 f"batch={args.batch_size}, {args.render_size}x{args.render_size} rays x {args.num_samples} samples, "
                 f"sketch={'no' if sketch is None else 'yes'}, {args.steps} steps after {args.warmup} warm-up", parts)
+    print_ratio(parts, floor)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
     python benchmarks/bench_latent_paint_step.py                       # CPU, tiny-random
     python benchmarks/bench_latent_paint_step.py --arch sd15 --device cuda   # full SD 1.5 architecture, random weights
 
-Prints milliseconds per step for each part and each part's share of the step, all measured in this run
-(CUDA work is synchronised before every clock read). The mesh is an icosphere (``--subdivisions``), rendered at the
+Prints milliseconds per step for each part and each part's share of the step, then the baseline — the SDS guidance
+alone (UNet with CFG on fixed latents, no graph) — and the step's ratio to it, all measured in this run (CUDA work is
+synchronised before every clock read). The mesh is an icosphere (``--subdivisions``), rendered at the
 pipeline's training resolution of 64×64 latent pixels.
 """
 
@@ -29,7 +30,7 @@ from backend.models.base import TINY_RANDOM
 from backend.models.stable_diffusion import load_stable_diffusion, RANDOM_SD15  # noqa: E402
 from backend.pipelines.latent_paint import LatentPaintPipeline  # noqa: E402
 from backend.geometry.render import make_rasterizer  # noqa: E402
-from benchmarks.steptime import device_name, print_split, time_steps  # noqa: E402
+from benchmarks.steptime import device_name, guidance_floor, print_ratio, print_split, time_steps  # noqa: E402
 
 
 def main() -> None:
@@ -67,9 +68,15 @@ def main() -> None:
         mark("backward")
 
     parts = time_steps(step, args.steps, args.warmup, device)
+    cameras = sample_cameras(args.batch_size, generator, device=device)
+    with torch.no_grad():
+        latents, _ = pipe.render(texture, tensors, cameras, 64, background)
+    floor = guidance_floor(sds, latents, cameras, generator, args.steps, args.warmup, device)
     print_split(f"Latent-Paint step, arch={args.arch}, device={device_name(device)}, "
                 f"rasterizer={type(rasterizer).__name__}, batch={args.batch_size}, {len(tensors['tri'])} triangles, "
                 f"{args.steps} steps after {args.warmup} warm-up", parts)
+    print_ratio(parts, floor)
+
 
 if __name__ == "__main__":
     main()

@@ -55,5 +55,30 @@ def print_split(title: str, parts: dict[str, list[float]]) -> None:
     print(f"{'steps/s':<12}{1 / total:>12.2f}")
 
 
+def guidance_floor(sds, latents: torch.Tensor, cameras, generator: torch.Generator, steps: int, warmup: int,
+                   device: torch.device) -> list[float]:
+    """Seconds of the SDS guidance alone (noise, UNet with CFG, the SDS target) on fixed ``latents``, no graph.
+
+    The baseline of a step benchmark: what a score-distillation step costs at least, whatever the 3D representation;
+    ``step / floor`` is the price of the representation (render + backward) on top of it.
+    """
+    latents = latents.detach()
+
+    def step(mark) -> None:
+        with torch.no_grad():
+            sds(latents, cameras, generator)
+        mark("guidance")
+
+    return time_steps(step, steps, warmup, device)["guidance"]
+
+
+def print_ratio(parts: dict[str, list[float]], floor: list[float]) -> None:
+    """Print the baseline (guidance alone, measured in this run) and the step's ratio to it."""
+    step = statistics.median([sum(p) for p in zip(*parts.values())])
+    base = statistics.median(floor)
+    print(f"baseline: SDS guidance alone (same UNet, same latents size) {base * 1e3:.2f} ms; "
+          f"step / baseline = {step / base:.2f}x")
+
+
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"

@@ -165,3 +165,20 @@ def test_one_sample_glb_names_its_node_like_several_do(tmp_path):
     box = trimesh.creation.box()
     path = save_glb(tmp_path / "one.glb", TriMesh(box.vertices.astype(np.float32), box.faces.astype(np.int32)))
     assert list(trimesh.load(path).geometry) == ["mesh"]
+
+
+def test_the_jobs_listing_lines_up_whatever_the_names():
+    rows = [{"job_id": "a" * 12, "created": 0.0, "started": 1.0, "finished": 3700.0, "pipeline": "shape_interpolate",
+             "status": "cancelled", "error": "", "params": {"prompt": "a chair\nwith arms"}},
+            {"job_id": "b" * 12, "created": 0.0, "started": None, "finished": None, "pipeline": "latent_nerf",
+             "status": "queued", "error": "", "params": {}},
+            {"job_id": "c" * 12, "created": 0.0, "started": 1.0, "finished": 43.0, "pipeline": "x" * 30,
+             "status": "failed", "error": "boom", "params": {"prompt": "p"}}]
+    lines = cli._job_table(rows)
+    assert len(lines) == 4 and lines[0].startswith("job")
+    header = lines[0]
+    for line, row, took in zip(lines[1:], rows, ["1h 01m", "-", "42s"]):
+        assert line.index(row["pipeline"]) == header.index("pipeline"), (line, header)
+        assert line.index(row["status"], header.index("status")) == header.index("status"), (line, header)
+        assert line[:header.index("prompt / error")].rstrip().endswith(took), (line, header)  # right-aligned
+    assert lines[1].endswith("a chair with arms") and lines[3].endswith("boom")
