@@ -93,7 +93,7 @@ class LATENTFORGE_PG_settings(bpy.types.PropertyGroup):
                                            "'LatentForge preview' (0 = none)",
                                **fields.limits("partial_every"))
 
-    # Shapes (Michelangelo): Generate Shape, Variations of Selected, Interpolate.
+    # Shapes (Michelangelo, Shap-E, Point-E): Generate Shape; Variations of Selected, Interpolate (Michelangelo).
     shape_input: EnumProperty(name="Shape From", description="What Generate Shape is conditioned on",
                               items=SHAPE_INPUTS, default="PROMPT")
     shape_image: PointerProperty(name="Image", type=bpy.types.Image,
@@ -114,9 +114,11 @@ class LATENTFORGE_PG_settings(bpy.types.PropertyGroup):
     shape_steps: IntProperty(name="Steps", description="DDIM denoising steps (50; fewer = faster, coarser)",
                              **fields.limits("shape_steps"))
     shape_model: StringProperty(name="Shape Model",
-                                description="Michelangelo model: empty = automatic (text-ASLDM-256 for prompts and "
-                                            "meshes, image-ASLDM-256 for images), a public name, a .ckpt file, a "
-                                            "training folder, or 'tiny-random' (tiny random weights, for testing)",
+                                description="The chosen model's weights: empty = automatic (Michelangelo: "
+                                            "text-ASLDM-256 for prompts and meshes, image-ASLDM-256 for images; "
+                                            "Shap-E, Point-E: their text or image model), a public name, a file or "
+                                            "folder the backend reads, or 'tiny-random' (tiny random weights, for "
+                                            "testing)",
                                 default="")
     shape_spacing: FloatProperty(name="Spacing", description="Free space between neighbouring new shape objects "
                                                              "(and between a mesh and its variations)",
