@@ -159,6 +159,21 @@ def test_point_clouds_and_coloured_meshes_become_objects_in_a_row_at_the_cursor(
             assert o["latentforge_point_count"] == len(points)
             node = linked_from(o.material_slots[0].material)
             assert node.bl_idname == "ShaderNodeAttribute" and node.attribute_name == "Col"
+
+        # Shap-E with a baked texture: the first mesh gets its UVs and the texture, the others their vertex colours
+        job_id = "f" * 32
+        sess.jobs.remember_target(job_id, "shap_e", results.ShapeTarget("a lamp", CURSOR, GAP, False))
+        addon.state.active_job_id = job_id
+        arrays = coloured_meshes(2)
+        arrays["mesh.uv"] = np.array([[0, 0], [1, 0], [0, 1], [1, 1]], dtype=np.float32)
+        arrays["mesh.uv_idx"] = np.array([[0, 1, 2], [0, 1, 3], [1, 2, 3], [0, 3, 2]], dtype=np.int32)
+        arrays["texture"] = np.full((8, 8, 3), 200, dtype=np.uint8)
+        fake.push("result", {"job_id": job_id, "metadata": {"pipeline": "shap_e", "prompt": "a lamp"}}, arrays)
+        sess.process_events()
+        first, second = objects_of(bpy, job_id)
+        assert linked_from(first.material_slots[0].material).bl_idname == "ShaderNodeTexImage"
+        assert mesh_io.UV_MAP_NAME in first.data.uv_layers
+        assert linked_from(second.material_slots[0].material).bl_idname == "ShaderNodeVertexColor"
     finally:
         sess.connection.client = old_client
         addon.state.active_job_id = ""
@@ -265,3 +280,83 @@ def test_the_model_choice_draws_and_sends_what_the_backend_describes(scene):
     finally:
         sess.connection.client = old_client
         s.shape_method = "shape_ldm"
+
+
+# ------------------------------------------------------------------------------------------ end to end (backend)
+
+JOB_TIMEOUT_S = 180.0
+
+
+def generate_and_wait(addon, pipeline: str, n_objects: int, what: str) -> list:
+    """Generate Shape from the panel's operator; pump until the job is done and its objects exist. Returns them in
+    result order (meshes, then point clouds)."""
+    bpy = addon.bpy
+    before = {o.name for o in bpy.data.objects}
+    assert bpy.ops.latentforge.generate_shape() == {"FINISHED"}
+
+    def done():
+        assert not addon.state.stage.startswith("failed"), addon.state.last_error
+        new = [o for o in bpy.data.objects if o.name not in before and o.get("latentforge_pipeline") == pipeline]
+        return addon.state.stage == "done" and len(new) >= n_objects
+
+    addon.pump(done, JOB_TIMEOUT_S, what)
+    new = [o for o in bpy.data.objects if o.name not in before and o.get("latentforge_pipeline") == pipeline]
+    assert len(new) == n_objects, [o.name for o in new]
+    [job_id] = {o["latentforge_job_id"] for o in new}
+    assert preview_objects(bpy) == []
+    return objects_of(bpy, job_id)
+
+
+def set_model(addon, method: str, **settings) -> None:
+    s = addon.settings
+    values = {"shape_method": method, "shape_model": "tiny-random", "shape_steps": 3, "shape_grid": "CUSTOM",
+              "shape_grid_resolution": 20, "seed": 0, "shape_spacing": GAP, "shape_input": "PROMPT",
+              "prompt": "a red chair", **settings}
+    for key, value in values.items():
+        if key.startswith(f"{method}."):
+            s[key] = value
+        else:
+            setattr(s, key, value)
+    addon.state.last_error = ""
+
+
+def test_shap_e_from_the_shape_panel_makes_coloured_meshes_in_a_row_at_the_cursor(scene, connected):
+    addon, bpy = scene, scene.bpy
+    mesh_io = addon.module("mesh_io")
+    bpy.context.scene.cursor.location = CURSOR
+    set_model(addon, "shap_e", shape_num_samples=2)
+    assert "shap_e.bake_texture" in addon.settings.keys()  # the welcome made Shap-E's own settings
+    objs = generate_and_wait(addon, "shap_e", 2, "two Shap-E shapes")
+    assert [o.type for o in objs] == ["MESH", "MESH"]
+    assert [o.name for o in objs] == ["a red chair 1", "a red chair 2"]
+    assert_in_a_row_at(objs, CURSOR, GAP)
+    for o in objs:
+        colors = np.empty(len(o.data.vertices) * 4, dtype=np.float32)
+        o.data.color_attributes[mesh_io.COLOR_ATTRIBUTE_NAME].data.foreach_get("color", colors)
+        colors = colors.reshape(-1, 4)[:, :3]
+        assert len(o.data.polygons) > 0 and colors.min() >= 0.0 and colors.max() <= 1.0
+        assert np.ptp(colors, axis=0).max() > 0  # real per-vertex colours, not one flat value
+        assert linked_from(o.material_slots[0].material).bl_idname == "ShaderNodeVertexColor"
+        assert (o["latentforge_pipeline"], o["latentforge_model"]) == ("shap_e", "tiny-random")
+
+
+def test_point_e_from_the_shape_panel_makes_point_clouds_and_meshes_in_a_row_at_the_cursor(scene, connected):
+    addon, bpy = scene, scene.bpy
+    bpy.context.scene.cursor.location = CURSOR
+    set_model(addon, "point_e", shape_num_samples=2, shape_grid_resolution=24, **{"point_e.upsample_steps": 3})
+    objs = generate_and_wait(addon, "point_e", 4, "two Point-E clouds and their meshes")
+    assert [o.type for o in objs] == ["MESH", "MESH", "POINTCLOUD", "POINTCLOUD"]
+    assert_in_a_row_at(objs, CURSOR, GAP)
+    mesh_io = addon.module("mesh_io")
+    for o in objs[2:]:
+        points, colors = mesh_io.point_cloud_arrays(o)
+        assert len(points) == o["latentforge_point_count"] > 0
+        assert colors is not None and 0.0 <= colors.min() and colors.max() <= 1.0 and np.ptp(colors[:, :3]) > 0
+        assert linked_from(o.material_slots[0].material).attribute_name == "Col"
+    for o in objs[:2]:
+        assert mesh_io.COLOR_ATTRIBUTE_NAME in o.data.color_attributes
+    # clouds only, not upsampled (fewer points): the model settings turn the meshes and the upsampler off
+    set_model(addon, "point_e", shape_num_samples=1, **{"point_e.make_mesh": False, "point_e.upsample": False})
+    [cloud] = generate_and_wait(addon, "point_e", 1, "one Point-E cloud")
+    assert cloud.type == "POINTCLOUD" and 0 < cloud["latentforge_point_count"] < objs[2]["latentforge_point_count"]
+    assert_in_a_row_at([cloud], CURSOR, GAP)  # one object: its box centred on the cursor in X
