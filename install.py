@@ -265,8 +265,17 @@ def venv_info(python: Path) -> dict:
 # 2. Packages
 
 
-def cuda_present(device: str) -> bool:
-    """Whether to install the CUDA extras: ``device`` ``"cuda"``/``"cpu"`` decide; ``"auto"`` runs ``nvidia-smi``."""
+def cuda_present(device: str, platform: str = sys.platform) -> bool:
+    """Whether to install the CUDA extras: ``device`` ``"cuda"``/``"cpu"`` decide; ``"auto"`` runs ``nvidia-smi``.
+    macOS never has them (Apple Silicon computes on MPS with the torch rasterizer; there is no CUDA on macOS).
+
+    Raises:
+        ValueError: an unknown ``device``. InstallError: ``"cuda"`` on macOS.
+    """
+    if platform == "darwin":
+        if device == "cuda":
+            raise InstallError("--device cuda: there is no CUDA on macOS (Apple Silicon uses MPS, chosen automatically)")
+        return False
     if device in ("cuda", "cpu"):
         return device == "cuda"
     if device != "auto":
@@ -317,8 +326,9 @@ def torch_has_cuda(python: Path) -> bool:
 
 
 def install_open_clip(python: Path, constraints: Path, quiet: bool, notes: list[str]) -> None:
-    """Install open_clip_torch so that it can never break diffusers/transformers (see OPEN_CLIP_SPEC)."""
-    if torch_has_cuda(python):
+    """Install open_clip_torch so that it can never break diffusers/transformers (see OPEN_CLIP_SPEC). On macOS
+    PyPI's torch and torchvision wheels are one build (MPS, no CUDA variant), so torchvision matches torch there."""
+    if torch_has_cuda(python) or sys.platform == "darwin":
         pip_install(python, PipGroup("open_clip", (OPEN_CLIP_SPEC,)), constraints, quiet)
         return
     pip_install(python, PipGroup("open_clip", (OPEN_CLIP_SPEC,), no_deps=True), constraints, quiet)
@@ -609,6 +619,7 @@ if "torch" in out and not str(out["torch"]).startswith("ERROR"):
     import torch
     out["cuda_available"] = bool(torch.cuda.is_available())
     out["cuda_device"] = torch.cuda.get_device_name(0) if out["cuda_available"] else None
+    out["mps_available"] = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
 print("LATENTFORGE_VERIFY " + json.dumps(out))
 """
 
@@ -765,7 +776,8 @@ def main(argv: list[str] | None = None) -> int:
         if broken:
             report.add("verify imports", "failed", "cannot import " + ", ".join(broken), dt)
         else:
-            cuda_text = f"CUDA on {result['cuda_device']}" if result.get("cuda_available") else "CUDA not available"
+            cuda_text = f"CUDA on {result['cuda_device']}" if result.get("cuda_available") else \
+                "MPS (Apple Silicon)" if result.get("mps_available") else "CUDA not available"
             report.add("verify imports", "done", f"torch {result.get('torch')}, {cuda_text}", dt)
         if (REPO_ROOT / "backend" / "__main__.py").is_file():
             cmd = [str(python), "-m", "backend", "--version"]

@@ -18,6 +18,7 @@ import bpy
 from .core import paths, protocol
 from .core.backend_process import LocalBackend
 from .core.client import BackendClient
+from .core.text import backend_summary
 from .properties import sync_backend_fields
 from .runtime import runtime_state
 
@@ -89,7 +90,7 @@ class Connection:
         """Show "Connected to host:port" and the backend's device and version; make every scene's model settings
         match the backend's pipeline descriptions (:func:`.properties.sync_backend_fields`)."""
         self.set_status(f"Connected to {host}:{port}", connected=True)
-        runtime_state().backend_info = f"{welcome.get('device', '?')} · backend {welcome.get('server_version', '?')}"
+        runtime_state().backend_info = backend_summary(welcome)
         pipelines = welcome.get("pipelines") if isinstance(welcome.get("pipelines"), dict) else None
         if pipelines is None:
             pipelines = self.pipelines

@@ -331,3 +331,16 @@ def test_import_has_no_side_effects(tmp_path):
                          timeout=60)
     assert out.stdout == "imported\n" and out.returncode == 0, out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no home, no dist, nothing written
+
+
+def test_macos_never_plans_cuda_extras_and_refuses_device_cuda(monkeypatch):
+    monkeypatch.setattr(install.shutil, "which", lambda name: "/usr/bin/" + name)  # even with an nvidia-smi on PATH
+    assert install.cuda_present("auto", platform="darwin") is False
+    assert install.cuda_present("cpu", platform="darwin") is False
+    with pytest.raises(install.InstallError, match="no CUDA on macOS"):
+        install.cuda_present("cuda", platform="darwin")
+    groups = install.plan_pip_groups(install.TORCH_SPEC, install.cuda_present("auto", platform="darwin"), False,
+                                     (3, 11))
+    nvdiffrast = next(g for g in groups if g.name.startswith("nvdiffrast"))
+    assert nvdiffrast.skip_reason  # no nvdiffrast on macOS: the torch rasterizer serves MPS
+    assert install.cuda_present("cuda", platform="linux") is True

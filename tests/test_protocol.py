@@ -149,6 +149,7 @@ SAMPLES: dict[str, tuple[dict, dict]] = {
     "delete_job": ({"job_id": "j1"}, {}),
     "ping": ({"nonce": "n1"}, {}),
     "welcome": ({"protocol_version": VER, "server_version": "0.1.0", "device": "cpu",
+                 "memory_total_bytes": 24 * 2**30, "memory_free_bytes": 20 * 2**30,
                  "pipelines": {"latent_paint": {"inputs": ["mesh"]}}, "default_model": "tiny-random",
                  "models": ["tiny-random", {"id": "sd-1.5"}]}, {}),
     "accepted": ({"job_id": "j1", "request_id": "r-1", "queue_position": 0}, {}),

@@ -22,6 +22,7 @@ def test_welcome_describes_the_backend(backend_server):
     w = c.welcome
     assert w.type == "welcome" and w.fields["protocol_version"] == protocol.PROTOCOL_VERSION
     assert w.fields["device"] == "cpu"
+    assert w.fields["memory_total_bytes"] >= w.fields["memory_free_bytes"] >= 0  # the machine's RAM for the CPU
     params = w.fields["pipelines"]["latent_paint"]["params"]
     assert params["iterations"]["default"] == 5000 and params["guidance_scale"]["default"] == 100.0
     c.send("ping", {"nonce": "abc"})

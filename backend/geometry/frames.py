@@ -8,6 +8,8 @@ Axes (positions (N, 3), same units on both sides):
   as Blender's glTF exporter writes "+Y up".
 - Michelangelo's model frame is its training data's glTF frame: :func:`blender_to_michelangelo` /
   :func:`michelangelo_to_blender`.
+- Point-E's model frame is Blender's (Z up, front −Y; its training renders were made in Blender):
+  :func:`point_e_to_blender` / :func:`blender_to_point_e` are copies, kept so the fact has one home.
 - Latent-NeRF's normalised frame differs from the world frame by a similarity only (no axis change): see
   :mod:`backend.latent_nerf.sketch`.
 
@@ -59,3 +61,20 @@ def bottom_up_to_top_down(image: ArrayLike, row_dim: int) -> ArrayLike:
 def top_down_to_bottom_up(image: ArrayLike, row_dim: int) -> ArrayLike:
     """Rows top-first → rows bottom-first; inverse of :func:`bottom_up_to_top_down` (a numpy result is a view)."""
     return image.flip(row_dim) if isinstance(image, torch.Tensor) else np.flip(image, axis=row_dim)
+
+
+def point_e_to_blender(v: np.ndarray) -> np.ndarray:
+    """Point-E's model frame → Blender world; (N, 3) → (N, 3) float32 copy, same units (1 model unit = 1 m).
+
+    Point-E's frame IS Blender's: Z up, front toward −Y. Sources: its training renders come from a Blender script
+    (public ``point_e/evals/scripts/blender_script.py``: cameras circle the Z axis, ``pan_camera(axis="Z")``) and its
+    plots rotate clouds about Z (``point_e/util/plotting.py``); the public example clouds agree (``pc_cube_stack.npz``:
+    the largest cube at the lowest z; ``pc_corgi.npz``: the body along Y, the head and snout at −Y and high z, so the
+    dog faces −Y). Shapes fit in about [−0.5, 0.5]³ (the SDF grid is the cube of side 1.02).
+    """
+    return np.array(v, dtype=np.float32, copy=True)
+
+
+def blender_to_point_e(v: np.ndarray) -> np.ndarray:
+    """Blender world → Point-E's model frame; inverse of :func:`point_e_to_blender` (the same axes)."""
+    return np.array(v, dtype=np.float32, copy=True)

@@ -7,6 +7,7 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
+from .devices import release_memory
 from .stable_diffusion import load_stable_diffusion
 
 T = TypeVar("T")
@@ -46,6 +47,13 @@ class ModelCache:
         """Shorthand for ``get(load_stable_diffusion, model, device, dtype)`` (Stable Diffusion components)."""
         return self.get(load_stable_diffusion, model, device, dtype)
 
+    def clear(self) -> None:
+        """Drop every loaded model and hand the memory back (after an out-of-memory, so the next job starts from an
+        empty device)."""
+        with self._lock:
+            self._entries.clear()
+        release_memory()
+
     def _get(self, key: tuple, load) -> Any:
         """The cached value for ``key``, else ``load()`` (evicting least recently used entries first) and cache it."""
         with self._lock:
@@ -54,8 +62,7 @@ class ModelCache:
                 return self._entries[key]
             while len(self._entries) >= self.capacity:
                 self._entries.pop(next(iter(self._entries)))
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                release_memory()
             value = load()
             self.loads += 1
             self._entries[key] = value

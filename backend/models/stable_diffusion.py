@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .devices import default_dtype, resolve_device
+from .devices import check_fits, default_dtype, resolve_device, weight_bytes
 from .base import TINY_RANDOM, ModelNotFoundError
 from .tokenizers import byte_level_clip_tokenizer
 
@@ -171,8 +171,9 @@ def load_stable_diffusion(model: str = DEFAULT_SD_MODEL, device: str | torch.dev
             raise ModelNotFoundError(f"model path {model!r} does not exist")
         else:
             comps = _load_hub(model, allow_download)
-    for name in ("unet", "vae", "text_encoder"):
-        module = getattr(comps, name)
+    modules = (comps.unet, comps.vae, comps.text_encoder)
+    check_fits(device, weight_bytes(modules, dtype), f"model {model!r} (UNet + VAE + text encoder)")
+    for module in modules:
         module.to(device) if next(module.parameters()).dtype == dtype else module.to(device=device, dtype=dtype)
     comps.device, comps.dtype = device, dtype
     return comps

@@ -8,7 +8,7 @@ converts wire arrays to inputs and results to wire arrays. A new pipeline = one 
 
 from __future__ import annotations
 
-from . import latent_nerf, latent_paint, shape_interpolate, shape_ldm, shape_variations
+from . import latent_nerf, latent_paint, point_e, shape_interpolate, shape_ldm, shape_variations
 from .base import ImageInput, MeshInput, PipelineSpec
 
 PIPELINES: dict[str, PipelineSpec] = {
@@ -38,4 +38,11 @@ PIPELINES: dict[str, PipelineSpec] = {
         shape_interpolate.ShapeInterpolateConfig, shape_interpolate.run,
         "In-between shapes of two meshes (interpolated shape latents).",
         mesh_inputs=(MeshInput("mesh", True, "start mesh"), MeshInput("mesh_b", True, "end mesh"))),
+    "point_e": PipelineSpec(
+        point_e.PointEConfig, point_e.run,
+        "Generate coloured point clouds from text or an image in seconds (Point-E), and a mesh per cloud from its "
+        "SDF model.",
+        image_inputs=(ImageInput("image", False, "concept image (RGB or RGBA; alpha composited on white) instead of "
+                                                 "a prompt"),),
+        check_inputs=point_e.check_inputs),
 }

@@ -33,6 +33,7 @@ from blender_addon.core.protocol import safe_text
 
 from .. import __version__
 from ..models.base import TINY_RANDOM
+from ..models.devices import device_memory
 from ..models.stable_diffusion import DEFAULT_SD_MODEL, RANDOM_SD15
 from ..params import describe_config
 from ..pipelines import PIPELINES
@@ -435,7 +436,10 @@ class BackendServer:
             self._welcome = {"protocol_version": protocol.PROTOCOL_VERSION, "server_version": __version__,
                              "device": device_description(self.service.device), "pipelines": pipelines,
                              "default_model": DEFAULT_SD_MODEL, "models": [DEFAULT_SD_MODEL, TINY_RANDOM, RANDOM_SD15]}
-        return self._welcome
+        memory = device_memory(self.service.device)  # free memory changes: asked anew for every client
+        if memory is None:
+            return self._welcome
+        return {**self._welcome, "memory_total_bytes": memory.total, "memory_free_bytes": memory.free}
 
     @property
     def connection_count(self) -> int:

@@ -31,6 +31,7 @@ from blender_addon.core.protocol import safe_text
 from ..geometry.mesh import MeshError
 from ..models.cache import ModelCache
 from ..models.base import ModelNotFoundError
+from ..models.devices import InsufficientMemoryError, describe_memory, device_memory, is_out_of_memory
 from ..params import ParamError, parse_config
 from ..pipelines import PIPELINES
 from ..pipelines.base import JobCancelled, JobContext
@@ -64,7 +65,7 @@ def error_code(err: BaseException) -> str:
         return "bad_mesh"
     if isinstance(err, ModelNotFoundError):
         return "model_not_found"
-    if isinstance(err, torch.cuda.OutOfMemoryError):
+    if is_out_of_memory(err):
         return "out_of_memory"
     if isinstance(err, (JobError, StoreError)):
         return err.code
@@ -352,8 +353,8 @@ class JobService:
                 log.error("job %s failed:\n%s", job_id, traceback.format_exc())
                 message = f"{type(err).__name__}: {message}"
             message = self.scrub(message)
-            if code == "out_of_memory" and torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            if code == "out_of_memory":
+                message = self._after_out_of_memory(err, message)
             self.store.update(job_id, status="failed", finished=time.time(), error=message, error_code=code)
             self._emit(live, "status", {"job_id": job_id, "status": "failed", "error": message})
             self._emit(live, "error", {"job_id": job_id, "code": code, "message": message})
@@ -376,6 +377,17 @@ class JobService:
         if job is None:
             raise JobError("not_found", f"no job with id {safe_text(job_id, 80)!r}")
         return job
+
+    def _after_out_of_memory(self, err: BaseException, message: str) -> str:
+        """Recover from an out-of-memory so that the next job runs: drop every cached model and hand the allocator's
+        blocks back. Returns the job's error message, saying what ran out and what to try."""
+        self.models.clear()
+        memory = describe_memory(device_memory(self.device))
+        if isinstance(err, InsufficientMemoryError):
+            return message
+        return (f"out of memory on {self.device} ({memory} after freeing the models): {message}. The backend emptied "
+                f"its model cache and takes the next job; try smaller settings (render size, batch size, texture size, "
+                f"grid resolution, samples) or close other programs using the device")
 
     def scrub(self, message: str) -> str:
         """A job error as the client may see it: no server path (the data folder becomes ``<data>``), capped."""

@@ -61,7 +61,8 @@ PROTOCOL_VERSION = 4
 History: 1 = first release; 2 = ``partial``/``result`` may carry several meshes (groups ``mesh``, ``mesh_1``, …);
 3 = length/range limits on fields, valid-Unicode strings only, ``list_jobs`` pages (``cursor`` → ``next_cursor``),
 ``delete_job`` → ``deleted``; 4 = ``partial``/``result`` may carry point clouds (groups ``points``, ``points_1``, …)
-beside or instead of meshes."""
+beside or instead of meshes (the same release adds ``welcome.memory_total_bytes``/``memory_free_bytes`` and the
+``out_of_memory`` server code)."""
 
 MAGIC = b"LFRG"
 """First 4 bytes of every frame."""
@@ -169,7 +170,8 @@ SERVER_ERROR_CODES: Mapping[str, str] = MappingProxyType({
     "result_damaged": "a done job's stored result file is missing or unreadable (the message names the job and "
                       "the file); delete_job removes it",
     "model_not_found": "the model a job needs is not available",
-    "out_of_memory": "the job ran out of GPU memory",
+    "out_of_memory": "the job ran out of device memory, or its model would not fit (refused before loading); the "
+                     "backend emptied its model cache and takes the next job",
     "interrupted": "the backend stopped while the job was running",
     "too_many_connections": "the server's connection limit is reached (fatal: the connection is closed)",
     "timeout": "the handshake did not complete in HANDSHAKE_TIMEOUT_S (fatal)",
@@ -441,6 +443,10 @@ MESSAGE_TYPES: Mapping[str, MessageSpec] = MappingProxyType({
         "protocol_version": _f("int", doc="must equal PROTOCOL_VERSION, else version_mismatch"),
         "server_version": _f("str", doc="backend package version"),
         "device": _f("str", doc='compute device, e.g. "cuda:0 (NVIDIA RTX 4090)" or "cpu"'),
+        "memory_total_bytes": _f("int", False, doc="the device's memory (GPU memory; RAM for the CPU), bytes; "
+                                                   "absent when unknown", minimum=0),
+        "memory_free_bytes": _f("int", False, doc="what is free on it when the client connected, bytes; absent when "
+                                                  "unknown", minimum=0),
         "pipelines": _f("object", doc="pipeline name -> description object (inputs, defaults)"),
         "default_model": _f("str", doc="model used when params do not name one"),
         "models": _f("array", doc="available models (ids or description objects)"),
