@@ -8,10 +8,11 @@
   (``--data DIR --out DIR``; every field of the training config is a flag, ``--resume`` continues a run).
 - ``jobs``: list the job store; ``--export JOB --out file.glb`` copies a finished job's result; ``--delete JOB``
   deletes a finished job and its files; ``--prune`` applies the store's size/age cap once.
-- ``download <model>``: fetch a Stable Diffusion model, or a public Michelangelo checkpoint (``text-ASLDM-256``,
-  ``image-ASLDM-256``, ``shapevae-256``) with the CLIP it needs, into the Hugging Face cache, or a public Point-E
-  checkpoint (``base40M-textvec``, ``base40M``, ``base300M``, ``base1B``, ``upsample``, ``sdf``) into its cache folder
-  with the CLIP tower it needs (the only command that downloads).
+- ``download <model>``: fetch a Stable Diffusion model, a public Michelangelo checkpoint (``text-ASLDM-256``,
+  ``image-ASLDM-256``, ``shapevae-256``) with the CLIP it needs, or a Shap-E pipeline (``openai/shap-e``,
+  ``openai/shap-e-img2img``), into the Hugging Face cache, or a public Point-E checkpoint (``base40M-textvec``,
+  ``base40M``, ``base300M``, ``base1B``, ``upsample``, ``sdf``) into its cache folder with the CLIP tower it needs
+  (the only command that downloads).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from .michelangelo.train import TRAINERS
 from .models.cache import ModelCache
 from .models.devices import resolve_device
 from .models.base import TINY_RANDOM, ModelNotFoundError
+from .models.shap_e import SHAP_E_MODELS, download_shap_e
 from .models.stable_diffusion import DEFAULT_SD_MODEL, download_stable_diffusion
 from .point_e.config import PRESETS as POINT_E_PRESETS
 from .point_e.model import download_point_e
@@ -222,14 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_caps(jobs)
     _add_common(jobs)
 
-    download = sub.add_parser("download", help="download a Stable Diffusion model, a Michelangelo checkpoint or a "
-                                               "Point-E checkpoint")
+    download = sub.add_parser("download", help="download a Stable Diffusion model, a Michelangelo checkpoint, or a "
+                                               "Shap-E or Point-E model")
 
     _add_verbosity(download)
     download.add_argument("model", nargs="?", default=DEFAULT_SD_MODEL,
                           help=f"a Stable Diffusion Hugging Face id (default {DEFAULT_SD_MODEL}), or text-ASLDM-256, "
                                f"image-ASLDM-256, shapevae-256 (Michelangelo, with CLIP ViT-L/14), or "
-                               f"{', '.join(POINT_E_PRESETS)} (Point-E)")
+                               f"{', '.join(SHAP_E_MODELS)} (Shap-E), or {', '.join(POINT_E_PRESETS)} (Point-E)")
     return parser
 
 
@@ -414,9 +416,14 @@ def cmd_train(args) -> int:
 
 def cmd_download(args) -> int:
     try:
-        fetch = download_public_checkpoint if args.model in PUBLIC_FILES else \
-            download_point_e if args.model in POINT_E_PRESETS else download_stable_diffusion
-        path = fetch(args.model)
+        if args.model in PUBLIC_FILES:
+            path = download_public_checkpoint(args.model)
+        elif args.model in SHAP_E_MODELS:
+            path = download_shap_e(args.model)
+        elif args.model in POINT_E_PRESETS:
+            path = download_point_e(args.model)
+        else:
+            path = download_stable_diffusion(args.model)
     except Exception as err:  # noqa: BLE001 — offline, unknown id, hub errors: one line, never a traceback
         log.debug("download of %s failed", args.model, exc_info=True)
         while err.__cause__ is not None:  # the hub's own reason, not our "not on this machine" wrapper

@@ -155,8 +155,9 @@ def measure(arch: str, device_name: str, resolution: int, mode: str, chunk: int)
             "total_peak_bytes": total_peak, "grid_bytes": grid_bytes, "faces": faces}
 
 
-def end_to_end(arch: str, device_name: str, samples: int) -> dict:
-    """Seconds per shape of shape_ldm (random weights, full CLIP-sized text tower for michelangelo-256)."""
+def build_bundle(arch: str, device):
+    """A Michelangelo text model with random weights: the ``tiny`` preset, or ``michelangelo-256`` (text-ASLDM-256's
+    shape VAE and denoiser, and a CLIP ViT-L/14-sized conditioner), on ``device`` (CLIP in fp16 on CUDA)."""
     import torch
     from transformers import CLIPConfig, CLIPModel
 
@@ -164,15 +165,8 @@ def end_to_end(arch: str, device_name: str, samples: int) -> dict:
     from backend.michelangelo.conditioner import CLIPConditioner
     from backend.michelangelo.config import get_preset
     from backend.michelangelo.model import MichelangeloBundle, build_tiny_random
-    from backend.models.devices import resolve_device
     from backend.models.tokenizers import byte_level_clip_tokenizer
-    from backend.params import parse_config
-    from backend.pipelines.base import JobContext
-    from backend.pipelines import shape_ldm
-    from backend.pipelines.base import PipelineInputs
-    from backend.pipelines.shape_ldm import ShapeLDMConfig
 
-    device = resolve_device(device_name)
     if arch == "tiny":
         config, vae, denoiser, conditioner = build_tiny_random(0)
     else:
@@ -194,9 +188,25 @@ def end_to_end(arch: str, device_name: str, samples: int) -> dict:
         conditioner = CLIPConditioner(c, "transformers", CLIPModel(clip), byte_level_clip_tokenizer(c.text_tokens))
     dtype = torch.float32
     clip_dtype = torch.float16 if device.type == "cuda" else torch.float32
-    bundle = MichelangeloBundle(config, vae.to(device, dtype).eval().requires_grad_(False),
-                                denoiser.to(device, dtype).eval().requires_grad_(False),
-                                conditioner.to(device, clip_dtype), ("text",), arch, device, dtype)
+    return MichelangeloBundle(config, vae.to(device, dtype).eval().requires_grad_(False),
+                              denoiser.to(device, dtype).eval().requires_grad_(False),
+                              conditioner.to(device, clip_dtype), ("text",), arch, device, dtype)
+
+
+def end_to_end(arch: str, device_name: str, samples: int) -> dict:
+    """Seconds per shape of shape_ldm (random weights, full CLIP-sized text tower for michelangelo-256)."""
+    import torch
+
+    from backend.models.devices import resolve_device
+    from backend.params import parse_config
+    from backend.pipelines.base import JobContext
+    from backend.pipelines import shape_ldm
+    from backend.pipelines.base import PipelineInputs
+    from backend.pipelines.shape_ldm import ShapeLDMConfig
+
+    device = resolve_device(device_name)
+    bundle = build_bundle(arch, device)
+
     class _Loaded:  # the model cache's interface, holding this one bundle
         @staticmethod
         def get(loader, model, device, dtype=None):

@@ -94,7 +94,7 @@ def test_a_real_run_writes_plain_progress_lines_with_the_stage_s_eta():
     optimize = [line for line in out.getvalue().splitlines() if line.startswith("optimize ")]
     assert "\r" not in out.getvalue()
     assert [line.split()[1] for line in optimize] == ["1/40"] + [f"{s}/40" for s in range(2, 41, 2)]
-    eta = r"eta (\d+h \d+m|(\d+m )?\d+s) sds="  # format_duration's forms: a loaded machine can take minutes
+    eta = r"eta (?:\d+s|\d+m \d\ds|\d+h \d\dm) sds="  # format_duration's forms: a loaded machine takes minutes
     assert "eta ?" in optimize[0] and all(re.search(eta, line) for line in optimize[1:]), optimize
 
 

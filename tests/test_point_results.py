@@ -111,11 +111,11 @@ def test_a_job_with_points_round_trips_through_the_store_the_wire_and_export(poi
     assert sorted(scene.geometry) == ["mesh", "points", "points_1", "points_2"]
     cloud = scene.geometry["points"]
     assert isinstance(cloud, trimesh.PointCloud) and cloud.vertices.shape == (40, 3)
-    expected = (np.clip(_clouds(1)[0].colors, 0, 1) * 255 + 0.5).astype(np.uint8)
+    expected = np.rint(np.clip(_clouds(1)[0].colors, 0, 1) * 255).astype(np.uint8)
     np.testing.assert_array_equal(np.asarray(cloud.colors)[:, :3], expected)
     v_color = np.linspace(0, 1, 24, dtype=np.float32).reshape(8, 3)
     np.testing.assert_array_equal(np.asarray(scene.geometry["mesh"].visual.vertex_colors)[:, :3],
-                                  (v_color * 255 + 0.5).astype(np.uint8))
+                                  np.rint(v_color * 255).astype(np.uint8))
     # side by side: each node's box starts after the previous one's (Blender +X = glTF +X)
     lefts = [scene.graph[name][0][0, 3] + scene.geometry[name].vertices[:, 0].min()
              for name in ("mesh", "points", "points_1", "points_2")]

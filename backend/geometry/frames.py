@@ -10,6 +10,8 @@ Axes (positions (N, 3), same units on both sides):
   :func:`michelangelo_to_blender`.
 - Point-E's model frame is Blender's (Z up, front −Y; its training renders were made in Blender):
   :func:`point_e_to_blender` / :func:`blender_to_point_e` are copies, kept so the fact has one home.
+- Shap-E's frame is Blender's own (Z up, front toward −Y, units = metres for generated shapes):
+  :func:`shap_e_to_blender` / :func:`blender_to_shap_e` are identities that name the fact (sources in their docs).
 - Latent-NeRF's normalised frame differs from the world frame by a similarity only (no axis change): see
   :mod:`backend.latent_nerf.sketch`.
 
@@ -50,6 +52,26 @@ def blender_to_michelangelo(v: np.ndarray) -> np.ndarray:
 def michelangelo_to_blender(v: np.ndarray) -> np.ndarray:
     """Michelangelo's model frame (Y up) → Blender world (Z up); inverse of :func:`blender_to_michelangelo`."""
     return gltf_to_blender(v)
+
+
+def shap_e_to_blender(v: np.ndarray) -> np.ndarray:
+    """Shap-E's frame → Blender world; (N, 3) → (N, 3), a copy with the same axes (the frames are the same).
+
+    The fact: Shap-E's training data are Blender scenes. Its rendering script (openai/shap-e,
+    ``shap_e/rendering/blender/blender_script.py``) imports every object with Blender's importers (glTF/OBJ → Blender's
+    Z-up frame), scales it to a largest bounding-box side of 1, centres it on the origin, and renders it with
+    cameras orbiting the Z axis; the latents encode those scenes' coordinates as they are. Objaverse's glTF objects
+    face glTF +Z, which Blender's importer turns into −Y: Blender's front. diffusers agrees: the first of its pan
+    cameras (``diffusers.pipelines.shap_e.camera.create_pan_cameras``, angle 0) stands at −Y above the object, looking
+    toward +Y, image up ≈ +Z — the view a Shap-E GIF starts with. So Shap-E's STF field and meshes are Z up, front
+    toward −Y, in the cube [−1, 1]³, shapes about 1 unit across (here: metres).
+    """
+    return np.array(v, dtype=np.float32 if np.asarray(v).dtype == np.float32 else np.float64, copy=True)
+
+
+def blender_to_shap_e(v: np.ndarray) -> np.ndarray:
+    """Blender world → Shap-E's frame; inverse of :func:`shap_e_to_blender` (the same axes, a copy)."""
+    return np.array(v, dtype=np.float32 if np.asarray(v).dtype == np.float32 else np.float64, copy=True)
 
 
 def bottom_up_to_top_down(image: ArrayLike, row_dim: int) -> ArrayLike:

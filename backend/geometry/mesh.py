@@ -147,11 +147,14 @@ def split_by_uv(mesh: TriMesh) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return mesh.v_pos[v_idx], mesh.uv[uv_idx], inverse.reshape(-1, 3).astype(np.int32)
 
 
-def _rgba8(colors: np.ndarray) -> np.ndarray:
-    """(N, 3|4) float linear colours in [0, 1] → (N, 4) uint8 (glTF ``COLOR_0`` is linear; alpha 255 when absent)."""
-    colors = np.clip(np.asarray(colors, dtype=np.float32), 0.0, 1.0)
-    rgba = np.full((colors.shape[0], 4), 255, dtype=np.uint8)
-    rgba[:, :colors.shape[1]] = (colors * 255.0 + 0.5).astype(np.uint8)
+def _rgba8(colors: np.ndarray, n: int, what: str) -> np.ndarray:
+    """(n, 3|4) float linear colours in [0, 1] → (n, 4) uint8, rounded (glTF ``COLOR_0`` is linear; alpha 255 when
+    absent). Raises ValueError naming ``what`` when the shape is not (n, 3|4)."""
+    colors = np.asarray(colors, dtype=np.float32)
+    if colors.ndim != 2 or colors.shape[0] != n or colors.shape[1] not in (3, 4):
+        raise ValueError(f"vertex colours of {what} must be ({n}, 3|4), got {colors.shape}")
+    rgba = np.full((n, 4), 255, dtype=np.uint8)
+    rgba[:, :colors.shape[1]] = np.rint(np.clip(colors, 0.0, 1.0) * 255.0).astype(np.uint8)
     return rgba
 
 
@@ -170,14 +173,15 @@ def save_glb(path: str | Path, mesh: TriMesh | Sequence[TriMesh], texture: np.nd
         names: node/mesh names, one per mesh (default ``mesh``, ``mesh_1``, … as the protocol's groups).
         offsets: (K, 3) float translations of the K nodes in the Blender frame, metres (e.g. to lay samples out side
             by side); the vertex data stays as given. Default: no translation.
-        v_colors: per mesh, (N, 3|4) float linear vertex colours in [0, 1] or None; written as ``COLOR_0`` (uint8).
+        v_colors: per mesh, (N, 3|4) float linear RGB(A) in [0, 1] or None; written as the glTF vertex colour
+            ``COLOR_0`` (linear, as glTF specifies; 8-bit). A textured first mesh keeps its texture instead.
         point_clouds: ``(points (N, 3) float Blender frame, colors (N, 3|4) float linear in [0, 1] or None)`` each,
             written as nodes ``points``, ``points_1``, … whose mesh is one POINTS primitive (with ``COLOR_0``).
         point_offsets: (P, 3) translations of the point-cloud nodes, Blender frame, metres (default none).
 
     Raises:
-        ValueError: neither a mesh nor a point cloud, or ``names``/``offsets``/``v_colors``/``point_offsets`` of the
-            wrong length.
+        ValueError: neither a mesh nor a point cloud, ``names``/``offsets``/``v_colors``/``point_offsets`` of the
+            wrong length, or colours not (N, 3|4).
     """
     import trimesh
     from PIL import Image
@@ -206,10 +210,10 @@ def save_glb(path: str | Path, mesh: TriMesh | Sequence[TriMesh], texture: np.nd
             visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
             parts.append(trimesh.Trimesh(blender_to_gltf(v), faces, visual=visual, process=False))
         else:
-            rgba = _rgba8(colors) if colors is not None else None
+            rgba = _rgba8(colors, len(m.v_pos), f"mesh {i}") if colors is not None else None
             parts.append(trimesh.Trimesh(blender_to_gltf(m.v_pos), m.t_pos_idx, vertex_colors=rgba, process=False))
-    for points, colors in clouds:
-        rgba = _rgba8(colors) if colors is not None else None
+    for i, (points, colors) in enumerate(clouds):
+        rgba = _rgba8(colors, len(points), f"point cloud {i}") if colors is not None else None
         parts.append(trimesh.PointCloud(blender_to_gltf(np.asarray(points, dtype=np.float64)), colors=rgba))
     names = names + ["points"] + [f"points_{i}" for i in range(1, len(clouds))] if clouds else names
     all_offsets = np.concatenate([offsets, point_offsets]) if clouds else offsets

@@ -8,7 +8,7 @@ converts wire arrays to inputs and results to wire arrays. A new pipeline = one 
 
 from __future__ import annotations
 
-from . import latent_nerf, latent_paint, point_e, shape_interpolate, shape_ldm, shape_variations
+from . import latent_nerf, latent_paint, point_e, shap_e, shape_interpolate, shape_ldm, shape_variations
 from .base import ImageInput, MeshInput, PipelineSpec
 
 PIPELINES: dict[str, PipelineSpec] = {
@@ -45,4 +45,11 @@ PIPELINES: dict[str, PipelineSpec] = {
         image_inputs=(ImageInput("image", False, "concept image (RGB or RGBA; alpha composited on white) instead of "
                                                  "a prompt"),),
         check_inputs=point_e.check_inputs),
+    "shap_e": PipelineSpec(
+        shap_e.ShapEConfig, shap_e.run,
+        "Generate coloured shapes from text or an image (Shap-E); one mesh with vertex colours per sample, "
+        "optionally a baked texture.",
+        image_inputs=(ImageInput("image", False, "concept image (RGB or RGBA; alpha composited on white) instead of "
+                                                 "a prompt"),),
+        check_inputs=shap_e.check_inputs, textured=True),
 }

@@ -1,0 +1,175 @@
+"""Seconds per shape of the shape generators side by side, at their full public architectures with random weights
+(no download), in one run: Michelangelo (``shape_ldm``) and Shap-E (``shap_e``), with ratios against Michelangelo.
+
+    python benchmarks/bench_shape_models.py                        # CPU, 2 denoising steps each, projected to defaults
+    python benchmarks/bench_shape_models.py --steps 0 --device cuda   # the defaults themselves (50 DDIM / 64 Heun)
+    python benchmarks/bench_shape_models.py --arch tiny            # the tests' tiny presets (seconds)
+
+Each model runs its own pipeline end to end (``PIPELINES[name].run``: conditioning, denoising with classifier-free
+guidance, field on the default grid, marching cubes, clean-up, vertex colours where the model has them) on one prompt,
+after a small warm-up run, in this process. A full-size run of the default step counts takes hours on a CPU, so
+``--steps K`` runs K steps and the table also projects the default: ``total − denoise + denoise × (network calls at
+the default / calls at K)`` — the denoiser's calls are the same work each (DDIM: one batched CFG call per step; Heun:
+two per step but the last). Random weights give arbitrary shapes: face counts (and so the extraction's clean-up time)
+differ from real shapes'.
+
+One more model = one more entry of :data:`MODELS`: a function ``(arch, device) -> Row`` (Point-E can come here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+PROMPT = "a swivel office chair with five wheels"
+
+
+@dataclass
+class Row:
+    """One model to time.
+
+    Attributes:
+        name: the table's label.
+        run: ``(num_inference_steps, warm_up) -> timings dict`` (seconds per phase; must contain ``denoise``).
+        default_steps: the pipeline's default ``num_inference_steps``.
+        calls: ``steps -> denoiser calls`` (DDIM: steps; Heun: 2 × steps − 1).
+        grid: the default grid of the mesh extraction (samples per axis).
+        params: parameters of the denoiser (for the table).
+    """
+
+    name: str
+    run: Callable[[int, bool], dict]
+    default_steps: int
+    calls: Callable[[int], int]
+    grid: int
+    params: int
+
+
+class _OneModel:
+    """The model cache's interface, holding one preloaded model (whatever the loader and name asked for)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def get(self, loader, model, device, dtype=None):
+        return self.model
+
+
+def _count(*modules) -> int:
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
+def michelangelo(arch: str, device: torch.device) -> Row:
+    """Michelangelo text → shape: text-ASLDM-256 (or the tiny preset) with random weights, ``shape_ldm`` defaults."""
+    from bench_shape_decode import build_bundle
+
+    from backend.params import parse_config
+    from backend.pipelines import PIPELINES
+    from backend.pipelines.base import JobContext, PipelineInputs
+
+    bundle = build_bundle("tiny" if arch == "tiny" else "michelangelo-256", device)
+    spec = PIPELINES["shape_ldm"]
+    ctx = JobContext(device=device, models=_OneModel(bundle))
+
+    def run(steps: int, warm_up: bool) -> dict:
+        params = {"model": arch, "prompt": PROMPT, "num_inference_steps": steps, "preview_resolution": 0}
+        if warm_up:
+            params.update(grid_resolution=16)
+        return spec.run(parse_config(spec.config_class, params), PipelineInputs(), ctx).timings
+
+    default = spec.config_class()
+    return Row("Michelangelo (shape_ldm, text-ASLDM-256)" if arch != "tiny" else "Michelangelo (tiny)", run,
+               default.num_inference_steps, lambda steps: steps, default.grid_resolution, _count(bundle.denoiser))
+
+
+def shap_e(arch: str, device: torch.device) -> Row:
+    """Shap-E text → coloured mesh: the public architecture (``random-shap-e``) or ``tiny-random``, ``shap_e``
+    defaults."""
+    from backend.models.base import TINY_RANDOM
+    from backend.models.shap_e import RANDOM_SHAP_E, load_shap_e
+    from backend.params import parse_config
+    from backend.pipelines import PIPELINES
+    from backend.pipelines.base import JobContext, PipelineInputs
+
+    model = TINY_RANDOM if arch == "tiny" else RANDOM_SHAP_E
+    bundle = load_shap_e(model, device)
+    spec = PIPELINES["shap_e"]
+    ctx = JobContext(device=device, models=_OneModel(bundle))
+
+    def run(steps: int, warm_up: bool) -> dict:
+        params = {"model": model, "prompt": PROMPT, "num_inference_steps": steps}
+        if warm_up:
+            params.update(grid_resolution=16)
+        return spec.run(parse_config(spec.config_class, params), PipelineInputs(), ctx).timings
+
+    default = spec.config_class()
+    return Row("Shap-E (shap_e, openai/shap-e)" if arch != "tiny" else "Shap-E (tiny)", run,
+               default.num_inference_steps, lambda steps: 2 * steps - 1, default.grid_resolution,
+               _count(bundle.text.prior))
+
+
+MODELS: dict[str, Callable[[str, torch.device], Row]] = {"michelangelo": michelangelo, "shap_e": shap_e}
+"""Model name → row builder; the first is the baseline of the ratios."""
+
+
+def measure(row: Row, steps: int, device: torch.device) -> dict:
+    """Warm up (1 step, 16³ grid), then one timed run at ``steps`` (0 = the default); the projection to the default."""
+    steps = steps or row.default_steps
+    row.run(1, True)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    timings = row.run(steps, False)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    total = time.perf_counter() - t0
+    denoise = timings["denoise"]
+    projected = total - denoise + denoise * row.calls(row.default_steps) / row.calls(steps)
+    return {"steps": steps, "total": total, "denoise": denoise, "per_call": denoise / row.calls(steps),
+            "rest": total - denoise, "projected": projected}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", choices=("full", "tiny"), default="full", help="public architectures or tiny presets")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1…")
+    ap.add_argument("--steps", type=int, default=2, help="denoising steps timed (0 = each model's default)")
+    ap.add_argument("--models", nargs="+", choices=tuple(MODELS), default=list(MODELS), help="models to time")
+    args = ap.parse_args(argv)
+    from backend.models.devices import resolve_device
+
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
+          f"threads, device {device}, arch {args.arch}, steps {args.steps or 'default'}", flush=True)
+    results = []
+    for name in args.models:
+        t0 = time.perf_counter()
+        row = MODELS[name](args.arch, device)
+        built = time.perf_counter() - t0
+        results.append((row, measure(row, args.steps, device)))
+        print(f"# {row.name}: built in {built:.1f} s, measured", flush=True)
+    base = results[0][1]["projected"]
+    print("| model | denoiser params | steps timed (calls) | s per denoiser call | denoise s | rest s "
+          "(condition + extract) | s per shape at the timed steps | default steps (calls), grid | s per shape at the "
+          "defaults (projected) | × first row |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for row, m in results:
+        print(f"| {row.name} | {row.params / 1e6:.0f} M | {m['steps']} ({row.calls(m['steps'])}) | {m['per_call']:.2f} "
+              f"| {m['denoise']:.1f} | {m['rest']:.1f} | {m['total']:.1f} | {row.default_steps} "
+              f"({row.calls(row.default_steps)}), {row.grid}³ | {m['projected']:.0f} | {m['projected'] / base:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
