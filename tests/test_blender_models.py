@@ -309,8 +309,8 @@ def generate_and_wait(addon, pipeline: str, n_objects: int, what: str) -> list:
 
 def set_model(addon, method: str, **settings) -> None:
     s = addon.settings
-    values = {"shape_method": method, "shape_model": "tiny-random", "shape_steps": 3, "shape_grid": "CUSTOM",
-              "shape_grid_resolution": 20, "seed": 0, "shape_spacing": GAP, "shape_input": "PROMPT",
+    values = {"shape_method": method, "shape_model": "tiny-random", f"{method}.num_inference_steps": 3,
+              f"{method}.grid_resolution": 20, "seed": 0, "shape_spacing": GAP, "shape_input": "PROMPT",
               "prompt": "a red chair", **settings}
     for key, value in values.items():
         if key.startswith(f"{method}."):
@@ -343,7 +343,7 @@ def test_shap_e_from_the_shape_panel_makes_coloured_meshes_in_a_row_at_the_curso
 def test_point_e_from_the_shape_panel_makes_point_clouds_and_meshes_in_a_row_at_the_cursor(scene, connected):
     addon, bpy = scene, scene.bpy
     bpy.context.scene.cursor.location = CURSOR
-    set_model(addon, "point_e", shape_num_samples=2, shape_grid_resolution=24, **{"point_e.upsample_steps": 3})
+    set_model(addon, "point_e", shape_num_samples=2, **{"point_e.grid_resolution": 24, "point_e.upsample_steps": 3})
     objs = generate_and_wait(addon, "point_e", 4, "two Point-E clouds and their meshes")
     assert [o.type for o in objs] == ["MESH", "MESH", "POINTCLOUD", "POINTCLOUD"]
     assert_in_a_row_at(objs, CURSOR, GAP)

@@ -32,6 +32,10 @@ SHAPES = ("shape_ldm", "shape_variations", "shape_interpolate")
 SHAPE_MODELS = ("shape_ldm", "shap_e", "point_e")
 """The Shape panel's models (its Generate Shape pipelines); their shared settings are one widget each."""
 SHAPE_ALL = SHAPES + SHAPE_MODELS[1:]
+"""Settings with the same meaning and default for every shape model (seed) are shared by all of them; the sampler's
+steps, guidance and grid are Michelangelo's widgets only, because each model has its own defaults there (Shap-E:
+64 Heun steps, guidance 15 / 3, a 128³ grid; Point-E: 64 Karras steps, guidance 3, 128³): for Shap-E and Point-E
+they are model settings, drawn from the backend's description with the model's own defaults."""
 
 BLENDER_INT_MAX = 2**31 - 1
 """Largest value of an ``IntProperty`` (a C int)."""
@@ -82,12 +86,12 @@ SETTING_FIELDS: tuple[SettingField, ...] = (
     SettingField("partial_every", "Preview Mesh Every", "partial_every", GENERATE, default=500, min=0,
                  max=100_000, soft_max=5000),
     SettingField("shape_num_samples", "Samples", "num_samples", SHAPE_MODELS, default=1, min=1, max=16),
-    SettingField("shape_grid", "Grid", "grid_resolution", SHAPE_ALL, enum_values=(129, 257)),
-    SettingField("shape_grid_resolution", "Grid Samples", "grid_resolution", SHAPE_ALL, default=129, min=16,
+    SettingField("shape_grid", "Grid", "grid_resolution", SHAPES, enum_values=(129, 257)),
+    SettingField("shape_grid_resolution", "Grid Samples", "grid_resolution", SHAPES, default=129, min=16,
                  max=512),
-    SettingField("shape_guidance_scale", "Guidance", "guidance_scale", SHAPE_ALL, default=7.5, min=0.0, max=100.0,
+    SettingField("shape_guidance_scale", "Guidance", "guidance_scale", SHAPES, default=7.5, min=0.0, max=100.0,
                  soft_max=15.0),
-    SettingField("shape_steps", "Steps", "num_inference_steps", SHAPE_ALL, default=50, min=1, max=1000,
+    SettingField("shape_steps", "Steps", "num_inference_steps", SHAPES, default=50, min=1, max=1000,
                  soft_max=200),
     SettingField("shape_strength", "Strength", "strength", ("shape_variations",), default=0.5, min=0.01, max=1.0),
     SettingField("shape_variation_count", "Variations", "num_samples", ("shape_variations",), default=4, min=1,
