@@ -395,7 +395,8 @@ MESSAGE_TYPES: Mapping[str, MessageSpec] = MappingProxyType({
     # client -> server
     "hello": MessageSpec(_C2S, MappingProxyType({
         "protocol_version": _f("int", doc="must equal PROTOCOL_VERSION, else version_mismatch"),
-        "token": _f("str", doc="shared secret from the token file; compared with hmac.compare_digest", max_len=1024),
+        "token": _f("str", doc="the token file's secret or an identity's token; compared with hmac.compare_digest",
+                     max_len=1024),
         "client": _f("str", False, doc='free-form client description, e.g. "blender 4.2.1 / latentforge 0.1.0"',
                      max_len=256),
     }), doc="first message of every connection: version + token"),
