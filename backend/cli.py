@@ -59,7 +59,7 @@ from .pipelines.sds_common import SDSPipelineConfig
 from .pipelines.io import inputs_to_arrays
 from .serving.certificates import CertificateError, certificate_fingerprint, default_hosts, ensure_certificate, \
     make_certificate
-from .serving.identities import IdentityError, Identities, add_identity, revoke_identity
+from .serving.identities import ADMIN_NAME, IdentityError, Identities, add_identity, revoke_identity
 from .serving.server import BackendServer
 from .serving.service import JobService
 from .serving.store import TERMINAL, JobStore
@@ -475,7 +475,7 @@ def _job_table(rows: list[dict]) -> list[str]:
         took = format_duration(job["finished"] - job["started"]) if job["finished"] and job["started"] else "-"
         note = safe_text(job["error"] or job["params"].get("prompt", ""), 100).replace("\n", " ")
         table.append((job["job_id"], time.strftime("%Y-%m-%d %H:%M", time.localtime(job["created"])),
-                      safe_text(job["owner"], 32), safe_text(job["pipeline"], 40), job["status"], took, note))
+                      safe_text(job.get("owner") or ADMIN_NAME, 32), safe_text(job["pipeline"], 40), job["status"], took, note))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
     return ["  ".join([cell.rjust(w) if i == 5 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
                       + [row[-1]]).rstrip() for row in table]
@@ -503,7 +503,7 @@ def cmd_tokens(args) -> int:
         else:
             identities = Identities("-", path).names()  # the admin token's value does not matter for listing
             table = [("identity", "role", "token")] + [
-                (i.name, i.role, "the token file" if i.name == "admin" else f"tokens file {path}")
+                (i.name, i.role, "the token file" if i.name == ADMIN_NAME else f"tokens file {path}")
                 for i in identities]
             width = [max(len(r[c]) for r in table) for c in range(2)]
             for row in table:

@@ -142,13 +142,13 @@ class JobStore:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, params TEXT NOT NULL, "
             "status TEXT NOT NULL, created REAL NOT NULL, started REAL, finished REAL, error TEXT, error_code TEXT, "
-            "metadata TEXT, timings TEXT)")
+            f"metadata TEXT, timings TEXT, owner TEXT NOT NULL DEFAULT '{ADMIN_NAME}')")
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
         if "size_bytes" not in columns:  # stores written before the cap policy: sizes are measured on demand
             self._db.execute("ALTER TABLE jobs ADD COLUMN size_bytes INTEGER")
         if "owner" not in columns:  # stores written before identities: every job is the admin's
             self._db.execute(f"ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT '{ADMIN_NAME}'")
-            log.info("job store %s: added the owner column (existing jobs belong to %s)", self.data_dir, ADMIN_NAME)
+            log.debug("job store %s: added the owner column (existing jobs belong to %s)", self.data_dir, ADMIN_NAME)
         self._db.execute("CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created DESC, job_id DESC)")
         self._db.execute("CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created DESC, job_id DESC)")
 
