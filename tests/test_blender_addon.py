@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, start_backend
 
 pytestmark = [
     pytest.mark.blender,
@@ -642,3 +642,36 @@ def test_local_mode_starts_the_backend_and_stops_it(scene, tmp_path):
     finally:
         addon.session.connection.stop_local_backend()
         prefs.backend_mode = "REMOTE"
+
+
+def test_remote_over_tls_with_the_pinned_fingerprint_and_an_artist_token(scene, tmp_path):
+    """The preferences' TLS Fingerprint next to the Token File: the add-on connects over TLS as the artist whose
+    token it holds (shown in the backend line); a wrong fingerprint stops with a message naming both."""
+    from backend.serving.certificates import make_certificate
+    from backend.serving.identities import add_identity
+
+    addon, bpy = scene, scene.bpy
+    fingerprint = make_certificate(tmp_path / "cert.pem", tmp_path / "key.pem", ["localhost"])
+    token_file = tmp_path / "alice.token"
+    token_file.write_text(add_identity(tmp_path / "tokens.json", "alice") + "\n")
+    server = start_backend(tmp_path / "data", tmp_path / "admin.token", extra_args=(
+        "--tls", "--cert", str(tmp_path / "cert.pem"), "--key", str(tmp_path / "key.pem"),
+        "--tokens-file", str(tmp_path / "tokens.json")))
+    prefs = addon.prefs
+    before = (prefs.backend_mode, prefs.host, prefs.port, prefs.token_file)
+    try:
+        prefs.backend_mode, prefs.host, prefs.port = "REMOTE", server.host, server.port
+        prefs.token_file, prefs.tls_fingerprint = str(token_file), fingerprint
+        assert bpy.ops.latentforge.connect() == {"FINISHED"}
+        addon.pump(lambda: addon.state.connected, 30, "the TLS connection")
+        assert addon.state.backend_info.endswith("alice (artist)")
+        assert addon.session.connection.client.uses_tls
+        prefs.tls_fingerprint = "00" * 32
+        assert bpy.ops.latentforge.connect() == {"FINISHED"}
+        addon.pump(lambda: "does not match the pinned fingerprint" in addon.state.last_error, 30, "the refusal")
+        assert not addon.state.connected and "00:00:00:00" in addon.state.last_error
+    finally:
+        addon.session.connection.close_client()
+        prefs.tls_fingerprint = ""
+        prefs.backend_mode, prefs.host, prefs.port, prefs.token_file = before
+        server.stop()
