@@ -167,6 +167,27 @@ def test_tls_to_a_plain_backend_fails_clearly(backend_server, studio):
         client.close()
 
 
+def test_a_full_backend_refusing_before_tls_is_worth_retrying():
+    """A TLS backend at --max-connections answers a plain ``too_many_connections`` frame before any TLS (no
+    handshake spent on refused peers): the client reports that, retryable, not "plain TCP"."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def refuse():
+        conn, _ = listener.accept()
+        conn.sendall(P.encode_message("error", {"code": "too_many_connections", "message": "at most 1 at once"}))
+        conn.close()
+
+    thread = threading.Thread(target=refuse)
+    thread.start()
+    sock = socket.create_connection(listener.getsockname(), timeout=10)
+    with pytest.raises(OSError) as info:
+        tls.connect(sock, bytes(32), "127.0.0.1", listener.getsockname()[1], time.monotonic() + 10)
+    assert not isinstance(info.value, tls.TLSRefused) and "too_many_connections" in str(info.value)
+    thread.join(10)
+    sock.close()
+    listener.close()
+
+
 def test_a_non_loopback_bind_without_tls_is_refused(tmp_path, capsys, caplog):
     token_file = tmp_path / "token"
     token_file.write_text(ADMIN_TOKEN)

@@ -28,7 +28,7 @@ import ssl
 import threading
 import time
 
-from .protocol import MAGIC
+from .protocol import MAGIC, SERVER_TO_CLIENT, ProtocolError, decode_frame
 
 FINGERPRINT_BYTES = 32
 """A SHA-256 digest."""
@@ -45,7 +45,12 @@ class TLSRefused(OSError):
 
 
 class PlainPeer(TLSRefused):
-    """The peer spoke the plain LatentForge protocol (its first bytes are the frame magic), not TLS."""
+    """The peer spoke the plain LatentForge protocol (its first bytes are the frame magic), not TLS; ``first_bytes``
+    holds what it sent first (a plain backend's ``error`` frame, for a client)."""
+
+    def __init__(self, message: str, first_bytes: bytes = b""):
+        super().__init__(message)
+        self.first_bytes = first_bytes
 
 
 def is_loopback(host: str) -> bool:
@@ -252,7 +257,7 @@ class TLSStream:
         if self._first and data:
             self._first = False
             if MAGIC.startswith(data[:len(MAGIC)]):
-                raise PlainPeer("the peer speaks the plain LatentForge protocol, not TLS")
+                raise PlainPeer("the peer speaks the plain LatentForge protocol, not TLS", bytes(data))
         with self._lock:
             if data:
                 self._incoming.write(data)
@@ -296,12 +301,21 @@ def connect(sock: socket.socket, pinned: bytes, host: str, port: int, deadline: 
 
     Raises:
         TLSRefused: a fingerprint mismatch, or a backend without TLS (:class:`PlainPeer`, reworded).
-        ssl.SSLError / TimeoutError / OSError: see :meth:`TLSStream.handshake`.
+        OSError: a TLS backend that refused the connection before TLS because it is full (its plain
+            ``too_many_connections`` error: worth retrying later).
+        ssl.SSLError / TimeoutError: see :meth:`TLSStream.handshake`.
     """
     stream = TLSStream(sock, client_context(), server_side=False, server_hostname=host)
     try:
         stream.handshake(deadline)
-    except PlainPeer:
+    except PlainPeer as err:
+        try:
+            refusal = decode_frame(err.first_bytes, 1 << 16, direction=SERVER_TO_CLIENT)
+        except ProtocolError:
+            refusal = None
+        if refusal is not None and refusal.type == "error" and refusal.fields.get("code") == "too_many_connections":
+            raise OSError(f"{host}:{port} refused the connection: too_many_connections: "
+                          f"{refusal.fields.get('message', '')}") from None
         raise PlainPeer(f"the backend at {host}:{port} speaks plain TCP, not TLS: clear the add-on's TLS Fingerprint "
                         f"(loopback or an SSH tunnel), or start that backend with `serve --tls`") from None
     stream.check_fingerprint(pinned, f"{host}:{port}")
