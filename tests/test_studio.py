@@ -11,8 +11,10 @@ import os
 import socket
 import sqlite3
 import stat
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -389,3 +391,16 @@ def test_an_old_store_without_owners_migrates_to_the_admin(tmp_path, capsys):
     assert lines[0].split()[:3] == ["job", "created", "owner"]
     assert {line.split()[0]: line.split()[3] for line in lines[1:]} == {"new000000001": "alice",
                                                                         "old000000001": "admin"}
+
+
+def test_install_tls_makes_the_certificate_once_and_prints_its_fingerprint(tmp_path, monkeypatch):
+    import install  # the repo's install.py (importing it has no side effects)
+
+    monkeypatch.setenv("LATENTFORGE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # this checkout's backend
+    state, fingerprint = install.tls_certificate(Path(sys.executable), ["studio.lan"], tmp_path)
+    assert state == "made" and fingerprint == certificate_fingerprint(tmp_path / "home" / "tls-cert.pem")
+    assert install.tls_certificate(Path(sys.executable), [], tmp_path) == ("kept", fingerprint)
+    assert install.parse_args(["--tls", "--tls-host", "a", "--tls-host", "10.0.0.5"]).tls_host == ["a", "10.0.0.5"]
+    with pytest.raises(SystemExit):
+        install.parse_args(["--tls-host", "a"])
