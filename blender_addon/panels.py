@@ -34,6 +34,8 @@ class LATENTFORGE_UL_jobs(bpy.types.UIList):
         row = layout.row(align=True)
         row.label(text=item.job_id[:8], icon=STATUS_ICONS.get(item.status, "QUESTION"))
         row.label(text=item.prompt or item.pipeline)
+        if item.owner:
+            row.label(text=item.owner, icon="USER")
 
 
 def draw_sketch_status(layout, context, settings) -> None:

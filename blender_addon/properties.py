@@ -145,6 +145,8 @@ class LATENTFORGE_PG_job(bpy.types.PropertyGroup):
     prompt: StringProperty(name="Prompt")
     created: StringProperty(name="Created")
     error: StringProperty(name="Error")
+    owner: StringProperty(name="Owner", description="Who submitted the job, when it is not this connection's "
+                                                    "identity (an admin's list of a studio backend)")
 
 
 class LATENTFORGE_PG_runtime(bpy.types.PropertyGroup):

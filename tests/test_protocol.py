@@ -151,7 +151,7 @@ SAMPLES: dict[str, tuple[dict, dict]] = {
     "welcome": ({"protocol_version": VER, "server_version": "0.1.0", "device": "cpu",
                  "memory_total_bytes": 24 * 2**30, "memory_free_bytes": 20 * 2**30,
                  "pipelines": {"latent_paint": {"inputs": ["mesh"]}}, "default_model": "tiny-random",
-                 "models": ["tiny-random", {"id": "sd-1.5"}]}, {}),
+                 "models": ["tiny-random", {"id": "sd-1.5"}], "identity": "alice", "role": "artist"}, {}),
     "accepted": ({"job_id": "j1", "request_id": "r-1", "queue_position": 0}, {}),
     "status": ({"job_id": "j1", "status": "failed", "queue_position": 2, "error": "CUDA out of memory"}, {}),
     "progress": ({"job_id": "j1", "stage": "sds", "step": 10, "total": 5000, "losses": {"sds": 0.25, "shape": None},

@@ -44,7 +44,7 @@ __all__ = [
     "MAX_HELLO_BYTES", "HANDSHAKE_TIMEOUT_S", "MAX_ID_CHARS", "MAX_NAME_CHARS", "MAX_MESSAGE_CHARS",
     "MAX_PROMPT_CHARS", "MAX_COORDINATE", "ECHO_CHARS", "LIST_JOBS_MAX_LIMIT", "LIST_JOBS_DEFAULT_LIMIT",
     "SERVER_ERROR_CODES", "LIST_PROMPT_CHARS", "safe_text", "encode_or_error",
-    "CLIENT_TO_SERVER", "SERVER_TO_CLIENT", "JOB_STATUSES", "JOB_RECORD_KEYS",
+    "CLIENT_TO_SERVER", "SERVER_TO_CLIENT", "JOB_STATUSES", "JOB_RECORD_KEYS", "ROLES",
     "ProtocolError", "ConnectionClosed", "FieldSpec", "ArraySlot", "KindSpec", "MessageSpec", "Message",
     "KIND_SPECS", "MESSAGE_TYPES",
     "encode_message", "decode_message", "decode_frame", "parse_prefix", "send_message", "recv_message",
@@ -61,8 +61,9 @@ PROTOCOL_VERSION = 4
 History: 1 = first release; 2 = ``partial``/``result`` may carry several meshes (groups ``mesh``, ``mesh_1``, …);
 3 = length/range limits on fields, valid-Unicode strings only, ``list_jobs`` pages (``cursor`` → ``next_cursor``),
 ``delete_job`` → ``deleted``; 4 = ``partial``/``result`` may carry point clouds (groups ``points``, ``points_1``, …)
-beside or instead of meshes (the same release adds ``welcome.memory_total_bytes``/``memory_free_bytes`` and the
-``out_of_memory`` server code)."""
+beside or instead of meshes; identities (``welcome.identity``/``role``, job records' ``owner``, an artist sees and
+touches only their own jobs) and TLS (``tls_required``); ``welcome.memory_total_bytes``/``memory_free_bytes`` and the
+``out_of_memory`` server code."""
 
 MAGIC = b"LFRG"
 """First 4 bytes of every frame."""
@@ -142,6 +143,9 @@ SERVER_TO_CLIENT = "server->client"
 JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
 """Values of ``status.status`` and of each ``jobs.jobs[i].status``."""
 
+ROLES = ("artist", "admin")
+"""Roles of an identity (``welcome.role``): an artist lists and touches only their own jobs, an admin every job."""
+
 ERROR_CODES: Mapping[str, str] = MappingProxyType({
     "bad_magic": "the frame does not start with b'LFRG' (wrong port or a non-LatentForge peer)",
     "frame_too_large": "header_len > MAX_HEADER_BYTES or payload_len > the receiver's max_payload; "
@@ -173,6 +177,8 @@ SERVER_ERROR_CODES: Mapping[str, str] = MappingProxyType({
     "out_of_memory": "the job ran out of device memory, or its model would not fit (refused before loading); the "
                      "backend emptied its model cache and takes the next job",
     "interrupted": "the backend stopped while the job was running",
+    "tls_required": "a plain TCP client reached a backend that accepts TLS only (fatal: set the client's TLS "
+                    "fingerprint)",
     "too_many_connections": "the server's connection limit is reached (fatal: the connection is closed)",
     "timeout": "the handshake did not complete in HANDSHAKE_TIMEOUT_S (fatal)",
     "overloaded": "the client does not read its replies fast enough, or the server's buffers are full (fatal)",
@@ -412,7 +418,8 @@ MESSAGE_TYPES: Mapping[str, MessageSpec] = MappingProxyType({
     # client -> server
     "hello": MessageSpec(_C2S, MappingProxyType({
         "protocol_version": _f("int", doc="must equal PROTOCOL_VERSION, else version_mismatch"),
-        "token": _f("str", doc="shared secret from the token file; compared with hmac.compare_digest", max_len=1024),
+        "token": _f("str", doc="the token file's secret or an identity's token; compared with hmac.compare_digest",
+                     max_len=1024),
         "client": _f("str", False, doc='free-form client description, e.g. "blender 4.2.1 / latentforge 0.1.0"',
                      max_len=256),
     }), doc="first message of every connection: version + token"),
@@ -450,6 +457,9 @@ MESSAGE_TYPES: Mapping[str, MessageSpec] = MappingProxyType({
         "pipelines": _f("object", doc="pipeline name -> description object (inputs, defaults)"),
         "default_model": _f("str", doc="model used when params do not name one"),
         "models": _f("array", doc="available models (ids or description objects)"),
+        "identity": _f("str", doc='who the token belongs to, e.g. "alice"; "admin" for the token file',
+                       max_len=MAX_NAME_CHARS),
+        "role": _f("str", doc="artist = own jobs only; admin = every job", choices=ROLES),
     }), doc="answer to a good hello"),
     "accepted": MessageSpec(_S2C, MappingProxyType({
         "job_id": _f("str", doc="new job id", max_len=MAX_ID_CHARS),
@@ -511,7 +521,8 @@ MESSAGE_TYPES: Mapping[str, MessageSpec] = MappingProxyType({
 })
 """Message type -> schema. docs/protocol.md mirrors this table (checked by tests/test_protocol.py)."""
 
-JOB_RECORD_KEYS = ("job_id", "pipeline", "status", "prompt", "created", "started", "finished", "error", "params")
+JOB_RECORD_KEYS = ("job_id", "pipeline", "status", "prompt", "created", "started", "finished", "error", "params",
+                   "owner")
 """Keys of each object in ``jobs.jobs`` (documented; not enforced by the protocol layer). In a listing ``prompt``
 is capped at :data:`LIST_PROMPT_CHARS` characters and ``params`` omits the prompt (it is not carried twice)."""
 
