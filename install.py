@@ -10,7 +10,8 @@ Steps (each reported as done / skipped / failed in the final summary):
                 bpy (``--dev``, Python 3.11 only), test data (``--dev``, ``--no-deps``), Ray (``--studio`` or
                 ``--dev``: the executor of ``serve --executor ray``).
 3. .pth file    puts the repo root on the venv's ``sys.path`` (``python -m backend`` works from anywhere).
-4. token/config the socket token (kept; ``--new-token`` rotates it) and ``config.json`` in the LatentForge home.
+4. token/config the socket token (kept; ``--new-token`` rotates it) and ``config.json`` in the LatentForge home;
+                with ``--tls`` also the backend's self-signed TLS certificate (kept once made), its fingerprint printed.
 5. extension    ``dist/<id>-<version>.zip`` from ``blender_addon/`` (files at the zip root).
 6. Blender      ``blender --command extension install-file -r user_default -e <zip>``.
 7. verify       imports the main packages with the venv's python, prints versions and CUDA availability.
@@ -58,6 +59,7 @@ BACKEND_REQUIREMENTS = (
     "Pillow",
     "tqdm",
     "scipy",
+    "cryptography",  # serve --tls: makes the self-signed certificate (backend/serving/certificates.py)
 )
 # open_clip needs torchvision, and PyPI's torchvision wheels link the CUDA build of torch: with a CPU-only torch
 # (the wheel this project pins on CPU machines) an installed torchvision fails at import and takes transformers and
@@ -145,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", type=Path, default=None,
                    help="LatentForge home folder (token, config, data); sets LATENTFORGE_HOME for this run")
     p.add_argument("--new-token", action="store_true", help="replace the existing token with a fresh one")
+    p.add_argument("--tls", action="store_true",
+                   help="also make the backend's TLS certificate (for `serve --tls`) and print its fingerprint")
+    p.add_argument("--tls-host", action="append", default=[], metavar="NAME",
+                   help="--tls: a host name or IP address the certificate names (repeatable)")
     p.add_argument("--blender", type=Path, default=None, help="Blender executable (default: `blender` on PATH)")
     p.add_argument("--no-blender", action="store_true", help="do not install the extension into Blender")
     p.add_argument("-q", "--quiet", action="store_true", help="quiet pip")
@@ -156,6 +162,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
     if args.no_blender and args.blender is not None:
         build_parser().error("--blender and --no-blender contradict each other")
+    if args.tls_host and not args.tls:
+        build_parser().error("--tls-host needs --tls")
     return args
 
 
@@ -418,6 +426,25 @@ def install_command(python: Path, quiet: bool) -> Path:
     if rc != 0:
         raise InstallError(f"pip failed (exit {rc}) installing the latentforge command; python -m backend still works")
     return python.parent / ("latentforge.exe" if IS_WINDOWS else "latentforge")
+
+
+def tls_certificate(python: Path, hosts: list[str], neutral_cwd: Path) -> tuple[str, str]:
+    """Make the backend's TLS certificate in the LatentForge home with the venv's python (``-m backend tls make``;
+    an existing one is kept). Returns ``("made" | "kept", fingerprint)``.
+
+    Raises:
+        InstallError: the backend could not make or read it (its message).
+    """
+    paths = paths_module()
+    made = not paths.tls_cert_path().exists()
+    cmd = [str(python), "-m", "backend", "tls", "make" if made else "fingerprint"]
+    for host in hosts if made else ():
+        cmd += ["--tls-host", host]
+    proc = run_capture(cmd, timeout=300, cwd=neutral_cwd)
+    found = re.search(r"SHA-256 fingerprint: ([0-9A-F:]{95})", proc.stdout)
+    if proc.returncode != 0 or not found:
+        raise InstallError(f"could not {'make' if made else 'read'} the TLS certificate: {proc.stdout.strip()[-500:]}")
+    return ("made" if made else "kept"), found.group(1)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -762,6 +789,13 @@ def main(argv: list[str] | None = None) -> int:
         if home is not None:
             notes.append(f"--home: set LATENTFORGE_HOME={home} in the environment of Blender and the backend "
                          "too, or they will look in the default home.")
+        if args.tls:
+            (state, fingerprint), dt = timed("TLS certificate", lambda: tls_certificate(python, args.tls_host,
+                                                                                        venv_dir))
+            report.add("TLS certificate", "done", f"{state} {paths_module().tls_cert_path()}", dt)
+            facts["TLS fingerprint"] = fingerprint
+            notes.append("Remote artists pin the TLS fingerprint above in the add-on's preferences (TLS Fingerprint) "
+                         "next to their token; start the backend with `serve --tls --host 0.0.0.0`.")
 
         # 5. extension zip
         zip_path, dt = timed("extension zip", lambda: build_extension_zip(DIST_DIR))

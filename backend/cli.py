@@ -1,7 +1,9 @@
-"""Command line: ``python -m backend {serve,run,train,jobs,download}`` (installed as the ``latentforge`` command).
+"""Command line: ``python -m backend {serve,run,train,jobs,download,tokens,tls}`` (installed as the ``latentforge``
+command).
 
-- ``serve``: the socket service the Blender add-on talks to; ``--executor ray`` runs its jobs on Ray actors, one per
-  GPU of a Ray cluster (``--ray-address``), instead of in this process.
+- ``serve``: the socket service the Blender add-on talks to; ``--tls`` for remote use (binding a non-loopback address
+  without it is refused unless ``--insecure``); ``--executor ray`` runs its jobs on Ray actors, one per GPU of a Ray
+  cluster (``--ray-address``), instead of in this process.
 - ``run <pipeline>``: one job in this process, no Blender, with a progress bar; writes a GLB (+ PNG texture). Every
   field of the pipeline's config is a flag (``--texture-size 2048``); ``--help`` lists them with their defaults. A
   result with several meshes (``shape_ldm --num-samples 4``) becomes one GLB with one node per mesh, side by side.
@@ -14,6 +16,10 @@
   ``openai/shap-e-img2img``), into the Hugging Face cache, or a public Point-E checkpoint (``base40M-textvec``,
   ``base40M``, ``base300M``, ``base1B``, ``upsample``, ``sdf``) into its cache folder with the CLIP tower it needs
   (the only command that downloads).
+- ``tokens add NAME [--admin] | list | revoke NAME``: one token per artist (tokens.json in the LatentForge home); a
+  running ``serve`` picks changes up at the next hello.
+- ``tls fingerprint | make``: the SHA-256 fingerprint of the backend's TLS certificate (what the add-on pins), or
+  a new self-signed certificate.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from blender_addon.core import paths
+from blender_addon.core import paths, tls
 from blender_addon.core.protocol import safe_text
 from blender_addon.core.text import format_duration
 
@@ -54,6 +60,9 @@ from .pipelines import PIPELINES
 from .pipelines.base import PipelineInputs
 from .pipelines.sds_common import SDSPipelineConfig
 from .pipelines.io import inputs_to_arrays
+from .serving.certificates import CertificateError, certificate_fingerprint, default_hosts, ensure_certificate, \
+    make_certificate
+from .serving.identities import ADMIN_NAME, IdentityError, Identities, add_identity, revoke_identity
 from .serving.ray_executor import RayExecutor
 from .serving.server import BackendServer
 from .serving.service import JobService
@@ -165,10 +174,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the socket service for the Blender add-on")
     cfg = paths.read_config()
     serve.add_argument("--host", default=cfg.get("host", paths.DEFAULT_HOST),
-                       help="interface to bind (default 127.0.0.1; use an SSH tunnel rather than 0.0.0.0)")
+                       help="interface to bind (default 127.0.0.1); any other address needs --tls (or --insecure)")
     serve.add_argument("--port", type=_port, default=cfg.get("port", paths.DEFAULT_PORT),
                        help="TCP port, 0–65535 (0 = any free)")
-    serve.add_argument("--token-file", type=Path, default=None, help=f"token file (default {paths.token_path()})")
+    serve.add_argument("--token-file", type=Path, default=None,
+                       help=f"the admin's token file (default {paths.token_path()})")
+    serve.add_argument("--tokens-file", type=Path, default=None,
+                       help=f"identities file, one token per artist (default {paths.tokens_path()}; see `tokens`)")
+    serve.add_argument("--tls", action="store_true",
+                       help="speak TLS only; without --cert/--key the home's certificate, made on first use")
+    serve.add_argument("--cert", type=Path, default=None,
+                       help=f"--tls: PEM certificate (default {paths.tls_cert_path()})")
+    serve.add_argument("--key", type=Path, default=None, help=f"--tls: its PEM private key (default "
+                                                              f"{paths.tls_key_path()})")
+    serve.add_argument("--tls-host", action="append", default=[], metavar="NAME",
+                       help="--tls: a host name or IP the certificate made on first use names (repeatable)")
+    serve.add_argument("--insecure", action="store_true",
+                       help="allow a non-loopback --host without --tls (plain TCP: the token travels in clear)")
     serve.add_argument("--max-payload-mb", type=_positive_int, default=1024,
                        help="largest accepted message payload (MiB)")
     serve.add_argument("--allow-download", action="store_true",
@@ -206,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(f"--{image_input.name.replace('_', '-')}", dest=image_input.name, type=Path,
                            required=image_input.required, help=f"{image_input.help} (PNG/JPEG…)")
         p.add_argument("--out", type=_glb_path, required=True,
-                       help="output .glb (several meshes: one node each)" + (
+                       help="output .glb (every mesh and point cloud: one node each, named mesh, mesh_1, …, "
+                            "points, points_1, …)" + (
                            "; its texture is also written beside it as .png" if spec.textured else ""))
         p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
         p.add_argument("--allow-download", action="store_true", help="download the model if it is not cached")
@@ -234,9 +257,36 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_caps(jobs)
     _add_common(jobs)
 
+    tokens = sub.add_parser("tokens", help="one token per artist: add, list, revoke (tokens.json)")
+    tokens_sub = tokens.add_subparsers(dest="tokens_command", required=True)
+    add = tokens_sub.add_parser("add", help="make a token for a new identity and print it once")
+    add.add_argument("name", help="identity name: 1-32 of a-z 0-9 _ . - (the owner of its jobs)")
+    add.add_argument("--admin", action="store_true", help="an admin (every job) instead of an artist (own jobs)")
+    add.add_argument("--out", type=Path, default=None,
+                     help="write the token to this file (mode 0600) instead of printing it")
+    tokens_sub.add_parser("list", help="the identities (never their tokens)")
+    revoke = tokens_sub.add_parser("revoke", help="remove an identity; its token stops working")
+    revoke.add_argument("name", help="identity to remove")
+    for p in (add, tokens_sub.choices["list"], revoke):
+        p.add_argument("--tokens-file", type=Path, default=None,
+                       help=f"identities file (default {paths.tokens_path()})")
+        _add_verbosity(p)
+
+    tls_parser = sub.add_parser("tls", help="the backend's TLS certificate: its fingerprint, or a new one")
+    tls_sub = tls_parser.add_subparsers(dest="tls_command", required=True)
+    fingerprint = tls_sub.add_parser("fingerprint", help="print the certificate's SHA-256 fingerprint (to pin)")
+    make = tls_sub.add_parser("make", help="make a self-signed certificate (EC P-256) and its key")
+    make.add_argument("--force", action="store_true", help="replace an existing certificate (clients must re-pin)")
+    for p in (fingerprint, make):
+        p.add_argument("--cert", type=Path, default=None, help=f"PEM certificate (default {paths.tls_cert_path()})")
+        _add_verbosity(p)
+    make.add_argument("--key", type=Path, default=None, help=f"PEM private key (default {paths.tls_key_path()})")
+    make.add_argument("--tls-host", action="append", default=[], metavar="NAME",
+                      help="host name or IP the certificate names (repeatable; this machine's name, localhost and "
+                           "127.0.0.1 are always added)")
+
     download = sub.add_parser("download", help="download a Stable Diffusion model, a Michelangelo checkpoint, or a "
                                                "Shap-E or Point-E model")
-
     _add_verbosity(download)
     download.add_argument("model", nargs="?", default=DEFAULT_SD_MODEL,
                           help=f"a Stable Diffusion Hugging Face id (default {DEFAULT_SD_MODEL}), or text-ASLDM-256, "
@@ -279,8 +329,45 @@ def _executor(args):
     return RayExecutor(args.ray_address, args.ray_workers, args.device, args.keep_models, args.allow_download)
 
 
+def check_bind(host: str, use_tls: bool, insecure: bool) -> None:
+    """Refuse to serve plain TCP on anything but loopback: the token (and every mesh) would cross the network in
+    clear. Raises ValueError naming ``--tls`` and ``--insecure``; logs a warning when ``insecure`` allows it."""
+    if use_tls or tls.is_loopback(host):
+        return
+    if not insecure:
+        raise ValueError(f"--host {safe_text(host, 80)} is not a loopback address: serve it with --tls (clients pin "
+                         f"the certificate's fingerprint), or add --insecure to allow plain TCP there anyway "
+                         f"(the token travels in clear; an SSH tunnel to 127.0.0.1 is the safe alternative)")
+    log.warning("serving plain TCP on %s (--insecure): tokens, meshes and results cross the network unencrypted",
+                host)
+
+
+def _tls_context(args):
+    """``(ssl context, fingerprint)`` for ``serve --tls``, making the home's certificate on first use."""
+    if (args.cert is None) != (args.key is None):
+        raise ValueError("--cert and --key go together (or give neither for the certificate in the LatentForge home)")
+    if args.cert is not None:
+        fingerprint = certificate_fingerprint(args.cert)
+    else:
+        fingerprint, made = ensure_certificate(paths.tls_cert_path(), paths.tls_key_path(),
+                                               default_hosts(args.host, args.tls_host))
+        if made:
+            log.info("made a TLS certificate: %s", paths.tls_cert_path())
+    cert, key = args.cert or paths.tls_cert_path(), args.key or paths.tls_key_path()
+    try:
+        return tls.server_context(cert, key), fingerprint
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot use the TLS certificate {cert} with the key {key}: {err}") from None
+
+
 def cmd_serve(args) -> int:
+    if not args.tls and (args.cert or args.key or args.tls_host):
+        raise ValueError("--cert, --key and --tls-host need --tls")
+    check_bind(args.host, args.tls, args.insecure)
     token = paths.read_token(args.token_file)
+    tokens_file = args.tokens_file or paths.tokens_path()
+    Identities(token, tokens_file)  # a broken tokens file stops the server here, before the store opens
+    tls_context, fingerprint = _tls_context(args) if args.tls else (None, None)
     max_store_bytes, max_job_age_s = _store_caps(args)
     try:
         executor = _executor(args)
@@ -291,7 +378,8 @@ def cmd_serve(args) -> int:
                          max_store_bytes=max_store_bytes, max_job_age_s=max_job_age_s, executor=executor)
     server = BackendServer(service, token, args.host, args.port, max_payload=args.max_payload_mb << 20,
                            max_connections=args.max_connections, max_client_queue=args.max_client_queue_mb << 20,
-                           max_buffered=args.max_buffered_mb << 20)
+                           max_buffered=args.max_buffered_mb << 20, tokens_file=tokens_file,
+                           tls_context=tls_context)
     host, port = server.address
     stop = threading.Event()
 
@@ -302,8 +390,10 @@ def cmd_serve(args) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info("LatentForge backend %s on %s:%d, device %s, data %s; %s", __version__, host, port, service.device,
-             service.store.data_dir, service.executor.describe())
+    log.info("LatentForge backend %s on %s:%d, device %s, data %s, %s; %s", __version__, host, port, service.device,
+             service.store.data_dir, "TLS" if tls_context else "plain TCP", service.executor.describe())
+    if fingerprint:
+        print(f"LATENTFORGE_TLS_FINGERPRINT {fingerprint}", flush=True)
     print(f"LATENTFORGE_LISTENING {host} {port}", flush=True)
     server.serve_forever()
     return 0
@@ -414,16 +504,69 @@ def cmd_jobs(args) -> int:
 def _job_table(rows: list[dict]) -> list[str]:
     """``jobs``' listing: a header and one line per job, columns as wide as their longest entry (any pipeline name
     or status lines up); the last column (the error or the prompt) is cut to 100 characters, on one line."""
-    table = [("job", "created", "pipeline", "status", "worker", "took", "prompt / error")]
+    table = [("job", "created", "owner", "pipeline", "status", "worker", "took", "prompt / error")]
     for job in rows:
         took = format_duration(job["finished"] - job["started"]) if job["finished"] and job["started"] else "-"
         note = safe_text(job["error"] or job["params"].get("prompt", ""), 100).replace("\n", " ")
         table.append((job["job_id"], time.strftime("%Y-%m-%d %H:%M", time.localtime(job["created"])),
-                      safe_text(job["pipeline"], 40), job["status"], safe_text(job.get("worker") or "-", 60), took,
-                      note))
+                      safe_text(job.get("owner") or ADMIN_NAME, 32), safe_text(job["pipeline"], 40), job["status"],
+                      safe_text(job.get("worker") or "-", 60), took, note))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]) - 1)]
-    return ["  ".join([cell.rjust(w) if i == 5 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+    return ["  ".join([cell.rjust(w) if i == 6 else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))]
                       + [row[-1]]).rstrip() for row in table]
+
+
+def cmd_tokens(args) -> int:
+    path = args.tokens_file or paths.tokens_path()
+    try:
+        if args.tokens_command == "add":
+            token = add_identity(path, args.name, admin=args.admin)
+            role = "admin" if args.admin else "artist"
+            if args.out is not None:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(token + "\n")
+                os.chmod(args.out, 0o600)
+                print(f"added {args.name} ({role}); the token is in {args.out} (give it to {args.name}: it is not "
+                      f"stored anywhere else)")
+            else:
+                print(f"added {args.name} ({role}); the token, shown once (it is not stored):\n{token}")
+        elif args.tokens_command == "revoke":
+            revoke_identity(path, args.name)
+            print(f"revoked {args.name}: its token stops working at its next hello or request")
+        else:
+            identities = Identities("-", path).names()  # the admin token's value does not matter for listing
+            table = [("identity", "role", "token")] + [
+                (i.name, i.role, "the token file" if i.name == ADMIN_NAME else f"tokens file {path}")
+                for i in identities]
+            width = [max(len(r[c]) for r in table) for c in range(2)]
+            for row in table:
+                print(f"{row[0]:<{width[0]}}  {row[1]:<{width[1]}}  {row[2]}")
+    except IdentityError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_tls(args) -> int:
+    cert = args.cert or paths.tls_cert_path()
+    try:
+        if args.tls_command == "make":
+            key = args.key or paths.tls_key_path()
+            if (cert.exists() or key.exists()) and not args.force:
+                print(f"error: {cert if cert.exists() else key} exists; add --force to replace it (every client then "
+                      f"needs the new fingerprint)", file=sys.stderr)
+                return 2
+            fingerprint = make_certificate(cert, key, default_hosts(None, args.tls_host))
+            print(f"made {cert} (key {key})")
+        else:
+            fingerprint = certificate_fingerprint(cert)
+    except CertificateError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"SHA-256 fingerprint: {fingerprint}")
+    return 0
 
 
 def cmd_train(args) -> int:
@@ -501,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.ERROR)
     try:
         return {"serve": cmd_serve, "run": cmd_run, "train": cmd_train, "jobs": cmd_jobs,
-                "download": cmd_download}[args.command](args)
+                "download": cmd_download, "tokens": cmd_tokens, "tls": cmd_tls}[args.command](args)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

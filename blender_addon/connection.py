@@ -8,7 +8,6 @@ backend info) and keeps the connected backend's ``welcome`` (its pipelines and t
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,17 +18,11 @@ from .core import paths, protocol
 from .core.backend_process import LocalBackend
 from .core.client import BackendClient
 from .core.text import backend_summary
+from .core.tls import is_loopback
+from .properties import sync_backend_fields
 from .runtime import runtime_state
 
-
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and loopback IP addresses."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+__all__ = ["Connection", "is_loopback"]
 
 
 class Connection:
@@ -50,6 +43,7 @@ class Connection:
         self._report = report
         self._on_unreachable = on_unreachable
         self._token_file: str = ""
+        self._tls_fingerprint: str = ""
         self._queued_sends: list[tuple[str, dict, dict]] = []
         self._backend_exit_reported = False
         self._fallback_address: tuple[str, int] | None = None
@@ -86,9 +80,17 @@ class Connection:
             pass
 
     def show_connected(self, host: str, port: int, welcome: dict) -> None:
-        """Show "Connected to host:port" and the backend's device and version."""
+        """Show "Connected to host:port" and the backend's device and version; make every scene's model settings
+        match the backend's pipeline descriptions (:func:`.properties.sync_backend_fields`)."""
         self.set_status(f"Connected to {host}:{port}", connected=True)
         runtime_state().backend_info = backend_summary(welcome)
+        pipelines = welcome.get("pipelines") if isinstance(welcome.get("pipelines"), dict) else None
+        if pipelines is None:
+            pipelines = self.pipelines
+        for scene in bpy.data.scenes:
+            settings = getattr(scene, "latentforge", None)
+            if settings is not None:
+                sync_backend_fields(settings, pipelines)
 
     def sync_status(self) -> None:
         """Restore the status line after a file load replaced the window manager (and its runtime state)."""
@@ -114,12 +116,13 @@ class Connection:
         ``prefs.host:prefs.port``.
 
         Raises:
-            FileNotFoundError / ValueError: no token file, a bad interpreter/folder, or a remote host while
-                Blender's "Allow Online Access" is off.
+            FileNotFoundError / ValueError: no token file, a bad interpreter/folder, a TLS Fingerprint that is not
+                64 hex digits, or a remote host while Blender's "Allow Online Access" is off.
             OSError: the backend process could not be spawned.
         """
         self.close_client()
         self._token_file = bpy.path.abspath(prefs.token_file) if prefs.token_file else str(paths.token_path())
+        self._tls_fingerprint = prefs.tls_fingerprint.strip()
         start_local = prefs.auto_start if start_local is None else start_local
         if prefs.backend_mode == "LOCAL" and start_local:
             backend = self.local_backend
@@ -132,6 +135,10 @@ class Connection:
         if not is_loopback(host) and not getattr(bpy.app, "online_access", True):
             raise ValueError(f"{host} is not this computer and Blender's 'Allow Online Access' is off "
                              "(Preferences > System > Network), or use an SSH tunnel to 127.0.0.1")
+        if not is_loopback(host) and not self._tls_fingerprint:
+            self._report("WARNING", f"{host} is reached over plain TCP: the token and your meshes cross the network "
+                                    "unencrypted; set TLS Fingerprint (a backend started with --tls) or use an SSH "
+                                    "tunnel")
         self._create_client(host, prefs.port)
 
     def start_local_backend(self, prefs) -> None:
@@ -171,7 +178,9 @@ class Connection:
 
     def _create_client(self, host: str, port: int) -> None:
         token = paths.read_token(Path(self._token_file))
-        client = BackendClient(host, int(port), token, client_name=f"blender {bpy.app.version_string} / latentforge")
+        local = self.local_backend is not None and self.local_backend.address == (host, int(port))
+        client = BackendClient(host, int(port), token, client_name=f"blender {bpy.app.version_string} / latentforge",
+                               tls_fingerprint=None if local else self._tls_fingerprint or None)
         client.start()
         self.client = client
         self.set_status(f"Connecting to {host}:{port}…", connected=False)

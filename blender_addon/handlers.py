@@ -268,7 +268,8 @@ def on_jobs(sess: Session, f: dict, _arrays: dict) -> None:
     if not (first or current):
         sess.log.append(("INFO", "a page of the job list from before the last Refresh was dropped"))
         return
-    jobs.fill_job_rows(f.get("jobs", []), f.get("next_cursor"), append=not first)
+    welcome = sess.connection.welcome or {}
+    jobs.fill_job_rows(f.get("jobs", []), f.get("next_cursor"), append=not first, me=welcome.get("identity"))
 
 
 def on_deleted(sess: Session, f: dict, _arrays: dict) -> None:

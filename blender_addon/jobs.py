@@ -187,10 +187,11 @@ def remove_job_row(job_id: str) -> bool:
     return True
 
 
-def fill_job_rows(jobs: list[dict], next_cursor: str | None, append: bool = False) -> None:
+def fill_job_rows(jobs: list[dict], next_cursor: str | None, append: bool = False, me: str | None = None) -> None:
     """Show one page of a ``jobs`` message: the first page replaces the rows, a later (older) page is appended
     below them (a job that already has a row updates it in place: no duplicates). ``next_cursor`` is kept for Load
-    More ("" = the list is complete)."""
+    More ("" = the list is complete). A job owned by another identity than ``me`` (an admin's view of a studio
+    backend) shows its owner."""
     state = runtime_state()
     rows = state.jobs
     if not append:
@@ -207,6 +208,8 @@ def fill_job_rows(jobs: list[dict], next_cursor: str | None, append: bool = Fals
         row.status = str(job.get("status") or "")
         row.prompt = str(job.get("prompt") or "")
         row.error = str(job.get("error") or "")
+        owner = str(job.get("owner") or "")
+        row.owner = owner if me is not None and owner != me else ""
         created = job.get("created")
         row.created = time.strftime("%Y-%m-%d %H:%M", time.localtime(created)) \
             if isinstance(created, (int, float)) else str(created or "")

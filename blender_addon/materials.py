@@ -53,6 +53,22 @@ def make_color_attribute_material(name: str, attribute_name: str = COLOR_ATTRIBU
 
 
 
+def make_point_color_material(name: str, attribute_name: str) -> bpy.types.Material:
+    """The material ``name`` (made once, then reused) whose Base Color is the geometry attribute ``attribute_name``
+    (an Attribute node: it reads point-cloud attributes, which the Color Attribute node does not)."""
+    mat = bpy.data.materials.get(name)
+    if mat is not None:
+        return mat
+    mat, bsdf = principled_material(name)
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    attr = nodes.new("ShaderNodeAttribute")
+    attr.attribute_type = "GEOMETRY"
+    attr.attribute_name = attribute_name
+    attr.location = (bsdf.location.x - 300, bsdf.location.y)
+    links.new(attr.outputs["Color"], bsdf.inputs["Base Color"])
+    return mat
+
+
 def plain_material(name: str, rgba: tuple[float, float, float, float], roughness: float = 0.5) -> bpy.types.Material:
     """The material ``name`` (made once, then reused): a Principled BSDF of Base Color ``rgba`` (linear, in [0, 1])
     and ``roughness``; the viewport's solid mode shows ``rgba`` too."""

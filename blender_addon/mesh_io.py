@@ -28,6 +28,13 @@ UV_MAP_NAME = "LatentForge"
 COLOR_ATTRIBUTE_NAME = "LatentForge Color"
 """Colour attribute (point domain, float RGBA) holding a result's or a partial mesh's ``v_color``."""
 
+POINT_COLOR_ATTRIBUTE_NAME = "Col"
+"""Colour attribute (point domain, float RGBA) of a result point cloud's colours."""
+
+POINTS_NODE_GROUP_NAME = "LatentForge Points"
+"""Geometry-nodes group of the fallback point-cloud objects (mesh vertices → points) in a Blender without
+point-cloud conversion."""
+
 MIN_IMAGE_SIDE = 16
 """Smallest width and height of an image sent as a condition, pixels: the backend's limit
 (``backend.michelangelo.conditioner.MIN_IMAGE_SIDE``), checked here too so a too-small image is refused before
@@ -345,6 +352,118 @@ def base_tri_loops_matching(obj: bpy.types.Object, t_pos_idx: np.ndarray,
                 and np.array_equal(loop_vertex[cand], t_pos_idx):
             return cand
     raise ValueError(f"the result's triangles do not match the mesh of {obj.name!r} (did its topology change?)")
+
+
+# ------------------------------------------------------------------------------------------------- point clouds
+
+def _points_node_group(material: bpy.types.Material | None) -> bpy.types.NodeTree:
+    """The geometry-nodes group :data:`POINTS_NODE_GROUP_NAME` (made once): Mesh to Points (radius from the input
+    "Radius") then Set Material, so that a vertices-only mesh evaluates to a point cloud."""
+    group = bpy.data.node_groups.get(POINTS_NODE_GROUP_NAME)
+    if group is not None:
+        return group
+    group = bpy.data.node_groups.new(POINTS_NODE_GROUP_NAME, "GeometryNodeTree")
+    group.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    radius = group.interface.new_socket("Radius", in_out="INPUT", socket_type="NodeSocketFloat")
+    radius.default_value, radius.min_value = 0.005, 0.0
+    group.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+    nodes, links = group.nodes, group.links
+    inp, out = nodes.new("NodeGroupInput"), nodes.new("NodeGroupOutput")
+    to_points = nodes.new("GeometryNodeMeshToPoints")
+    set_material = nodes.new("GeometryNodeSetMaterial")
+    set_material.inputs["Material"].default_value = material
+    links.new(inp.outputs["Geometry"], to_points.inputs["Mesh"])
+    links.new(inp.outputs["Radius"], to_points.inputs["Radius"])
+    links.new(to_points.outputs["Points"], set_material.inputs["Geometry"])
+    links.new(set_material.outputs["Geometry"], out.inputs["Geometry"])
+    return group
+
+
+def _convert_to_point_cloud(context: bpy.types.Context, obj: bpy.types.Object) -> bool:
+    """Convert the vertices-only mesh object ``obj`` into a point-cloud object in place (Blender's Convert to Point
+    Cloud keeps its point attributes and materials); False when this Blender has no point clouds or refused."""
+    if not hasattr(bpy.data, "pointclouds"):
+        return False
+    mesh = obj.data
+    try:
+        with context.temp_override(object=obj, active_object=obj, selected_objects=[obj],
+                                   selected_editable_objects=[obj]):
+            done = bpy.ops.object.convert(target="POINTCLOUD") == {"FINISHED"}
+    except (RuntimeError, TypeError):
+        return False
+    if not done or obj.type != "POINTCLOUD":
+        return False
+    if mesh.users == 0:
+        bpy.data.meshes.remove(mesh)
+    return True
+
+
+def new_point_cloud_object(context: bpy.types.Context, name: str, points: np.ndarray, colors: np.ndarray | None,
+                           location: np.ndarray, radius: float,
+                           material: bpy.types.Material | None = None) -> bpy.types.Object:
+    """A new point-cloud object at ``location`` (no rotation, scale 1), linked to the active collection.
+
+    The points go into a vertices-only mesh (attribute API, one ``foreach_set`` each; colours as the colour attribute
+    :data:`POINT_COLOR_ATTRIBUTE_NAME`), which Blender's Convert to Point Cloud turns into a ``POINTCLOUD`` object
+    (``bpy.data.pointclouds.new`` makes empty point clouds only: Python cannot size one) with a ``radius``
+    attribute. Where that is unavailable the object stays a mesh of loose vertices with the geometry-nodes modifier
+    :data:`POINTS_NODE_GROUP_NAME` (Mesh to Points, the material set), which evaluates to the same point cloud.
+
+    Args:
+        points: (N,3) float32 positions relative to ``location`` (the object's local frame), metres, N >= 1.
+        colors: (N,3|4) float32 linear RGB(A) in [0, 1], or None (then no colour attribute).
+        location: (3,) world position of the object's origin. radius: every point's radius, metres.
+        material: put in the object's (data's) first material slot.
+
+    Raises:
+        ValueError: wrong shapes, or no point.
+    """
+    points = np.asarray(points, dtype=np.float32)
+    if points.ndim != 2 or points.shape[1] != 3 or points.shape[0] < 1:
+        raise ValueError(f"points must be (N,3) with N >= 1, got {points.shape}")
+    mesh = bpy.data.meshes.new(name)
+    mesh.vertices.add(points.shape[0])
+    mesh.attributes["position"].data.foreach_set("vector", np.ascontiguousarray(points).reshape(-1))
+    if colors is not None:
+        try:
+            write_vertex_colors(mesh, colors, POINT_COLOR_ATTRIBUTE_NAME)
+        except ValueError:
+            bpy.data.meshes.remove(mesh)
+            raise
+    mesh.update()
+    if material is not None:
+        mesh.materials.append(material)
+    obj = bpy.data.objects.new(name, mesh)
+    obj.matrix_world = mathutils.Matrix.Translation([float(x) for x in location])
+    link_to_scene(context, obj)
+    if _convert_to_point_cloud(context, obj):
+        cloud = obj.data
+        attr = cloud.attributes.get("radius") or cloud.attributes.new("radius", "FLOAT", "POINT")
+        attr.data.foreach_set("value", np.full(points.shape[0], radius, dtype=np.float32))
+        cloud.update_tag()
+    else:
+        modifier = obj.modifiers.new("LatentForge Points", "NODES")
+        modifier.node_group = _points_node_group(material)
+        socket = next(s for s in modifier.node_group.interface.items_tree
+                      if getattr(s, "in_out", "") == "INPUT" and s.name == "Radius")
+        modifier[socket.identifier] = float(radius)
+    return obj
+
+
+def point_cloud_arrays(obj: bpy.types.Object) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(points (N,3) float32 local, colors (N,4) float32 or None)`` of a point-cloud object made by
+    :func:`new_point_cloud_object` (a ``POINTCLOUD``, or the fallback's vertices-only mesh)."""
+    data = obj.data
+    n = len(data.points) if obj.type == "POINTCLOUD" else len(data.vertices)
+    points = np.empty(n * 3, dtype=np.float32)
+    data.attributes["position"].data.foreach_get("vector", points)
+    attr = data.attributes.get(POINT_COLOR_ATTRIBUTE_NAME)
+    colors = None
+    if attr is not None:
+        colors = np.empty(n * 4, dtype=np.float32)
+        attr.data.foreach_get("color", colors)
+        colors = colors.reshape(n, 4)
+    return points.reshape(n, 3), colors
 
 
 # ------------------------------------------------------------------------------------------------- images

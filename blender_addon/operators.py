@@ -5,12 +5,14 @@ Which pipeline an operator submits is its task's chosen method (``scene.latentfo
 :data:`.core.tasks.TASKS`): :func:`pipeline_of`.
 """
 
+import json
+
 import bpy
 import numpy as np
 from bpy.props import StringProperty
 
 from . import mesh_io, session
-from .core import protocol, tasks
+from .core import fields, protocol, tasks
 from .preferences import get_preferences
 from .results import GenerateTarget, InterpolateTarget, ShapeTarget, TextureTarget, VariationsTarget
 
@@ -104,36 +106,39 @@ def shape_grid_resolution(settings) -> int:
     return int(settings.shape_grid_resolution) if settings.shape_grid == "CUSTOM" else int(settings.shape_grid)
 
 
-def shape_common_params(settings) -> dict:
-    """The params every shape pipeline takes, from ``scene.latentforge`` (``model`` left out when empty = 'auto')."""
-    params = {"seed": int(settings.seed), "num_inference_steps": int(settings.shape_steps),
-              "guidance_scale": float(settings.shape_guidance_scale),
-              "grid_resolution": shape_grid_resolution(settings)}
-    if settings.shape_model.strip():
+def described(pipeline: str) -> dict | None:
+    """The connected backend's field descriptions of ``pipeline`` (:func:`.core.fields.described_params`), or None
+    (not connected yet, or not registered)."""
+    try:
+        pipelines = session.get_session().connection.pipelines
+    except RuntimeError:
+        return None
+    return fields.described_params(pipeline, pipelines)
+
+
+def shape_params(settings, pipeline: str, description: dict | None, prompt: bool = True) -> dict:
+    """The params of a Shape panel operator for ``pipeline`` (any model: ``shape_ldm``, ``shap_e``, ``point_e``, the
+    variations and in-between pipelines), from ``scene.latentforge``.
+
+    - shared settings: every :data:`.core.fields.SETTING_FIELDS` row of ``pipeline`` whose field the backend's
+      ``description`` has (all of them without a description), one widget each (the Grid preset or its custom value
+      for ``grid_resolution``);
+    - ``prompt`` when ``prompt`` is true and the pipeline has the field; ``model`` when Shape Model is not empty
+      (empty = the backend's automatic choice);
+    - model settings (:func:`.core.fields.model_params`): the ``"<pipeline>.<field>"`` ID properties that differ
+      from the backend's default.
+    """
+    params = {}
+    for row in fields.shared_settings(pipeline, description):
+        if row.prop == "shape_grid_resolution":
+            continue  # the custom value of the Grid preset
+        params[row.field] = shape_grid_resolution(settings) if row.prop == "shape_grid" else getattr(settings, row.prop)
+    if prompt and fields.has_field(pipeline, "prompt", description):
+        params["prompt"] = settings.prompt.strip()
+    if settings.shape_model.strip() and fields.has_field(pipeline, "model", description):
         params["model"] = settings.shape_model.strip()
+    params.update(fields.model_params(pipeline, description, {k: settings[k] for k in settings.keys()}))
     return params
-
-
-def shape_ldm_params(settings, from_image: bool) -> dict:
-    """The ``shape_ldm`` params; the prompt only without an image (the backend takes one condition, not both)."""
-    params = {**shape_common_params(settings), "num_samples": int(settings.shape_num_samples)}
-    if not from_image:
-        params["prompt"] = settings.prompt.strip()
-    return params
-
-
-def shape_variations_params(settings) -> dict:
-    """The ``shape_variations`` params; the prompt only with "Steer with Prompt"."""
-    params = {**shape_common_params(settings), "strength": float(settings.shape_strength),
-              "num_samples": int(settings.shape_variation_count)}
-    if settings.shape_variation_prompt:
-        params["prompt"] = settings.prompt.strip()
-    return params
-
-
-def shape_interpolate_params(settings) -> dict:
-    """The ``shape_interpolate`` params."""
-    return {**shape_common_params(settings), "num_shapes": int(settings.shape_interpolate_count)}
 
 
 def shape_input_image(settings) -> tuple[np.ndarray | None, str]:
@@ -334,8 +339,9 @@ class LATENTFORGE_OT_generate(bpy.types.Operator):
 
 
 class LATENTFORGE_OT_generate_shape(bpy.types.Operator):
-    """Generate shapes from the prompt or an image with Michelangelo, in seconds (runs on the backend); each sample
-    becomes an object, side by side along X at the 3D cursor"""
+    """Generate shapes from the prompt or an image with the Shape panel's model (Michelangelo, Shap-E, Point-E; runs
+    on the backend); each sample becomes an object (a mesh or a point cloud), side by side along X at the 3D
+    cursor"""
 
     bl_idname = "latentforge.generate_shape"
     bl_label = "Generate Shape"
@@ -351,6 +357,10 @@ class LATENTFORGE_OT_generate_shape(bpy.types.Operator):
             image, image_label = shape_input_image(settings)
         except ValueError as e:
             return _fail(self, context, sess, str(e))
+        backend = sess.connection.pipelines
+        if image is not None and not fields.takes_input(pipeline, "image", backend):
+            return _fail(self, context, sess, f"The connected backend's {pipeline} takes no image: set Shape From to "
+                                              "'Prompt'")
         if image is None and not settings.prompt.strip():
             return _fail(self, context, sess, "The prompt is empty and no image is chosen: type a prompt, or set "
                                               "Shape From to 'Image' or 'File'")
@@ -358,13 +368,13 @@ class LATENTFORGE_OT_generate_shape(bpy.types.Operator):
         target = ShapeTarget(label, tuple(context.scene.cursor.location), float(settings.shape_spacing),
                              image is not None)
         arrays = {"image": image} if image is not None else {}
-        failed = _connect_and_submit(self, context, sess, pipeline, shape_ldm_params(settings, image is not None),
-                                     arrays, target)
+        params = shape_params(settings, pipeline, fields.described_params(pipeline, backend), prompt=image is None)
+        failed = _connect_and_submit(self, context, sess, pipeline, params, arrays, target)
         if failed:
             return failed
         what = f"the image {image_label!r} ({image.shape[1]}×{image.shape[0]})" if image is not None \
             else f"{label!r}"
-        self.report({"INFO"}, f"Generating {settings.shape_num_samples} shape(s) from {what}")
+        self.report({"INFO"}, f"Generating {params.get('num_samples', 1)} shape(s) with {pipeline} from {what}")
         return {"FINISHED"}
 
 
@@ -401,8 +411,8 @@ class LATENTFORGE_OT_shape_variations(bpy.types.Operator):
         gap = float(settings.shape_spacing)
         target = VariationsTarget(source.name, tuple(source.matrix_world.translation),
                                   float(arrays.v_pos[:, 0].max()) + gap, gap)
-        failed = _connect_and_submit(self, context, sess, pipeline, shape_variations_params(settings),
-                                     arrays.wire_arrays("mesh"), target)
+        params = shape_params(settings, pipeline, described(pipeline), prompt=settings.shape_variation_prompt)
+        failed = _connect_and_submit(self, context, sess, pipeline, params, arrays.wire_arrays("mesh"), target)
         if failed:
             return failed
         self.report({"INFO"}, f"Making {settings.shape_variation_count} variation(s) of {source.name!r} "
@@ -436,12 +446,36 @@ class LATENTFORGE_OT_shape_interpolate(bpy.types.Operator):
             except ValueError as e:
                 return _fail(self, context, sess, f"Interpolate: {e}; select two meshes with faces")
         target = InterpolateTarget(start.name, end.name)
-        failed = _connect_and_submit(self, context, sess, pipeline, shape_interpolate_params(settings), arrays,
-                                     target)
+        params = shape_params(settings, pipeline, described(pipeline), prompt=False)
+        failed = _connect_and_submit(self, context, sess, pipeline, params, arrays, target)
         if failed:
             return failed
         self.report({"INFO"}, f"Making {settings.shape_interpolate_count} shape(s) between {start.name!r} and "
                               f"{end.name!r}")
+        return {"FINISHED"}
+
+
+class LATENTFORGE_OT_set_backend_field(bpy.types.Operator):
+    """Choose this value of a model setting (one of the choices the backend describes)"""
+
+    bl_idname = "latentforge.set_backend_field"
+    bl_label = "Set Model Setting"
+    bl_options = {"REGISTER", "UNDO", "INTERNAL"}
+
+    key: StringProperty(name="Setting", description="The model setting's key, '<pipeline>.<field>'", default="")
+    value: StringProperty(name="Value", description="The value, as JSON", default="null")
+
+    def execute(self, context):
+        settings = context.scene.latentforge
+        if self.key not in settings.keys():
+            self.report({"ERROR"}, f"No model setting {self.key!r}: connect to the backend first")
+            return {"CANCELLED"}
+        try:
+            value = json.loads(self.value)
+        except ValueError:
+            self.report({"ERROR"}, f"{self.key}: {self.value!r} is not a JSON value")
+            return {"CANCELLED"}
+        settings[self.key] = value
         return {"FINISHED"}
 
 
@@ -628,7 +662,8 @@ class LATENTFORGE_OT_delete_job(bpy.types.Operator):
 
 
 classes = (LATENTFORGE_OT_texture_selected, LATENTFORGE_OT_generate, LATENTFORGE_OT_generate_shape,
-           LATENTFORGE_OT_shape_variations, LATENTFORGE_OT_shape_interpolate, LATENTFORGE_OT_cancel_job,
+           LATENTFORGE_OT_shape_variations, LATENTFORGE_OT_shape_interpolate, LATENTFORGE_OT_set_backend_field,
+           LATENTFORGE_OT_cancel_job,
            LATENTFORGE_OT_connect, LATENTFORGE_OT_disconnect, LATENTFORGE_OT_start_backend, LATENTFORGE_OT_stop_backend,
            LATENTFORGE_OT_refresh_jobs, LATENTFORGE_OT_load_more_jobs, LATENTFORGE_OT_import_job,
            LATENTFORGE_OT_delete_job)

@@ -12,6 +12,8 @@ A new task (e.g. Refine) = a row in ``TASKS`` + one :class:`_TaskPanel` subclass
 panel is drawn only while its task has a method.
 """
 
+import json
+
 import bpy
 
 from . import operators, session
@@ -32,6 +34,8 @@ class LATENTFORGE_UL_jobs(bpy.types.UIList):
         row = layout.row(align=True)
         row.label(text=item.job_id[:8], icon=STATUS_ICONS.get(item.status, "QUESTION"))
         row.label(text=item.prompt or item.pipeline)
+        if item.owner:
+            row.label(text=item.owner, icon="USER")
 
 
 def draw_sketch_status(layout, context, settings) -> None:
@@ -214,9 +218,39 @@ class LATENTFORGE_PT_generate(_TaskPanel, bpy.types.Panel):
         _big_operator(layout, "latentforge.generate", "PLAY")
 
 
+def draw_model_fields(layout, settings, pipeline: str, description: dict | None, title: str) -> None:
+    """The chosen model's own settings (:func:`.core.fields.model_fields` of the backend's description of
+    ``pipeline``): a bool/number/text field as its ``scene.latentforge["<pipeline>.<field>"]`` ID property, a field
+    with choices as one button per choice (:class:`.operators.LATENTFORGE_OT_set_backend_field`). Without a
+    description, one line saying that connecting shows them."""
+    if description is None:
+        layout.label(text=f"Connect to the backend to see {title}'s own settings", icon="INFO")
+        return
+    rows = fields.model_fields(pipeline, description)
+    if not rows:
+        return
+    col = layout.column(align=True)
+    col.label(text=f"{title} settings:")
+    keys = set(settings.keys())
+    for f in rows:
+        if f.key not in keys:  # described after the last sync (a backend restarted with new fields)
+            col.label(text=f"{f.label}: reconnect to load it", icon="INFO")
+        elif f.choices:
+            row = col.row(align=True)
+            row.label(text=f.label)
+            for choice in f.choices:
+                op = row.operator("latentforge.set_backend_field", text=str(choice),
+                                  depress=settings[f.key] == choice)
+                op.key, op.value = f.key, json.dumps(choice)
+        else:
+            col.prop(settings, f'["{f.key}"]', text=f.label)
+
+
 class LATENTFORGE_PT_shape(_TaskPanel, bpy.types.Panel):
-    """Shapes in seconds (Michelangelo): Generate Shape (prompt or image), Variations of Selected, Interpolate; their
-    jobs share the main panel's progress, Cancel and the Jobs list."""
+    """Shapes in seconds, by the chosen model (Michelangelo, Shap-E, Point-E): Generate Shape (prompt or image) for
+    every model, Variations of Selected and Interpolate where the model can; the settings drawn are those the
+    connected backend describes for the model's pipeline (shared ones once, the model's own below them). Jobs share
+    the main panel's progress, Cancel and the Jobs list."""
 
     bl_idname = "LATENTFORGE_PT_shape"
     bl_label = "Shape"
@@ -225,47 +259,58 @@ class LATENTFORGE_PT_shape(_TaskPanel, bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         settings = draw_method_choice(layout, context, "shape")
+        method = tasks.method_of("shape", settings.shape_method)
+        backend = _backend_pipelines()
+        pipeline = method.pipelines["generate"]
+        description = fields.described_params(pipeline, backend)
+        shared = {row.prop for row in fields.shared_settings(pipeline, description)}
         box = layout.box()
         box.label(text="Generate shapes from text or an image", icon="MESH_ICOSPHERE")
-        box.row().prop(settings, "shape_input", expand=True)
-        if settings.shape_input == "PROMPT":
+        if fields.takes_input(pipeline, "image", backend):
+            box.row().prop(settings, "shape_input", expand=True)
+        if settings.shape_input == "PROMPT" or not fields.takes_input(pipeline, "image", backend):
             box.prop(settings, "prompt")
         elif settings.shape_input == "IMAGE":
             box.template_ID(settings, "shape_image", open="image.open")
         else:
             box.prop(settings, "shape_image_path", text="")
-        box.prop(settings, "shape_num_samples")
+        if "shape_num_samples" in shared:
+            box.prop(settings, "shape_num_samples")
         _big_operator(box, "latentforge.generate_shape", "PLAY")
 
-        box = layout.box()
-        box.label(text="Variations of a mesh", icon="MOD_ARRAY")
-        _status_line(box, lambda: operators.variation_source(context),
-                     lambda obj: (f"Varies {obj.name!r}", "MESH_DATA"))
-        sub = box.column(align=True)
-        sub.prop(settings, "shape_strength")
-        sub.prop(settings, "shape_variation_count")
-        box.prop(settings, "shape_variation_prompt")
-        _big_operator(box, "latentforge.shape_variations", "PLAY")
+        if "variations" in method.pipelines:
+            box = layout.box()
+            box.label(text="Variations of a mesh", icon="MOD_ARRAY")
+            _status_line(box, lambda: operators.variation_source(context),
+                         lambda obj: (f"Varies {obj.name!r}", "MESH_DATA"))
+            sub = box.column(align=True)
+            sub.prop(settings, "shape_strength")
+            sub.prop(settings, "shape_variation_count")
+            box.prop(settings, "shape_variation_prompt")
+            _big_operator(box, "latentforge.shape_variations", "PLAY")
 
-        box = layout.box()
-        box.label(text="In-between shapes of two meshes", icon="ARROW_LEFTRIGHT")
-        _status_line(box, lambda: operators.interpolation_pair(context),
-                     lambda pair: (f"From {pair[0].name!r} to {pair[1].name!r}", "MESH_DATA"))
-        box.prop(settings, "shape_interpolate_count")
-        _big_operator(box, "latentforge.shape_interpolate", "PLAY")
+        if "interpolate" in method.pipelines:
+            box = layout.box()
+            box.label(text="In-between shapes of two meshes", icon="ARROW_LEFTRIGHT")
+            _status_line(box, lambda: operators.interpolation_pair(context),
+                         lambda pair: (f"From {pair[0].name!r} to {pair[1].name!r}", "MESH_DATA"))
+            box.prop(settings, "shape_interpolate_count")
+            _big_operator(box, "latentforge.shape_interpolate", "PLAY")
 
         col = layout.column(align=True)
         col.label(text="Shape settings:")
-        col.row().prop(settings, "shape_grid", expand=True)
-        if settings.shape_grid == "CUSTOM":
-            col.prop(settings, "shape_grid_resolution")
-        col.prop(settings, "shape_steps")
-        col.prop(settings, "shape_guidance_scale")
-        col.prop(settings, "seed")
+        if "shape_grid" in shared:
+            col.row().prop(settings, "shape_grid", expand=True)
+            if settings.shape_grid == "CUSTOM":
+                col.prop(settings, "shape_grid_resolution")
+        for prop in ("shape_steps", "shape_guidance_scale", "seed"):
+            if prop in shared:
+                col.prop(settings, prop)
         col.prop(settings, "shape_spacing")
-        layout.prop(settings, "shape_model")
-        draw_backend_check(layout, lambda: (operators.pipeline_of(settings, "shape", "generate"),
-                                            operators.shape_ldm_params(settings, from_image=False)))
+        if fields.has_field(pipeline, "model", description):
+            layout.prop(settings, "shape_model")
+        draw_model_fields(layout, settings, pipeline, description, method.label)
+        draw_backend_check(layout, lambda: (pipeline, operators.shape_params(settings, pipeline, description)))
 
 
 TASK_PANELS = (LATENTFORGE_PT_texture, LATENTFORGE_PT_generate, LATENTFORGE_PT_shape)

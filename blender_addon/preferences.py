@@ -42,6 +42,12 @@ class LATENTFORGE_AP_preferences(bpy.types.AddonPreferences):
                       min=1, max=65535)
     token_file: StringProperty(name="Token File", description="File holding the backend's handshake token",
                                default=str(paths.token_path()), subtype="FILE_PATH")
+    tls_fingerprint: StringProperty(name="TLS Fingerprint",
+                                    description="SHA-256 fingerprint of the backend's TLS certificate (`python -m "
+                                                "backend tls fingerprint` on the server prints it): connect with TLS "
+                                                "and accept only that certificate. Empty = plain TCP (this computer, "
+                                                "or an SSH tunnel)",
+                                    default="")
     python_path: StringProperty(name="Backend Python", description="Interpreter of the backend environment "
                                                                    "(local mode)",
                                 default=str(_CONFIG.get("python", "")), subtype="FILE_PATH")
@@ -62,6 +68,7 @@ class LATENTFORGE_AP_preferences(bpy.types.AddonPreferences):
         col.prop(self, "host")
         col.prop(self, "port")
         col.prop(self, "token_file")
+        col.prop(self, "tls_fingerprint")
         if self.backend_mode == "LOCAL":
             col.prop(self, "auto_start")
             col.prop(self, "python_path")

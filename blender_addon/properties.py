@@ -4,6 +4,9 @@
   numeric settings sent to the backend take their default and ranges from :data:`.core.fields.SETTING_FIELDS` (checked
   against the backend's configs by the tests); each task's "Method" choice (``<task>_method``) is made from
   :data:`.core.tasks.TASKS`.
+- Model settings (fields of a pipeline's description that no shared widget serves, e.g. Shap-E's ``bake_texture``):
+  ID properties of ``scene.latentforge`` keyed ``"<pipeline>.<field>"``, made and kept in step with the connected
+  backend's ``welcome`` by :func:`sync_backend_fields` (type, default, range and tooltip from the description).
 - ``WindowManager.latentforge`` (:class:`LATENTFORGE_PG_runtime`): connection/job state shown by the panel; never
   saved (window-manager properties live only for the session), written by the session on the main thread.
 """
@@ -90,7 +93,7 @@ class LATENTFORGE_PG_settings(bpy.types.PropertyGroup):
                                            "'LatentForge preview' (0 = none)",
                                **fields.limits("partial_every"))
 
-    # Shapes (Michelangelo): Generate Shape, Variations of Selected, Interpolate.
+    # Shapes (Michelangelo, Shap-E, Point-E): Generate Shape; Variations of Selected, Interpolate (Michelangelo).
     shape_input: EnumProperty(name="Shape From", description="What Generate Shape is conditioned on",
                               items=SHAPE_INPUTS, default="PROMPT")
     shape_image: PointerProperty(name="Image", type=bpy.types.Image,
@@ -111,9 +114,11 @@ class LATENTFORGE_PG_settings(bpy.types.PropertyGroup):
     shape_steps: IntProperty(name="Steps", description="DDIM denoising steps (50; fewer = faster, coarser)",
                              **fields.limits("shape_steps"))
     shape_model: StringProperty(name="Shape Model",
-                                description="Michelangelo model: empty = automatic (text-ASLDM-256 for prompts and "
-                                            "meshes, image-ASLDM-256 for images), a public name, a .ckpt file, a "
-                                            "training folder, or 'tiny-random' (tiny random weights, for testing)",
+                                description="The chosen model's weights: empty = automatic (Michelangelo: "
+                                            "text-ASLDM-256 for prompts and meshes, image-ASLDM-256 for images; "
+                                            "Shap-E, Point-E: their text or image model), a public name, a file or "
+                                            "folder the backend reads, or 'tiny-random' (tiny random weights, for "
+                                            "testing)",
                                 default="")
     shape_spacing: FloatProperty(name="Spacing", description="Free space between neighbouring new shape objects "
                                                              "(and between a mesh and its variations)",
@@ -140,6 +145,8 @@ class LATENTFORGE_PG_job(bpy.types.PropertyGroup):
     prompt: StringProperty(name="Prompt")
     created: StringProperty(name="Created")
     error: StringProperty(name="Error")
+    owner: StringProperty(name="Owner", description="Who submitted the job, when it is not this connection's "
+                                                    "identity (an admin's list of a studio backend)")
 
 
 class LATENTFORGE_PG_runtime(bpy.types.PropertyGroup):
@@ -173,10 +180,48 @@ _add_method_properties(LATENTFORGE_PG_settings)
 
 
 def reset_settings(settings: LATENTFORGE_PG_settings) -> None:
-    """Put every property of ``scene.latentforge`` back to its default (pointers to None)."""
+    """Put every property of ``scene.latentforge`` back to its default (pointers to None; model settings to the
+    backend default they were made with)."""
     for prop in settings.bl_rna.properties:
         if prop.identifier != "rna_type" and not prop.is_readonly:
             settings.property_unset(prop.identifier)
+    for key in list(settings.keys()):
+        default = settings.id_properties_ui(key).as_dict().get("default")
+        if default is not None:
+            settings[key] = default
+
+
+def _ui_bound(value, integer: bool):
+    """A description bound as a Blender UI bound (ints clamped to a C int)."""
+    if integer:
+        return max(-fields.BLENDER_INT_MAX, min(fields.BLENDER_INT_MAX, int(value)))
+    return float(value)
+
+
+def sync_backend_fields(settings: LATENTFORGE_PG_settings, pipelines: dict | None) -> int:
+    """Make the model settings of every pipeline a task method submits (:func:`.core.fields.model_fields` of the
+    backend's ``welcome`` ``pipelines``) as ID properties of ``settings``, keyed ``"<pipeline>.<field>"``: a missing
+    one (or one whose stored value no longer fits the field: another type, out of range, not a choice) gets the
+    backend's default; each gets the field's doc as tooltip, its default, and its ``low``/``high`` as the UI range.
+    Values the user set and that still fit are kept. Returns how many properties were (re)set to the default.
+    Main thread only (writes ID data)."""
+    reset = 0
+    for pipeline in tasks.all_pipelines():
+        for f in fields.model_fields(pipeline, fields.described_params(pipeline, pipelines)):
+            default = float(f.default) if f.type == "float" and f.default is not None else f.default
+            if default is None:
+                continue
+            if f.key not in settings.keys() or not f.accepts(settings[f.key]):
+                settings[f.key] = default
+                reset += 1
+            ui = {"description": f.doc or f.label, "default": default}
+            if f.type in ("int", "float"):
+                integer = f.type == "int"
+                for name, bound in (("min", f.low), ("max", f.high)):
+                    if bound is not None:
+                        ui[name] = ui["soft_" + name] = _ui_bound(bound, integer)
+            settings.id_properties_ui(f.key).update(**ui)
+    return reset
 
 
 def reset_runtime(state: LATENTFORGE_PG_runtime) -> None:

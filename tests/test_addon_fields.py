@@ -91,3 +91,87 @@ def test_core_imports_without_bpy():
     code = ("import sys, blender_addon.core.fields, blender_addon.core.tasks, blender_addon.core.placement; "
             "assert 'bpy' not in sys.modules and 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, check=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# settings driven by the backend's description of each pipeline (the Shape panel's model choice)
+# ----------------------------------------------------------------------------------------------------------------
+
+FAKE_MODEL = {  # a model whose description has a shared field, a text field and settings of its own
+    "seed": {"default": 0, "type": "int", "low": 0, "high": 2**63 - 1, "choices": None, "doc": "seed"},
+    "prompt": {"default": "", "type": "str", "low": None, "high": None, "choices": None, "doc": "text"},
+    "bake_texture": {"default": False, "type": "bool", "low": None, "high": None, "choices": None, "doc": "bake"},
+    "frame_size": {"default": 64, "type": "int", "low": 16, "high": 256, "choices": None, "doc": "frames"},
+    "sampler": {"default": "karras", "type": "str", "low": None, "high": None, "choices": ["karras", "ddim"],
+                "doc": "which sampler"},
+    "scale": {"default": 1.0, "type": "float", "low": 0.0, "high": 2.0, "choices": None, "doc": "scale"},
+    "radius_range": {"default": [1.0, 2.0], "type": "tuple", "low": 0.5, "high": 3.0, "choices": None, "doc": "r"},
+    "steps_or_none": {"default": None, "type": "int | None", "low": 1, "high": 9, "choices": None, "doc": "n"},
+}
+
+
+def test_model_fields_are_the_described_fields_no_shared_widget_serves():
+    rows = fields.model_fields("shape_ldm", FAKE_MODEL)
+    assert [f.field for f in rows] == ["bake_texture", "frame_size", "sampler", "scale"]  # seed, prompt: shared
+    frame = rows[1]
+    assert (frame.key, frame.label, frame.type, frame.low, frame.high, frame.doc) == \
+        ("shape_ldm.frame_size", "Frame Size", "int", 16, 256, "frames")
+    assert rows[2].choices == ("karras", "ddim")
+    assert fields.model_fields("shape_ldm", None) == [] and fields.model_fields("shape_ldm", {}) == []
+    # a pipeline no SETTING_FIELDS row lists has every scalar field as its own (seed too), text fields excepted
+    assert [f.field for f in fields.model_fields("lion", FAKE_MODEL)][:1] == ["seed"]
+
+
+def test_model_fields_accept_only_values_of_their_type_range_and_choices():
+    bake, frame, sampler, scale = fields.model_fields("shape_ldm", FAKE_MODEL)
+    assert bake.accepts(True) and not bake.accepts(1)
+    assert frame.accepts(16) and not frame.accepts(15) and not frame.accepts(True) and not frame.accepts(64.0)
+    assert scale.accepts(2) and scale.accepts(0.5) and not scale.accepts(2.5) and not scale.accepts(float("nan"))
+    assert sampler.accepts("ddim") and not sampler.accepts("euler") and not sampler.accepts(1)
+
+
+def test_model_params_send_only_what_differs_from_the_backend_default():
+    values = {"shape_ldm.bake_texture": True, "shape_ldm.frame_size": 64, "shape_ldm.sampler": "ddim",
+              "shape_ldm.scale": 1, "shap_e.frame_size": 32, "shape_ldm.seed": 3}
+    assert fields.model_params("shape_ldm", FAKE_MODEL, values) == {"bake_texture": True, "sampler": "ddim"}
+    values["shape_ldm.scale"] = 2  # an int in a float field is sent as a float
+    assert fields.model_params("shape_ldm", FAKE_MODEL, values)["scale"] == 2.0
+    values["shape_ldm.frame_size"] = "big"  # the wrong type (a backend that changed the field): left out
+    values["shape_ldm.scale"] = 7.0  # out of range: sent, so that check_params names it
+    params = fields.model_params("shape_ldm", FAKE_MODEL, values)
+    assert "frame_size" not in params and params["scale"] == 7.0
+    with pytest.raises(ValueError, match=r"scale = 7.0 is outside the range 0.0–2.0"):
+        fields.check_params("shape_ldm", params, {"shape_ldm": {"params": FAKE_MODEL}})
+    assert fields.model_params("shape_ldm", None, values) == {}  # no description: the backend's defaults
+
+
+def test_shared_settings_follow_the_description_and_the_table():
+    real = describe_config(PIPELINES["shape_ldm"].config_class)
+    offline = [s.prop for s in fields.shared_settings("shape_ldm", None)]
+    assert offline == [s.prop for s in fields.SETTING_FIELDS if "shape_ldm" in s.pipelines]
+    assert [s.prop for s in fields.shared_settings("shape_ldm", real)] == offline
+    assert [s.prop for s in fields.shared_settings("shape_ldm", FAKE_MODEL)] == ["seed"]  # only fields it has
+    assert fields.shared_settings("lion", FAKE_MODEL) == []
+    assert fields.has_field("shape_ldm", "prompt", FAKE_MODEL) and not fields.has_field("x", "model", FAKE_MODEL)
+    assert fields.has_field("x", "model", None)
+    assert fields.described_params("shape_ldm", {"shape_ldm": {"params": real}}) is real
+    assert fields.described_params("shape_ldm", None) is None and fields.described_params("x", {"y": {}}) is None
+
+
+def test_inputs_follow_the_welcome():
+    welcome = {"shape_ldm": {"inputs": [], "optional_inputs": ["image"]}, "latent_paint": {"inputs": ["mesh.v_pos"]}}
+    assert fields.takes_input("shape_ldm", "image", welcome)
+    assert not fields.takes_input("latent_paint", "image", welcome)
+    assert fields.takes_input("shap_e", "image", welcome) and fields.takes_input("x", "image", None)
+
+
+def test_the_shape_task_offers_each_model_and_hides_what_a_model_cannot_do():
+    shape = {m.identifier: m for m in tasks.TASKS["shape"]}
+    assert list(shape) == ["shape_ldm", "shap_e", "point_e"]
+    assert [i[1] for i in tasks.enum_items("shape")] == ["Michelangelo", "Shap-E", "Point-E"]
+    for name in ("shap_e", "point_e"):
+        assert tasks.pipeline_for("shape", name, "generate") == name
+        with pytest.raises(ValueError, match=r"cannot variations \(it can: generate\)"):
+            tasks.pipeline_for("shape", name, "variations")
+    assert tasks.method_of("shape", "point_e").label == "Point-E"
+    assert tasks.method_of("shape", "gone").identifier == "shape_ldm"  # an old .blend's method: the default

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, start_backend
 
 pytestmark = [
     pytest.mark.blender,
@@ -642,3 +642,54 @@ def test_local_mode_starts_the_backend_and_stops_it(scene, tmp_path):
     finally:
         addon.session.connection.stop_local_backend()
         prefs.backend_mode = "REMOTE"
+
+
+def test_remote_over_tls_with_the_pinned_fingerprint_and_an_artist_token(scene, tmp_path):
+    """The preferences' TLS Fingerprint next to the Token File: the add-on connects over TLS as the artist whose
+    token it holds (shown in the backend line) and lists only the artist's jobs; the admin's list names each job's
+    owner; a wrong fingerprint stops with a message naming both."""
+    from backend.serving.certificates import make_certificate
+    from backend.serving.identities import add_identity
+    from backend.serving.store import JobStore
+
+    addon, bpy = scene, scene.bpy
+    fingerprint = make_certificate(tmp_path / "cert.pem", tmp_path / "key.pem", ["localhost"])
+    token_file = tmp_path / "alice.token"
+    token_file.write_text(add_identity(tmp_path / "tokens.json", "alice") + "\n")
+    store = JobStore(tmp_path / "data")
+    for job_id, owner in (("alicejob0001", "alice"), ("bobjob000001", "bob")):
+        store.insert(job_id, "latent_paint", {"prompt": f"{owner}'s chair"}, {}, owner=owner)
+        store.update(job_id, status="failed", error="seeded")
+    store.close()
+    server = start_backend(tmp_path / "data", tmp_path / "admin.token", extra_args=(
+        "--tls", "--cert", str(tmp_path / "cert.pem"), "--key", str(tmp_path / "key.pem"),
+        "--tokens-file", str(tmp_path / "tokens.json")))
+    prefs = addon.prefs
+    before = (prefs.backend_mode, prefs.host, prefs.port, prefs.token_file)
+    try:
+        prefs.backend_mode, prefs.host, prefs.port = "REMOTE", server.host, server.port
+        prefs.token_file, prefs.tls_fingerprint = str(token_file), fingerprint
+        assert bpy.ops.latentforge.connect() == {"FINISHED"}
+        addon.pump(lambda: addon.state.connected, 30, "the TLS connection")
+        assert addon.state.backend_info.endswith("alice (artist)")
+        assert addon.session.connection.client.uses_tls
+        addon.state.jobs.clear()
+        assert bpy.ops.latentforge.refresh_jobs() == {"FINISHED"}
+        addon.pump(lambda: len(addon.state.jobs) > 0, 30, "alice's job list")
+        assert [row.job_id for row in addon.state.jobs] == ["alicejob0001"] and addon.state.jobs[0].owner == ""
+        prefs.token_file = str(server.token_file)  # the admin
+        assert bpy.ops.latentforge.connect() == {"FINISHED"}
+        addon.pump(lambda: addon.state.connected, 30, "the admin's TLS connection")
+        addon.state.jobs.clear()
+        assert bpy.ops.latentforge.refresh_jobs() == {"FINISHED"}
+        addon.pump(lambda: len(addon.state.jobs) > 1, 30, "the admin's job list")
+        assert {row.job_id: row.owner for row in addon.state.jobs} == {"alicejob0001": "alice", "bobjob000001": "bob"}
+        prefs.tls_fingerprint = "00" * 32
+        assert bpy.ops.latentforge.connect() == {"FINISHED"}
+        addon.pump(lambda: "does not match the pinned fingerprint" in addon.state.last_error, 30, "the refusal")
+        assert not addon.state.connected and "00:00:00:00" in addon.state.last_error
+    finally:
+        addon.session.connection.close_client()
+        prefs.tls_fingerprint = ""
+        prefs.backend_mode, prefs.host, prefs.port, prefs.token_file = before
+        server.stop()

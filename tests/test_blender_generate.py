@@ -165,7 +165,10 @@ class LayoutRecorder:
         def call(*args, **kw):
             if name == "prop":
                 data, prop = args[:2]
-                assert prop in data.bl_rna.properties, prop
+                if prop.startswith('["'):  # an ID property (a model setting made from the backend's description)
+                    assert prop[2:-2] in data.keys(), prop
+                else:
+                    assert prop in data.bl_rna.properties, prop
             elif name == "operator":
                 module, op = args[0].split(".")
                 assert hasattr(self._bpy.types, f"{module.upper()}_OT_{op}"), args[0]

@@ -149,23 +149,24 @@ def test_settings_params_image_reading_and_panel(scene):
     assert (prop.hard_min, prop.hard_max) == (grid["low"], grid["high"])
     assert mesh_io.MIN_IMAGE_SIDE == MIN_IMAGE_SIDE
     s.prompt, s.seed = "  a stool ", 5
-    params = operators.shape_ldm_params(s, from_image=False)
-    assert params == {"prompt": "a stool", "seed": 5, "num_inference_steps": 50, "guidance_scale": 7.5,
-                      "grid_resolution": 129, "num_samples": 1}
+    ldm = describe_config(ShapeLDMConfig)
+    for description in (None, ldm):  # offline (the table) and as a backend describes shape_ldm: the same params
+        params = operators.shape_params(s, "shape_ldm", description)
+        assert params == {"prompt": "a stool", "seed": 5, "num_inference_steps": 50, "guidance_scale": 7.5,
+                          "grid_resolution": 129, "num_samples": 1}
     s.shape_grid = "257"
-    assert operators.shape_ldm_params(s, from_image=True)["grid_resolution"] == 257
-    assert "prompt" not in operators.shape_ldm_params(s, from_image=True)
+    assert operators.shape_params(s, "shape_ldm", ldm, prompt=False)["grid_resolution"] == 257
+    assert "prompt" not in operators.shape_params(s, "shape_ldm", ldm, prompt=False)
     s.shape_grid, s.shape_grid_resolution, s.shape_model = "CUSTOM", 48, " tiny-random "
-    assert operators.shape_common_params(s)["grid_resolution"] == 48
-    assert operators.shape_common_params(s)["model"] == "tiny-random"
-    parse_config(ShapeLDMConfig, operators.shape_ldm_params(s, from_image=False))
-    variations = operators.shape_variations_params(s)
+    assert operators.shape_params(s, "shape_interpolate", None)["grid_resolution"] == 48
+    assert operators.shape_params(s, "shape_interpolate", None)["model"] == "tiny-random"
+    parse_config(ShapeLDMConfig, operators.shape_params(s, "shape_ldm", ldm))
+    variations = operators.shape_params(s, "shape_variations", None, prompt=False)
     assert (variations["strength"], variations["num_samples"], "prompt" in variations) == (0.5, 4, False)
-    s.shape_variation_prompt = True
-    assert operators.shape_variations_params(s)["prompt"] == "a stool"
-    parse_config(ShapeVariationsConfig, operators.shape_variations_params(s))
-    assert operators.shape_interpolate_params(s)["num_shapes"] == 3
-    parse_config(ShapeInterpolateConfig, operators.shape_interpolate_params(s))
+    assert operators.shape_params(s, "shape_variations", None)["prompt"] == "a stool"
+    parse_config(ShapeVariationsConfig, operators.shape_params(s, "shape_variations", None))
+    assert operators.shape_params(s, "shape_interpolate", None, prompt=False)["num_shapes"] == 3
+    parse_config(ShapeInterpolateConfig, operators.shape_params(s, "shape_interpolate", None, prompt=False))
     s.shape_variation_prompt, s.shape_grid, s.shape_model, s.seed = False, "129", "", 0
 
     # Image pixels: RGBA uint8, row 0 = top; byte images as stored, float (linear) images sRGB-encoded.

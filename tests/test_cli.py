@@ -174,12 +174,13 @@ def test_the_jobs_listing_lines_up_whatever_the_names():
             {"job_id": "b" * 12, "created": 0.0, "started": None, "finished": None, "pipeline": "latent_nerf",
              "status": "queued", "error": "", "params": {}},
             {"job_id": "c" * 12, "created": 0.0, "started": 1.0, "finished": 43.0, "pipeline": "x" * 30,
-             "status": "failed", "error": "boom", "params": {"prompt": "p"}}]
+             "status": "failed", "error": "boom", "params": {"prompt": "p"}, "owner": "alice"}]
     lines = cli._job_table(rows)
     assert len(lines) == 4 and lines[0].startswith("job")
     header = lines[0]
     for line, row, took in zip(lines[1:], rows, ["1h 01m", "-", "42s"]):
         assert line.index(row["pipeline"]) == header.index("pipeline"), (line, header)
+        assert line.index(row.get("owner", "admin"), header.index("owner")) == header.index("owner"), (line, header)
         assert line.index(row["status"], header.index("status")) == header.index("status"), (line, header)
         assert line[:header.index("prompt / error")].rstrip().endswith(took), (line, header)  # right-aligned
     assert lines[1].endswith("a chair with arms") and lines[3].endswith("boom")

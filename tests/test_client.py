@@ -23,7 +23,8 @@ from conftest import REPO_ROOT
 
 TOKEN = "secret-token-for-tests"
 WELCOME = {"protocol_version": protocol.PROTOCOL_VERSION, "server_version": "fake-1", "device": "cpu",
-           "pipelines": {"latent_paint": {}}, "default_model": "m", "models": ["m", "tiny-random"]}
+           "pipelines": {"latent_paint": {}}, "default_model": "m", "models": ["m", "tiny-random"],
+           "identity": "admin", "role": "admin"}
 
 
 # ------------------------------------------------------------------------------------------------ fake server

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 
@@ -19,7 +20,8 @@ from backend.models.devices import (DeviceMemory, InsufficientMemoryError, check
                                     resolve_device, weight_bytes)
 from backend.params import Config, param
 from backend.pipelines import PIPELINES
-from backend.pipelines.base import PipelineResult, PipelineSpec
+from backend.geometry.mesh import TriMesh
+from backend.pipelines.base import PipelineResult, PipelineSpec, ResultMesh
 from blender_addon.core.text import backend_summary
 
 
@@ -97,7 +99,8 @@ def _run(config: _OOMConfig, inputs, ctx) -> PipelineResult:
     ctx.progress("work", 0, 1)
     if config.fail:
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-    return PipelineResult(meshes=[], metadata={"pipeline": "oom_test"})
+    triangle = TriMesh(np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], np.float32), np.array([[0, 1, 2]], np.int32))
+    return PipelineResult(meshes=[ResultMesh(triangle)], metadata={"pipeline": "oom_test"})
 
 
 def test_an_out_of_memory_fails_its_job_clearly_empties_the_cache_and_the_next_job_runs(tmp_path, monkeypatch):
@@ -128,6 +131,7 @@ def test_an_out_of_memory_fails_its_job_clearly_empties_the_cache_and_the_next_j
 
         job_id, _ = service.submit("oom_test", {"fail": False}, {}, listener)
         assert finished.acquire(timeout=60)
+        assert not events["failed"][1:], events["failed"]
         assert events["done"] and events["done"][0]["job_id"] == job_id
         assert service.store.get(job_id)["status"] == "done"
         assert len(models._entries) == 1  # loaded again, from an empty cache

@@ -151,7 +151,7 @@ SAMPLES: dict[str, tuple[dict, dict]] = {
     "welcome": ({"protocol_version": VER, "server_version": "0.1.0", "device": "cpu",
                  "memory_total_bytes": 24 * 2**30, "memory_free_bytes": 20 * 2**30,
                  "pipelines": {"latent_paint": {"inputs": ["mesh"]}}, "default_model": "tiny-random",
-                 "models": ["tiny-random", {"id": "sd-1.5"}]}, {}),
+                 "models": ["tiny-random", {"id": "sd-1.5"}], "identity": "alice", "role": "artist"}, {}),
     "accepted": ({"job_id": "j1", "request_id": "r-1", "queue_position": 0}, {}),
     "status": ({"job_id": "j1", "status": "failed", "queue_position": 2, "error": "CUDA out of memory"}, {}),
     "progress": ({"job_id": "j1", "stage": "sds", "step": 10, "total": 5000, "losses": {"sds": 0.25, "shape": None},
@@ -665,13 +665,68 @@ def test_each_numbered_mesh_is_checked_like_the_first():
     _expect(_hand_frame(RESULT, dict(arrays, **{"mesh_1.texture": np.zeros((2, 2, 3), np.uint8)})), "bad_array",
             contains="does not carry array 'mesh_1.texture'")
     _expect(_hand_frame(RESULT, {k: v for k, v in arrays.items() if not k.startswith("mesh.")}), "bad_array",
-            contains="result requires array 'mesh.v_pos'")
+            contains="result carries group mesh_1 but not mesh; numbered groups follow the first")
     # the encoder refuses the same
     with pytest.raises(P.ProtocolError, match="requires array 'mesh_2.t_pos_idx'"):
         P.encode_message("partial", {"job_id": "j", "step": 0},
                          {k: v for k, v in arrays.items() if k != "mesh_2.t_pos_idx"})
     # submit has no fixed slots: numbered names there are ordinary groups
     assert P.decode_frame(_hand_frame(SUBMIT, {"mesh_7.v_pos": arrays["mesh.v_pos"]})).arrays
+
+
+# --------------------------------------------------------------------------------------------------------------
+# point clouds in a partial/result (groups points, points_1, ...; version 4)
+# --------------------------------------------------------------------------------------------------------------
+
+def _clouds(count: int, colors: bool = True) -> dict:
+    rng = np.random.default_rng(7)
+    arrays = {}
+    for i in range(count):
+        n = 5 + i
+        arrays.update(P.point_cloud_arrays("points" if i == 0 else f"points_{i}",
+                                           rng.normal(size=(n, 3)).astype(np.float32),
+                                           rng.random((n, 3)).astype(np.float32) if colors else None))
+    return arrays
+
+
+def test_point_clouds_round_trip_alone_and_beside_meshes(pair):
+    clouds = _clouds(3)
+    msg = _roundtrip(pair, "result", {"job_id": "j", "metadata": {}}, clouds)
+    _assert_same_arrays(msg.arrays, clouds)
+    assert P.point_groups(msg.arrays) == ["points", "points_1", "points_2"] and P.mesh_groups(msg.arrays) == []
+    both = {**_meshes(2), **_clouds(2, colors=False)}
+    msg = _roundtrip(pair, "result", {"job_id": "j", "metadata": {}}, both)
+    assert P.mesh_groups(msg.arrays) == ["mesh", "mesh_1"] and P.point_groups(msg.arrays) == ["points", "points_1"]
+    rgba = {"points.v_pos": np.zeros((2, 3), np.float32), "points.v_color": np.ones((2, 4), np.float32)}
+    assert P.decode_frame(P.encode_message("partial", {"job_id": "j", "step": 1}, rgba)).arrays.keys() == rgba.keys()
+
+
+def test_point_clouds_are_checked_like_meshes():
+    clouds = _clouds(3)
+    _expect(_hand_frame(RESULT, {}), "bad_array", contains="result carries nothing to show: it needs a mesh group "
+                                                          "or a points group")
+    _expect(_hand_frame(RESULT, {"texture": np.zeros((2, 2, 3), np.uint8)}), "bad_array",
+            contains="carries nothing to show")
+    _expect(_hand_frame(RESULT, {k: v for k, v in clouds.items() if k != "points_1.v_pos"}), "bad_array",
+            contains="result requires array 'points_1.v_pos' (group points_1 is present")
+    _expect(_hand_frame(RESULT, {k: v for k, v in clouds.items() if not k.startswith("points_1.")}), "bad_array",
+            contains="carries group points_2 but not points_1")
+    _expect(_hand_frame(RESULT, {k: v for k, v in clouds.items() if not k.startswith("points.")}), "bad_array",
+            contains="carries group points_1 but not points")
+    _expect(_hand_frame(RESULT, dict(clouds, **{"points_2.v_color": np.zeros((6, 3), np.float32)})), "bad_array",
+            contains="points_2.v_color has 6 vertices but points_2.v_pos has 7")
+    _expect(_hand_frame(RESULT, dict(clouds, **{"points.v_pos": np.zeros((0, 3), np.float32),
+                                                "points.v_color": np.zeros((0, 3), np.float32)})), "bad_array",
+            contains="points.v_pos has 0 vertices, needs at least 1")
+    v = clouds["points_1.v_pos"].copy()
+    v[2, 0] = np.inf
+    _expect(_hand_frame(RESULT, dict(clouds, **{"points_1.v_pos": v})), "non_finite", contains="points_1.v_pos has 1")
+    _expect(_hand_frame(RESULT, dict(clouds, **{"points.t_pos_idx": np.zeros((1, 3), np.int32)})), "bad_array",
+            contains="result does not carry array 'points.t_pos_idx'")
+    _expect(_hand_frame(RESULT, {"mesh.v_pos": clouds["points.v_pos"]}), "bad_array",
+            contains="result requires array 'mesh.t_pos_idx' (group mesh is present)")
+    with pytest.raises(ValueError, match="must be letters"):
+        P.point_cloud_arrays("points.", np.zeros((1, 3), np.float32))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -915,7 +970,7 @@ def test_doc_lists_every_message_and_field_exactly():
             for slot in spec.array_slots:
                 kind = P.KIND_SPECS[P.split_array_name(slot.name)[1]]
                 _, required, dtype, last = arrays[slot.name]
-                assert required == ("yes" if slot.required else "no"), (msg_type, slot.name)
+                assert required == slot.required_text, (msg_type, slot.name)
                 assert dtype == " or ".join(slot.dtypes or kind.dtypes), (msg_type, slot.name)
                 assert last == " or ".join(map(str, slot.last_dim or kind.last_dim)), (msg_type, slot.name)
             repeated = {P.split_array_name(s.name)[0] for s in spec.array_slots if s.repeat}

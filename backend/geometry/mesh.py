@@ -147,13 +147,27 @@ def split_by_uv(mesh: TriMesh) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return mesh.v_pos[v_idx], mesh.uv[uv_idx], inverse.reshape(-1, 3).astype(np.int32)
 
 
+def _rgba8(colors: np.ndarray, n: int, what: str) -> np.ndarray:
+    """(n, 3|4) float linear colours in [0, 1] → (n, 4) uint8, rounded (glTF ``COLOR_0`` is linear; alpha 255 when
+    absent). Raises ValueError naming ``what`` when the shape is not (n, 3|4)."""
+    colors = np.asarray(colors, dtype=np.float32)
+    if colors.ndim != 2 or colors.shape[0] != n or colors.shape[1] not in (3, 4):
+        raise ValueError(f"vertex colours of {what} must be ({n}, 3|4), got {colors.shape}")
+    rgba = np.full((n, 4), 255, dtype=np.uint8)
+    rgba[:, :colors.shape[1]] = np.rint(np.clip(colors, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return rgba
+
+
 def save_glb(path: str | Path, mesh: TriMesh | Sequence[TriMesh], texture: np.ndarray | None = None,
              names: Sequence[str] | None = None, offsets: np.ndarray | None = None,
-             v_colors: Sequence[np.ndarray | None] | None = None) -> Path:
-    """Write a binary glTF: one mesh, or several meshes as separate nodes of one scene.
+             v_colors: Sequence[np.ndarray | None] | None = None,
+             point_clouds: Sequence[tuple[np.ndarray, np.ndarray | None]] = (),
+             point_offsets: np.ndarray | None = None) -> Path:
+    """Write a binary glTF: one mesh, or several meshes and point clouds as separate nodes of one scene.
 
     Args:
-        mesh: a Blender-frame :class:`TriMesh`, or a sequence of them (converted to glTF's Y-up here).
+        mesh: a Blender-frame :class:`TriMesh`, or a sequence of them (converted to glTF's Y-up here); may be empty
+            when ``point_clouds`` is not.
         texture: (H, W, 3|4) uint8, row 0 = top of the image (PNG convention); base colour of the FIRST mesh, which
             must have UVs (the protocol's rule: ``texture`` belongs to group ``mesh``).
         names: node/mesh names, one per mesh (default ``mesh``, ``mesh_1``, … as the protocol's groups).
@@ -161,9 +175,13 @@ def save_glb(path: str | Path, mesh: TriMesh | Sequence[TriMesh], texture: np.nd
             by side); the vertex data stays as given. Default: no translation.
         v_colors: per mesh, (N, 3|4) float linear RGB(A) in [0, 1] or None; written as the glTF vertex colour
             ``COLOR_0`` (linear, as glTF specifies; 8-bit). A textured first mesh keeps its texture instead.
+        point_clouds: ``(points (N, 3) float Blender frame, colors (N, 3|4) float linear in [0, 1] or None)`` each,
+            written as nodes ``points``, ``points_1``, … whose mesh is one POINTS primitive (with ``COLOR_0``).
+        point_offsets: (P, 3) translations of the point-cloud nodes, Blender frame, metres (default none).
 
     Raises:
-        ValueError: no mesh, or ``names``/``offsets``/``v_colors`` of the wrong length, or colours not (N, 3|4).
+        ValueError: neither a mesh nor a point cloud, ``names``/``offsets``/``v_colors``/``point_offsets`` of the
+            wrong length, or colours not (N, 3|4).
     """
     import trimesh
     from PIL import Image
@@ -171,52 +189,55 @@ def save_glb(path: str | Path, mesh: TriMesh | Sequence[TriMesh], texture: np.nd
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meshes = [mesh] if isinstance(mesh, TriMesh) else list(mesh)
-    if not meshes:
-        raise ValueError("save_glb needs at least one mesh")
-    names = list(names) if names is not None else ["mesh"] + [f"mesh_{i}" for i in range(1, len(meshes))]
+    clouds = list(point_clouds)
+    if not meshes and not clouds:
+        raise ValueError("save_glb needs at least one mesh or point cloud")
+    names = list(names) if names is not None else [f"mesh_{i}" if i else "mesh" for i in range(len(meshes))]
     offsets = np.zeros((len(meshes), 3)) if offsets is None else np.asarray(offsets, dtype=np.float64)
-    if len(names) != len(meshes) or offsets.shape != (len(meshes), 3):
-        raise ValueError(f"save_glb got {len(meshes)} meshes, {len(names)} names and offsets of shape {offsets.shape}")
     v_colors = list(v_colors) if v_colors is not None else [None] * len(meshes)
-    if len(v_colors) != len(meshes):
-        raise ValueError(f"save_glb got {len(meshes)} meshes and {len(v_colors)} vertex colour arrays")
+    if len(names) != len(meshes) or offsets.shape != (len(meshes), 3) or len(v_colors) != len(meshes):
+        raise ValueError(f"save_glb got {len(meshes)} meshes, {len(names)} names, {len(v_colors)} colour arrays and "
+                         f"offsets of shape {offsets.shape}")
+    point_offsets = np.zeros((len(clouds), 3)) if point_offsets is None else np.asarray(point_offsets, np.float64)
+    if point_offsets.shape != (len(clouds), 3):
+        raise ValueError(f"save_glb got {len(clouds)} point clouds and point offsets of shape {point_offsets.shape}")
     parts = []
-    for i, m in enumerate(meshes):
+    for i, (m, colors) in enumerate(zip(meshes, v_colors)):
         if i == 0 and texture is not None and m.has_uv:
             v, uv, faces = split_by_uv(m)
             material = trimesh.visual.material.PBRMaterial(baseColorTexture=Image.fromarray(texture),
                                                            metallicFactor=0.0, roughnessFactor=0.8)
             visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
             parts.append(trimesh.Trimesh(blender_to_gltf(v), faces, visual=visual, process=False))
-        elif v_colors[i] is not None:
-            color = np.asarray(v_colors[i], dtype=np.float32)
-            if color.ndim != 2 or color.shape[0] != len(m.v_pos) or color.shape[1] not in (3, 4):
-                raise ValueError(f"vertex colours of mesh {i} must be ({len(m.v_pos)}, 3|4), got {color.shape}")
-            rgba = np.concatenate([color, np.ones((len(color), 1), np.float32)], axis=1) if color.shape[1] == 3 \
-                else color
-            visual = trimesh.visual.ColorVisuals(vertex_colors=np.rint(np.clip(rgba, 0, 1) * 255).astype(np.uint8))
-            parts.append(trimesh.Trimesh(blender_to_gltf(m.v_pos), m.t_pos_idx, visual=visual, process=False))
         else:
-            parts.append(trimesh.Trimesh(blender_to_gltf(m.v_pos), m.t_pos_idx, process=False))
+            rgba = _rgba8(colors, len(m.v_pos), f"mesh {i}") if colors is not None else None
+            parts.append(trimesh.Trimesh(blender_to_gltf(m.v_pos), m.t_pos_idx, vertex_colors=rgba, process=False))
+    for i, (points, colors) in enumerate(clouds):
+        rgba = _rgba8(colors, len(points), f"point cloud {i}") if colors is not None else None
+        parts.append(trimesh.PointCloud(blender_to_gltf(np.asarray(points, dtype=np.float64)), colors=rgba))
+    names = names + ["points"] + [f"points_{i}" for i in range(1, len(clouds))] if clouds else names
+    all_offsets = np.concatenate([offsets, point_offsets]) if clouds else offsets
     scene = trimesh.Scene()  # always named nodes: one sample is `mesh` too, not trimesh's `geometry_0`
-    for part, name, offset in zip(parts, names, blender_to_gltf(offsets)):
+    for part, name, offset in zip(parts, names, blender_to_gltf(all_offsets)):
         scene.add_geometry(part, node_name=name, geom_name=name,
                            transform=trimesh.transformations.translation_matrix(offset))
     scene.export(path, file_type="glb")
     return path
 
 
-def side_by_side(meshes: Sequence[TriMesh], gap: float = 0.2) -> np.ndarray:
-    """Translations that lay meshes out in a row along +X (Blender frame), first mesh in place.
+def side_by_side(meshes: Sequence[TriMesh | np.ndarray], gap: float = 0.2) -> np.ndarray:
+    """Translations that lay meshes (or point clouds, (N, 3) arrays) out in a row along +X (Blender frame), first
+    one in place.
 
-    Each next mesh's bounding box starts ``gap`` × (the widest mesh's X extent) after the previous one's; Y and Z
+    Each next item's bounding box starts ``gap`` × (the widest item's X extent) after the previous one's; Y and Z
     are unchanged. Returns (K, 3) float64 offsets (metres) for :func:`save_glb`.
     """
-    lo = np.array([m.v_pos[:, 0].min() for m in meshes], dtype=np.float64)
-    hi = np.array([m.v_pos[:, 0].max() for m in meshes], dtype=np.float64)
-    spacing = gap * float((hi - lo).max()) if len(meshes) else 0.0
-    offsets = np.zeros((len(meshes), 3))
-    for i in range(1, len(meshes)):
+    points = [m.v_pos if isinstance(m, TriMesh) else np.asarray(m) for m in meshes]
+    lo = np.array([p[:, 0].min() for p in points], dtype=np.float64)
+    hi = np.array([p[:, 0].max() for p in points], dtype=np.float64)
+    spacing = gap * float((hi - lo).max()) if len(points) else 0.0
+    offsets = np.zeros((len(points), 3))
+    for i in range(1, len(points)):
         offsets[i, 0] = (hi[i - 1] + offsets[i - 1, 0]) + spacing - lo[i]
     return offsets
 

@@ -136,7 +136,8 @@ class JobContext:
         cancel_event: set by the service when the user cancels; checked at every :meth:`progress` call.
         on_progress: ``(stage, step, total, losses: dict[str, float], eta_s: float | None) -> None``.
         on_preview: ``(step, image (H, W, 3) uint8 row 0 = top, decoder: "linear" | "vae") -> None``.
-        on_partial: ``(step, meshes: list[ResultMesh]) -> None`` (intermediate meshes, world frame).
+        on_partial: ``(step, meshes: list[ResultMesh]) -> None`` (intermediate meshes, world frame); called with a
+            third argument ``point_clouds: list[ResultPointCloud]`` only when the partial carries point clouds.
     """
 
     device: torch.device
@@ -180,10 +181,13 @@ class JobContext:
         """Whether anyone listens for intermediate meshes (skip extracting them otherwise)."""
         return self.on_partial is not None
 
-    def partial(self, step: int, meshes: list[ResultMesh]) -> None:
-        """Stream intermediate meshes (world frame) shown before the result."""
+    def partial(self, step: int, meshes: list[ResultMesh], point_clouds: list[ResultPointCloud] | None = None) -> None:
+        """Stream intermediate meshes and/or point clouds (world frame) shown before the result."""
         if self.on_partial is not None:
-            self.on_partial(step, meshes)
+            if point_clouds:
+                self.on_partial(step, meshes, point_clouds)
+            else:
+                self.on_partial(step, meshes)
 
 
 def to_uint8_image(image: torch.Tensor) -> np.ndarray:

@@ -4,8 +4,9 @@ Inputs arrive as flat name → array maps (a ``submit`` message, ``inputs.npz`` 
 meshes as ``<group>.v_pos`` (N, 3) float32, ``<group>.t_pos_idx`` (F, 3) int32 and optional ``<group>.uv`` /
 ``<group>.uv_idx``; images as ``<name>`` (H, W, 3|4) uint8, row 0 = top. Results and partial meshes leave as groups
 ``mesh``, ``mesh_1``, ``mesh_2``, … with ``v_pos``, ``t_pos_idx``, optional ``uv``/``uv_idx``/``v_color``, plus one
-``texture`` belonging to the first mesh (the protocol's *Several meshes* rule, ``docs/protocol.md``). Frames and row
-order pass through unchanged: Blender world frame, images row 0 = top on both sides.
+``texture`` belonging to the first mesh, and point clouds as groups ``points``, ``points_1``, … with ``v_pos`` and
+optional ``v_color`` (the protocol's *Several meshes* rule, ``docs/protocol.md``). Frames and row order pass through
+unchanged: Blender world frame, images row 0 = top on both sides.
 """
 
 from __future__ import annotations
@@ -14,16 +15,18 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from blender_addon.core.protocol import MAX_COORDINATE, mesh_groups
+from blender_addon.core.protocol import MAX_COORDINATE, MESH_GROUP, POINTS_GROUP, mesh_groups, point_groups
 
 from ..geometry.mesh import MeshError, TriMesh, validate_mesh
 from ..params import ParamError
-from .base import PipelineInputs, PipelineResult, PipelineSpec, ResultMesh
+from .base import PipelineInputs, PipelineResult, PipelineSpec, ResultMesh, ResultPointCloud
 
 MESH_KINDS = ("v_pos", "t_pos_idx", "uv", "uv_idx")
 """Array kinds of an input mesh group."""
-RESULT_GROUP = "mesh"
+RESULT_GROUP = MESH_GROUP
 """Group of a result's first mesh; the others are ``mesh_1``, ``mesh_2``, …"""
+POINTS_RESULT_GROUP = POINTS_GROUP
+"""Group of a result's first point cloud; the others are ``points_1``, ``points_2``, …"""
 TEXTURE = "texture"
 """The result's texture array (of the first mesh)."""
 PREVIEW_IMAGE = "image"
@@ -137,14 +140,58 @@ def meshes_to_arrays(meshes: Sequence[ResultMesh]) -> dict[str, np.ndarray]:
     return arrays
 
 
+def _numbered(group: str, i: int) -> str:
+    return group if i == 0 else f"{group}_{i}"
+
+
+def point_clouds_to_arrays(point_clouds: Sequence[ResultPointCloud]) -> dict[str, np.ndarray]:
+    """Result or partial point clouds → wire arrays in groups ``points``, ``points_1``, … (``v_pos`` and, when the
+    cloud has colours, ``v_color``), float32.
+
+    Raises:
+        ValueError: a cloud with no point, a shape other than (N, 3), a non-finite or out-of-range coordinate (beyond
+            ``MAX_COORDINATE`` metres) or colour (outside [0, 1]); the message names the group.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    for i, cloud in enumerate(point_clouds):
+        group = _numbered(POINTS_RESULT_GROUP, i)
+        points = np.ascontiguousarray(cloud.points, dtype=np.float32)
+        if points.ndim != 2 or points.shape[1] != 3 or points.shape[0] < 1:
+            raise ValueError(f"point cloud {group}: points must be (N, 3) with N >= 1, got {points.shape}")
+        if not np.isfinite(points).all() or float(np.abs(points).max()) > MAX_COORDINATE:
+            raise ValueError(f"point cloud {group}: coordinates must be finite and within ±{MAX_COORDINATE:g} m")
+        arrays[f"{group}.v_pos"] = points
+        if cloud.colors is not None:
+            colors = np.ascontiguousarray(cloud.colors, dtype=np.float32)
+            if colors.shape not in ((points.shape[0], 3), (points.shape[0], 4)):
+                raise ValueError(f"point cloud {group}: colors must be ({points.shape[0]}, 3|4), got {colors.shape}")
+            if not np.isfinite(colors).all() or colors.min() < 0.0 or colors.max() > 1.0:
+                raise ValueError(f"point cloud {group}: colors must be finite and within [0, 1]")
+            arrays[f"{group}.v_color"] = colors
+    return arrays
+
+
+def partial_to_arrays(meshes: Sequence[ResultMesh],
+                      point_clouds: Sequence[ResultPointCloud] = ()) -> dict[str, np.ndarray]:
+    """The arrays of a ``partial`` message: :func:`meshes_to_arrays` + :func:`point_clouds_to_arrays`."""
+    return {**meshes_to_arrays(meshes), **point_clouds_to_arrays(point_clouds)}
+
+
 def preview_to_arrays(image: np.ndarray) -> dict[str, np.ndarray]:
     """A preview image, (H, W, 3) uint8 row 0 = top, as the arrays of a ``preview`` message."""
     return {PREVIEW_IMAGE: np.ascontiguousarray(image)}
 
 
 def result_to_arrays(result: PipelineResult) -> dict[str, np.ndarray]:
-    """A :class:`PipelineResult`'s meshes as wire arrays (see :func:`meshes_to_arrays`)."""
-    return meshes_to_arrays(result.meshes)
+    """A :class:`PipelineResult`'s meshes and point clouds as wire arrays (:func:`meshes_to_arrays`,
+    :func:`point_clouds_to_arrays`).
+
+    Raises:
+        ValueError: the result holds neither a mesh nor a point cloud, or one of them breaks a rule above.
+    """
+    if not result.meshes and not result.point_clouds:
+        raise ValueError("the pipeline returned neither a mesh nor a point cloud")
+    return partial_to_arrays(result.meshes, result.point_clouds)
 
 
 def meshes_from_arrays(arrays: Mapping[str, np.ndarray]) -> list[ResultMesh]:
@@ -158,3 +205,9 @@ def meshes_from_arrays(arrays: Mapping[str, np.ndarray]) -> list[ResultMesh]:
     if meshes and TEXTURE in arrays:
         meshes[0].texture = arrays[TEXTURE]
     return meshes
+
+
+def point_clouds_from_arrays(arrays: Mapping[str, np.ndarray]) -> list[ResultPointCloud]:
+    """Wire arrays of a result (or a stored ``result.npz``) → its point clouds, in group order (colours as sent,
+    (N, 3|4) float32, or None). Empty when the arrays hold no point cloud."""
+    return [ResultPointCloud(arrays[f"{g}.v_pos"], arrays.get(f"{g}.v_color")) for g in point_groups(arrays)]

@@ -60,7 +60,8 @@ class JobEvents:
         cancel_event: set by the service when the job is cancelled; a worker stops at the job's next step.
         on_progress: ``(stage, step, total, losses: dict[str, float], eta_s: float | None) -> None``.
         on_preview: ``(step, image (H, W, 3) uint8 row 0 = top, decoder) -> None``.
-        on_partial: ``(step, meshes: list[ResultMesh]) -> None`` (intermediate meshes, world frame).
+        on_partial: ``(step, meshes: list[ResultMesh], point_clouds: list[ResultPointCloud] = ()) -> None``
+            (intermediate results, world frame).
     """
 
     cancel_event: threading.Event = field(default_factory=threading.Event)

@@ -98,7 +98,7 @@ class _JobActor:
         """Run ``request``; a generator of ``(kind, payload)`` items (call with ``num_returns="streaming"``).
 
         Items: ``("progress", (stage, step, total, losses, eta_s))``, ``("preview", (step, image (H, W, 3) uint8,
-        decoder))``, ``("partial", (step, meshes: list[ResultMesh]))``, then exactly one of ``("result",
+        decoder))``, ``("partial", (step, meshes, point_clouds))`` (as the pipeline passed them), then exactly one of ``("result",
         JobOutput)``, ``("cancelled", None)``, ``("failed", (code, message))`` (message not yet scrubbed).
         """
         # Ray hands numpy arrays over read-only (zero copy); a pipeline gets writable copies, as in the local executor

@@ -12,6 +12,16 @@ memory (the bounds are documented in docs/protocol.md, "Server resources"):
   previews and partial meshes are dropped for a slow client; a client whose other replies exceed its bound is
   disconnected (logged), not buffered for.
 
+Identities and TLS:
+
+- A ``hello``'s token names an identity (:mod:`.identities`: the token file's ``admin``, or an artist or admin of
+  tokens.json, re-read when it changes); the ``welcome`` says which. An artist's requests reach only their own jobs
+  (another's job is ``not_found``, as an unknown id); a connection whose identity was revoked gets ``auth_failed``
+  at its next request and is closed.
+- With a TLS context (``serve --tls``) every connection starts with a TLS handshake (``blender_addon/core/tls.py``,
+  inside the same handshake deadline); a client that speaks the plain protocol instead gets a plain
+  ``error tls_required`` and is closed.
+
 Errors: a framing error (bad magic, oversized lengths, truncated frame, wrong version, wrong token) gets an ``error``
 message and the connection is closed (the byte stream cannot be trusted any more); any other bad request gets an
 ``error`` and the connection stays open. No error message carries a server path or more than
@@ -24,11 +34,12 @@ import collections
 import logging
 import math
 import socket
+import ssl
 import threading
 import time
 from typing import Any
 
-from blender_addon.core import protocol
+from blender_addon.core import protocol, tls
 from blender_addon.core.protocol import safe_text
 
 from .. import __version__
@@ -38,6 +49,7 @@ from ..models.stable_diffusion import DEFAULT_SD_MODEL, RANDOM_SD15
 from ..params import describe_config
 from ..pipelines import PIPELINES
 from ..pipelines.io import optional_input_names, required_input_names
+from .identities import Identities, Identity
 from .service import JobError, JobService, error_code
 from .store import StoreError
 
@@ -123,6 +135,7 @@ class Connection:
         self.accepted_at = accepted_at
         self.closed = threading.Event()
         self.jobs: set[str] = set()  # submitted or attached on this connection: the jobs it may cancel
+        self.identity: Identity | None = None  # set by the handshake
         self._queue: collections.deque = collections.deque()  # (frame bytes, droppable) | None = end
         self._queued_bytes = 0
         self._queued_droppable = 0
@@ -201,7 +214,8 @@ class Connection:
             if self._handshake():
                 writer = threading.Thread(target=self._write_loop, name=f"lf-writer-{self.address}", daemon=True)
                 writer.start()
-                self.send("welcome", self.server.welcome_fields())
+                self.send("welcome", {**self.server.welcome_fields(), "identity": self.identity.name,
+                                      "role": self.identity.role})
                 self._read_loop()
         except Exception:  # noqa: BLE001 — one connection's bug must not take anything else down
             log.exception("connection %s failed", self.address)
@@ -261,8 +275,30 @@ class Connection:
         except OSError:
             pass
 
+    def _start_tls(self, deadline: float) -> bool:
+        """The TLS handshake (``serve --tls``); on success ``self.sock`` becomes the :class:`tls.TLSStream`."""
+        stream = tls.TLSStream(self.sock, self.server.tls, server_side=True)
+        try:
+            stream.handshake(deadline)
+        except tls.PlainPeer:
+            log.warning("refused %s: a plain TCP client on a TLS-only backend", self.address)
+            self._send_now({"code": "tls_required", "message": "this backend accepts TLS connections only: set the "
+                                                               "add-on's TLS Fingerprint to the backend's (`python -m "
+                                                               "backend tls fingerprint` on the server prints it)"})
+            return False
+        except (TimeoutError, socket.timeout):
+            log.warning("dropped %s: no TLS handshake within %g s", self.address, protocol.HANDSHAKE_TIMEOUT_S)
+            return False
+        except (ssl.SSLError, OSError) as err:
+            log.warning("dropped %s: TLS handshake failed: %s", self.address, err)
+            return False
+        self.sock = stream
+        return True
+
     def _handshake(self) -> bool:
         deadline = self.accepted_at + protocol.HANDSHAKE_TIMEOUT_S
+        if self.server.tls is not None and not self._start_tls(deadline):
+            return False
         try:
             msg = protocol.recv_message(self.sock, 0, direction=protocol.CLIENT_TO_SERVER,
                                         max_header=protocol.MAX_HELLO_BYTES, deadline=deadline)
@@ -282,10 +318,14 @@ class Connection:
         if msg.type != "hello":
             self._send_now({"code": "auth_failed", "message": f"the first message must be hello, got {msg.type}"})
             return False
-        if not protocol.tokens_match(self.server.token, msg.fields["token"]):
+        self.identity = self.server.identities.match(msg.fields["token"])
+        if self.identity is None:
             log.warning("rejected a client from %s: wrong token", self.address)
-            self._send_now({"code": "auth_failed", "message": "wrong token: use the token file of this backend"})
+            self._send_now({"code": "auth_failed", "message": "wrong token: use the token file of this backend, or "
+                                                              "the token its admin made for you (it may have been "
+                                                              "revoked)"})
             return False
+        log.info("client %s is %s (%s)", self.address, self.identity.name, self.identity.role)
         return True
 
     def _send_error(self, err: BaseException, job_id: str | None = None, request_id: str | None = None) -> None:
@@ -335,6 +375,12 @@ class Connection:
                 return
             except OSError:
                 return
+            if not self.server.identities.still_valid(self.identity):
+                log.warning("disconnecting %s: the identity %s was revoked", self.address, self.identity.name)
+                self._send_error(protocol.ProtocolError("auth_failed", f"the token of {self.identity.name} was "
+                                                                       f"revoked; ask the backend's admin for a new one"))
+                self._give_incoming()
+                return
             try:
                 self.dispatch(msg)
             except Exception as err:  # noqa: BLE001 — a bad request must never kill the connection or the server
@@ -349,8 +395,10 @@ class Connection:
         """Answer one request with exactly one reply (or, for attach, the job's replayed state)."""
         service = self.server.service
         f = msg.fields
+        scope = self.identity.scope  # None = every job (an admin), else only this artist's
         if msg.type == "submit":
-            job_id, position = service.submit(f["pipeline"], f["params"], dict(msg.arrays), listener=self.listener)
+            job_id, position = service.submit(f["pipeline"], f["params"], dict(msg.arrays), listener=self.listener,
+                                              owner=self.identity.name)
             self.jobs.add(job_id)
             accepted = {"job_id": job_id, "queue_position": position}
             if "request_id" in f:
@@ -358,21 +406,20 @@ class Connection:
             self.send("accepted", accepted)
         elif msg.type == "cancel":
             job_id = f["job_id"]
-            job = service.store.get(job_id)
-            if job is None:
-                raise JobError("not_found", f"no job with id {safe_text(job_id, 80)!r}")
+            job = service.get(job_id, owner=scope)
             if job["status"] in ("queued", "running") and job_id not in self.jobs:
                 raise JobError("not_attached", f"job {job_id} was submitted on another connection; attach to it "
                                                f"first to cancel it")
-            service.cancel(job_id, requester=self.listener)  # cancelled now or when it stops; or an error
+            service.cancel(job_id, requester=self.listener, owner=scope)  # cancelled now or when it stops; or an error
         elif msg.type == "attach":
-            service.attach(f["job_id"], self.listener)
+            service.attach(f["job_id"], self.listener, owner=scope)
             self.jobs.add(f["job_id"])
         elif msg.type == "list_jobs":
-            jobs, next_cursor = service.list_jobs(f.get("limit", protocol.LIST_JOBS_DEFAULT_LIMIT), f.get("cursor"))
+            jobs, next_cursor = service.list_jobs(f.get("limit", protocol.LIST_JOBS_DEFAULT_LIMIT), f.get("cursor"),
+                                                  owner=scope)
             self.send("jobs", {"jobs": jobs, "next_cursor": next_cursor})
         elif msg.type == "get_result":
-            metadata, arrays = service.get_result(f["job_id"])
+            metadata, arrays = service.get_result(f["job_id"], owner=scope)
             try:
                 frame = protocol.encode_message("result", {"job_id": f["job_id"], "metadata": metadata}, arrays)
             except protocol.ProtocolError as err:
@@ -382,7 +429,7 @@ class Connection:
                                  f["job_id"]) from None
             self._enqueue(frame, False, "result")
         elif msg.type == "delete_job":
-            service.delete(f["job_id"])
+            service.delete(f["job_id"], owner=scope)
             self.jobs.discard(f["job_id"])
             self.send("deleted", {"job_id": f["job_id"]})
         elif msg.type == "ping":
@@ -398,8 +445,11 @@ class BackendServer:
 
     Args:
         service: the job service.
-        token: shared secret every client must present in ``hello``.
+        token: the admin's secret (the token file); a client presents it, or an identity's token, in ``hello``.
         host, port: where to listen (port 0 picks a free one; see :attr:`address`).
+        tokens_file: the identities file (tokens.json; one token per artist), or None for the admin alone.
+        tls_context: a server ``ssl.SSLContext`` (:func:`blender_addon.core.tls.server_context`) to speak TLS
+            only, or None for plain TCP.
         max_payload: largest accepted frame payload in bytes (mesh + images), after authentication.
         max_connections: most connections at once (authenticated or not).
         max_client_queue: most bytes of replies queued for one client before it is disconnected.
@@ -410,13 +460,15 @@ class BackendServer:
                  max_payload: int = protocol.DEFAULT_MAX_PAYLOAD_BYTES,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  max_client_queue: int = DEFAULT_MAX_CLIENT_QUEUE_BYTES,
-                 max_buffered: int = DEFAULT_MAX_BUFFERED_BYTES):
+                 max_buffered: int = DEFAULT_MAX_BUFFERED_BYTES, tokens_file=None,
+                 tls_context: ssl.SSLContext | None = None):
         if not token:
             raise ValueError("the server needs a non-empty token")
         if max_connections < 1 or max_client_queue < 1 or max_buffered < 1:
             raise ValueError("max_connections, max_client_queue and max_buffered must be >= 1")
         self.service = service
-        self.token = token
+        self.identities = Identities(token, tokens_file)
+        self.tls = tls_context
         self.max_payload = max_payload
         self.max_connections = max_connections
         self.max_client_queue = max_client_queue

@@ -11,6 +11,9 @@
   ``listener(msg_type, fields, arrays)`` with the protocol's message types (status, progress, preview, result,
   error, cancelled). Listeners are called on the worker thread and must not block (connections enqueue).
 - A failing job never takes the worker down: errors become a ``failed`` status with a code and a message.
+- Ownership: every job records the identity that submitted it (``owner``). The requests about existing jobs take
+  ``owner``: the identity whose jobs the caller may touch (an artist), or None for every job (an admin, the CLI).
+  Another owner's job is ``not_found``, with the same message as an unknown id, so ids of others are not confirmed.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ from ..models.devices import InsufficientMemoryError, describe_memory, device_me
 from ..params import ParamError, parse_config
 from ..pipelines import PIPELINES
 from ..pipelines.base import JobCancelled
-from ..pipelines.io import inputs_from_arrays, meshes_to_arrays, preview_to_arrays
+from ..pipelines.io import inputs_from_arrays, partial_to_arrays, preview_to_arrays
 from .executors import Executor, JobEvents, JobFailed, JobRequest, LocalExecutor, Worker, WorkerLost
+from .identities import ADMIN_NAME
 from .store import TERMINAL, JobStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -200,8 +204,10 @@ class JobService:
 
     # ---- client-facing API ------------------------------------------------------------------------------------------
 
-    def submit(self, pipeline: str, params: dict, inputs: dict[str, np.ndarray], listener: Listener | None = None) -> tuple[str, int]:
-        """Validate and queue a job. Returns ``(job_id, queue_position)`` (0 = runs next/now).
+    def submit(self, pipeline: str, params: dict, inputs: dict[str, np.ndarray], listener: Listener | None = None,
+               owner: str = ADMIN_NAME) -> tuple[str, int]:
+        """Validate and queue a job owned by ``owner`` (an identity name). Returns ``(job_id, queue_position)``
+        (0 = runs next/now).
 
         Raises:
             ParamError: unknown pipeline, bad params or missing inputs. MeshError: unusable input mesh. ValueError:
@@ -219,7 +225,7 @@ class JobService:
             spec.check_inputs(config, decoded)
         job_id = uuid.uuid4().hex[:12]
         stored_params = {f: getattr(config, f) for f in config.__dataclass_fields__}
-        self.store.insert(job_id, pipeline, stored_params, inputs)
+        self.store.insert(job_id, pipeline, stored_params, inputs, owner=owner)
         with self._cond:
             live = self._live[job_id] = _LiveJob(job_id)
             if listener:
@@ -229,14 +235,14 @@ class JobService:
             self._cond.notify_all()
         return job_id, position
 
-    def cancel(self, job_id: str, requester: Listener | None = None) -> str:
+    def cancel(self, job_id: str, requester: Listener | None = None, owner: str | None = None) -> str:
         """Request cancellation. A queued job is cancelled at once, a running one at its next step.
 
         Returns ``"cancelled"`` (the job's listeners got ``cancelled``) or ``"cancelling"`` (running: ``cancelled``
         follows when it stops; should it finish first, ``requester`` gets ``error job_finished``).
-        Raises JobError("not_found" | "job_finished").
+        Raises JobError("not_found" (also another ``owner``'s job) | "job_finished").
         """
-        job = self._require(job_id)
+        job = self._require(job_id, owner)
         with self._cond:
             if job_id in self._queue:
                 self._queue.remove(job_id)
@@ -255,9 +261,10 @@ class JobService:
                 return "cancelling"
         raise JobError("job_finished", f"job {job_id} is already {job['status']}; there is nothing to cancel")
 
-    def delete(self, job_id: str) -> None:
-        """Delete a finished job's row and files. Raises JobError("not_found" | "job_active")."""
-        job = self._require(job_id)
+    def delete(self, job_id: str, owner: str | None = None) -> None:
+        """Delete a finished job's row and files. Raises JobError("not_found" (also another ``owner``'s job) |
+        "job_active")."""
+        job = self._require(job_id, owner)
         with self._cond:
             if job_id in self._live or job["status"] not in TERMINAL:
                 raise JobError("job_active", f"job {job_id} is {job['status']}; cancel it before deleting it")
@@ -270,9 +277,10 @@ class JobService:
         with self._cond:  # no job changes state while the policy picks its victims
             return self.store.prune(self.max_store_bytes, self.max_job_age_s)
 
-    def attach(self, job_id: str, listener: Listener) -> None:
-        """Subscribe ``listener`` to a job and replay its current state (status, last progress/preview, result)."""
-        job = self._require(job_id)
+    def attach(self, job_id: str, listener: Listener, owner: str | None = None) -> None:
+        """Subscribe ``listener`` to a job and replay its current state (status, last progress/preview, result).
+        Raises JobError("not_found", also for another ``owner``'s job)."""
+        job = self._require(job_id, owner)
         with self._cond:
             live = self._live.get(job_id)
             if live is not None:
@@ -294,15 +302,20 @@ class JobService:
                 if listener in live.listeners:
                     live.listeners.remove(listener)
 
-    def list_jobs(self, limit: int = protocol.LIST_JOBS_DEFAULT_LIMIT,
-                  cursor: str | None = None) -> tuple[list[dict], str | None]:
-        """One page of job records, newest first, and the next page's cursor (None = last page)."""
-        return self.store.page(limit, cursor)
+    def list_jobs(self, limit: int = protocol.LIST_JOBS_DEFAULT_LIMIT, cursor: str | None = None,
+                  owner: str | None = None) -> tuple[list[dict], str | None]:
+        """One page of job records (only ``owner``'s when given), newest first, and the next page's cursor
+        (None = last page)."""
+        return self.store.page(limit, cursor, owner=owner)
 
-    def get_result(self, job_id: str) -> tuple[dict, dict[str, np.ndarray]]:
-        """``(metadata, arrays)`` of a finished job. Raises JobError("not_found" | "not_ready" | "job_failed"),
-        StoreError("result_damaged")."""
-        job = self._require(job_id)
+    def get(self, job_id: str, owner: str | None = None) -> dict:
+        """The stored row of a job. Raises JobError("not_found", also for another ``owner``'s job)."""
+        return self._require(job_id, owner)
+
+    def get_result(self, job_id: str, owner: str | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+        """``(metadata, arrays)`` of a finished job. Raises JobError("not_found" (also another ``owner``'s job) |
+        "not_ready" | "job_failed"), StoreError("result_damaged")."""
+        job = self._require(job_id, owner)
         if job["status"] != "done":
             code = "not_ready" if job["status"] in ("queued", "running") else "job_failed"
             error = f": {safe_text(job['error'], 1000)}" if job["error"] else ""
@@ -416,8 +429,8 @@ class JobService:
             live.last_preview = (fields, image)
             self._emit(live, "preview", fields, preview_to_arrays(image))
 
-        def on_partial(step, meshes):
-            self._emit(live, "partial", {"job_id": job_id, "step": int(step)}, meshes_to_arrays(meshes))
+        def on_partial(step, meshes, point_clouds=()):
+            self._emit(live, "partial", {"job_id": job_id, "step": int(step)}, partial_to_arrays(meshes, point_clouds))
 
         events = JobEvents(cancel_event=live.cancel_event, on_progress=on_progress, on_preview=on_preview,
                            on_partial=on_partial)
@@ -457,10 +470,11 @@ class JobService:
 
     # ---- helpers ----------------------------------------------------------------------------------------------------
 
-    def _require(self, job_id: str) -> dict:
+    def _require(self, job_id: str, owner: str | None = None) -> dict:
         job = self.store.get(job_id) if isinstance(job_id, str) else None
-        if job is None:
-            raise JobError("not_found", f"no job with id {safe_text(job_id, 80)!r}")
+        if job is None or (owner is not None and job["owner"] != owner):
+            among = "" if owner is None else f" among the jobs of {owner}"
+            raise JobError("not_found", f"no job with id {safe_text(job_id, 80)!r}{among}")
         return job
 
     def _fail(self, live: _LiveJob, code: str, message: str) -> None:

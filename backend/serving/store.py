@@ -10,6 +10,8 @@ Layout: ``<data_dir>/jobs.sqlite3`` (table ``jobs``) and ``<data_dir>/jobs/<job_
   file, never a server path.
 - The cap policy (:meth:`JobStore.prune`) deletes finished jobs only (done/failed/cancelled), those finished longest
   ago first; queued and running jobs are never deleted.
+- Each row records its ``owner``, the identity that submitted it (``backend/serving/identities.py``); a store
+  written before identities existed gains the column on open, every old job owned by ``admin``.
 
 Thread-safe: one SQLite connection guarded by a lock.
 """
@@ -34,7 +36,8 @@ from blender_addon.core import protocol
 from blender_addon.core.protocol import safe_text
 
 from ..geometry.mesh import save_glb, side_by_side
-from ..pipelines.io import meshes_from_arrays
+from ..pipelines.io import meshes_from_arrays, point_clouds_from_arrays
+from .identities import ADMIN_NAME
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +90,8 @@ def job_record(job: dict) -> dict:
             "status": job["status"], "prompt": None if prompt is None else safe_text(prompt, RECORD_TEXT_CHARS),
             "created": job["created"], "started": job["started"], "finished": job["finished"],
             "error": None if job["error"] is None else safe_text(job["error"], RECORD_ERROR_CHARS),
-            "params": _clean({k: v for k, v in params.items() if k != "prompt"}, RECORD_TEXT_CHARS)}
+            "params": _clean({k: v for k, v in params.items() if k != "prompt"}, RECORD_TEXT_CHARS),
+            "owner": safe_text(job.get("owner") or ADMIN_NAME, protocol.MAX_NAME_CHARS)}
 
 
 def encode_cursor(created: float, job_id: str) -> str:
@@ -126,7 +130,7 @@ class JobStore:
     """
 
     COLUMNS = ("job_id", "pipeline", "params", "status", "created", "started", "finished", "error", "error_code",
-               "metadata", "timings", "worker")
+               "metadata", "timings", "owner", "worker")
 
     def __init__(self, data_dir: Path):
         self.data_dir = Path(data_dir)
@@ -138,28 +142,34 @@ class JobStore:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, params TEXT NOT NULL, "
             "status TEXT NOT NULL, created REAL NOT NULL, started REAL, finished REAL, error TEXT, error_code TEXT, "
-            "metadata TEXT, timings TEXT)")
+            f"metadata TEXT, timings TEXT, owner TEXT NOT NULL DEFAULT '{ADMIN_NAME}')")
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
         if "size_bytes" not in columns:  # stores written before the cap policy: sizes are measured on demand
             self._db.execute("ALTER TABLE jobs ADD COLUMN size_bytes INTEGER")
+        if "owner" not in columns:  # stores written before identities: every job is the admin's
+            self._db.execute(f"ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT '{ADMIN_NAME}'")
+            log.debug("job store %s: added the owner column (existing jobs belong to %s)", self.data_dir, ADMIN_NAME)
         if "worker" not in columns:  # which worker ran the job ("local", "ray:actor-2@host"); NULL before it ran
             self._db.execute("ALTER TABLE jobs ADD COLUMN worker TEXT")
         self._db.execute("CREATE INDEX IF NOT EXISTS jobs_by_created ON jobs (created DESC, job_id DESC)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS jobs_by_owner ON jobs (owner, created DESC, job_id DESC)")
 
     # ---- rows ----------------------------------------------------------------------------------------------------
 
     def job_dir(self, job_id: str) -> Path:
         return self.jobs_dir / job_id
 
-    def insert(self, job_id: str, pipeline: str, params: dict, inputs: dict[str, np.ndarray]) -> None:
+    def insert(self, job_id: str, pipeline: str, params: dict, inputs: dict[str, np.ndarray],
+               owner: str = ADMIN_NAME) -> None:
+        """A new queued job of ``owner`` (an identity name) with its inputs and params files."""
         folder = self.job_dir(job_id)
         folder.mkdir(parents=True, exist_ok=True)
         np.savez(folder / "inputs.npz", **inputs)
         (folder / "params.json").write_text(json.dumps(params, indent=2))
         with self._lock:
-            self._db.execute("INSERT INTO jobs (job_id, pipeline, params, status, created, size_bytes) "
-                             "VALUES (?, ?, ?, 'queued', ?, ?)",
-                             (job_id, pipeline, json.dumps(params), time.time(), _folder_bytes(folder)))
+            self._db.execute("INSERT INTO jobs (job_id, pipeline, params, status, created, size_bytes, owner) "
+                             "VALUES (?, ?, ?, 'queued', ?, ?, ?)",
+                             (job_id, pipeline, json.dumps(params), time.time(), _folder_bytes(folder), owner))
 
     def update(self, job_id: str, **values: Any) -> None:
         for key in ("metadata", "timings"):
@@ -186,12 +196,14 @@ class JobStore:
             rows = self._db.execute(query, (*args, max(0, min(int(limit), 2 ** 62)))).fetchall()
         return [self._row(r) for r in rows]
 
-    def page(self, limit: int, cursor: str | None = None) -> tuple[list[dict], str | None]:
+    def page(self, limit: int, cursor: str | None = None,
+             owner: str | None = None) -> tuple[list[dict], str | None]:
         """One page of :func:`job_record` s, newest first, and the cursor of the next page (None = last page).
 
         Args:
             limit: most records, 1 … ``protocol.LIST_JOBS_MAX_LIMIT``.
             cursor: a ``next_cursor`` of an earlier page, or None for the newest jobs.
+            owner: only this identity's jobs; None = every job.
         Raises:
             StoreError: bad_field (a limit out of range or a cursor this store did not issue).
         """
@@ -199,10 +211,16 @@ class JobStore:
             raise StoreError("bad_field", f"list_jobs.limit must be an int in [1, {protocol.LIST_JOBS_MAX_LIMIT}]")
         query = f"SELECT {', '.join(self.COLUMNS)} FROM jobs"
         args: list[Any] = []
+        where = []
         if cursor is not None:
             created, job_id = decode_cursor(cursor)
-            query += " WHERE created < ? OR (created = ? AND job_id < ?)"
+            where.append("(created < ? OR (created = ? AND job_id < ?))")
             args += [created, created, job_id]
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
+        if where:
+            query += " WHERE " + " AND ".join(where)
         query += " ORDER BY created DESC, job_id DESC LIMIT ?"
         with self._lock:
             rows = self._db.execute(query, (*args, limit + 1)).fetchall()
@@ -235,20 +253,25 @@ class JobStore:
             return {k: data[k] for k in data.files}
 
     def save_result(self, job_id: str, arrays: dict[str, np.ndarray]) -> None:
-        """Write ``result.npz`` (the result's wire arrays, every mesh), ``texture.png`` and ``result.glb`` (every mesh:
-        one node each, laid out side by side, with its vertex colours) into the job folder."""
+        """Write ``result.npz`` (the result's wire arrays, every mesh and point cloud), ``texture.png`` and
+        ``result.glb`` (every mesh with its vertex colours, then every point cloud: one node each, named like the
+        wire groups, laid out side by side) into the job folder."""
         from PIL import Image
 
         folder = self.job_dir(job_id)
         np.savez(folder / "result.npz", **arrays)
         results = meshes_from_arrays(arrays)
+        clouds = point_clouds_from_arrays(arrays)
         texture = results[0].texture if results else None
         if texture is not None:
             Image.fromarray(texture.squeeze(-1) if texture.shape[-1] == 1 else texture).save(folder / "texture.png")
-        if results:  # several meshes (samples): one node each, side by side along +X
+        if results or clouds:  # several meshes / clouds (samples): one node each, side by side along +X
             meshes = [r.mesh for r in results]
-            offsets = side_by_side(meshes) if len(meshes) > 1 else None
-            save_glb(folder / "result.glb", meshes, texture, offsets=offsets, v_colors=[r.v_color for r in results])
+            items = meshes + [c.points for c in clouds]
+            offsets = side_by_side(items) if len(items) > 1 else np.zeros((len(items), 3))
+            save_glb(folder / "result.glb", meshes, texture, offsets=offsets[:len(meshes)],
+                     v_colors=[r.v_color for r in results], point_clouds=[(c.points, c.colors) for c in clouds],
+                     point_offsets=offsets[len(meshes):])
         self.measure(job_id)
 
     def load_result(self, job_id: str) -> dict[str, np.ndarray]:

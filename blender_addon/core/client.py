@@ -22,19 +22,26 @@ handshake with ``auth_failed`` or ``version_mismatch``, since retrying cannot fi
 
 Frames that the caller queues while no connection is up wait in the outgoing queue and go out, in order, right after
 the next handshake.
+
+TLS: with ``tls_fingerprint`` set, every connection is TLS (:mod:`.tls`): the server's certificate must have that
+SHA-256 fingerprint, checked before ``hello`` (so the token never reaches another server). A mismatch, a backend
+without TLS and a failed TLS handshake are not retried; neither is a TLS-only backend reached without TLS
+(``tls_required``).
 """
 
 from __future__ import annotations
 
 import queue
 import socket
+import ssl
 import threading
+import time
 import uuid
 from typing import Any, Mapping
 
 import numpy as np
 
-from . import protocol
+from . import protocol, tls
 
 EVENT_CONNECTED = "client_connected"
 EVENT_DISCONNECTED = "client_disconnected"
@@ -42,7 +49,7 @@ EVENT_ERROR = "client_error"
 SYNTHETIC_TYPES = frozenset({EVENT_CONNECTED, EVENT_DISCONNECTED, EVENT_ERROR})
 
 # Server answers to the handshake that retrying cannot fix.
-FATAL_HANDSHAKE_CODES = frozenset({"auth_failed", "version_mismatch"})
+FATAL_HANDSHAKE_CODES = frozenset({"auth_failed", "version_mismatch", "tls_required"})
 
 
 class BackendClient:
@@ -58,9 +65,12 @@ class BackendClient:
         backoff_initial_s: first delay before reconnecting, seconds (> 0).
         backoff_max_s: largest delay before reconnecting, seconds (>= ``backoff_initial_s``).
         max_payload: largest frame payload accepted from the server, bytes.
+        tls_fingerprint: the backend certificate's SHA-256 fingerprint (64 hex digits, colons allowed) to speak TLS
+            and pin it; None or ``""`` = plain TCP (loopback, or an SSH tunnel).
 
     Raises:
-        ValueError: on an empty host, a port outside [1, 65535], an empty token or a non-positive backoff.
+        ValueError: on an empty host, a port outside [1, 65535], an empty token, a non-positive backoff or a
+            fingerprint that is not 64 hex digits.
 
     Nothing happens on the network until :meth:`start`. Every public method returns at once; results arrive as
     messages on :attr:`events`.
@@ -68,7 +78,7 @@ class BackendClient:
 
     def __init__(self, host: str, port: int, token: str, client_name: str = "blender", *, reconnect: bool = True,
                  connect_timeout_s: float = 5.0, backoff_initial_s: float = 0.5, backoff_max_s: float = 10.0,
-                 max_payload: int = protocol.DEFAULT_MAX_PAYLOAD_BYTES):
+                 max_payload: int = protocol.DEFAULT_MAX_PAYLOAD_BYTES, tls_fingerprint: str | None = None):
         if not host:
             raise ValueError("host is empty")
         if not isinstance(port, int) or not 1 <= port <= 65535:
@@ -85,6 +95,7 @@ class BackendClient:
         self.backoff_initial_s = float(backoff_initial_s)
         self.backoff_max_s = float(backoff_max_s)
         self.max_payload = int(max_payload)
+        self._pinned = tls.parse_fingerprint(tls_fingerprint) if tls_fingerprint else None
         self._token = token
         #: Messages for the caller (``protocol.Message``), in arrival order. Drain with :meth:`poll_events`.
         self.events: queue.Queue[protocol.Message] = queue.Queue()
@@ -249,6 +260,22 @@ class BackendClient:
                 return
             delay = min(delay * 2.0, self.backoff_max_s)
 
+    @property
+    def uses_tls(self) -> bool:
+        """True when connections are TLS with a pinned certificate fingerprint."""
+        return self._pinned is not None
+
+    def _start_tls(self, sock: socket.socket) -> tls.TLSStream:
+        deadline = time.monotonic() + self.connect_timeout_s
+        try:
+            return tls.connect(sock, self._pinned, self.host, self.port, deadline)
+        except tls.TLSRefused as e:
+            raise _FatalHandshake(str(e)) from None
+        except ssl.SSLError as e:
+            raise _FatalHandshake(f"TLS handshake with {self.host}:{self.port} failed ({e.reason or e}): is that "
+                                  f"backend started with `serve --tls`? (clear the TLS Fingerprint for a plain one)"
+                                  ) from None
+
     def _handshake(self) -> tuple[socket.socket, dict]:
         sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout_s)
         try:
@@ -257,6 +284,10 @@ class BackendClient:
                 if self._closing.is_set():
                     raise OSError("client closed")
                 self._sock = sock
+            if self._pinned is not None:
+                sock = self._start_tls(sock)
+                with self._lock:
+                    self._sock = sock
             protocol.send_message(sock, "hello", {"protocol_version": protocol.PROTOCOL_VERSION,
                                                   "token": self._token, "client": self.client_name})
             reply = protocol.recv_message(sock, self.max_payload, direction=protocol.SERVER_TO_CLIENT)

@@ -4,7 +4,10 @@ Shared by ``install.py`` (system Python), the backend and the Blender add-on; st
 
 Layout of the home folder (``$LATENTFORGE_HOME``, else the platform's per-user config folder)::
 
-    token          secret for the socket handshake, mode 0600 (hex string, 64 chars)
+    token          secret for the socket handshake, mode 0600 (hex string, 64 chars); its holder is the admin
+    tokens.json    one token per artist (``python -m backend tokens``): names, roles, SHA-256 of each token, mode 0600
+    tls-cert.pem   the backend's self-signed TLS certificate (``serve --tls``, ``install.py --tls``)
+    tls-key.pem    its private key, mode 0600
     config.json    {"python", "repo_root", "host", "port", "data_dir", "version"} written by install.py
     data/          the backend's job store (jobs.sqlite3 + jobs/<job_id>/ artifact folders)
 """
@@ -39,6 +42,21 @@ def home_dir() -> Path:
 
 def token_path() -> Path:
     return home_dir() / "token"
+
+
+def tokens_path() -> Path:
+    """The identities file of a studio backend (one token per artist), ``<home>/tokens.json``."""
+    return home_dir() / "tokens.json"
+
+
+def tls_cert_path() -> Path:
+    """The backend's TLS certificate (PEM), ``<home>/tls-cert.pem``."""
+    return home_dir() / "tls-cert.pem"
+
+
+def tls_key_path() -> Path:
+    """The private key of :func:`tls_cert_path` (PEM, mode 0600), ``<home>/tls-key.pem``."""
+    return home_dir() / "tls-key.pem"
 
 
 def config_path() -> Path:

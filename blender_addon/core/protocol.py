@@ -44,22 +44,26 @@ __all__ = [
     "MAX_HELLO_BYTES", "HANDSHAKE_TIMEOUT_S", "MAX_ID_CHARS", "MAX_NAME_CHARS", "MAX_MESSAGE_CHARS",
     "MAX_PROMPT_CHARS", "MAX_COORDINATE", "ECHO_CHARS", "LIST_JOBS_MAX_LIMIT", "LIST_JOBS_DEFAULT_LIMIT",
     "SERVER_ERROR_CODES", "LIST_PROMPT_CHARS", "safe_text", "encode_or_error",
-    "CLIENT_TO_SERVER", "SERVER_TO_CLIENT", "JOB_STATUSES", "JOB_RECORD_KEYS",
+    "CLIENT_TO_SERVER", "SERVER_TO_CLIENT", "JOB_STATUSES", "JOB_RECORD_KEYS", "ROLES",
     "ProtocolError", "ConnectionClosed", "FieldSpec", "ArraySlot", "KindSpec", "MessageSpec", "Message",
     "KIND_SPECS", "MESSAGE_TYPES",
     "encode_message", "decode_message", "decode_frame", "parse_prefix", "send_message", "recv_message",
-    "tokens_match", "mesh_arrays", "mesh_groups", "split_groups", "split_array_name",
+    "tokens_match", "mesh_arrays", "mesh_groups", "point_cloud_arrays", "point_groups", "split_groups",
+    "split_array_name", "MESH_GROUP", "POINTS_GROUP",
 ]
 
 # ---------------------------------------------------------------------------------------------------------------
 # Constants
 # ---------------------------------------------------------------------------------------------------------------
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 """Version carried in every header's ``"v"`` and in hello/welcome ``protocol_version``; a mismatch is fatal.
 History: 1 = first release; 2 = ``partial``/``result`` may carry several meshes (groups ``mesh``, ``mesh_1``, …);
 3 = length/range limits on fields, valid-Unicode strings only, ``list_jobs`` pages (``cursor`` → ``next_cursor``),
-``delete_job`` → ``deleted``."""
+``delete_job`` → ``deleted``; 4 = ``partial``/``result`` may carry point clouds (groups ``points``, ``points_1``, …)
+beside or instead of meshes; identities (``welcome.identity``/``role``, job records' ``owner``, an artist sees and
+touches only their own jobs) and TLS (``tls_required``); ``welcome.memory_total_bytes``/``memory_free_bytes`` and the
+``out_of_memory`` server code."""
 
 MAGIC = b"LFRG"
 """First 4 bytes of every frame."""
@@ -117,7 +121,13 @@ MAX_IMAGE_SIDE = 16384
 
 MAX_MESHES = 64
 """Most meshes one ``partial``/``result`` carries: groups ``mesh``, ``mesh_1`` … ``mesh_63``
-(see :attr:`ArraySlot.repeat`)."""
+(see :attr:`ArraySlot.repeat`); the same bound holds for point clouds (``points`` … ``points_63``)."""
+
+MESH_GROUP = "mesh"
+"""Group of the first mesh of a ``partial``/``result``; the others are ``mesh_1``, ``mesh_2``, …"""
+
+POINTS_GROUP = "points"
+"""Group of the first point cloud of a ``partial``/``result``; the others are ``points_1``, ``points_2``, …"""
 
 WIRE_DTYPES: Mapping[str, np.dtype] = MappingProxyType({
     "float32": np.dtype("<f4"),
@@ -132,6 +142,9 @@ SERVER_TO_CLIENT = "server->client"
 
 JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
 """Values of ``status.status`` and of each ``jobs.jobs[i].status``."""
+
+ROLES = ("artist", "admin")
+"""Roles of an identity (``welcome.role``): an artist lists and touches only their own jobs, an admin every job."""
 
 ERROR_CODES: Mapping[str, str] = MappingProxyType({
     "bad_magic": "the frame does not start with b'LFRG' (wrong port or a non-LatentForge peer)",
@@ -164,6 +177,8 @@ SERVER_ERROR_CODES: Mapping[str, str] = MappingProxyType({
     "out_of_memory": "the job ran out of device memory, or its model would not fit (refused before loading); the "
                      "backend emptied its model cache and takes the next job",
     "interrupted": "the backend stopped while the job was running",
+    "tls_required": "a plain TCP client reached a backend that accepts TLS only (fatal: set the client's TLS "
+                    "fingerprint)",
     "too_many_connections": "the server's connection limit is reached (fatal: the connection is closed)",
     "timeout": "the handshake did not complete in HANDSHAKE_TIMEOUT_S (fatal)",
     "overloaded": "the client does not read its replies fast enough, or the server's buffers are full (fatal)",
@@ -267,6 +282,14 @@ class ArraySlot:
     repeat: bool = False
     """The slot's group may also appear numbered, ``<group>_1`` … ``<group>_{MAX_MESHES - 1}`` (one more mesh
     each, consecutive from 1), with the same rules: a required slot is required in every numbered group present."""
+    with_group: bool = False
+    """Required whenever its group (or, with ``repeat``, a numbered copy of it) is present, though the group itself
+    is optional (e.g. ``points.v_pos``: a result without point clouds carries no ``points`` group)."""
+
+    @property
+    def required_text(self) -> str:
+        """The slot's "required" column in docs/protocol.md: ``yes``, ``with group`` or ``no``."""
+        return "yes" if self.required else "with group" if self.with_group else "no"
 
 
 @dataclass(frozen=True)
@@ -313,6 +336,8 @@ class MessageSpec:
     """The array names the message may carry; None (with ``arrays_allowed``) = any name of a known kind."""
     doc: str = ""
     """One-line meaning, mirrored in docs/protocol.md."""
+    any_of_groups: tuple[str, ...] = ()
+    """If set, the message must carry at least one of these groups (e.g. a ``result``: a mesh or a point cloud)."""
 
     @property
     def array_kinds(self) -> frozenset[str]:
@@ -370,10 +395,14 @@ def _f(types: str, required: bool = True, doc: str = "", **kw) -> FieldSpec:
     return FieldSpec(tuple(types.split("|")), required, doc, **kw)
 
 
-def _mesh_slots(required: bool, repeat: bool = False) -> tuple[ArraySlot, ...]:
-    return (ArraySlot("mesh.v_pos", required, repeat=repeat), ArraySlot("mesh.t_pos_idx", required, repeat=repeat),
-            ArraySlot("mesh.uv", repeat=repeat), ArraySlot("mesh.uv_idx", repeat=repeat),
-            ArraySlot("mesh.v_color", repeat=repeat))
+def _shape_slots() -> tuple[ArraySlot, ...]:
+    """The slots of ``partial`` and ``result``: meshes (``mesh``, ``mesh_1``, …) and point clouds (``points``,
+    ``points_1``, …), each group optional but at least one present (:attr:`MessageSpec.any_of_groups`)."""
+    return (ArraySlot("mesh.v_pos", repeat=True, with_group=True),
+            ArraySlot("mesh.t_pos_idx", repeat=True, with_group=True),
+            ArraySlot("mesh.uv", repeat=True), ArraySlot("mesh.uv_idx", repeat=True),
+            ArraySlot("mesh.v_color", repeat=True),
+            ArraySlot("points.v_pos", repeat=True, with_group=True), ArraySlot("points.v_color", repeat=True))
 
 
 _JOB_ID = "job id assigned by the server in accepted"
@@ -389,7 +418,8 @@ MESSAGE_TYPES: Mapping[str, MessageSpec] = MappingProxyType({
     # client -> server
     "hello": MessageSpec(_C2S, MappingProxyType({
         "protocol_version": _f("int", doc="must equal PROTOCOL_VERSION, else version_mismatch"),
-        "token": _f("str", doc="shared secret from the token file; compared with hmac.compare_digest", max_len=1024),
+        "token": _f("str", doc="the token file's secret or an identity's token; compared with hmac.compare_digest",
+                     max_len=1024),
         "client": _f("str", False, doc='free-form client description, e.g. "blender 4.2.1 / latentforge 0.1.0"',
                      max_len=256),
     }), doc="first message of every connection: version + token"),
@@ -427,6 +457,9 @@ MESSAGE_TYPES: Mapping[str, MessageSpec] = MappingProxyType({
         "pipelines": _f("object", doc="pipeline name -> description object (inputs, defaults)"),
         "default_model": _f("str", doc="model used when params do not name one"),
         "models": _f("array", doc="available models (ids or description objects)"),
+        "identity": _f("str", doc='who the token belongs to, e.g. "alice"; "admin" for the token file',
+                       max_len=MAX_NAME_CHARS),
+        "role": _f("str", doc="artist = own jobs only; admin = every job", choices=ROLES),
     }), doc="answer to a good hello"),
     "accepted": MessageSpec(_S2C, MappingProxyType({
         "job_id": _f("str", doc="new job id", max_len=MAX_ID_CHARS),
@@ -456,12 +489,14 @@ MESSAGE_TYPES: Mapping[str, MessageSpec] = MappingProxyType({
     "partial": MessageSpec(_S2C, MappingProxyType({
         "job_id": _f("str", doc=_JOB_ID, max_len=MAX_ID_CHARS),
         "step": _f("int", doc="step the mesh was extracted at", minimum=0),
-    }), arrays_allowed=True, array_slots=_mesh_slots(True, repeat=True), doc="intermediate mesh(es)"),
+    }), arrays_allowed=True, array_slots=_shape_slots(), any_of_groups=(MESH_GROUP, POINTS_GROUP),
+        doc="intermediate mesh(es) and/or point cloud(s)"),
     "result": MessageSpec(_S2C, MappingProxyType({
         "job_id": _f("str", doc=_JOB_ID, max_len=MAX_ID_CHARS),
         "metadata": _f("object", doc="pipeline, params, seed, timings, model ids, ..."),
     }), arrays_allowed=True,
-        array_slots=_mesh_slots(True, repeat=True) + (ArraySlot("texture", False, ("uint8",), (3, 4)),),
+        array_slots=_shape_slots() + (ArraySlot("texture", False, ("uint8",), (3, 4)),),
+        any_of_groups=(MESH_GROUP, POINTS_GROUP),
         doc="final output of a done job (sent when it finishes, and on get_result)"),
     "error": MessageSpec(_S2C, MappingProxyType({
         "code": _f("str", doc="an ERROR_CODES code, or a SERVER_ERROR_CODES code", max_len=MAX_NAME_CHARS),
@@ -486,7 +521,8 @@ MESSAGE_TYPES: Mapping[str, MessageSpec] = MappingProxyType({
 })
 """Message type -> schema. docs/protocol.md mirrors this table (checked by tests/test_protocol.py)."""
 
-JOB_RECORD_KEYS = ("job_id", "pipeline", "status", "prompt", "created", "started", "finished", "error", "params")
+JOB_RECORD_KEYS = ("job_id", "pipeline", "status", "prompt", "created", "started", "finished", "error", "params",
+                   "owner")
 """Keys of each object in ``jobs.jobs`` (documented; not enforced by the protocol layer). In a listing ``prompt``
 is capped at :data:`LIST_PROMPT_CHARS` characters and ``params`` omits the prompt (it is not carried twice)."""
 
@@ -770,6 +806,14 @@ def _check_array_contents(msg_type: str, spec: MessageSpec, arrays: Mapping[str,
             raise ProtocolError("bad_array", f"{msg_type} requires array {slot.name!r}")
     _check_repeated_groups(msg_type, spec, arrays)
     groups = split_groups(arrays)
+    if spec.any_of_groups and not any(g in groups for g in spec.any_of_groups):
+        wanted = " or ".join(f"a {g} group" for g in spec.any_of_groups)
+        raise ProtocolError("bad_array", f"{msg_type} carries nothing to show: it needs {wanted} (arrays: "
+                                         f"{', '.join(_short(n, 40) for n in list(arrays)[:5]) or 'none'})")
+    for slot in spec.array_slots or ():
+        group, kind = split_array_name(slot.name)
+        if slot.with_group and group in groups and kind not in groups[group]:
+            raise ProtocolError("bad_array", f"{msg_type} requires array {slot.name!r} (group {group} is present)")
     # 1) structure: needed kinds and matching row counts (cheap, before any data pass)
     for group, members in groups.items():
         prefix = f"{group}." if group else ""
@@ -819,14 +863,18 @@ def _check_repeated_groups(msg_type: str, spec: MessageSpec, arrays: Mapping[str
         base = _repeat_base(name)
         if base is not None and spec.slot(name) is not None:
             numbers.setdefault(split_array_name(base[0])[0], set()).add(base[1])
+    groups = {split_array_name(name)[0] for name in arrays}
     for group, present in numbers.items():
+        if group not in groups:
+            raise ProtocolError("bad_array", f"{msg_type} carries group {group}_{min(present)} but not {group}; "
+                                             f"numbered groups follow the first, unnumbered one")
         gap = next(i for i in range(1, max(present) + 2) if i not in present)
         if gap < max(present):
             raise ProtocolError("bad_array", f"{msg_type} carries group {group}_{max(present)} but not {group}_{gap}; "
                                              f"numbered groups must be consecutive from {group}_1")
         for slot in repeating:
             slot_group, kind = split_array_name(slot.name)
-            if slot_group != group or not slot.required:
+            if slot_group != group or not (slot.required or slot.with_group):
                 continue
             for i in sorted(present):
                 if f"{group}_{i}.{kind}" not in arrays:
@@ -1300,6 +1348,32 @@ def mesh_groups(arrays: Mapping[str, np.ndarray], group: str = "mesh") -> list[s
         elif g.startswith(group + "_") and g[len(group) + 1:].isdigit():
             found[int(g[len(group) + 1:])] = g
     return [found[i] for i in sorted(found)]
+
+
+def point_cloud_arrays(group: str, v_pos: np.ndarray, v_color: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Name a point cloud's arrays for a message: ``{"<group>.v_pos": v_pos[, "<group>.v_color": v_color]}``.
+
+    Args:
+        group: ``"points"``, ``"points_1"``, … (letters, digits and '_').
+        v_pos: (N, 3) float32 point positions, Blender world frame (Z up), metres, N >= 1.
+        v_color: optional (N, 3|4) float32 linear colours in [0, 1].
+    Returns:
+        dict name -> the arrays as given (no copy, no validation: :func:`encode_message` validates).
+    Raises:
+        ValueError: an ill-formed group name.
+    """
+    if not isinstance(group, str) or not _NAME_RE.match(group):
+        raise ValueError(f"group {group!r} must be letters, digits and '_' (dots between parts)")
+    out = {f"{group}.v_pos": v_pos}
+    if v_color is not None:
+        out[f"{group}.v_color"] = v_color
+    return out
+
+
+def point_groups(arrays: Mapping[str, np.ndarray]) -> list[str]:
+    """The point-cloud groups a ``partial``/``result`` carries, in order: ``["points", "points_1", ...]`` (empty when
+    there is none); :func:`mesh_groups` with the group :data:`POINTS_GROUP`."""
+    return mesh_groups(arrays, POINTS_GROUP)
 
 
 def split_groups(arrays: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:

@@ -46,6 +46,12 @@ TASKS: dict[str, tuple[Method, ...]] = {
         Method("shape_ldm", "Michelangelo", "Aligned shape latent diffusion: untextured shapes from text or an image, "
                                             "variations and in-betweens of meshes (seconds)",
                {"generate": "shape_ldm", "variations": "shape_variations", "interpolate": "shape_interpolate"}),
+        Method("shap_e", "Shap-E", "Implicit-function diffusion (OpenAI Shap-E): meshes with vertex colours from text "
+                                   "or an image (seconds)",
+               {"generate": "shap_e"}),
+        Method("point_e", "Point-E", "Point-cloud diffusion (OpenAI Point-E): coloured point clouds from text or an "
+                                     "image, and meshes from them on request (seconds)",
+               {"generate": "point_e"}),
     ),
 }
 """Task name -> its methods, first = default. Tasks with no method yet have no row (and no panel)."""
@@ -59,6 +65,14 @@ def method_property(task: str) -> str:
 def enum_items(task: str) -> list[tuple[str, str, str]]:
     """``EnumProperty`` items of ``task``'s Method choice. Raises KeyError for an unknown task."""
     return [(m.identifier, m.label, m.description) for m in TASKS[task]]
+
+
+def method_of(task: str, identifier: str) -> Method:
+    """The :class:`Method` ``identifier`` of ``task``; the task's first (default) method when ``identifier`` is not
+    one of its methods (e.g. a .blend saved with a method this add-on no longer has). Raises KeyError for an unknown
+    task."""
+    methods = TASKS[task]
+    return next((m for m in methods if m.identifier == identifier), methods[0])
 
 
 def pipeline_for(task: str, method: str, role: str) -> str:

@@ -17,10 +17,14 @@ def format_duration(seconds: float | None) -> str:
 
 def backend_summary(welcome: dict) -> str:
     """The connected backend in one line, from its ``welcome``: ``"cuda:0 (NVIDIA RTX 4070) · 12.0 GB, 10.9 GB free ·
-    backend 0.4.0"`` (the memory part only when the backend reports it; decimal GB)."""
+    backend 0.4.0"`` (the memory part only when the backend reports it; decimal GB), then ``· alice (artist)`` when
+    the token is an identity other than the token file's admin."""
     parts = [str(welcome.get("device", "?"))]
     total, free = welcome.get("memory_total_bytes"), welcome.get("memory_free_bytes")
     if isinstance(total, int) and isinstance(free, int):
         parts.append(f"{total / 1e9:.1f} GB, {free / 1e9:.1f} GB free")
     parts.append(f"backend {welcome.get('server_version', '?')}")
+    identity, role = welcome.get("identity"), welcome.get("role")
+    if isinstance(identity, str) and identity != "admin":  # a studio backend: whose jobs this connection sees
+        parts.append(f"{identity} ({role})")
     return " · ".join(parts)

@@ -2,7 +2,7 @@
 
 One file per pipeline family: ``texture.py`` (``latent_paint``: the texture goes onto the object that was sent),
 ``generate.py`` (``latent_nerf``: a new textured object), ``shapes.py`` (``shape_ldm``, ``shape_variations``,
-``shape_interpolate``: one new object per mesh), and ``preview.py`` (the live preview image and the one temporary
+``shape_interpolate``, ``shap_e``, ``point_e``: one new object per mesh or point cloud), and ``preview.py`` (the live preview image and the one temporary
 preview object, shared by all). Each family file holds its job-target dataclass (what the add-on remembers per job
 to place the result: ``to_record``/``from_record``, see :class:`.common.ResultTarget`) and its apply function.
 
@@ -31,6 +31,8 @@ RESULT_IMPORTERS: dict[str, ResultImporter] = {
     "shape_ldm": shapes.SHAPE_IMPORTER,
     "shape_variations": shapes.VARIATIONS_IMPORTER,
     "shape_interpolate": shapes.INTERPOLATE_IMPORTER,
+    "shap_e": shapes.MODEL_SHAPE_IMPORTER,
+    "point_e": shapes.MODEL_SHAPE_IMPORTER,
 }
 """Pipeline name -> its :class:`.common.ResultImporter`."""
 

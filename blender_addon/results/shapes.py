@@ -1,9 +1,14 @@
-"""Shape results (Michelangelo: ``shape_ldm``, ``shape_variations``, ``shape_interpolate``): one new untextured
-object per mesh, named and placed by the job's target (bpy side; main thread only).
+"""Shape results (Michelangelo: ``shape_ldm``, ``shape_variations``, ``shape_interpolate``; Shap-E: ``shap_e``;
+Point-E: ``point_e``): one new object per mesh and per point cloud, named and placed by the job's target (bpy side;
+main thread only).
 
-Meshes come in the protocol groups ``mesh``, ``mesh_1``, … (Blender world frame, metres). Each target class picks a
-layout of :mod:`..core.placement` (a row at the cursor, a row next to the source, in place). A partial (coarse
-meshes of every sample) becomes ONE preview mesh laid out like the final objects, each sample tinted.
+Meshes come in the protocol groups ``mesh``, ``mesh_1``, …, point clouds in ``points``, ``points_1``, … (Blender world
+frame, metres). Each target class picks a layout of :mod:`..core.placement` (a row at the cursor, a row next to the
+source, in place); the meshes come first in the row, then the point clouds. A mesh with vertex colours gets them as
+the colour attribute :data:`..mesh_io.COLOR_ATTRIBUTE_NAME` and a material reading it; a point cloud becomes a
+point-cloud object with the colour attribute :data:`..mesh_io.POINT_COLOR_ATTRIBUTE_NAME` and a material reading
+it. A partial (coarse meshes or points of every sample) becomes ONE preview mesh laid out like the final objects,
+each sample tinted (points as loose vertices).
 """
 
 from __future__ import annotations
@@ -23,6 +28,15 @@ DEFAULT_SHAPE_GAP = 0.25
 
 SHAPE_MATERIAL_NAME = "LatentForge Shape"
 """The plain material (one, shared) of the shape objects."""
+
+VERTEX_COLOR_MATERIAL_NAME = "LatentForge Vertex Color"
+"""The material (one, shared) of shape objects whose meshes carry vertex colours (Shap-E, Point-E)."""
+
+POINT_MATERIAL_NAME = "LatentForge Point Color"
+"""The material (one, shared) of point-cloud objects: Base Color from their ``Col`` attribute."""
+
+POINT_RADIUS_FRACTION = 0.004
+"""A point's radius as a fraction of its cloud's bounding-box diagonal (at least 1 mm)."""
 
 SHAPE_PREVIEW_TINTS = np.array([(0.80, 0.45, 0.25), (0.25, 0.55, 0.80), (0.35, 0.70, 0.30), (0.75, 0.35, 0.65),
                                 (0.80, 0.70, 0.25), (0.30, 0.70, 0.70)], dtype=np.float32)
@@ -193,75 +207,113 @@ ShapeTargets = ShapeTarget | VariationsTarget | InterpolateTarget
 """Any target of the shape pipelines."""
 
 
-def _placed_shapes(arrays: dict[str, np.ndarray], target: ShapeTargets,
-                   pipeline: str) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[placement.Placement]]:
-    """``([(v_pos, t_pos_idx)], [(anchor, location)])`` of a shape result or partial: every mesh group in order,
-    placed by ``target``.
+def _placed_shapes(arrays: dict[str, np.ndarray], target: ShapeTargets, pipeline: str
+                   ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str], list[placement.Placement]]:
+    """``([(v_pos, t_pos_idx)], [group], [(anchor, location)])`` of a shape result or partial: every mesh group in
+    order, then every point-cloud group (``t_pos_idx`` (0, 3) for those), placed by ``target``.
 
     Raises:
-        ValueError: the message carries no mesh group.
+        ValueError: the message carries neither a mesh nor a point cloud.
     """
-    groups = protocol.mesh_groups(arrays)
+    groups = protocol.mesh_groups(arrays) + protocol.point_groups(arrays)
     if not groups:
-        raise ValueError(f"a {pipeline} message carries no mesh (arrays: {', '.join(arrays) or 'none'})")
-    meshes = [(np.asarray(arrays[f"{g}.v_pos"]), np.asarray(arrays[f"{g}.t_pos_idx"])) for g in groups]
-    return meshes, target.placements(placement.mesh_boxes([v for v, _ in meshes]))
+        raise ValueError(f"a {pipeline} message carries no mesh or point cloud (arrays: {', '.join(arrays) or 'none'})")
+    no_faces = np.zeros((0, 3), dtype=np.int32)
+    items = [(np.asarray(arrays[f"{g}.v_pos"]), np.asarray(arrays.get(f"{g}.t_pos_idx", no_faces))) for g in groups]
+    return items, groups, target.placements(placement.mesh_boxes([v for v, _ in items]))
 
 
 def apply_shape_result(context: bpy.types.Context, job_id: str, result_arrays: dict[str, np.ndarray],
                        metadata: dict, target: ShapeTargets, pipeline: str = "shape_ldm") -> ApplyReport:
-    """Make one new object per mesh of a shape result (``shape_ldm``, ``shape_variations``, ``shape_interpolate``).
+    """Make one new object per mesh and per point cloud of a shape result (``shape_ldm``, ``shape_variations``,
+    ``shape_interpolate``, ``shap_e``, ``point_e``).
 
     ``target`` (:class:`ShapeTarget`, :class:`VariationsTarget`, :class:`InterpolateTarget`; the dispatcher passes
-    the class's ``fallback`` when none was recorded) names and places them. Geometry goes in with the attribute API
-    (no per-vertex Python). Every object gets smooth shading (marching-cubes surfaces are smooth;
-    ``metadata["shading"] == "flat"`` asks for flat), the shared plain material :data:`SHAPE_MATERIAL_NAME`, and the
-    custom properties ``latentforge_job_id/_pipeline/_prompt/_seed/_sample_index/_model/_grid_resolution`` plus the
-    target's own (``_image``; ``_source``, ``_strength``; ``_source_a``, ``_source_b``, ``_weight``).
+    the class's ``fallback`` when none was recorded) names and places them: meshes first, then point clouds (named
+    ``"<name> points"``). Geometry goes in with the attribute API (no per-vertex Python). Every mesh object gets
+    smooth shading (marching-cubes surfaces are smooth; ``metadata["shading"] == "flat"`` asks for flat) and either
+    its texture (the first mesh of a result with ``texture``, e.g. Shap-E's baked one: UV map
+    :data:`..mesh_io.UV_MAP_NAME` + a texture material), its vertex colours (``mesh.v_color``: colour attribute +
+    :data:`VERTEX_COLOR_MATERIAL_NAME`) or the plain :data:`SHAPE_MATERIAL_NAME`; every point cloud becomes a point-cloud object
+    (:func:`..mesh_io.new_point_cloud_object`, material :data:`POINT_MATERIAL_NAME`). Custom properties:
+    ``latentforge_job_id/_pipeline/_prompt/_seed/_sample_index/_model/_grid_resolution/_result_kind`` ("mesh" or
+    "points") plus the target's own (``_image``; ``_source``, ``_strength``; ``_source_a``, ``_source_b``,
+    ``_weight``) and, on point clouds, ``latentforge_point_count``.
 
     Raises:
-        ValueError: no mesh, wrong shapes or degenerate triangles (objects made so far are removed again).
+        ValueError: no mesh or point cloud, wrong shapes or degenerate triangles (objects made so far are removed
+            again).
     """
-    meshes, placements = _placed_shapes(result_arrays, target, pipeline)
-    names = target.names(len(meshes), metadata)
-    material = shape_material()
+    items, groups, placements = _placed_shapes(result_arrays, target, pipeline)
+    n_meshes = len(protocol.mesh_groups(result_arrays))
+    names = target.names(n_meshes, metadata) if n_meshes else []
+    if len(groups) > n_meshes:
+        names += [f"{n} points" for n in target.names(len(groups) - n_meshes, metadata)]
     smooth = str(metadata.get("shading", "smooth")).lower() != "flat"
     objects = []
     try:
-        for i, ((v_pos, t_pos_idx), (anchor, location), name) in enumerate(zip(meshes, placements, names)):
+        for i, ((v_pos, t_pos_idx), group, (anchor, location), name) in enumerate(
+                zip(items, groups, placements, names)):
             local = (v_pos.astype(np.float64) - anchor).astype(np.float32)
-            obj = mesh_io.new_mesh_object(context, name, local, t_pos_idx, location, smooth)
-            materials.assign_material(obj, material)
-            set_custom_properties(obj, {**common_properties(job_id, pipeline, metadata),
-                                        "latentforge_sample_index": i,
-                                        "latentforge_grid_resolution": int(metadata.get("grid_resolution", 0) or 0),
-                                        **target.properties(i, metadata)})
+            color = result_arrays.get(f"{group}.v_color")
+            kind, index = ("mesh", i) if i < n_meshes else ("points", i - n_meshes)
+            extra = {}
+            if kind == "mesh":
+                obj = mesh_io.new_mesh_object(context, name, local, t_pos_idx, location, smooth)
+                if i == 0 and "texture" in result_arrays and "mesh.uv" in result_arrays:  # Shap-E's baked texture
+                    uv = np.asarray(result_arrays["mesh.uv"])[np.asarray(result_arrays["mesh.uv_idx"]).reshape(-1)]
+                    mesh_io.write_loop_uvs(obj.data, mesh_io.UV_MAP_NAME, uv)
+                    image = mesh_io.create_texture_image(f"LatentForge {obj.name} {job_id[:8]}",
+                                                         result_arrays["texture"])
+                    materials.assign_material(obj, materials.make_texture_material(
+                        f"LatentForge {obj.name}", image, mesh_io.UV_MAP_NAME))
+                    if color is not None:
+                        mesh_io.write_vertex_colors(obj.data, color)
+                elif color is not None:
+                    mesh_io.write_vertex_colors(obj.data, color)
+                    obj.data.update()
+                    materials.assign_material(obj, materials.make_color_attribute_material(
+                        VERTEX_COLOR_MATERIAL_NAME))
+                else:
+                    materials.assign_material(obj, shape_material())
+            else:
+                diagonal = float(np.linalg.norm(local.max(axis=0) - local.min(axis=0)))
+                obj = mesh_io.new_point_cloud_object(
+                    context, name, local, color, location, max(diagonal * POINT_RADIUS_FRACTION, 1e-3),
+                    materials.make_point_color_material(POINT_MATERIAL_NAME, mesh_io.POINT_COLOR_ATTRIBUTE_NAME))
+                extra = {"latentforge_point_count": int(len(local))}
             objects.append(obj)
+            set_custom_properties(obj, {**common_properties(job_id, pipeline, metadata),
+                                        "latentforge_sample_index": index, "latentforge_result_kind": kind,
+                                        "latentforge_grid_resolution": int(metadata.get("grid_resolution", 0) or 0),
+                                        **target.properties(index, metadata), **extra})
     except ValueError:
         for obj in objects:
             mesh_io.remove_object(obj)
         raise
-    n_tris = sum(len(t) for _, t in meshes)
+    n_tris = sum(len(t) for _, t in items)
+    n_points = sum(len(v) for v, _ in items[n_meshes:])
     shown = ", ".join(repr(o.name) for o in objects[:4]) + (", …" if len(objects) > 4 else "")
-    message = f"job {job_id}: {len(objects)} shape object{'s' if len(objects) != 1 else ''} ({shown}; {n_tris} " \
-              "triangles in all)"
+    what = f"{n_tris} triangles" + (f", {n_points} points" if n_points else "")
+    message = f"job {job_id}: {len(objects)} shape object{'s' if len(objects) != 1 else ''} ({shown}; {what} in " \
+              "all)"
     return ApplyReport(objects[0], "", None, True, 0, message, objects)
 
 
 def shape_preview_mesh(context: bpy.types.Context, arrays: dict[str, np.ndarray], target: ShapeTargets,
                        pipeline: str = "shape_ldm") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The one mesh the temporary preview object shows for a shape ``partial``: every sample placed where its final
-    object will go (same layout as :func:`apply_shape_result`, from the coarse meshes' boxes), joined, each sample
-    tinted with its own :data:`SHAPE_PREVIEW_TINTS` colour.
+    object will go (same layout as :func:`apply_shape_result`, from the coarse meshes' and points' boxes), joined,
+    each sample tinted with its own :data:`SHAPE_PREVIEW_TINTS` colour (point clouds as loose vertices).
 
     Returns:
         ``(v_pos (N,3) float32 world, t_pos_idx (F,3) int32, v_color (N,3) float32 linear)``.
 
     Raises:
-        ValueError: the partial carries no mesh.
+        ValueError: the partial carries neither a mesh nor a point cloud.
     """
-    meshes, placements = _placed_shapes(arrays, target, pipeline)
-    return placement.join_placed(meshes, placements, SHAPE_PREVIEW_TINTS)
+    items, _, placements = _placed_shapes(arrays, target, pipeline)
+    return placement.join_placed(items, placements, SHAPE_PREVIEW_TINTS)
 
 
 _SHAPE_ARRAYS = ("mesh.v_pos", "mesh.t_pos_idx")
@@ -272,3 +324,7 @@ VARIATIONS_IMPORTER = ResultImporter(apply_shape_result, VariationsTarget, _SHAP
 """The ``shape_variations`` row of :data:`.RESULT_IMPORTERS`."""
 INTERPOLATE_IMPORTER = ResultImporter(apply_shape_result, InterpolateTarget, _SHAPE_ARRAYS, shape_preview_mesh)
 """The ``shape_interpolate`` row of :data:`.RESULT_IMPORTERS`."""
+MODEL_SHAPE_IMPORTER = ResultImporter(apply_shape_result, ShapeTarget, (), shape_preview_mesh)
+"""The rows of the Shape panel's other models (``shap_e``: meshes; ``point_e``: point clouds, and meshes when asked)
+in :data:`.RESULT_IMPORTERS`: a row at the 3D cursor like ``shape_ldm``'s; no array is required on its own (the
+protocol already holds a result to at least one mesh or point cloud)."""
