@@ -206,8 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="where jobs run: local (default: one job at a time in this process) or ray (one Ray "
                             "actor per GPU of a Ray cluster, jobs in parallel; needs `install.py --studio`)")
     serve.add_argument("--ray-address", default=None,
-                       help="with --executor ray: the Ray cluster to join (auto: the one `ray start --head` runs on "
-                            "this machine; HOST:PORT: a remote head); default: start Ray on this machine")
+                       help="with --executor ray: the Ray cluster to join (HOST:PORT of its head, or auto: the one "
+                            "`ray start` runs on this machine); default: that one if there is one, else a new Ray "
+                            "instance on this machine")
     serve.add_argument("--ray-workers", type=int, default=0,
                        help="with --executor ray: actors to start, one GPU each (default 0 = one per GPU of the "
                             "cluster)")

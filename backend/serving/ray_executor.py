@@ -199,9 +199,9 @@ class RayExecutor:
     """Jobs on Ray actors, one per GPU (see the module docstring).
 
     Args:
-        address: the Ray cluster to join (``auto``: the one ``ray start --head`` started on this machine;
-            ``HOST:PORT``: a remote head). None: when Ray is not initialised yet in this process, start a Ray
-            instance on this machine (its GPUs).
+        address: the Ray cluster to join (``HOST:PORT`` of its head; ``auto``: the one ``ray start`` runs on this
+            machine, an error if none). None: that one if there is one, else a new Ray instance on this machine (its
+            GPUs) — ``ray.init``'s own rule. Ignored when Ray is already initialised in this process.
         num_workers: actors to start (0: one per GPU of the cluster). Each needs one GPU (``num_gpus=1``).
         device: the torch device spelling each actor resolves (``auto``: its GPU, else the CPU).
         keep_models: models kept warm in each actor.
