@@ -4,12 +4,16 @@ After Metzer et al., "Latent-NeRF for Shape-Guided Generation of 3D Shapes and T
 field maps a point to a density and 4 Stable Diffusion latent channels, volume-rendered at 64×64 for SDS.
 
 - Encoding: a multi-resolution hash grid (Müller et al., "Instant Neural Graphics Primitives", SIGGRAPH 2022), written
-  here in torch (hashing, trilinear interpolation of the 8 cell corners), or NeRF's frequency (positional) encoding.
+  here in torch (hashing, trilinear interpolation of the 8 cell corners) in two equivalent forms — ``reference`` (one
+  level at a time, the readable definition) and ``fast`` (all levels of a kind at once, int32 gathers, chunked so the
+  temporaries stay small, corner indices recomputed in the backward instead of stored) — or NeRF's frequency
+  (positional) encoding.
 - MLP: ReLU layers → 1 density pre-activation + 4 linear feature channels (latents are not squashed).
 - Density: ``activation(h_density + blob(x))`` with a Gaussian density blob ``blob_density · exp(−‖x‖² / (2 r²))`` at
   the scene centre (Latent-NeRF / stable-dreamfusion add the blob before the activation, so training can remove it).
   The density output's bias starts at ``density_bias`` < 0 so that empty space starts (almost) empty: this module has
-  no occupancy grid to skip empty space the way the official CUDA ray marcher does.
+  no occupancy grid of its own; :class:`backend.latent_nerf.occupancy.OccupancyGrid` skips empty space at render
+  time.
 
 Frames and units: the scene lives in the box [-bound, bound]³ of the NeRF frame, which is Blender's world frame (Z up)
 up to a similarity (the sketch normalisation of :mod:`backend.latent_nerf.sketch`); distances along rays are in the same units.
@@ -47,6 +51,9 @@ class NeRFConfig(Config):
 
     encoding: str = param("hashgrid", doc="Position encoding: \"hashgrid\" (multi-resolution hash grid) or "
                                           "\"frequency\" (NeRF positional encoding).", choices=("hashgrid", "frequency"))
+    hashgrid_impl: str = param("fast", doc="Hash grid implementation: \"fast\" (all levels at once, chunked; equal "
+                                           "to the reference within float32 rounding, ~1e-6) or \"reference\" (one "
+                                           "level at a time, the plain definition).", choices=("fast", "reference"))
     num_levels: int = param(16, doc="Hash grid: number of resolution levels L.", low=1, high=32)
     features_per_level: int = param(2, doc="Hash grid: feature channels F stored per level (the encoding has L·F "
                                            "channels).", low=1, high=16)
@@ -113,14 +120,24 @@ class HashGridEncoding(nn.Module):
 
     Entries are initialised uniformly in [-1e-4, 1e-4] from torch's global generator (seed it for reproducibility).
 
+    Two implementations compute the same function (``impl``): ``"reference"`` loops over the levels and stores the
+    (N, L, 8) int64 corner indices and weights for the backward; ``"fast"`` (:class:`_HashGridFast`) evaluates the
+    dense levels together and the hashed levels together, ``FAST_CHUNK`` points at a time, gathers with int32
+    indices, and recomputes the corners in the backward (it keeps only the (N, 3) positions). Outputs agree to float32
+    rounding (the same products summed in another order); so do the table gradients.
+
     Args:
         num_levels, features_per_level, log2_hashmap_size, base_resolution, max_resolution: see :class:`NeRFConfig`.
         bound: inputs are expected in [-bound, bound]³; points outside are clamped to the box.
+        impl: ``"fast"`` or ``"reference"`` (ValueError otherwise).
     """
 
     def __init__(self, num_levels: int, features_per_level: int, log2_hashmap_size: int, base_resolution: int,
-                 max_resolution: int, bound: float):
+                 max_resolution: int, bound: float, impl: str = "fast"):
         super().__init__()
+        if impl not in ("fast", "reference"):
+            raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
+        self.impl = impl
         self.num_levels = int(num_levels)
         self.features_per_level = int(features_per_level)
         self.bound = float(bound)
@@ -137,6 +154,13 @@ class HashGridEncoding(nn.Module):
         self.register_buffer("corners", _CORNERS.clone(), persistent=False)
         self.register_buffer("strides", torch.tensor([[1, n + 1, (n + 1) ** 2] for n in resolutions]), persistent=False)
         self.embeddings = nn.Parameter(torch.empty(int(offsets[-1]), self.features_per_level).uniform_(-1e-4, 1e-4))
+        # The fast path's per-level constants. Resolutions never decrease with the level, so the dense levels (whose
+        # vertices fit in their table) are a prefix: levels [0, num_dense) dense, [num_dense, L) hashed.
+        self._num_dense = sum(self._dense)
+        if self._dense != [True] * self._num_dense + [False] * (self.num_levels - self._num_dense):
+            raise AssertionError("dense hash-grid levels must precede the hashed ones")
+        self.register_buffer("level_res", torch.tensor(resolutions, dtype=torch.float32), persistent=False)
+        self.register_buffer("level_offsets", torch.tensor(self._offsets, dtype=torch.int64), persistent=False)
 
     @property
     def output_dim(self) -> int:
@@ -153,6 +177,8 @@ class HashGridEncoding(nn.Module):
             (N, L · F) float32 features, level-major. Differentiable wrt ``embeddings`` only (not wrt ``x``).
         """
         u = ((x.detach() + self.bound) / (2.0 * self.bound)).clamp(0.0, 1.0)  # (N, 3) in [0, 1]
+        if self.impl == "fast":
+            return _HashGridFast.apply(self.embeddings, u, self).reshape(x.shape[0], self.output_dim)
         bits = self.corners  # (8, 3) corner offsets
         index = torch.empty(x.shape[0], self.num_levels, 8, dtype=torch.int64, device=x.device)
         weights = torch.empty(x.shape[0], self.num_levels, 8, dtype=self.embeddings.dtype, device=x.device)
@@ -198,6 +224,91 @@ class _InterpolateRows(torch.autograd.Function):
         return grad_table, None, None
 
 
+FAST_CHUNK = {"cpu": 1 << 16, "cuda": 1 << 20}
+"""Points per chunk of the fast hash grid (CPU: the (chunk, L, 8) temporaries stay a few tens of MB; CUDA: fewer
+launches). Other devices use the CPU value."""
+
+
+def _fast_corners(enc: HashGridEncoding, u: torch.Tensor, first: int, last: int,
+                  hashed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Corner rows and trilinear weights of levels [first, last) of ``enc`` (all dense or all hashed).
+
+    Args:
+        u: (n, 3) float32 positions in [0, 1]³ (the box mapped to the unit cube).
+
+    Returns:
+        ``index`` (n, last − first, 8) int64 rows of ``enc.embeddings`` (level offsets included) and ``weights``
+        (n, last − first, 8) float32, corner c = x-bit + 2 y-bit + 4 z-bit — the reference's corners and weights.
+    """
+    n_points, n_levels = u.shape[0], last - first
+    res = enc.level_res[first:last, None]  # (l, 1)
+    pos = u[:, None, :] * res  # (n, l, 3) in vertex units
+    cell = torch.minimum(pos.floor(), res - 1.0)
+    frac = pos - cell
+    lo = cell.long()
+    mult = enc.primes if hashed else enc.strides[first:last]  # (3,) or (l, 3)
+    terms = torch.stack([lo * mult, (lo + 1) * mult], dim=-1)  # (n, l, 3, 2): per axis, vertex c and c + 1
+    if hashed:  # xor commutes with the power-of-two modulo, so each axis term is reduced first
+        terms &= enc._table_sizes[first] - 1
+        index = terms[:, :, 2, :, None, None] ^ terms[:, :, 1, None, :, None] ^ terms[:, :, 0, None, None, :]
+    else:
+        index = terms[:, :, 2, :, None, None] + terms[:, :, 1, None, :, None] + terms[:, :, 0, None, None, :]
+    index = index.reshape(n_points, n_levels, 8) + enc.level_offsets[first:last, None]
+    w_axis = torch.stack([1.0 - frac, frac], dim=-1)  # (n, l, 3, 2)
+    weights = w_axis[:, :, 2, :, None, None] * w_axis[:, :, 1, None, :, None] * w_axis[:, :, 0, None, None, :]
+    return index, weights.reshape(n_points, n_levels, 8)
+
+
+def _fast_groups(enc: HashGridEncoding) -> list[tuple[int, int, bool]]:
+    groups = [(0, enc._num_dense, False), (enc._num_dense, enc.num_levels, True)]
+    return [g for g in groups if g[1] > g[0]]
+
+
+class _HashGridFast(torch.autograd.Function):
+    """The fast hash-grid encoding: ``out[n, l] = Σ_c w[n, l, c] · table[index[n, l, c]]`` (the reference's sum).
+
+    Forward: per chunk of points and per group of levels (dense, hashed), the corners (:func:`_fast_corners`), one
+    int32 ``index_select`` of the table and the weighted sum over the 8 corners; the (N, L, 8) indices are kept as
+    int32 and the weights as float32 (the reference keeps int64 indices: a third less memory). Backward, per chunk:
+    ``index_add_`` of ``w · grad`` into the table's gradient (indices widened to int64 chunk by chunk: torch's CPU
+    ``index_add_`` is ~10× slower with int32). No gradient wrt the positions (as the reference).
+    """
+
+    @staticmethod
+    def forward(ctx, table, u, enc):
+        chunk = FAST_CHUNK.get(u.device.type, FAST_CHUNK["cpu"])
+        features = table.shape[1]
+        shape = (u.shape[0], enc.num_levels, 8)
+        out = torch.empty(u.shape[0], enc.num_levels, features, dtype=table.dtype, device=u.device)
+        keep = ctx.needs_input_grad[0]  # indices and weights are kept only when the table's gradient is wanted
+        all_index = torch.empty(shape, dtype=torch.int32, device=u.device) if keep else None
+        all_weights = torch.empty(shape, dtype=table.dtype, device=u.device) if keep else None
+        for start in range(0, u.shape[0], chunk):
+            sl = slice(start, start + chunk)
+            for first, last, hashed in _fast_groups(enc):
+                index, weights = _fast_corners(enc, u[sl], first, last, hashed)
+                index = index.to(torch.int32)
+                rows = table.index_select(0, index.view(-1)).view(*index.shape, features)
+                out[sl, first:last] = (rows * weights[..., None]).sum(dim=2)
+                if keep:
+                    all_index[sl, first:last] = index
+                    all_weights[sl, first:last] = weights
+        ctx.save_for_backward(all_index, all_weights)
+        ctx.num_rows, ctx.chunk = table.shape[0], chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        index, weights = ctx.saved_tensors
+        features = grad_out.shape[-1]
+        grad_table = torch.zeros(ctx.num_rows, features, dtype=grad_out.dtype, device=grad_out.device)
+        for start in range(0, index.shape[0], ctx.chunk):
+            sl = slice(start, start + ctx.chunk)
+            grad_rows = weights[sl, :, :, None] * grad_out[sl, :, None, :]  # (n, L, 8, F)
+            grad_table.index_add_(0, index[sl].reshape(-1).long(), grad_rows.reshape(-1, features))
+        return grad_table, None, None
+
+
 class FrequencyEncoding(nn.Module):
     """NeRF positional encoding: ``[x, sin(2^k π x / bound), cos(2^k π x / bound)]`` for k = 0..n-1.
 
@@ -239,7 +350,8 @@ class LatentNeRF(nn.Module):
         cfg = self.config
         if cfg.encoding == "hashgrid":
             self.encoder: nn.Module = HashGridEncoding(cfg.num_levels, cfg.features_per_level, cfg.log2_hashmap_size,
-                                                      cfg.base_resolution, cfg.max_resolution, cfg.bound)
+                                                      cfg.base_resolution, cfg.max_resolution, cfg.bound,
+                                                      impl=cfg.hashgrid_impl)
         else:
             self.encoder = FrequencyEncoding(cfg.num_frequencies, cfg.bound)
         dims = [self.encoder.output_dim] + [cfg.mlp_width] * (cfg.mlp_layers - 1) + [1 + cfg.feature_dim]
