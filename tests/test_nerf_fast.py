@@ -246,3 +246,6 @@ def test_occupancy_grid_rejects_bad_arguments():
         OccupancyGrid(bound=1.0, update_every=0)
     with pytest.raises(ValueError, match="cells"):
         OccupancyGrid(bound=1.0, resolution=4).keep_occupied(torch.ones(10, dtype=torch.bool))
+    rays = get_rays(cameras_from_angles(torch.tensor([0.0]), torch.tensor([0.0]), 2.2, 45.0), 4, 4)
+    with pytest.raises(ValueError, match="bound"):
+        volume_render(SphereField(), *rays, num_samples=8, occupancy=OccupancyGrid(bound=2.0, resolution=4))

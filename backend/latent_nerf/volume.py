@@ -124,8 +124,11 @@ def volume_render(nerf: LatentNeRF, rays_o: torch.Tensor, rays_d: torch.Tensor, 
         (B·H·W·S,) bool, True where the field was evaluated (ray-major, as ``points``).
 
     Raises:
-        ValueError: bad shapes, num_samples, chunk, background size, or perturb without a generator.
+        ValueError: bad shapes, num_samples, chunk, background size, perturb without a generator, or an occupancy
+            grid over another box.
     """
+    if occupancy is not None and abs(occupancy.bound - nerf.config.bound) > 1e-6 * nerf.config.bound:
+        raise ValueError(f"occupancy grid bound {occupancy.bound} differs from the field's bound {nerf.config.bound}")
     if rays_o.dim() != 4 or rays_o.shape[-1] != 3 or rays_d.shape != rays_o.shape:
         raise ValueError(f"rays_o and rays_d must both have shape (B, H, W, 3), got {tuple(rays_o.shape)} and "
                          f"{tuple(rays_d.shape)}")

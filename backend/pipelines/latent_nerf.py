@@ -275,7 +275,7 @@ class LatentNeRFPipeline:
         sds_out = run.sds(image, cameras, generator)
         losses = {"sds": float(sds_out.loss.detach())}
         loss = sds_out.loss
-        if sketch is not None and config.lambda_shape > 0:
+        if sketch is not None and config.lambda_shape > 0:  # skipped samples count with density 0 (no gradient)
             shape = sketch_loss(out["points"], out["density"], sketch, config.sketch_sigma, reduction="sum")
             loss = loss + config.lambda_shape * shape
             losses["shape"] = float(shape.detach()) * config.lambda_shape
