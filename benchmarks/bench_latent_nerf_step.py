@@ -13,9 +13,10 @@ rendered at the pipeline's training resolution (64×64 latent pixels, 64 samples
 The field uses the pipeline's defaults: the fast hash grid and the occupancy grid (empty-space skipping), updated on
 the pipeline's schedule. A step that updates the grid is timed as its own part ``occupancy`` (0 on other steps); since
 the split shows medians, the update is also timed on its own (all cells, the warm-up rule: the dearest update) and its
-cost per step (update / 16) is printed and added to the step in the ratio. ``--compare-reference`` measures the
-plain-torch reference (``hashgrid_impl=reference``, no occupancy grid: every sample evaluated) first, then the fast
-path, in the same run from the same seeds, and prints reference step / fast step. ``--hashgrid-impl`` and
+cost per step (update / 16) is printed and added to the step in the ratio. ``--compare-reference`` also measures the
+plain-torch reference (``hashgrid_impl=reference``, no occupancy grid: every sample evaluated) in the same run, from
+the same seeds, its steps interleaved with the fast path's (so a busy machine slows both alike), and prints
+reference step / fast step. ``--hashgrid-impl`` and
 ``--occupancy-resolution`` (0 = off) measure one configuration.
 """
 
@@ -54,79 +55,91 @@ def blockout() -> TriMesh:
     return TriMesh(np.asarray(m.vertices, np.float32), np.asarray(m.faces, np.int32))
 
 
-def measure(args, device, sd, hashgrid_impl: str, occupancy_resolution: int) -> dict:
-    """One configuration's step split, guidance baseline and occupancy-grid figures (all seeds fixed)."""
-    config = parse_config(LatentNeRFConfig, {"prompt": "a gingerbread house", "render_size": args.render_size,
-                                             "num_samples": args.num_samples, "encoding": args.encoding,
-                                             "batch_size": args.batch_size, "hashgrid_impl": hashgrid_impl,
-                                             "occupancy_resolution": occupancy_resolution})
-    pipe = LatentNeRFPipeline(sd.vae, sd.latent_scaling, device)
-    sketch = None if args.no_sketch else SketchShape(blockout(), config.sketch_grid_resolution, device=device)
-    torch.manual_seed(0)
-    nerf = LatentNeRF(NeRFConfig(encoding=args.encoding, hashgrid_impl=hashgrid_impl)).to(device)
-    background = pipe.make_background(config)
-    optimizer = torch.optim.Adam(nerf.param_groups(config.lr) + [{"params": list(background.parameters()), "lr": config.lr}],
-                                 betas=(0.9, 0.99), eps=1e-15)
-    sds = build_sds(sd, config)
-    generator = torch.Generator(device=device).manual_seed(0)
-    occupancy = pipe.make_occupancy(config, nerf, sketch)
-    occupancy_generator = torch.Generator(device=device).manual_seed(1)
-    kept: list[float] = []
-    counter = [0]
+class Setup:
+    """One configuration (hash grid implementation, occupancy grid) with its own field, optimiser, guidance and seeded
+    generators: the same seeds in every configuration, so each sees the same cameras and noise."""
 
-    def step(mark) -> None:
-        if occupancy is not None:
-            occupancy.update(counter[0], nerf.density, occupancy_generator)
+    def __init__(self, args, device, sd, hashgrid_impl: str, occupancy_resolution: int):
+        self.args, self.device, self.name = args, device, f"hashgrid_impl={hashgrid_impl}, occupancy grid=" \
+            f"{occupancy_resolution or 'off'}"
+        self.config = parse_config(LatentNeRFConfig, {
+            "prompt": "a gingerbread house", "render_size": args.render_size, "num_samples": args.num_samples,
+            "encoding": args.encoding, "batch_size": args.batch_size, "hashgrid_impl": hashgrid_impl,
+            "occupancy_resolution": occupancy_resolution})
+        self.pipe = LatentNeRFPipeline(sd.vae, sd.latent_scaling, device)
+        self.sketch = None if args.no_sketch else SketchShape(blockout(), self.config.sketch_grid_resolution,
+                                                              device=device)
+        torch.manual_seed(0)
+        self.nerf = LatentNeRF(NeRFConfig(encoding=args.encoding, hashgrid_impl=hashgrid_impl)).to(device)
+        self.background = self.pipe.make_background(self.config)
+        self.optimizer = torch.optim.Adam(self.nerf.param_groups(self.config.lr) + [
+            {"params": list(self.background.parameters()), "lr": self.config.lr}], betas=(0.9, 0.99), eps=1e-15)
+        self.sds = build_sds(sd, self.config)
+        self.generator = torch.Generator(device=device).manual_seed(0)
+        self.occupancy = self.pipe.make_occupancy(self.config, self.nerf, self.sketch)
+        self.occupancy_generator = torch.Generator(device=device).manual_seed(1)
+        self.kept: list[float] = []
+        self.count = 0
+
+    def step(self, mark) -> None:
+        """One training step as the pipeline's, calling ``mark`` after each part."""
+        args, config = self.args, self.config
+        if self.occupancy is not None:
+            self.occupancy.update(self.count, self.nerf.density, self.occupancy_generator)
             mark("occupancy")
-        counter[0] += 1
-        cameras = sample_cameras(args.batch_size, generator, device=device, **config.camera_ranges())
-        out = pipe.render(nerf, background, cameras, args.render_size, args.num_samples, generator, occupancy=occupancy)
+        self.count += 1
+        cameras = sample_cameras(args.batch_size, self.generator, device=self.device, **config.camera_ranges())
+        out = self.pipe.render(self.nerf, self.background, cameras, args.render_size, args.num_samples,
+                               self.generator, occupancy=self.occupancy)
         if "sample_mask" in out:
-            kept.append(float(out["sample_mask"].float().mean()))
+            self.kept.append(float(out["sample_mask"].float().mean()))
         mark("render")
         loss = 0.0
-        if sketch is not None:
-            loss = config.lambda_shape * sketch_loss(out["points"], out["density"], sketch, config.sketch_sigma, "sum")
+        if self.sketch is not None:
+            loss = config.lambda_shape * sketch_loss(out["points"], out["density"], self.sketch, config.sketch_sigma,
+                                                     "sum")
             mark("sketch_loss")
-        loss = loss + sds(out["image"], cameras, generator).loss
+        loss = loss + self.sds(out["image"], cameras, self.generator).loss
         mark("unet")
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
+        self.optimizer.step()
         mark("backward")
 
-    parts = time_steps(step, args.steps, args.warmup, device)
-    update_s = []
-    if occupancy is not None:  # the dearest update (every cell), timed on its own
-        for _ in range(2):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t0 = time.perf_counter()
-            occupancy.update(0, nerf.density, occupancy_generator)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            update_s.append(time.perf_counter() - t0)
-    cameras = sample_cameras(args.batch_size, generator, device=device, **config.camera_ranges())
-    with torch.no_grad():
-        latents = pipe.render(nerf, background, cameras, args.render_size, args.num_samples, generator)["image"]
-    floor = guidance_floor(sds, latents, cameras, generator, args.steps, args.warmup, device)
-    title = (f"Latent-NeRF step, arch={args.arch}, device={device_name(device)}, encoding={args.encoding}, "
-             f"hashgrid_impl={hashgrid_impl}, occupancy grid={occupancy_resolution or 'off'}, batch={args.batch_size}, "
-             f"{args.render_size}x{args.render_size} rays x {args.num_samples} samples, "
-             f"sketch={'no' if sketch is None else 'yes'}, {args.steps} steps after {args.warmup} warm-up")
-    print_split(title, parts)
-    print_ratio(parts, floor)
-    step_s = statistics.median([sum(p) for p in zip(*parts.values())])
-    result = {"step": step_s, "amortised": step_s}
-    if occupancy is not None:
-        per_step = min(update_s) / occupancy.update_every
-        result["amortised"] = step_s + per_step
-        print(f"occupancy grid {occupancy.resolution}^3: update of every cell {min(update_s) * 1e3:.1f} ms every "
-              f"{occupancy.update_every} steps = {per_step * 1e3:.1f} ms per step; occupied cells "
-              f"{occupancy.occupied_fraction:.1%}, field evaluated at {statistics.median(kept):.1%} of the samples; "
-              f"step with the update amortised {result['amortised'] * 1e3:.2f} ms")
-    print()
-    return result
+    def report(self, parts: dict[str, list[float]]) -> float:
+        """Print the split, the guidance baseline and the occupancy figures; return the step's median seconds with the
+        occupancy update amortised over its interval."""
+        args, device = self.args, self.device
+        update_s = []
+        if self.occupancy is not None:  # the dearest update (every cell, the warm-up rule), timed on its own
+            for _ in range(2):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                self.occupancy.update(0, self.nerf.density, self.occupancy_generator)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                update_s.append(time.perf_counter() - t0)
+        cameras = sample_cameras(args.batch_size, self.generator, device=device, **self.config.camera_ranges())
+        with torch.no_grad():
+            latents = self.pipe.render(self.nerf, self.background, cameras, args.render_size, args.num_samples,
+                                       self.generator)["image"]
+        floor = guidance_floor(self.sds, latents, cameras, self.generator, args.steps, args.warmup, device)
+        print_split(f"Latent-NeRF step, arch={args.arch}, device={device_name(device)}, encoding={args.encoding}, "
+                    f"{self.name}, batch={args.batch_size}, {args.render_size}x{args.render_size} rays x "
+                    f"{args.num_samples} samples, sketch={'no' if self.sketch is None else 'yes'}, {args.steps} steps "
+                    f"after {args.warmup} warm-up", parts)
+        print_ratio(parts, floor)
+        step_s = statistics.median([sum(p) for p in zip(*parts.values())])
+        if self.occupancy is not None:
+            per_step = min(update_s) / self.occupancy.update_every
+            step_s += per_step
+            print(f"occupancy grid {self.occupancy.resolution}^3: update of every cell {min(update_s) * 1e3:.1f} ms "
+                  f"every {self.occupancy.update_every} steps = {per_step * 1e3:.1f} ms per step; occupied cells "
+                  f"{self.occupancy.occupied_fraction:.1%}, field evaluated at {statistics.median(self.kept):.1%} of "
+                  f"the samples; step with the update amortised {step_s * 1e3:.2f} ms")
+        print()
+        return step_s
 
 
 def main() -> None:
@@ -148,13 +161,20 @@ def main() -> None:
 
     device = resolve_device(args.device)
     sd = load_stable_diffusion(TINY_RANDOM if args.arch == "tiny" else RANDOM_SD15, device)
-    if not args.compare_reference:
-        measure(args, device, sd, args.hashgrid_impl, args.occupancy_resolution)
-        return
-    reference = measure(args, device, sd, "reference", 0)
-    fast = measure(args, device, sd, args.hashgrid_impl, args.occupancy_resolution)
-    print(f"reference step {reference['step'] * 1e3:.1f} ms / fast step {fast['amortised'] * 1e3:.1f} ms (occupancy "
-          f"update amortised) = {reference['step'] / fast['amortised']:.2f}x faster")
+    setups = {"fast": Setup(args, device, sd, args.hashgrid_impl, args.occupancy_resolution)}
+    if args.compare_reference:
+        setups = {"reference": Setup(args, device, sd, "reference", 0), **setups}
+
+    def step(mark) -> None:  # the configurations' steps interleaved: both see the same machine load
+        for key, setup in setups.items():
+            setup.step(lambda name, key=key: mark(f"{key}/{name}"))
+
+    parts = time_steps(step, args.steps, args.warmup, device)
+    steps = {key: setup.report({name.split("/", 1)[1]: v for name, v in parts.items() if name.startswith(key + "/")})
+             for key, setup in setups.items()}
+    if args.compare_reference:
+        print(f"reference step {steps['reference'] * 1e3:.1f} ms / fast step {steps['fast'] * 1e3:.1f} ms (occupancy "
+              f"update amortised) = {steps['reference'] / steps['fast']:.2f}x faster")
 
 
 if __name__ == "__main__":
