@@ -17,7 +17,7 @@ cost per step (update / 16) is printed and added to the step in the ratio. ``--c
 plain-torch reference (``hashgrid_impl=reference``, no occupancy grid: every sample evaluated) in the same run, from
 the same seeds, its steps interleaved with the fast path's (so a busy machine slows both alike), and prints
 reference step / fast step. ``--hashgrid-impl`` and
-``--occupancy-resolution`` (0 = off) measure one configuration.
+``--occupancy-resolution`` (0 = off) measure one configuration; ``--threads`` sets torch's CPU threads.
 """
 
 from __future__ import annotations
@@ -155,10 +155,14 @@ def main() -> None:
     ap.add_argument("--no-sketch", action="store_true", help="text only: no Sketch-Shape loss")
     ap.add_argument("--hashgrid-impl", choices=("fast", "reference"), default="fast")
     ap.add_argument("--occupancy-resolution", type=int, default=64, help="occupancy grid cells per axis (0 = off)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch CPU threads (0 = torch's default; 1 avoids waiting on a second thread on a busy machine)")
     ap.add_argument("--compare-reference", action="store_true",
                     help="also measure the reference path (reference hash grid, no occupancy grid) and print the ratio")
     args = ap.parse_args()
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     sd = load_stable_diffusion(TINY_RANDOM if args.arch == "tiny" else RANDOM_SD15, device)
     setups = {"fast": Setup(args, device, sd, args.hashgrid_impl, args.occupancy_resolution)}
