@@ -51,9 +51,9 @@ class NeRFConfig(Config):
 
     encoding: str = param("hashgrid", doc="Position encoding: \"hashgrid\" (multi-resolution hash grid) or "
                                           "\"frequency\" (NeRF positional encoding).", choices=("hashgrid", "frequency"))
-    hashgrid_impl: str = param("fast", doc="Hash grid implementation: \"fast\" (all levels at once, chunked; equal "
-                                           "to the reference within float32 rounding, ~1e-6) or \"reference\" (one "
-                                           "level at a time, the plain definition).", choices=("fast", "reference"))
+    hashgrid_impl: str = param("fast", doc="Hash grid implementation: \"fast\" (vectorised, level-major gathers; "
+                                           "equal to the reference within float32 rounding, ~1e-6) or \"reference\" "
+                                           "(the plain definition).", choices=("fast", "reference"))
     num_levels: int = param(16, doc="Hash grid: number of resolution levels L.", low=1, high=32)
     features_per_level: int = param(2, doc="Hash grid: feature channels F stored per level (the encoding has L·F "
                                            "channels).", low=1, high=16)

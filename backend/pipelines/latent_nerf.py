@@ -45,8 +45,8 @@ class LatentNeRFConfig(SDSPipelineConfig):
 
     lr: float = param(1e-3, doc="Adam learning rate of the MLP (x10 for the hash grid).", low=1e-6, high=1.0)
     encoding: str = param("hashgrid", doc="Position encoding of the field.", choices=("hashgrid", "frequency"))
-    hashgrid_impl: str = param("fast", doc="Hash grid implementation: \"fast\" (all levels at once) or "
-                                           "\"reference\" (one level at a time); equal to float32 rounding.",
+    hashgrid_impl: str = param("fast", doc="Hash grid implementation: \"fast\" (vectorised, level-major gathers) "
+                                           "or \"reference\" (the plain definition); equal to float32 rounding.",
                                choices=("fast", "reference"))
     num_samples: int = param(64, doc="Samples per ray in volume rendering.", low=8, high=512)
     occupancy_resolution: int = param(64, doc="Cells per axis of the occupancy grid that skips empty space while "
