@@ -30,6 +30,7 @@ from ..geometry.mesh import MeshError, TriMesh
 from ..geometry.render import make_rasterizer
 from ..guidance.sds import ScoreDistillation
 from ..latent_nerf.field import BackgroundField, LatentNeRF, NeRFConfig
+from ..latent_nerf.occupancy import OccupancyGrid
 from ..latent_nerf.sketch import OCCUPANCY_DELTA, SketchShape, sketch_loss
 from ..latent_nerf.volume import get_rays, volume_render
 from ..models.latent_rgb import LATENT_RGB_FACTORS
@@ -44,7 +45,15 @@ class LatentNeRFConfig(SDSPipelineConfig):
 
     lr: float = param(1e-3, doc="Adam learning rate of the MLP (x10 for the hash grid).", low=1e-6, high=1.0)
     encoding: str = param("hashgrid", doc="Position encoding of the field.", choices=("hashgrid", "frequency"))
+    hashgrid_impl: str = param("fast", doc="Hash grid implementation: \"fast\" (vectorised, level-major gathers) "
+                                           "or \"reference\" (the plain definition); equal to float32 rounding.",
+                               choices=("fast", "reference"))
     num_samples: int = param(64, doc="Samples per ray in volume rendering.", low=8, high=512)
+    occupancy_resolution: int = param(64, doc="Cells per axis of the occupancy grid that skips empty space while "
+                                              "training (instant-NGP / nerfacc; updated every 16 steps); 0 = off, "
+                                              "every sample is evaluated.", low=0, high=256)
+    occupancy_threshold: float = param(0.01, doc="Sample opacity under which an occupancy cell may be skipped "
+                                                 "(nerfacc's 0.01; the grid's mean if lower).", low=1e-6, high=0.5)
     background: str = param("learned", doc="Background behind the object: a learned function of the view direction "
                                            "(Latent-NeRF's background model) or white.", choices=("learned", "white"))
     lambda_shape: float = param(5e-6, doc="Weight of the Sketch-Shape loss (summed over samples, as in the official code).", low=0.0, high=1.0)
@@ -66,7 +75,8 @@ class LatentNeRFConfig(SDSPipelineConfig):
 @dataclass
 class _Run:
     """What one run's steps share: the field, its background, the optimiser, the guidance, the seeded generator, the
-    optional sketch, the settings, the hooks and the timing sums (seconds of render / guidance / backward)."""
+    optional sketch, the settings, the hooks, the timing sums (seconds of render / guidance / backward) and the
+    optional occupancy grid with its own generator (so the cameras do not depend on whether it is on)."""
 
     config: LatentNeRFConfig
     nerf: LatentNeRF
@@ -77,6 +87,8 @@ class _Run:
     sketch: SketchShape | None
     context: JobContext
     timings: dict[str, float]
+    occupancy: OccupancyGrid | None = None
+    occupancy_generator: torch.Generator | None = None
 
 
 class LatentNeRFPipeline:
@@ -98,12 +110,14 @@ class LatentNeRFPipeline:
     # ---- pieces ------------------------------------------------------------------------------------------------------
 
     def render(self, nerf: LatentNeRF, background: BackgroundField, cameras: CameraBatch, size: int,
-               num_samples: int, generator: torch.Generator | None, head: torch.nn.Module | None = None) -> dict:
+               num_samples: int, generator: torch.Generator | None, head: torch.nn.Module | None = None,
+               occupancy: OccupancyGrid | None = None) -> dict:
         """Volume-render ``cameras`` at ``size``² → dict with ``image`` (B, C, H, W) upright, ``opacity``,
-        ``points``/``density`` of the samples (for the Sketch-Shape loss). ``head`` maps 4 latent channels to RGB."""
+        ``points``/``density`` of the samples (for the Sketch-Shape loss). ``head`` maps 4 latent channels to RGB;
+        ``occupancy`` skips empty space (:func:`volume_render`)."""
         rays_o, rays_d = get_rays(cameras, size, size)
         out = volume_render(nerf, rays_o, rays_d, num_samples=num_samples, perturb=generator is not None,
-                            generator=generator, background=torch.zeros(4, device=self.device))
+                            generator=generator, background=torch.zeros(4, device=self.device), occupancy=occupancy)
         bg = background(rays_d.reshape(-1, 3)).reshape(*rays_d.shape[:3], -1).permute(0, 3, 1, 2)
         image, opacity = out["image"], out["opacity"]
         if head is not None:  # linear head on composited features: W·Σwᵢfᵢ + b·opacity = Σwᵢ·head(fᵢ)
@@ -152,7 +166,7 @@ class LatentNeRFPipeline:
         # 1. Field, background, optimiser (hash grid at 10x the MLP's learning rate).
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(config.seed)
-            nerf = LatentNeRF(NeRFConfig(encoding=config.encoding)).to(self.device)
+            nerf = LatentNeRF(NeRFConfig(encoding=config.encoding, hashgrid_impl=config.hashgrid_impl)).to(self.device)
             background = self.make_background(config)
         params = nerf.param_groups(config.lr) + [{"params": list(background.parameters()), "lr": config.lr}]
         optimizer = torch.optim.Adam([g for g in params if g["params"]], betas=(0.9, 0.99), eps=1e-15)
@@ -161,13 +175,16 @@ class LatentNeRFPipeline:
         preview_cam = preview_camera(self.device)
         if sketch is not None and config.sketch_init_iterations:
             self._fit_sketch(run)
+        run.occupancy = self.make_occupancy(config, nerf, sketch)
+        run.occupancy_generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
 
         # 2. Latent stage: SDS on rendered latents (+ Sketch-Shape loss, + opacity sparsity).
         total_steps = config.iterations + config.refine_iterations
         for step in range(1, config.iterations + 1):
             self._step(run, step, total_steps, "optimize", head=None, render_size=config.render_size)
             maybe_preview(step, config, lambda: self.render(nerf, background, preview_cam, config.render_size,
-                                                            config.num_samples, None)["image"], self.codec, context)
+                                                            config.num_samples, None, occupancy=run.occupancy)["image"],
+                          self.codec, context)
             self._maybe_partial(run, step)
 
         # 3. Optional RGB refinement: a linear 4→3 head initialised from the latent→RGB matrix, SDS through the encoder.
@@ -200,6 +217,21 @@ class LatentNeRFPipeline:
         return PipelineResult(meshes=[ResultMesh(world, v_color=v_color, texture=texture)], metadata=metadata,
                               timings=run.timings, extras={"nerf": nerf, "background": background, "head": head})
 
+    def make_occupancy(self, config: LatentNeRFConfig, nerf: LatentNeRF,
+                       sketch: SketchShape | None) -> OccupancyGrid | None:
+        """The occupancy grid of a run (nerfacc's update rule, :mod:`backend.latent_nerf.occupancy`), or None when
+        ``config.occupancy_resolution`` is 0. Its step size is the render's longest sample spacing (box diagonal /
+        samples), the conservative choice. With a sketch, the cells inside the sketch stay occupied: the Sketch-Shape
+        loss must be able to raise the density there even where the field is still empty."""
+        if not config.occupancy_resolution:
+            return None
+        bound = nerf.config.bound
+        grid = OccupancyGrid(bound, config.occupancy_resolution, threshold=config.occupancy_threshold,
+                             step_size=2.0 * math.sqrt(3.0) * bound / config.num_samples, device=self.device)
+        if sketch is not None:
+            grid.keep_occupied(sketch.query(grid.cell_centers())[0].to(self.device) > 0.5)
+        return grid
+
     def _fit_sketch(self, run: _Run) -> None:
         """Shape initialisation: the NeRF occupancy fitted to the sketch's occupancy on points of the box, half uniform,
         half near the sketch surface (one grid cell of noise) (the Sketch-Shape cross-entropy WITHOUT the proximity weight, so the surface starts on the sketch's surface), with its
@@ -231,8 +263,11 @@ class LatentNeRFPipeline:
         config, context, generator, sketch, timings = run.config, run.context, run.generator, run.sketch, run.timings
         context.check_cancelled()
         t0 = time.perf_counter()
+        if run.occupancy is not None:  # steps count from 1, nerfacc's from 0: the first step updates
+            run.occupancy.update(step - 1, run.nerf.density, run.occupancy_generator)
         cameras = sample_cameras(config.batch_size, generator, device=self.device, **config.camera_ranges())
-        out = self.render(run.nerf, run.background, cameras, render_size, config.num_samples, generator, head=head)
+        out = self.render(run.nerf, run.background, cameras, render_size, config.num_samples, generator, head=head,
+                          occupancy=run.occupancy)
         image = out["image"]
         if head is not None:  # RGB refinement: SDS on the VAE encoding of the RGB render
             image = self.codec.encode(image.clamp(0, 1)).float()
@@ -240,7 +275,7 @@ class LatentNeRFPipeline:
         sds_out = run.sds(image, cameras, generator)
         losses = {"sds": float(sds_out.loss.detach())}
         loss = sds_out.loss
-        if sketch is not None and config.lambda_shape > 0:
+        if sketch is not None and config.lambda_shape > 0:  # skipped samples count with density 0 (no gradient)
             shape = sketch_loss(out["points"], out["density"], sketch, config.sketch_sigma, reduction="sum")
             loss = loss + config.lambda_shape * shape
             losses["shape"] = float(shape.detach()) * config.lambda_shape
