@@ -28,7 +28,8 @@ from backend.point_e.checkpoint import CheckpointError, check_state_dict, checkp
 from backend.point_e.config import PRESETS, get_preset
 from backend.point_e.diffusion import (alphas_cumprod, karras_sample, karras_sigmas, make_denoiser, scale_channels,
                                        sigma_to_timestep, unscale_channels)
-from backend.point_e.model import build_net, load_point_e, srgb_to_linear
+from backend.point_e.model import build_net, load_point_e
+from blender_addon.core.arrays import srgb_to_linear
 from backend.point_e.sdf import nearest_colors, sdf_to_mesh
 from backend.point_e.transformer import SelfAttention
 

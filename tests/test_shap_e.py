@@ -19,7 +19,8 @@ from backend.geometry.frames import blender_to_shap_e, gltf_to_blender, shap_e_t
 from backend.geometry.mesh import MeshError
 from backend.models.base import ModelNotFoundError
 from backend.models.cache import ModelCache
-from backend.models.shap_e import build_random_shap_e, load_shap_e, srgb_to_linear, stf_fields
+from backend.models.shap_e import build_random_shap_e, load_shap_e, stf_fields
+from blender_addon.core.arrays import srgb_to_linear
 from backend.params import ParamError, parse_config
 from backend.pipelines import PIPELINES
 from backend.pipelines import shap_e as shap_e_pipeline
@@ -80,10 +81,10 @@ def test_vertex_colours_are_the_colour_head_at_the_vertices_made_linear(models):
     _, color_fn = stf_fields(bundle.renderer, result.extras["latents"][0])
     mesh = result.meshes[0]
     srgb = color_fn(torch.from_numpy(blender_to_shap_e(mesh.mesh.v_pos)))
-    np.testing.assert_allclose(mesh.v_color, srgb_to_linear(srgb).numpy(), atol=1e-5)
+    np.testing.assert_allclose(mesh.v_color, srgb_to_linear(srgb.numpy()), atol=1e-5)
     assert (mesh.v_color < srgb.numpy() - 1e-3).any()  # really converted: linear is darker than sRGB mid-tones
     # the IEC 61966-2-1 curve (as diffusers' decode_to_mesh applies it)
-    np.testing.assert_allclose(srgb_to_linear(torch.tensor([0.0, 0.04045, 0.5, 1.0])).numpy(),
+    np.testing.assert_allclose(srgb_to_linear(np.array([0.0, 0.04045, 0.5, 1.0])),
                                [0.0, 0.04045 / 12.92, 0.21404, 1.0], atol=1e-5)
 
 

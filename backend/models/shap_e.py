@@ -46,7 +46,7 @@ from .tokenizers import byte_level_clip_tokenizer
 log = logging.getLogger(__name__)
 
 __all__ = ["TEXT_MODEL", "IMAGE_MODEL", "RANDOM_SHAP_E", "SHAP_E_MODELS", "SHAP_E_BOUNDS", "ShapEBundle",
-           "load_shap_e", "build_random_shap_e", "download_shap_e", "stf_fields", "srgb_to_linear"]
+           "load_shap_e", "build_random_shap_e", "download_shap_e", "stf_fields"]
 
 TEXT_MODEL = "openai/shap-e"
 """Hugging Face id of the text-conditional model (diffusers ``ShapEPipeline``)."""
@@ -365,8 +365,9 @@ def stf_fields(renderer, latent: torch.Tensor) -> tuple[Callable[[torch.Tensor],
     Returns:
         ``(sdf_fn, color_fn)``: ``sdf_fn(points (n, 3)) -> (n,)`` float32 signed distance in (-1, 1) (tanh), positive
         inside the shape; ``color_fn(points (n, 3)) -> (n, 3)`` float32 sRGB-encoded RGB in [0, 1] (the training
-        renders were sRGB-encoded; :func:`srgb_to_linear` for scene-linear). Points in Shap-E's frame
-        (:func:`backend.geometry.frames.shap_e_to_blender`), in the cube [-1, 1]³ (:data:`SHAP_E_BOUNDS`).
+        renders were sRGB-encoded; :func:`blender_addon.core.arrays.srgb_to_linear` for scene-linear). Points in
+        Shap-E's frame (:func:`backend.geometry.frames.shap_e_to_blender`), in the cube [-1, 1]³
+        (:data:`SHAP_E_BOUNDS`).
     """
     mlp = renderer.mlp
     dtype = next(mlp.parameters()).dtype
@@ -389,7 +390,4 @@ def stf_fields(renderer, latent: torch.Tensor) -> tuple[Callable[[torch.Tensor],
     return sdf_fn, color_fn
 
 
-def srgb_to_linear(srgb: torch.Tensor) -> torch.Tensor:
-    """sRGB-encoded values → scene-linear (IEC 61966-2-1 transfer function), float in [0, 1] (clamped first)."""
-    x = srgb.float().clamp(0.0, 1.0)
-    return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+

@@ -18,15 +18,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from blender_addon.core.arrays import srgb_to_linear
+
 from ..geometry.frames import point_e_to_blender
 from ..geometry.mesh import MeshError, TriMesh
-from ..michelangelo.conditioner import check_images
 from ..models.base import TINY_RANDOM
 from ..params import Config, ParamError, param
 from ..point_e.diffusion import karras_sample, make_denoiser, unscale_channels
-from ..point_e.model import PointENet, load_point_e, load_point_e_clip, srgb_to_linear
+from ..point_e.model import PointENet, load_point_e, load_point_e_clip
 from ..point_e.sdf import nearest_colors, sdf_to_mesh
 from .base import JobContext, PipelineInputs, PipelineResult, ResultMesh, ResultPointCloud
+from .conditions import prompt_or_image
 
 AUTO = "auto"
 TEXT_MODEL = "base40M-textvec"
@@ -68,18 +70,12 @@ class PointEConfig(Config):
 
 
 def check_inputs(config: PointEConfig, inputs: PipelineInputs) -> None:
-    """A prompt or an image, not both, not neither; the image is (H, W, 3|4) uint8, each side >= 16 px.
+    """A prompt or an image, not both, not neither (:func:`.conditions.prompt_or_image`).
 
     Raises:
         ParamError: no prompt and no image, or both. ValueError: a bad image.
     """
-    image = inputs.images.get("image")
-    if image is None and not config.prompt.strip():
-        raise ParamError("point_e needs a prompt or an image (input array 'image'); got an empty prompt and no image")
-    if image is not None and config.prompt.strip():
-        raise ParamError("point_e takes a prompt or an image, not both (a base model is conditioned on one kind)")
-    if image is not None:
-        check_images([image])
+    prompt_or_image("point_e", config.prompt, inputs)
 
 
 def _names(config: PointEConfig, kind: str) -> tuple[str, str, str]:

@@ -26,15 +26,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from blender_addon.core.arrays import srgb_to_linear
+
 from ..geometry.bake import bake_texture, vertex_colors
 from ..geometry.extract import clean_mesh, marching_cubes, sample_grid
 from ..geometry.frames import bottom_up_to_top_down, shap_e_to_blender
 from ..geometry.mesh import MeshError, TriMesh
 from ..geometry.render import make_rasterizer
-from ..michelangelo.conditioner import check_images
-from ..models.shap_e import IMAGE_MODEL, SHAP_E_BOUNDS, TEXT_MODEL, load_shap_e, srgb_to_linear, stf_fields
+from ..models.shap_e import IMAGE_MODEL, SHAP_E_BOUNDS, TEXT_MODEL, load_shap_e, stf_fields
 from ..params import Config, ParamError, param
 from .base import JobContext, PipelineInputs, PipelineResult, ResultMesh, to_uint8_image
+from .conditions import prompt_or_image
 
 AUTO_MODEL = "auto"
 DEFAULT_GUIDANCE = {"text": 15.0, "image": 3.0}
@@ -83,18 +85,12 @@ class ShapEConfig(Config):
 
 
 def check_inputs(config: ShapEConfig, inputs: PipelineInputs) -> None:
-    """A prompt or an image, not both, not neither; the image is (H, W, 3|4) uint8, each side >= 16 px.
+    """A prompt or an image, not both, not neither (:func:`.conditions.prompt_or_image`).
 
     Raises:
         ParamError: no prompt and no image, or both. ValueError: a bad image.
     """
-    image = inputs.images.get("image")
-    if image is None and not config.prompt.strip():
-        raise ParamError("shap_e needs a prompt or an image (input array 'image'); got an empty prompt and no image")
-    if image is not None and config.prompt.strip():
-        raise ParamError("shap_e takes a prompt or an image, not both (a Shap-E model is conditioned on one kind)")
-    if image is not None:
-        check_images([image])
+    prompt_or_image("shap_e", config.prompt, inputs)
 
 
 def run(config: ShapEConfig, inputs: PipelineInputs, ctx: JobContext) -> PipelineResult:
@@ -224,7 +220,7 @@ def _decode(renderer, latent: torch.Tensor, index: int, config: ShapEConfig, ctx
     mesh = marching_cubes(padded, 0.0, SHAP_E_BOUNDS + step, inside="above")
     mesh = clean_mesh(mesh, min_component_ratio=config.min_component_ratio, face_budget=config.face_budget or None)
     srgb = vertex_colors(mesh, color_fn, chunk=QUERY_CHUNK, device=ctx.device)
-    v_color = srgb_to_linear(torch.from_numpy(srgb)).numpy().astype(np.float32)
+    v_color = srgb_to_linear(srgb)
     texture = None
     if config.bake_texture:
         ctx.check_cancelled()

@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from ..michelangelo.conditioner import check_images
 from ..michelangelo.model import DEFAULT_IMAGE_MODEL, DEFAULT_TEXT_MODEL
-from ..params import ParamError, param
+from ..params import param
 from .base import JobContext, PipelineInputs, PipelineResult
+from .conditions import prompt_or_image
 from .shape_common import Placement, ShapeDecodeConfig, load_shape_pipeline
 
 
@@ -27,18 +27,12 @@ class ShapeLDMConfig(ShapeDecodeConfig):
 
 
 def check_inputs(config: ShapeLDMConfig, inputs: PipelineInputs) -> None:
-    """A prompt or an image, not both, not neither; the image is (H, W, 3|4) uint8, each side >= 16 px.
+    """A prompt or an image, not both, not neither (:func:`.conditions.prompt_or_image`).
 
     Raises:
         ParamError: no prompt and no image, or both. ValueError: a bad image.
     """
-    image = inputs.images.get("image")
-    if image is None and not config.prompt.strip():
-        raise ParamError("shape_ldm needs a prompt or an image (input array 'image'); got an empty prompt and no image")
-    if image is not None and config.prompt.strip():
-        raise ParamError("shape_ldm takes a prompt or an image, not both (a model is conditioned on one kind)")
-    if image is not None:
-        check_images([image])
+    prompt_or_image("shape_ldm", config.prompt, inputs)
 
 
 def run(config: ShapeLDMConfig, inputs: PipelineInputs, ctx: JobContext) -> PipelineResult:

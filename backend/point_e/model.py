@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -30,7 +29,7 @@ from .clip import PointECLIP
 from .config import PRESETS, TINY_PRESETS, PointEPreset, get_preset
 from .transformer import PointCloudSDFModel, PointDiffusionTransformer
 
-__all__ = ["PointENet", "build_net", "load_point_e", "load_point_e_clip", "download_point_e", "srgb_to_linear"]
+__all__ = ["PointENet", "build_net", "load_point_e", "load_point_e_clip", "download_point_e"]
 
 
 @dataclass
@@ -121,12 +120,6 @@ def load_point_e_clip(model: str, device: str | torch.device = "auto", dtype: to
     if model_id == TINY_RANDOM:
         return PointECLIP.tiny_random(0).to(device)
     return PointECLIP.from_pretrained(model_id, kind, device, dtype or torch.float32, allow_download)
-
-
-def srgb_to_linear(srgb: np.ndarray) -> np.ndarray:
-    """sRGB-encoded values in [0, 1] → scene-linear (IEC 61966-2-1), float32, same shape (values clipped first)."""
-    x = np.clip(np.asarray(srgb, dtype=np.float32), 0.0, 1.0)
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
 
 
 def download_point_e(name: str) -> Path:

@@ -179,6 +179,20 @@ def _check_index_array(name: str, idx: np.ndarray, n: int) -> None:
         raise ValueError(f"{name} has indices outside [0, {n}): min {idx.min()}, max {idx.max()}")
 
 
+def srgb_to_linear(srgb: np.ndarray) -> np.ndarray:
+    """sRGB-encoded values -> scene-linear values (IEC 61966-2-1 transfer function), both float in [0, 1]; the
+    inverse of :func:`linear_to_srgb`.
+
+    Args:
+        srgb: float array of any shape; values are clipped to [0, 1] first.
+
+    Returns:
+        float32 array of the same shape.
+    """
+    x = np.clip(np.asarray(srgb, dtype=np.float32), 0.0, 1.0)
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
 def linear_to_srgb(linear: np.ndarray) -> np.ndarray:
     """Scene-linear values -> sRGB-encoded values (IEC 61966-2-1 transfer function), both float in [0, 1].
 
