@@ -7,6 +7,7 @@ import io
 import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -96,6 +97,35 @@ def test_a_real_run_writes_plain_progress_lines_with_the_stage_s_eta():
     assert [line.split()[1] for line in optimize] == ["1/40"] + [f"{s}/40" for s in range(2, 41, 2)]
     eta = r"eta (?:\d+s|\d+m \d\ds|\d+h \d\dm) sds="  # format_duration's forms: a loaded machine takes minutes
     assert "eta ?" in optimize[0] and all(re.search(eta, line) for line in optimize[1:]), optimize
+
+
+def test_the_eta_after_a_tenth_of_the_steps_is_within_half_of_the_real_remaining_time():
+    """Wall clock: a tiny-random Latent-Paint run of 300 steps; the ETA reported at step 30 is compared with the time
+    the remaining steps really took (within 50 %, the issue's bound). The estimate assumes the machine keeps its
+    speed; a load spike from outside the test breaks that assumption, so a miss is retried once before it fails
+    (measured on a quiet 2-core machine: within 3 % at 10 %, 25 % and 50 % of a 1,000-step run)."""
+    mesh = trimesh.creation.icosphere(subdivisions=2)
+    arrays = {"mesh.v_pos": mesh.vertices.astype(np.float32), "mesh.t_pos_idx": mesh.faces.astype(np.int32)}
+    inputs = inputs_from_arrays("latent_paint", PIPELINES["latent_paint"], arrays)
+    config = parse_config(LatentPaintConfig, {"prompt": "a ball", "model": "tiny-random", "iterations": 300,
+                                              "texture_size": 64, "preview_every": 0, "vae_preview_every": 0})
+    models = ModelCache()
+    ratios = []
+    for _attempt in range(2):
+        reports: list[tuple[float, int, float | None]] = []
+
+        def on_progress(stage, step, total, losses, eta):
+            if stage == "optimize":
+                reports.append((time.monotonic(), step, eta))
+
+        run(config, inputs, JobContext(device=torch.device("cpu"), models=models, on_progress=on_progress))
+        t_end = reports[-1][0]
+        t_tenth, step, eta = next(r for r in reports if r[1] >= 30)
+        assert step == 30 and eta is not None and eta > 0
+        ratios.append(eta / (t_end - t_tenth))
+        if 0.5 <= ratios[-1] <= 1.5:
+            return
+    pytest.fail(f"ETA / real remaining time at 10 % = {ratios} (twice outside [0.5, 1.5])")
 
 
 def _cli(args: list[str], tmp_path) -> subprocess.CompletedProcess:
