@@ -138,10 +138,12 @@ def tet_grid(resolution: int, bound: float = 1.0) -> tuple[np.ndarray, np.ndarra
 
 def tet_edges(tets: torch.Tensor | np.ndarray) -> torch.Tensor:
     """The unique edges of a tet mesh: (E, 2) int64, each row (a, b) with a < b, sorted; ``tets`` (T, 4) int."""
-    tets = torch.as_tensor(tets)
+    tets = torch.as_tensor(tets).to(torch.int64)
     pairs = tets[:, torch.tensor(TET_EDGES, device=tets.device)].reshape(-1, 2)
-    pairs = torch.sort(pairs, dim=1).values
-    return torch.unique(pairs, dim=0)
+    lo, hi = torch.minimum(pairs[:, 0], pairs[:, 1]), torch.maximum(pairs[:, 0], pairs[:, 1])
+    stride = int(tets.max()) + 1 if len(tets) else 1
+    keys = torch.unique(lo * stride + hi)  # one int64 key per undirected edge: a 1-D unique, far faster than rows
+    return torch.stack([keys // stride, keys % stride], dim=1)
 
 
 def marching_tets(v_pos: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor,
