@@ -299,7 +299,8 @@ def test_marching_tets_rejects_mismatched_shapes():
     v, tets = tet_grid(2)
     v, tets = torch.from_numpy(v), torch.from_numpy(tets)
     for args, match in [((v[:, :2], torch.zeros(len(v)), tets), "v_pos"), ((v, torch.zeros(3), tets), "sdf"),
-                        ((v, torch.zeros(len(v)), tets[:, :3]), "tets")]:
+                        ((v, torch.zeros(len(v)), tets[:, :3]), "tets"),
+                        ((v, torch.zeros(len(v)), tets + 1), r"tets index vertices outside \[0, 27\)")]:
         with pytest.raises(ValueError, match=match):
             marching_tets(*args)
 

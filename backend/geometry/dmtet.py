@@ -152,7 +152,7 @@ def marching_tets(v_pos: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor,
 
     Each tet with vertices of both signs (inside: s < 0; s = 0 counts as outside) contributes one or two triangles
     from :data:`TRIANGLE_TABLE`. The surface vertex on a sign-changing edge (a, b) is the zero of the SDF's linear
-    interpolation along it (DMTet eq. 1)::
+    interpolation along it::
 
         v = (v_a · s_b − v_b · s_a) / (s_b − s_a)
 
@@ -171,11 +171,11 @@ def marching_tets(v_pos: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor,
         allow_empty: return an empty mesh ((0, 3) and (0, 3)) instead of raising when there is no surface.
 
     Returns:
-        ``(v_pos (N, 3), faces (F, 3) int64)``: surface vertices in ``v_pos``'s dtype, device and frame, each on a
-        distinct grid edge, all referenced by a face; faces wound outward (closed parts have positive signed volume).
+        ``(v_pos (N, 3), faces (F, 3) int64)``: surface vertices in ``v_pos``'s device and frame (dtype: that of
+        ``v_pos`` and ``sdf`` promoted), each on a distinct grid edge, all referenced by a face; faces wound outward (closed parts have positive signed volume).
 
     Raises:
-        ValueError: shapes that do not match, NaN/Inf SDF values.
+        ValueError: shapes that do not match, tet indices out of range, NaN/Inf SDF values.
         MeshError: no tet has vertices of both signs (unless ``allow_empty``), naming the SDF's range.
     """
     if v_pos.dim() != 2 or v_pos.shape[1] != 3:
@@ -184,6 +184,9 @@ def marching_tets(v_pos: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor,
         raise ValueError(f"sdf must have shape ({v_pos.shape[0]},) (one value per vertex), got {tuple(sdf.shape)}")
     if tets.dim() != 2 or tets.shape[1] != 4:
         raise ValueError(f"tets must have shape (T, 4), got {tuple(tets.shape)}")
+    if len(tets) and (int(tets.min()) < 0 or int(tets.max()) >= v_pos.shape[0]):
+        raise ValueError(f"tets index vertices outside [0, {v_pos.shape[0]}): min {int(tets.min())}, "
+                         f"max {int(tets.max())}")
     if not bool(torch.isfinite(sdf).all()):
         raise ValueError(f"sdf has {int((~torch.isfinite(sdf)).sum())} NaN/Inf values")
     device = v_pos.device
@@ -237,9 +240,10 @@ def marching_tets(v_pos: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor,
 def sdf_sign_regularizer(sdf: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     """The SDF sign regulariser of DMTet/Magic3D: cross-entropy between the signs across sign-changing edges.
 
-    For every grid edge (a, b) whose SDF signs differ, each end's value, read as a logit, is pushed toward the other
-    end's sign: ``BCE(σ(s_a), [s_b > 0]) + BCE(σ(s_b), [s_a > 0])``, averaged over those edges (0 when there are
-    none). It discourages spurious sign flips (floaters, thin sheets) and keeps the SDF near the surface small.
+    For every grid edge (a, b) whose SDF signs differ (inside: s < 0, as :func:`marching_tets`), each end's value,
+    read as a logit, is pushed toward the other end's sign: ``BCE(σ(s_a), [s_b >= 0]) + BCE(σ(s_b), [s_a >= 0])``,
+    each averaged over those edges (0 when there are none). It discourages spurious sign flips (floaters, thin
+    sheets) and keeps the SDF small near the surface.
 
     Args:
         sdf: (V,) float SDF values, negative inside.
@@ -249,11 +253,11 @@ def sdf_sign_regularizer(sdf: torch.Tensor, edges: torch.Tensor) -> torch.Tensor
         A scalar float tensor, differentiable w.r.t. ``sdf``.
     """
     s = sdf[edges]  # (E, 2)
-    flip = (s[:, 0] > 0) != (s[:, 1] > 0)
+    flip = (s[:, 0] < 0) != (s[:, 1] < 0)
     if not bool(flip.any()):
         return sdf.sum() * 0.0
     s = s[flip]
-    target = (s > 0).to(s.dtype)
+    target = (s >= 0).to(s.dtype)
     bce = nn.functional.binary_cross_entropy_with_logits
     return bce(s[:, 0], target[:, 1]) + bce(s[:, 1], target[:, 0])
 
@@ -263,7 +267,8 @@ class DMTetGeometry(nn.Module):
 
     The deformed vertex i is ``v_i + max_deform · h · tanh(δ_i)`` with h = 2·bound/R the cell size and δ_i the raw
     learnable deformation: each coordinate moves at most ``max_deform`` cells (DMTet bounds the deformation with a
-    tanh so the grid cannot tangle freely; half a cell by default).
+    tanh so the grid cannot tangle freely; half a cell by default). Near the bound a tet can still invert: the mesh
+    stays closed and consistently wound (both are combinatorial) but may fold there.
 
     Attributes:
         sdf: ``nn.Parameter`` (V,) float32, signed distances at the vertices (negative inside), caller's units.
