@@ -172,7 +172,8 @@ def marching_tets(v_pos: torch.Tensor, sdf: torch.Tensor, tets: torch.Tensor,
 
     Returns:
         ``(v_pos (N, 3), faces (F, 3) int64)``: surface vertices in ``v_pos``'s device and frame (dtype: that of
-        ``v_pos`` and ``sdf`` promoted), each on a distinct grid edge, all referenced by a face; faces wound outward (closed parts have positive signed volume).
+        ``v_pos`` and ``sdf`` promoted), each on a distinct grid edge, all referenced by a face; faces wound outward
+        (closed parts have positive signed volume).
 
     Raises:
         ValueError: shapes that do not match, tet indices out of range, NaN/Inf SDF values.
