@@ -62,7 +62,7 @@ class Row:
     params: int
 
 
-class _OneModel:
+class OneModel:
     """The model cache's interface, holding one preloaded model (whatever the loader and name asked for)."""
 
     def __init__(self, model):
@@ -86,7 +86,7 @@ def michelangelo(arch: str, device: torch.device) -> Row:
 
     bundle = build_bundle("tiny" if arch == "tiny" else "michelangelo-256", device)
     spec = PIPELINES["shape_ldm"]
-    ctx = JobContext(device=device, models=_OneModel(bundle))
+    ctx = JobContext(device=device, models=OneModel(bundle))
 
     def run(steps: int, warm_up: bool, grid: int = 0) -> dict:
         params = {"model": arch, "prompt": PROMPT, "num_inference_steps": steps, "preview_resolution": 0}
@@ -111,7 +111,7 @@ def shap_e(arch: str, device: torch.device) -> Row:
     model = TINY_RANDOM if arch == "tiny" else RANDOM_SHAP_E
     bundle = load_shap_e(model, device)
     spec = PIPELINES["shap_e"]
-    ctx = JobContext(device=device, models=_OneModel(bundle))
+    ctx = JobContext(device=device, models=OneModel(bundle))
 
     def run(steps: int, warm_up: bool, grid: int = 0) -> dict:
         params = {"model": model, "prompt": PROMPT, "num_inference_steps": steps}
@@ -125,7 +125,7 @@ def shap_e(arch: str, device: torch.device) -> Row:
                _count(bundle.text.prior))
 
 
-class _RandomPointE:
+class RandomPointE:
     """The model cache's interface for Point-E at its public sizes with random weights (no file, no download): each
     network from its preset, CLIP ViT-L/14's text tower from its config with the byte-level tokenizer."""
 
@@ -166,7 +166,7 @@ def point_e(arch: str, device: torch.device) -> Row:
     from backend.point_e.model import load_point_e
 
     model = TINY_RANDOM if arch == "tiny" else "auto"
-    cache = ModelCache(4) if arch == "tiny" else _RandomPointE(device)
+    cache = ModelCache(4) if arch == "tiny" else RandomPointE(device)
     spec = PIPELINES["point_e"]
     ctx = JobContext(device=device, models=cache)
 
