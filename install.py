@@ -42,7 +42,12 @@ from pathlib import Path
 # Version constraints (one place; pip receives exactly these strings).
 
 MIN_PYTHON = (3, 10)
-TORCH_SPEC = "torch==2.13.0"  # exact on purpose: a looser spec can pull GBs of CUDA wheels on CPU machines
+# torch and torchvision are one pair, exact on purpose. PyPI's torchvision wheels link PyPI's default torch build (CUDA
+# on Linux x86-64, which also runs on CPU-only machines), so the pair is installed everywhere, CPU machines included:
+# without a matching torchvision neither open_clip nor dalle2-pytorch (the CLIP-Mesh prior) can import. The price on
+# a CPU-only machine is the CUDA libraries' disk space (about 5.5 GB in the venv instead of about 1 GB).
+TORCH_SPEC = "torch==2.14.1"
+TORCHVISION_SPEC = "torchvision==0.29.1"
 NUMPY_SPEC = "numpy<2"
 BACKEND_REQUIREMENTS = (
     "diffusers",
@@ -60,13 +65,12 @@ BACKEND_REQUIREMENTS = (
     "tqdm",
     "scipy",
     "cryptography",  # serve --tls: makes the self-signed certificate (backend/serving/certificates.py)
+    "open_clip_torch>=2.24,<3",  # CLIP guidance (CLIP-Mesh, Dream Fields); <3 because dalle2-pytorch asks for it
+    "dalle2-pytorch==1.15.6",  # the CLIP-Mesh diffusion prior (text embedding -> image embedding)
+    "kornia",  # differentiable image augmentations (CLIP guidance)
+    "peft",  # LoRA adapters (ProlificDreamer's VSD)
+    "point-cloud-utils",  # Chamfer / EMD distances (LION, the 1-NNA metric)
 )
-# open_clip needs torchvision, and PyPI's torchvision wheels link the CUDA build of torch: with a CPU-only torch
-# (the wheel this project pins on CPU machines) an installed torchvision fails at import and takes transformers and
-# diffusers down with it. So: with a CUDA torch, open_clip_torch with its dependencies; with a CPU torch,
-# open_clip_torch without dependencies (its pure-Python needs below), and no torchvision.
-OPEN_CLIP_SPEC = "open_clip_torch"
-OPEN_CLIP_CPU_DEPS = ("ftfy", "regex")
 CUDA_REQUIREMENTS = ("diffrp-nvdiffrast",)  # provides the module `nvdiffrast`; NVIDIA Source Code License
 DEV_REQUIREMENTS = ("pytest", "pytest-timeout")
 STUDIO_REQUIREMENTS = ("ray",)  # `serve --executor ray`: jobs on Ray actors, one per GPU (the tests run a local cluster)
@@ -133,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch-spec", default=TORCH_SPEC,
                    help=f"pip requirement for torch, name and version (default: {TORCH_SPEC!r}); it also "
                         "constrains every later pip call, so no package can swap torch")
+    p.add_argument("--torchvision-spec", default=TORCHVISION_SPEC,
+                   help=f"pip requirement for torchvision, the one that matches --torch-spec (default: "
+                        f"{TORCHVISION_SPEC!r}); pinned like torch")
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                    help="auto: CUDA extras (nvdiffrast) only when `nvidia-smi` runs; cuda/cpu force it")
     p.add_argument("--dev", action="store_true",
@@ -313,10 +320,10 @@ class PipGroup:
 
 
 def plan_pip_groups(torch_spec: str, cuda: bool, dev: bool, python_version: tuple[int, ...],
-                    studio: bool = False) -> list[PipGroup]:
+                    studio: bool = False, torchvision_spec: str = TORCHVISION_SPEC) -> list[PipGroup]:
     """The pip groups to install, in order, for this machine and these flags (``studio`` or ``dev``: Ray)."""
     groups = [
-        PipGroup("torch", (torch_spec, NUMPY_SPEC)),
+        PipGroup("torch", (torch_spec, torchvision_spec, NUMPY_SPEC)),
         PipGroup("backend libraries", (NUMPY_SPEC, *BACKEND_REQUIREMENTS)),
         PipGroup("nvdiffrast (CUDA rasterizer)", CUDA_REQUIREMENTS,
                  skip_reason="" if cuda else "no CUDA (nvidia-smi not found or failing; force with --device cuda)"),
@@ -335,31 +342,11 @@ def plan_pip_groups(torch_spec: str, cuda: bool, dev: bool, python_version: tupl
     return groups
 
 
-def torch_has_cuda(python: Path) -> bool:
-    """Whether the venv's torch is a CUDA build (``torch.version.cuda`` set), whatever GPU this machine has."""
-    proc = run_capture([str(python), "-c", "import torch; print('CUDA_BUILD', bool(torch.version.cuda))"], timeout=300)
-    return "CUDA_BUILD True" in proc.stdout
-
-
-def install_open_clip(python: Path, constraints: Path, quiet: bool, notes: list[str]) -> None:
-    """Install open_clip_torch so that it can never break diffusers/transformers (see OPEN_CLIP_SPEC). On macOS
-    PyPI's torch and torchvision wheels are one build (MPS, no CUDA variant), so torchvision matches torch there."""
-    if torch_has_cuda(python) or sys.platform == "darwin":
-        pip_install(python, PipGroup("open_clip", (OPEN_CLIP_SPEC,)), constraints, quiet)
-        return
-    pip_install(python, PipGroup("open_clip", (OPEN_CLIP_SPEC,), no_deps=True), constraints, quiet)
-    pip_install(python, PipGroup("open_clip deps", OPEN_CLIP_CPU_DEPS), constraints, quiet)
-    found = run_capture([str(python), "-c", "import importlib.util as u; print(bool(u.find_spec('torchvision')))"])
-    if found.stdout.strip().endswith("True"):  # left by an older install: it would break transformers' imports
-        run_capture([str(python), "-m", "pip", "uninstall", "-y", "torchvision"], timeout=300)
-    notes.append("open_clip_torch installed without torchvision: PyPI has no torchvision for a CPU-only torch, so "
-                 "CLIP image models (clip_mesh, shape_ldm) need a CUDA torch; Latent-Paint is unaffected.")
-
-
-def write_constraints(venv_dir: Path, torch_spec: str) -> Path:
-    """Write the pip constraints file that pins torch and numpy for every group (so no group can swap them)."""
+def write_constraints(venv_dir: Path, torch_spec: str, torchvision_spec: str = TORCHVISION_SPEC) -> Path:
+    """Write the pip constraints file that pins torch, torchvision and numpy for every group (so no group can swap
+    them)."""
     path = venv_dir / "latentforge-constraints.txt"
-    path.write_text(f"{torch_spec}\n{NUMPY_SPEC}\n", encoding="utf-8")
+    path.write_text(f"{torch_spec}\n{torchvision_spec}\n{NUMPY_SPEC}\n", encoding="utf-8")
     return path
 
 
@@ -659,8 +646,9 @@ print("LATENTFORGE_VERIFY " + json.dumps(out))
 """
 
 # The diffusers/transformers submodules force the real imports (the packages themselves import lazily).
-VERIFY_MODULES = ("torch", "diffusers", "diffusers.models.unets.unet_2d_condition", "transformers",
-                  "transformers.models.clip.modeling_clip", "mcubes", "xatlas", "trimesh", "igl",
+VERIFY_MODULES = ("torch", "torchvision", "diffusers", "diffusers.models.unets.unet_2d_condition", "transformers",
+                  "transformers.models.clip.modeling_clip", "open_clip", "dalle2_pytorch", "kornia", "peft",
+                  "point_cloud_utils", "mcubes", "xatlas", "trimesh", "igl",
                   "blender_addon.core.paths")
 
 
@@ -750,9 +738,10 @@ def main(argv: list[str] | None = None) -> int:
         # 2. packages
         current[0] = "packages"
         cuda = cuda_present(args.device)
-        constraints = write_constraints(venv_dir, args.torch_spec)
+        constraints = write_constraints(venv_dir, args.torch_spec, args.torchvision_spec)
         bpy_installed = False
-        for group in plan_pip_groups(args.torch_spec, cuda, args.dev, tuple(info["version"]), args.studio):
+        for group in plan_pip_groups(args.torch_spec, cuda, args.dev, tuple(info["version"]), args.studio,
+                                     args.torchvision_spec):
             step = f"pip: {group.name}"
             if group.skip_reason:
                 heading(step)
@@ -761,8 +750,6 @@ def main(argv: list[str] | None = None) -> int:
             _, dt = timed(step, lambda g=group: pip_install(python, g, constraints, args.quiet))
             report.add(step, "done", " ".join(group.requirements), dt)
             bpy_installed = bpy_installed or group.requirements == (BPY_SPEC,)
-        _, dt = timed("pip: open_clip", lambda: install_open_clip(python, constraints, args.quiet, notes))
-        report.add("pip: open_clip", "done", notes[-1] if notes else OPEN_CLIP_SPEC, dt)
         if cuda:
             notes.append("nvdiffrast (pip package diffrp-nvdiffrast) is under the NVIDIA Source Code License "
                          "(non-commercial use only); it was installed because CUDA is present.")

@@ -238,7 +238,7 @@ def test_pth_rejects_missing_repo(tmp_path):
 def test_argument_defaults():
     args = install.parse_args([])
     assert args.venv == REPO_ROOT / ".venv"
-    assert args.torch_spec == "torch==2.13.0"
+    assert (args.torch_spec, args.torchvision_spec) == ("torch==2.14.1", "torchvision==0.29.1")
     assert args.device == "auto"
     assert (args.dev, args.new_token, args.no_blender, args.quiet) == (False, False, False, False)
     assert (args.host, args.port, args.home, args.blender) == (None, None, None, None)
@@ -282,6 +282,8 @@ def test_ensure_venv_creates_reuses_repairs_and_refuses(tmp_path):
 def test_pip_plan_cpu_and_cuda():
     cpu = install.plan_pip_groups("torch==2.13.0", cuda=False, dev=False, python_version=(3, 11, 7))
     assert [g.requirements[0] for g in cpu] == ["torch==2.13.0", "numpy<2", "diffrp-nvdiffrast"]
+    # torchvision travels with torch on every machine (open_clip and dalle2-pytorch import it)
+    assert cpu[0].requirements == ("torch==2.13.0", "torchvision==0.29.1", "numpy<2")
     assert [bool(g.skip_reason) for g in cpu] == [False, False, True]
     cuda = install.plan_pip_groups("torch==2.13.0", cuda=True, dev=False, python_version=(3, 11, 7))
     assert not cuda[2].skip_reason and cuda[2].requirements == ("diffrp-nvdiffrast",)
@@ -298,8 +300,8 @@ def test_pip_plan_dev_bpy_needs_python_311():
 
 
 def test_pip_command_and_constraints(tmp_path):
-    constraints = install.write_constraints(tmp_path, "torch==2.13.0")
-    assert constraints.read_text().split() == ["torch==2.13.0", "numpy<2"]
+    constraints = install.write_constraints(tmp_path, "torch==2.13.0", "torchvision==0.28.0")
+    assert constraints.read_text().split() == ["torch==2.13.0", "torchvision==0.28.0", "numpy<2"]
     group = install.PipGroup("data", ("pyvista==0.49.1",), no_deps=True)
     cmd = install.pip_command(Path("/v/bin/python"), group, constraints, quiet=True)
     assert cmd == ["/v/bin/python", "-m", "pip", "install", "-q", "--no-deps", "-c", str(constraints),
