@@ -53,8 +53,8 @@ class LionConfig(Config):
                                     high=16.0, low_exclusive=True)
     voxel_resolution_multiplier: float = param(1.0, doc="Scale of the voxel grids 32/16/8 (1 = public).", low=0.0,
                                                high=16.0, low_exclusive=True)
-    sa_centers: tuple[int, int, int, int] = param((1024, 256, 64, 16), doc="Centres of the four set-abstraction "
-                                                  "levels (farthest point sampling).", low=1, high=100000)
+    first_centers: int = param(1024, doc="Centres of the first set-abstraction level; the next three have 1/4, 1/16 "
+                               "and 1/64 of them (public 1024, 256, 64, 16).", low=1, high=100000)
     num_neighbors: int = param(32, doc="Ball-query neighbours per centre.", low=1, high=1024)
     group_norm_groups: int = param(8, doc="Groups of every group norm (8 in the public code).", low=1, high=64)
     skip_weight: float = param(0.01, doc="Encoder/decoder output = skip_weight * network + input.", low=0.0,
@@ -97,11 +97,8 @@ class LionConfig(Config):
             raise ParamError(f"beta_start = {self.beta_start} must be below beta_end = {self.beta_end}")
         if self.ddim_steps > self.timesteps:
             raise ParamError(f"ddim_steps = {self.ddim_steps} exceeds timesteps = {self.timesteps}")
-        if any(c > self.num_points for c in self.sa_centers):
-            raise ParamError(f"sa_centers = {self.sa_centers}: no level may have more centres than num_points = "
-                             f"{self.num_points}")
-        if list(self.sa_centers) != sorted(self.sa_centers, reverse=True):
-            raise ParamError(f"sa_centers = {self.sa_centers} must not increase from level to level")
+        if self.first_centers > self.num_points:
+            raise ParamError(f"first_centers = {self.first_centers} exceeds num_points = {self.num_points}")
         for width in (32, 64, 128):
             channels = int(self.width_multiplier * width)
             if channels < self.group_norm_groups or channels % self.group_norm_groups:
@@ -110,6 +107,11 @@ class LionConfig(Config):
         if int(self.voxel_resolution_multiplier * 8) < 1:
             raise ParamError(f"voxel_resolution_multiplier = {self.voxel_resolution_multiplier} makes the 8³ grid "
                              f"empty")
+
+    @property
+    def sa_centers(self) -> tuple[int, int, int, int]:
+        """Centres of the four set-abstraction levels (each at least 1)."""
+        return tuple(max(self.first_centers // 4 ** i, 1) for i in range(4))  # type: ignore[return-value]
 
     @property
     def latent_point_dim(self) -> int:
@@ -127,11 +129,11 @@ parameter shape; only the shape-latent prior's dropout differs."""
 
 TINY_PRESETS: dict[str, LionConfig] = {
     "tiny": LionConfig(name="tiny", num_points=128, style_dim=16, width_multiplier=0.25,
-                       voxel_resolution_multiplier=0.25, sa_centers=(64, 16, 8, 4), num_neighbors=8,
+                       voxel_resolution_multiplier=0.25, first_centers=64, num_neighbors=8,
                        group_norm_groups=4, time_dim=16, prior_channels=32, prior_blocks=2, prior_embedding_dim=16,
                        prior_dropout=0.0, vae_dropout=0.0, ddim_steps=10, skip_weight=0.1),
 }
-"""Ours: the ``tiny-random`` model (quarter widths, 8/4/2 voxel grids, 128 points, a 32-wide shape-latent prior)."""
+"""Ours: the ``tiny-random`` model (quarter widths, 8/4/2 voxel grids, 128 points, 64/16/4/1 centres, a 32-wide shape-latent prior)."""
 
 
 def get_preset(name: str) -> LionConfig:

@@ -134,7 +134,7 @@ def trilinear_devoxelize_reference(grid: torch.Tensor, coords: torch.Tensor, res
     if r == 1:
         return grid.reshape(*grid.shape[:2], 1).expand(-1, -1, coords.shape[2])
     norm = coords / (r - 1) * 2 - 1  # (B, 3, N) in [-1, 1]
-    sample = norm.flip(1).permute(0, 2, 1)[:, :, None, None, :]  # (B, N, 1, 1, 3) as (z, y, x)
+    sample = torch.stack([norm[:, 2], norm[:, 1], norm[:, 0]], dim=-1)[:, :, None, None, :]  # (B, N, 1, 1, 3)
     out = F.grid_sample(grid, sample, mode="bilinear", padding_mode="border", align_corners=True)
     return out[:, :, :, 0, 0]
 
