@@ -12,8 +12,8 @@ are written here with scatter / gather ops; their semantics follow the public CU
   distance < radius², padding with the first one; feature propagation weights the 3 nearest centres by inverse
   squared distance (clamped to [1e-10, 1e10]).
 
-:func:`avg_voxelize_reference` and :func:`trilinear_devoxelize_reference` are independent, simple (dense one-hot /
-``grid_sample``) versions used by the tests and the benchmark.
+:func:`avg_voxelize_reference` (a dense one-hot product) and :func:`trilinear_devoxelize_reference` (the CUDA kernel's
+8-corner gather, one corner at a time) are independent, simple versions used by the tests and the benchmark.
 
 The modules keep the public parameter names (``models/pvcnn2_ada.py``, ``models/pvcnn2.py``) so a released state dict
 maps by name: ``SharedMLP.layers``, ``PVConv.voxel_layers`` / ``point_features`` / ``attn``, ``AdaGN.norm`` / ``emd``,
@@ -84,7 +84,40 @@ def avg_voxelize(features: torch.Tensor, coords: torch.Tensor, resolution: int) 
 
 
 def trilinear_devoxelize(grid: torch.Tensor, coords: torch.Tensor, resolution: int) -> torch.Tensor:
-    """Trilinear interpolation of a voxel grid at continuous voxel coordinates (gather of the 8 corners).
+    """Trilinear interpolation of a voxel grid at continuous voxel coordinates (``F.grid_sample``, trilinear,
+    ``align_corners=True``; the grid's [x, y, z] index order is grid_sample's (D, H, W), so the sample points are
+    given as (z, y, x)).
+
+    Args:
+        grid: (B, C, R, R, R) float, indexed [x, y, z].
+        coords: (B, 3, N) float in [0, R − 1].
+        resolution: R.
+    Returns:
+        (B, C, N) float; differentiable in ``grid``.
+    """
+    r = int(resolution)
+    if r == 1:
+        return grid.reshape(*grid.shape[:2], 1).expand(-1, -1, coords.shape[2])
+    norm = coords.to(grid.dtype) / (r - 1) * 2 - 1  # (B, 3, N) in [-1, 1]
+    sample = torch.stack([norm[:, 2], norm[:, 1], norm[:, 0]], dim=-1)[:, :, None, None, :]  # (B, N, 1, 1, 3)
+    out = F.grid_sample(grid, sample, mode="bilinear", padding_mode="border", align_corners=True)
+    return out[:, :, :, 0, 0]
+
+
+def avg_voxelize_reference(features: torch.Tensor, coords: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Reference of :func:`avg_voxelize`: a dense (B, R³, N) one-hot matrix times the features (memory R³·N)."""
+    b, c, _ = features.shape
+    r = int(resolution)
+    idx = _flat_index(torch.round(coords).long(), r)
+    onehot = (idx[:, None, :] == torch.arange(r ** 3, device=idx.device)[None, :, None]).to(features.dtype)
+    sums = torch.einsum("bcn,bvn->bcv", features, onehot)
+    counts = onehot.sum(2)
+    return (sums / counts.clamp_min(1.0)[:, None, :]).view(b, c, r, r, r)
+
+
+def trilinear_devoxelize_reference(grid: torch.Tensor, coords: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Reference of :func:`trilinear_devoxelize`, as the public CUDA kernel: the 8 corners (lo = ⌊c⌋, hi = lo + 1
+    where the fraction is > 0) gathered one by one and weighted by the products of the fractions.
 
     Args:
         grid: (B, C, R, R, R) float, indexed [x, y, z].
@@ -114,29 +147,6 @@ def trilinear_devoxelize(grid: torch.Tensor, coords: torch.Tensor, resolution: i
                 idx = x * (r * r) + y * r + z
                 out = out + torch.gather(flat, 2, idx[:, None, :].expand(b, c, n)) * (wx * wy * wz)[:, None, :]
     return out
-
-
-def avg_voxelize_reference(features: torch.Tensor, coords: torch.Tensor, resolution: int) -> torch.Tensor:
-    """Reference of :func:`avg_voxelize`: a dense (B, R³, N) one-hot matrix times the features (memory R³·N)."""
-    b, c, _ = features.shape
-    r = int(resolution)
-    idx = _flat_index(torch.round(coords).long(), r)
-    onehot = (idx[:, None, :] == torch.arange(r ** 3, device=idx.device)[None, :, None]).to(features.dtype)
-    sums = torch.einsum("bcn,bvn->bcv", features, onehot)
-    counts = onehot.sum(2)
-    return (sums / counts.clamp_min(1.0)[:, None, :]).view(b, c, r, r, r)
-
-
-def trilinear_devoxelize_reference(grid: torch.Tensor, coords: torch.Tensor, resolution: int) -> torch.Tensor:
-    """Reference of :func:`trilinear_devoxelize`: ``F.grid_sample`` (trilinear, ``align_corners=True``) with the
-    grid's [x, y, z] index order mapped to grid_sample's (D, H, W) = (x, y, z), i.e. sample coords (z, y, x)."""
-    r = int(resolution)
-    if r == 1:
-        return grid.reshape(*grid.shape[:2], 1).expand(-1, -1, coords.shape[2])
-    norm = coords / (r - 1) * 2 - 1  # (B, 3, N) in [-1, 1]
-    sample = torch.stack([norm[:, 2], norm[:, 1], norm[:, 0]], dim=-1)[:, :, None, None, :]  # (B, N, 1, 1, 3)
-    out = F.grid_sample(grid, sample, mode="bilinear", padding_mode="border", align_corners=True)
-    return out[:, :, :, 0, 0]
 
 
 def farthest_point_sample(coords: torch.Tensor, num_centers: int) -> torch.Tensor:
