@@ -8,7 +8,8 @@ command).
   field of the pipeline's config is a flag (``--texture-size 2048``); ``--help`` lists them with their defaults. A
   result with several meshes (``shape_ldm --num-samples 4``) becomes one GLB with one node per mesh, side by side.
 - ``train shape_vae|shape_ldm``: train Michelangelo's shape VAE, then its denoiser, on a folder of meshes
-  (``--data DIR --out DIR``; every field of the training config is a flag, ``--resume`` continues a run).
+  (``--data DIR --out DIR``; every field of the training config is a flag, ``--resume`` continues a run);
+  ``train lion_vae|lion_ddm`` the same for LION's VAE, then its two latent DDMs.
 - ``eval 1nna --generated DIR --reference DIR``: the 1-NNA accuracy (Chamfer and/or EMD) of generated point clouds
   or meshes against reference ones (LION's Table 1 protocol; 50 % is ideal).
 - ``jobs``: list the job store (with the worker that ran each job); ``--export JOB --out file.glb`` copies a finished job's result; ``--delete JOB``
@@ -51,7 +52,8 @@ from .geometry.mesh import MeshError, load_mesh
 from .michelangelo.conditioner import load_image
 from .michelangelo.model import PUBLIC_FILES, download_public_checkpoint
 from .metrics.one_nna import METRICS as NNA_METRICS, evaluate_1nna, load_clouds
-from .michelangelo.train import TRAINERS
+from .lion.train import TRAINERS as LION_TRAINERS
+from .michelangelo.train import TRAINERS as MICHELANGELO_TRAINERS
 from .models.cache import ModelCache
 from .models.devices import resolve_device
 from .models.base import TINY_RANDOM, ModelNotFoundError
@@ -72,6 +74,9 @@ from .serving.service import JobService
 from .serving.store import TERMINAL, JobStore
 
 log = logging.getLogger("backend")
+
+TRAINERS = {**MICHELANGELO_TRAINERS, **LION_TRAINERS}
+"""``train <name>``: every method's trainers (config class, training function)."""
 
 # Flags every pipeline shares, in the order `--help` shows them (the rest of each config follows).
 SHARED_FLAGS = ("model", "prompt", "negative_prompt", "seed", "iterations")
@@ -241,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_common(p)
 
 
-    train = sub.add_parser("train", help="train Michelangelo (shape VAE, then denoiser) on a folder of meshes")
+    train = sub.add_parser("train", help="train Michelangelo (shape VAE, then denoiser) or LION (VAE, then latent "
+                                         "DDMs) on a folder of meshes")
     train_sub = train.add_subparsers(dest="trainer", required=True)
     for name, (config_class, _fn) in TRAINERS.items():
         summary = (config_class.__doc__ or "").strip().splitlines()[0]

@@ -259,7 +259,7 @@ def _run(kind: str, cfg: _Common, config: MichelangeloConfig, modules: dict[str,
     checkpoint format."""
     train_config = dataclasses.asdict(cfg)
 
-    def make_batch(rng: np.random.Generator) -> dict[str, Any]:
+    def make_batch(_i: int, rng: np.random.Generator) -> dict[str, Any]:
         return collate_shapes([dataset.sample(k, rng) for k in batch_indices(rng, len(dataset), cfg.batch_size)])
 
     def save_weights(step: int, history: list[dict[str, float]]) -> None:

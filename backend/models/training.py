@@ -127,7 +127,7 @@ def trim_log(path: Path, step: int) -> None:
 
 
 def train_loop(kind: str, cfg: Any, trainable: torch.nn.Module, start_state: dict[str, Any] | None,
-               make_batch: Callable[[np.random.Generator], Any],
+               make_batch: Callable[[int, np.random.Generator], Any],
                step_fn: Callable[[Any, torch.Generator], tuple[torch.Tensor, dict[str, float]]],
                save_weights: Callable[[int, list[dict[str, float]]], None], out: Path, device: torch.device,
                progress: bool, callback: Callable[[int, dict[str, float]], None] | None) -> LoopResult:
@@ -138,7 +138,8 @@ def train_loop(kind: str, cfg: Any, trainable: torch.nn.Module, start_state: dic
         cfg: the training settings (fields listed in the module docstring).
         trainable: the module whose ``requires_grad`` parameters AdamW updates.
         start_state: :func:`load_state`'s dict on resume (optimiser, step), else None.
-        make_batch: ``make_batch(rng)`` → the step's batch, drawing only from ``rng`` (seeded by ``(seed, i)``).
+        make_batch: ``make_batch(i, rng)`` → the batch of 0-based step ``i``, drawing only from ``rng`` (seeded by
+            ``(seed, i)``).
         step_fn: ``step_fn(batch, generator)`` → ``(loss scalar, {term: float})``.
         save_weights: ``save_weights(step, history)`` writes the method's checkpoint into ``out``.
         out: the output folder (created now).
@@ -187,7 +188,7 @@ def train_loop(kind: str, cfg: Any, trainable: torch.nn.Module, start_state: dic
             factor = lr_factor(i, cfg.warmup_steps, cfg.steps)
             for group in optimizer.param_groups:
                 group["lr"] = cfg.lr * factor
-            batch = make_batch(np.random.default_rng([cfg.seed, i]))
+            batch = make_batch(i, np.random.default_rng([cfg.seed, i]))
             loss, terms = step_fn(batch, step_generator(device, cfg.seed, i))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{kind} loss became {loss.item()} at step {step} (terms {terms}); lower "
