@@ -45,7 +45,6 @@ from ..lion.checkpoint import load_lion
 from ..lion.config import PRESETS
 from ..lion.data import denormalize_points, normalize_points
 from ..lion.model import SAMPLERS, LionLatents, LionModel
-from ..models.base import TINY_RANDOM
 from ..params import Config, ParamError, param
 from .base import JobContext, PipelineInputs, PipelineResult, ResultMesh, ResultPointCloud
 
@@ -286,6 +285,9 @@ def _diffuse_denoise(model: _Model, world_points: np.ndarray, config: _DiffuseDe
 # Voxels of a blockout.
 # ---------------------------------------------------------------------------------------------------------------------
 
+_JITTER = np.array([1.3e-4, 0.7e-4, 1.1e-4])
+"""Voxel-centre offset (in voxels) of the winding-number queries: generalised winding numbers ON a surface are 1/2,
+and blockouts are made of faces on voxel-centre planes (a flat square through the centre of its grid)."""
 _FACE_AXES = ((0, 1, 2), (1, 2, 0), (2, 0, 1))  # (normal axis, u axis, v axis)
 
 
@@ -308,7 +310,7 @@ def voxelize(mesh: TriMesh, resolution: int) -> tuple[np.ndarray, np.ndarray, fl
     dims = np.maximum(np.ceil((hi - lo) / h - 1e-9).astype(int), 1) + 2
     origin = (lo + hi) / 2 - dims * h / 2
     ijk = np.stack(np.meshgrid(*[np.arange(d) for d in dims], indexing="ij"), axis=-1).reshape(-1, 3)
-    centres = origin + (ijk + 0.5) * h
+    centres = origin + (ijk + 0.5 + _JITTER) * h  # a generic shift: no centre exactly on an axis-aligned face
     occupancy = (np.abs(winding_number(mesh.v_pos, mesh.t_pos_idx, centres)) > 0.5).reshape(tuple(dims))
     if not occupancy.any():
         raise MeshError(f"the blockout encloses no volume at voxel_resolution = {resolution} (an open surface or "
