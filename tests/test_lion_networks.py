@@ -268,6 +268,18 @@ def test_diffuse_denoise_with_small_tau_stays_near_the_input(tiny):
     assert torch.equal(kept.z, lat.z) and kept.h.shape == lat.h.shape
 
 
+def test_to_noise_and_from_noise_are_deterministic_and_keep_shapes(tiny):
+    lat = tiny.encode(_cloud(), sample=False)
+    seen = []
+    noise = tiny.to_noise(lat, steps=3, callback=lambda s, n, x: seen.append((s, n)))
+    again = tiny.to_noise(lat, steps=3)
+    assert torch.equal(noise.z, again.z) and torch.equal(noise.h, again.h)
+    assert noise.h.shape == lat.h.shape and not torch.allclose(noise.h, lat.h)
+    assert seen == [(i, 4) for i in range(1, 5)]
+    back = tiny.from_noise(noise, steps=3)
+    assert back.z.shape == lat.z.shape and back.h.shape == lat.h.shape and torch.isfinite(back.h).all()
+
+
 def test_the_samplers_recover_what_an_oracle_knows():
     """ε̂ of a point mass at c is exact: (x_t − √ᾱ_t c) / √(1 − ᾱ_t). Every sampler must land on c."""
     schedule = Schedule.linear(1000, 1e-4, 0.02)

@@ -10,7 +10,10 @@ Facts from the public code (``utils/diffusion_pvd.DiffusionDiscretized``, ``util
   m = sigmoid(mixing_logit) per latent dimension; the first term is the exact ε of a standard-normal x_0 (the VAE
   prior), so the network only models the residual. Off in the released checkpoints.
 - Ancestral sampler (DDPM, Ho et al. 2020): mean = (x_t − β_t/√(1 − ᾱ_t) ε̂)/√α_t, standard deviation √β_t
-  (``fixedlarge``), no noise on the last step. With fewer than T steps we step between ᾱ's of a uniform
+  (``fixedlarge``; the trainer's ``run_denoising_diffusion``; the public demo ``models/lion.py`` hands the string
+  ``fixedlarge`` to diffusers' ``DDPMScheduler``, which has no branch for that name (checked in the installed
+  diffusers) and so keeps the posterior variance),
+  no noise on the last step. With fewer than T steps we step between ᾱ's of a uniform
   subsequence with β = 1 − ᾱ_t/ᾱ_s (the same formula; T steps is exactly the public loop).
 - DDIM (Song et al. 2021; public ``run_ddim``, ``ddim_skip_type`` uniform: t_i = ⌊i (T − 1)/(S − 1)⌋):
   x_s = √ᾱ_s x̂_0 + √(1 − ᾱ_s − σ²) ε̂ + σ z, σ = η √((1 − ᾱ_s)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_s); η = 0 is the
