@@ -155,17 +155,31 @@ def test_the_trained_ddms_denoise_the_training_latents_far_better_than_untrained
 
 
 def test_a_resumed_run_continues_the_exact_trajectory(shapes, tmp_path):
-    common = dict(data=str(shapes), batch_size=2, lr=1e-3, device="cpu", save_every=2, log_every=1, seed=3,
-                  num_points=32, pool_factor=2)
-    config = dataclasses.replace(_micro_config(), num_points=32, first_centers=16)
-    whole = train_lion_vae(dict(common, out=str(tmp_path / "whole"), steps=4), model_config=config, progress=False)
-    train_lion_vae(dict(common, out=str(tmp_path / "split"), steps=2), model_config=config, progress=False)
-    resumed = train_lion_vae(dict(common, out=str(tmp_path / "split"), steps=4, resume=True), progress=False)
-    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history[2:]]
+    """Killed after step 3 (checkpoint at step 2), resumed: the same losses and weights as an uninterrupted run —
+    with dropout on, whose draws come from the per-step seeded global generator."""
+    config = dataclasses.replace(_micro_config(), num_points=32, first_centers=16, vae_dropout=0.1)
+
+    def cfg(out, **extra):
+        return dict(data=str(shapes), out=str(out), steps=4, batch_size=2, lr=1e-3, device="cpu", save_every=2,
+                    log_every=1, seed=3, pool_factor=2, **extra)
+
+    whole = train_lion_vae(cfg(tmp_path / "whole"), model_config=config, progress=False)
+    seen = []
+
+    def crash_after_3(step, record):
+        seen.append(record)
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_lion_vae(cfg(tmp_path / "cut"), model_config=config, progress=False, callback=crash_after_3)
+    resumed = train_lion_vae(cfg(tmp_path / "cut", resume=True), progress=False)
+    assert [h["step"] for h in resumed.history] == [3, 4]
+    assert [h["loss"] for h in seen[:2] + resumed.history] == [h["loss"] for h in whole.history]
     for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     with pytest.raises(TrainingError, match="already holds"):
-        train_lion_vae(dict(common, out=str(tmp_path / "whole"), steps=4), model_config=config, progress=False)
+        train_lion_vae(cfg(tmp_path / "whole"), model_config=config, progress=False)
 
 
 # ------------------------------------------------------------------------------------------------------ pipelines
