@@ -60,16 +60,12 @@ MAX_TAU = 1000
 
 @dataclass
 class LionBaseConfig(Config):
-    """Settings every LION pipeline has: the model, the sampler and the meshes."""
+    """Settings every LION pipeline has: the model, the seed and the meshes."""
 
     model: str = param(DEFAULT_MODEL, doc="LION model: chair, airplane, car (the released ShapeNet models), a "
                                           "released model.pt, a folder written by `train lion_ddm`, or 'tiny-random'.")
     seed: int = param(0, doc="Seed of the diffusion noise and of the input's surface samples; same seed, same "
                              "shapes.", low=0, high=2**63 - 1)
-    sampler: str = param("ddim", doc="Sampler of the DDMs: ddim (fast) or ddpm (ancestral, the paper's 1000 steps).",
-                         choices=SAMPLERS)
-    num_inference_steps: int = param(0, doc="Denoising steps per DDM (0 = the sampler's default: all T (or tau) for "
-                                            "ddpm, the model's DDIM steps (200 public) for ddim).", low=0, high=100000)
     make_mesh: bool = param(True, doc="Also reconstruct a closed mesh per shape (Shape As Points' Poisson solver).")
     grid_resolution: int = param(128, doc="Samples per axis of the Poisson grid of the meshes (128 as SAP).",
                                  low=16, high=512)
@@ -84,7 +80,17 @@ class LionBaseConfig(Config):
 
 
 @dataclass
-class LionGenerateConfig(LionBaseConfig):
+class LionSamplingConfig(LionBaseConfig):
+    """Settings of the pipelines that run the DDMs' samplers (all but interpolation, which runs the ODE)."""
+
+    sampler: str = param("ddim", doc="Sampler of the DDMs: ddim (fast) or ddpm (ancestral, the paper's 1000 steps).",
+                         choices=SAMPLERS)
+    num_inference_steps: int = param(0, doc="Denoising steps per DDM (0 = the sampler's default: all T (or tau) for "
+                                            "ddpm, the model's DDIM steps (200 public) for ddim).", low=0, high=100000)
+
+
+@dataclass
+class LionGenerateConfig(LionSamplingConfig):
     """Settings of unconditional LION generation."""
 
     num_samples: int = param(4, doc="Shapes to generate (each a point cloud, and a mesh when meshes are made).",
@@ -94,7 +100,7 @@ class LionGenerateConfig(LionBaseConfig):
 
 
 @dataclass
-class _DiffuseDenoiseConfig(LionBaseConfig):
+class _DiffuseDenoiseConfig(LionSamplingConfig):
     """Settings of the pipelines that diffuse an encoded input to tau and denoise it back."""
 
     tau: int = param(200, doc="Diffusion step the input's latents are noised to before denoising (of T = 1000: small "
@@ -184,7 +190,7 @@ class _Model:
     def to_world_axes(self, points: np.ndarray) -> np.ndarray:
         return lion_shapenet_to_blender(points) if self.shapenet else points
 
-    def steps(self, config: LionBaseConfig) -> int | None:
+    def steps(self, config: LionSamplingConfig) -> int | None:
         return config.num_inference_steps or None
 
     def normalise(self, world_points: np.ndarray) -> tuple[torch.Tensor, Placement]:
@@ -246,8 +252,9 @@ def _finish(model: _Model, clouds_model: torch.Tensor, placements: list[Placemen
             meshes.append(ResultMesh(mesh))
         ctx.progress("mesh", len(clouds), len(clouds))
         timings["mesh"] = time.perf_counter() - t0
-    metadata.update(model=model.name, seed=config.seed, sampler=config.sampler,
-                    num_inference_steps=config.num_inference_steps, points=int(clouds_model.shape[1]),
+    if isinstance(config, LionSamplingConfig):
+        metadata.update(sampler=config.sampler, num_inference_steps=config.num_inference_steps)
+    metadata.update(model=model.name, seed=config.seed, points=int(clouds_model.shape[1]),
                     meshes=len(meshes), faces=[int(len(m.mesh.t_pos_idx)) for m in meshes],
                     frame="shapenet" if model.shapenet else "blender")
     out_extras = {"points_model": clouds_model.detach().float().cpu()}
