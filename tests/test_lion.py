@@ -4,9 +4,9 @@ One module fixture trains a micro LION (the ``tiny`` preset at 64 points, an eig
 shapes — a sphere, a torus and a flat box — once: the VAE, then both DDMs. The assertions compare mechanisms with
 their own baselines, never absolute luck:
 
-- VAE: reconstructions (posterior means) are closer to their own shape than the nearest OTHER training shape is —
-  by at least 3× (Chamfer, squared L2 in the normalised frame, where the three shapes are ~0.3–1 apart and two
-  independent 64-point samples of one shape ~0.1 apart: the sampling floor).
+- VAE: reconstructions (posterior means) of each training cloud lie within 0.02 of it, and at least 10× closer to it
+  than to the nearest OTHER training shape (Chamfer, squared L2, in the normalised frame where the three shapes are
+  0.45–0.8 apart).
 - DDMs: their ε-prediction loss on the training shapes' latents falls well below that of untrained priors. Sample
   quality by 1-NNA needs far longer training than a CPU test affords. Measured outside the suite (same data and
   networks, 1-NNA-CD of 6 samples): against 2 clouds of each training shape, 300 DDM steps 0.92 (DDIM and DDPM) vs
@@ -126,8 +126,10 @@ def test_the_vae_reconstructs_each_training_shape_far_better_than_the_others(tra
     for k, (r, target) in enumerate(zip(recon, ref[::2])):
         own = chamfer_distance(r, target)
         others = min(chamfer_distance(r, o) for j, o in enumerate(ref[::2]) if j != k)
-        # measured: own 0.05–0.09, others 0.4–1.2
-        assert own < others / 3, (trained["names"][k], own, others)
+        # measured: own 0.0013–0.0018, others 0.45–0.79. LION's skip connection (output = skip_weight · network +
+        # input) starts the VAE near the identity; this checks that training with the KL weight annealed to 0.5 keeps
+        # the posterior means there (a collapsed or blurred code lands near the others, 0.45+).
+        assert own < 0.02 and own < others / 10, (trained["names"][k], own, others)
     logged = [json.loads(line) for line in (trained["vae"].out / LOSS_LOG).read_text().splitlines()]
     assert logged[-1]["step"] == VAE_STEPS and logged[-1]["kl_weight"] == pytest.approx(0.5)
 
@@ -150,7 +152,7 @@ def test_the_trained_ddms_denoise_the_training_latents_far_better_than_untrained
 
     for which in ("z", "h"):
         trained_loss, fresh_loss = mean_loss(model, which), mean_loss(fresh, which)
-        # measured: z 0.3 vs 1.0, h 0.25 vs 1.0 (ε-MSE; an untrained network predicts ~0, so ~1)
+        # measured: z 0.16 vs 1.17, h 0.25 vs 1.03 (ε-MSE; an untrained network predicts ~0, so ~1)
         assert trained_loss < 0.6 * fresh_loss, (which, trained_loss, fresh_loss)
 
 
@@ -214,8 +216,8 @@ def test_shapes_from_a_two_box_blockout_follow_its_voxels(trained):
 
     unguided = [_iou(_occupancy(reconstruct_surface(c.numpy(), resolution=32), origin, h, occupancy.shape),
                      occupancy) for c in free]
-    # measured: guided IoU 0.55–0.65, unconditional 0.2–0.35
-    assert np.mean(guided) > np.mean(unguided) + 0.15, (guided, unguided)
+    # measured: guided IoU 0.25, 0.15, 0.27 (64-point clouds meshed at 32³ are rough); unconditional 0.0, 0.07, 0.0
+    assert np.mean(guided) > np.mean(unguided) + 0.1 and min(guided) > max(unguided), (guided, unguided)
     centre = blockout.v_pos.mean(axis=0)
     for cloud in result.point_clouds:
         assert np.linalg.norm(cloud.points.mean(axis=0) - centre) < 0.5  # where the blockout stands
