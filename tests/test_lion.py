@@ -343,7 +343,7 @@ def test_a_blockout_without_volume_is_one_clear_error():
     ("lion_variations", dict(tau=5000), "tau"),
     ("lion_denoise", dict(tau=10, num_inference_steps=20), "num_inference_steps = 20 exceeds tau = 10"),
     ("lion_generate", dict(sampler="euler"), "sampler"),
-    ("lion_from_blockout", dict(source="vertices"), "source"),
+    ("lion_variations", dict(source="points"), "source"),
     ("lion_generate", dict(model=" "), "model"),
 ])
 def test_bad_settings_name_the_field(name, params, match):

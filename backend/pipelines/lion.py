@@ -106,8 +106,6 @@ class _DiffuseDenoiseConfig(LionSamplingConfig):
     tau: int = param(200, doc="Diffusion step the input's latents are noised to before denoising (of T = 1000: small "
                               "keeps the input, large forgets it; the paper uses 50–250).", low=1, high=MAX_TAU)
     num_samples: int = param(4, doc="Shapes to make (same input, different noise).", low=1, high=64)
-    source: str = param("surface", doc="Points of the input: surface (sampled uniformly on its faces) or vertices "
-                                       "(the mesh's vertices, e.g. a scan).", choices=SOURCES)
 
 
 @dataclass
@@ -117,15 +115,13 @@ class LionFromBlockoutConfig(_DiffuseDenoiseConfig):
     voxel_resolution: int = param(32, doc="Voxels along the blockout's longest side (its shape is kept at this "
                                           "grain).", low=4, high=128)
 
-    def validate(self) -> None:
-        super().validate()
-        if self.source != "surface":
-            raise ParamError("source must be 'surface' for lion_from_blockout (the points come from its voxels)")
-
 
 @dataclass
 class LionVariationsConfig(_DiffuseDenoiseConfig):
     """Settings of variations of a shape (LION's diffuse-denoise)."""
+
+    source: str = param("surface", doc="Points of the input: surface (sampled uniformly on its faces) or vertices "
+                                       "(the mesh's vertices, e.g. a scan).", choices=SOURCES)
 
 
 @dataclass
@@ -135,6 +131,8 @@ class LionDenoiseConfig(_DiffuseDenoiseConfig):
     tau: int = param(50, doc="Diffusion step the input's latents are noised to before denoising (small: keep the "
                              "shape, remove the noise).", low=1, high=MAX_TAU)
     num_samples: int = param(1, doc="Clean-ups to make (same input, different noise).", low=1, high=64)
+    source: str = param("surface", doc="Points of the input: surface (sampled uniformly on its faces) or vertices "
+                                       "(the mesh's vertices, e.g. a scan).", choices=SOURCES)
 
 
 @dataclass
