@@ -220,7 +220,8 @@ def rasterize_surface(rasterizer, v_pos: torch.Tensor, t_pos_idx: torch.Tensor, 
     Returns:
         dict with ``rast_out`` (B, S, S, 4), ``mask`` (B, S, S, 1) float 1 on the surface, ``points`` (B, S, S, 3)
         surface positions, ``normals`` (B, S, S, 3) unit interpolated vertex normals (:func:`vertex_normals`),
-        zeros off the surface. Rows are the rasterizer's: **row 0 is the bottom** (flip with
+        zeros off the surface, and the ``pos_clip`` (B, V, 4) / ``tri`` (F, 3) int32 it rasterized (for
+        :func:`backend.geometry.render.antialias_silhouettes`). Rows are the rasterizer's: **row 0 is the bottom** (flip with
         :func:`backend.geometry.frames.bottom_up_to_top_down`).
     """
     tri = t_pos_idx.to(device=v_pos.device, dtype=torch.int32).contiguous()
@@ -231,4 +232,4 @@ def rasterize_surface(rasterizer, v_pos: torch.Tensor, t_pos_idx: torch.Tensor, 
     points = rasterizer.interpolate(v_pos, rast_out, tri)
     normals = rasterizer.interpolate(vertex_normals(v_pos, tri), rast_out, tri)
     normals = F.normalize(normals, dim=-1, eps=1e-20) * mask
-    return {"rast_out": rast_out, "mask": mask, "points": points, "normals": normals}
+    return {"rast_out": rast_out, "mask": mask, "points": points, "normals": normals, "pos_clip": pos_clip, "tri": tri}

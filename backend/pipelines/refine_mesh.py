@@ -40,7 +40,7 @@ from ..geometry.extract import clean_mesh, transform_mesh
 from ..geometry.frames import bottom_up_to_top_down
 from ..geometry.mesh import MeshError, TriMesh, normalize_vertices, validate_mesh
 from ..geometry.queries import surface_distance, winding_number
-from ..geometry.render import Rasterizer, make_rasterizer
+from ..geometry.render import Rasterizer, antialias_silhouettes, make_rasterizer
 from ..geometry.shading import (AMBIENT, DIFFUSE, normal_consistency, rasterize_surface, sample_point_lights,
                                 sample_shading, shade)
 from ..guidance.sds import ScoreDistillation
@@ -222,7 +222,8 @@ class RefineMeshPipeline:
             ambient, diffuse: light intensities (:func:`backend.geometry.shading.shade`).
 
         Returns:
-            (B, 3, size, size) RGB in [0, 1], upright (row 0 = top), differentiable w.r.t. the surface and the field.
+            (B, 3, size, size) RGB in [0, 1], upright (row 0 = top), differentiable w.r.t. the surface (shading, and
+            the outline through :func:`backend.geometry.render.antialias_silhouettes`) and the field.
         """
         surf = rasterize_surface(self.rasterizer, v_pos, faces, cameras.mvp, size)
         mask = surf["mask"]
@@ -231,7 +232,7 @@ class RefineMeshPipeline:
             covered = mask[..., 0] > 0
             albedo = albedo.index_put((covered,), color(surf["points"][covered]))
         rgb = shade(albedo, surf["normals"], surf["points"], light_positions, shading, ambient, diffuse)
-        image = rgb * mask + (1.0 - mask)
+        image = antialias_silhouettes(rgb * mask + (1.0 - mask), surf["rast_out"], surf["pos_clip"], surf["tri"])
         return bottom_up_to_top_down(image, 1).permute(0, 3, 1, 2)
 
     def to_world(self, mesh: TriMesh, run: _Run) -> TriMesh:
