@@ -161,6 +161,20 @@ def test_camera_conditioning_changes_the_lora_prediction(sd):
                                    rtol=0, atol=0)
 
 
+def test_lora_guidance_scale_mixes_the_zero_camera_negative_branch(sd):
+    """lora_guidance_scale s ≠ 1: ε_lora = ε(∅, c=0) + s·(ε(y, c) − ε(∅, c=0)), the branch the dropout trains."""
+    x, t, cams = _latents(4), torch.tensor([250]), _cameras(120.0)
+    with _vsd(sd, lora_guidance_scale=3.0) as vsd:
+        cond, uncond = vsd.denoiser.embeddings(cams)
+        labels = vsd._camera_labels(cams, CPU)
+        with torch.no_grad(), vsd.lora_enabled():
+            e_cond = vsd._lora_forward(x, t, cond, labels)
+            e_uncond = vsd._lora_forward(x, t, uncond, torch.zeros_like(labels))
+        torch.testing.assert_close(vsd.predict_lora(x, t, cams), e_uncond + 3.0 * (e_cond - e_uncond),
+                                   rtol=1e-4, atol=1e-5)
+        assert (e_cond - e_uncond).abs().max() > 1e-4
+
+
 def test_gradient_is_weighted_pretrained_minus_lora(sd):
     """∂loss/∂z = w(t)(ε_pretrained − ε_lora) with t and ε drawn as the call draws them and ε_lora from before the
     call's LoRA step."""
@@ -276,3 +290,26 @@ def test_cli_runs_latent_paint_with_vsd(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert out.is_file() and out.stat().st_size > 0
     assert (tmp_path / "ball.png").is_file()
+
+
+def test_latent_nerf_runs_with_vsd_through_both_stages():
+    from backend.pipelines.latent_nerf import LatentNeRFConfig, run as run_latent_nerf
+
+    models = ModelCache()
+    config = parse_config(LatentNeRFConfig, {"prompt": "a gingerbread house", "model": "tiny-random",
+                                             "render_size": 16, "num_samples": 16, "mesh_resolution": 32,
+                                             "texture_size": 64, "preview_every": 0, "vae_preview_every": 0,
+                                             "iterations": 2, "refine_iterations": 1, "refine_render_size": 64,
+                                             "guidance": "vsd", "anneal_start": 1})
+    progress = []
+    ctx = JobContext(device=CPU, models=models, on_progress=lambda *a: progress.append(a))
+    unet = models.stable_diffusion("tiny-random", CPU).unet
+    before = _state(unet)
+    result = run_latent_nerf(config, inputs_from_arrays("latent_nerf", PIPELINES["latent_nerf"], {}), ctx)
+    steps = [p for p in progress if p[0] in ("optimize", "refine_rgb")]
+    assert [p[1] for p in steps] == [1, 2, 3] and all(np.isfinite(p[3]["lora"]) for p in steps)
+    assert steps[0][3]["t"] >= 20 and all(p[3]["t"] <= 500 for p in steps[1:])  # annealed after step 1
+    state = result.extras["guidance_state"]
+    assert state and all(v.device.type == "cpu" for v in state.values())
+    after = _state(unet)
+    assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)

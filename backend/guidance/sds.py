@@ -85,6 +85,12 @@ class Guidance(Protocol):
         """``latents`` (B, 4, H, W) float32 rendered from ``cameras`` (len B) at optimisation ``step`` (1-based; None =
         no annealing) → the loss whose gradient wrt ``latents`` is the guidance's."""
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Learned state a job may keep (VSD: its LoRA adapter and camera MLP; SDS: nothing)."""
+
+    def close(self) -> None:
+        """Release what the guidance attached to a shared model (idempotent)."""
+
 
 class TimestepSchedule:
     """The range of t a guidance samples from at each step, with optional annealing of t_max (see the module doc).
@@ -166,6 +172,10 @@ class ScoreDistillation:
             noise_pred = self.denoiser.predict_noise(latents_noisy, timesteps, cameras).float()
         grad = torch.nan_to_num(timestep_weight(a, self.config.weighting) * (noise_pred - noise))
         return SDSOutput(loss=distillation_loss(latents, grad), timesteps=timesteps, grad_norm=float(grad.norm()))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Nothing learned: ``{}`` (the :class:`Guidance` contract)."""
+        return {}
 
     def close(self) -> None:
         """Nothing to release (SDS attaches nothing to the model); here for the :class:`Guidance` contract."""

@@ -147,14 +147,19 @@ class VariationalScoreDistillation:
             raise ValueError(f"the UNet already has an adapter named {adapter_name!r}; close the VSD that made it")
         device = components.device
         cuda = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
+        lora = LoraConfig(r=self.config.lora_rank, lora_alpha=self.config.lora_rank, init_lora_weights="gaussian",
+                          target_modules=list(LORA_TARGET_MODULES))
+        with torch.random.fork_rng(devices=cuda):  # peft and the MLP initialise on the CPU: same init on any device
             torch.manual_seed(self.config.seed)
-            lora = LoraConfig(r=self.config.lora_rank, lora_alpha=self.config.lora_rank, init_lora_weights="gaussian",
-                              target_modules=list(LORA_TARGET_MODULES))
             self.unet.add_adapter(lora, adapter_name=adapter_name)
-            width = self.unet.time_embedding.linear_2.out_features
-            self.camera_embedding = CameraEmbedding(width).to(device)
-        self._closed = False
+            self._closed = False
+            try:
+                width = self.unet.time_embedding.linear_2.out_features
+                self.camera_embedding = CameraEmbedding(width).to(device)
+            except BaseException:
+                self.camera_embedding = None
+                self.close()
+                raise
         self.lora_parameters = [p for n, p in self.unet.named_parameters() if f".{adapter_name}." in n]
         for p in self.lora_parameters:  # fp32 LoRA on an fp16 UNet: peft casts the input to the LoRA's dtype
             p.data = p.data.float()
@@ -291,6 +296,10 @@ class VariationalScoreDistillation:
                       for k, v in self.camera_embedding.state_dict().items()})
         return state
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What a job may keep of this guidance: :meth:`adapter_state_dict` (the :class:`~.sds.Guidance` contract)."""
+        return self.adapter_state_dict()
+
     def save_adapter(self, path: str | Path) -> Path:
         """Write the adapter (LoRA + camera MLP, float32) to one ``.safetensors`` file with its rank and target
         modules in the header. Returns the path."""
@@ -344,7 +353,8 @@ class VariationalScoreDistillation:
         if self._closed:
             return
         self._closed = True
-        self.unet.class_embedding = None if self.unet.class_embedding is self.camera_embedding else self.unet.class_embedding
+        if self.camera_embedding is not None and self.unet.class_embedding is self.camera_embedding:
+            self.unet.class_embedding = None
         self.unet.delete_adapters(self.adapter_name)
         if not getattr(self.unet, "peft_config", None):
             self.unet.unload_lora()  # no adapter left: back to the plain diffusers modules

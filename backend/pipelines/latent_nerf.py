@@ -7,6 +7,8 @@ field outputs a density and 4 Stable Diffusion latent channels is volume-rendere
 An optional RGB refinement stage replaces the latent output by a linear 4→3 head (initialised from the latent→RGB
 matrix) and continues SDS through the VAE encoder. The result is extracted by marching cubes, cleaned, UV-unwrapped,
 baked (latent texture → VAE decode) and mapped back from the normalised NeRF frame to the sketch's world frame.
+``guidance="vsd"`` uses ProlificDreamer's variational score distillation instead of SDS (:mod:`backend.guidance.vsd`;
+one particle, the same LoRA through both stages); ``anneal_start`` lowers t_max late in the run (either guidance).
 
 Frames: Blender world, Z up. With a sketch the NeRF frame is the sketch normalised (vertex mean at the origin, largest
 vertex norm 0.7, Latent-NeRF's convention); without one the NeRF frame is the world frame around the origin.
@@ -339,7 +341,9 @@ class LatentNeRFPipeline:
 
 
 def run(config: LatentNeRFConfig, inputs: PipelineInputs, context: JobContext) -> PipelineResult:
-    """Job entry point: the optional sketch ``inputs.meshes['sketch']``, the model from the cache, then generate.
+    """Job entry point: the optional sketch ``inputs.meshes['sketch']``, the model from the cache, the guidance
+    (SDS or VSD, :func:`~.sds_common.build_guidance`), then generate. VSD's adapter leaves the cached UNet when the run
+    ends, however it ends; ``result.extras['guidance_state']`` holds what it learned (SDS: empty).
 
     Raises:
         MeshError (bad sketch), ModelNotFoundError, ParamError, JobCancelled.
@@ -352,4 +356,6 @@ def run(config: LatentNeRFConfig, inputs: PipelineInputs, context: JobContext) -
     sd = context.models.stable_diffusion(config.model, context.device)
     pipeline = LatentNeRFPipeline(sd.vae, sd.latent_scaling, context.device)
     with build_guidance(sd, config) as guidance:  # VSD's adapter leaves the cached UNet however the run ends
-        return pipeline(config, guidance, sketch, context)
+        result = pipeline(config, guidance, sketch, context)
+        result.extras["guidance_state"] = guidance.state_dict()  # VSD: the trained LoRA + camera MLP (CPU tensors)
+    return result

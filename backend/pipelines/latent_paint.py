@@ -3,7 +3,9 @@
 After Metzer et al., "Latent-NeRF for Shape-Guided Generation of 3D Shapes and Textures" (CVPR 2023), §Latent-Paint:
 the texture is a 4-channel SD latent image on the mesh's UV atlas (4×128×128); each step renders the mesh at 64×64
 latent pixels from a random camera, SDS (:mod:`backend.guidance.sds`) gives ∂L/∂latents, and Adam (lr 1e-2) updates the
-texture. The final texture is the VAE decode of the latent texture (128 → 1024 pixels).
+texture. The final texture is the VAE decode of the latent texture (128 → 1024 pixels). ``guidance="vsd"`` replaces SDS
+by ProlificDreamer's variational score distillation (:mod:`backend.guidance.vsd`, CFG 7.5, a camera-conditioned LoRA
+of the same UNet trained on the renders as they go); ``anneal_start`` lowers t_max late in the run (either guidance).
 
 Frames: the mesh arrives in Blender world coordinates; it is centred and scaled to radius 0.6 for the cameras (the
 result keeps the caller's vertices untouched). Textures: latent/RGB texture tensors follow the rasterizer convention
@@ -208,6 +210,8 @@ class LatentPaintPipeline:
 def run(config: LatentPaintConfig, inputs: PipelineInputs, context: JobContext) -> PipelineResult:
     """Job entry point: load (or reuse) the model, build the guidance (SDS or VSD), run Latent-Paint on
     ``inputs.meshes['mesh']``; VSD's adapter leaves the cached UNet when the run ends, however it ends.
+    ``result.extras['guidance_state']``: the guidance's learned state (VSD: the LoRA adapter and camera MLP as CPU
+    tensors, e.g. for ``safetensors.torch.save_file``; SDS: empty).
 
     Raises:
         MeshError, ModelNotFoundError, ParamError, JobCancelled.
@@ -216,4 +220,6 @@ def run(config: LatentPaintConfig, inputs: PipelineInputs, context: JobContext) 
     sd = context.models.stable_diffusion(config.model, context.device)
     pipeline = LatentPaintPipeline(sd.vae, sd.latent_scaling, make_rasterizer(context.device), context.device)
     with build_guidance(sd, config) as guidance:
-        return pipeline(inputs.meshes["mesh"], config, guidance, context)
+        result = pipeline(inputs.meshes["mesh"], config, guidance, context)
+        result.extras["guidance_state"] = guidance.state_dict()  # VSD: the trained LoRA + camera MLP (CPU tensors)
+    return result
