@@ -205,7 +205,7 @@ def test_seeded_runs_are_reproducible(sd):
                 outs.append((float(out.loss.detach()), out.losses["lora"], z.grad.clone()))
             return outs, vsd.adapter_state_dict()
 
-    (a, sa), (b, sb), (c, sc) = one_run(0), one_run(0), one_run(1)
+    (a, sa), (b, sb), (_, sc) = one_run(0), one_run(0), one_run(1)
     assert [x[:2] for x in a] == [x[:2] for x in b]
     assert all(torch.equal(x[2], y[2]) for x, y in zip(a, b))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
