@@ -79,9 +79,10 @@ def main() -> None:
     print(f"refine_mesh, {args.arch}, {device}, render {args.render_size}², DMTet {args.dmtet_resolution}³, "
           f"stage {args.stage}, {args.steps} steps")
     print(f"setup (input SDF on the grid): {timings['init_sdf']:.2f} s")
-    print(f"median step (steps 2..{args.steps}): {statistics.median(steps):.3f} s")
+    print(f"median step (steps 2..{args.steps}): {statistics.median(steps):.3f} s; mean {statistics.mean(steps):.3f} s; "
+          f"each: {' '.join(f'{x:.2f}' for x in steps)}")
     for part in ("render", "guidance", "backward"):
-        print(f"  {part:<10} {timings[part] / args.steps:.3f} s/step")
+        print(f"  {part:<10} {timings[part] / args.steps:.3f} s/step (mean over all {args.steps} steps)")
     print(f"extract + clean + bake: {timings['extract']:.2f} s; faces {result.metadata['faces']}")
     print(f"whole run: {total:.1f} s")
     sd = models.stable_diffusion(config.model, device)
