@@ -405,6 +405,7 @@ def run(config: RefineMeshConfig, inputs: PipelineInputs, context: JobContext) -
     Raises:
         MeshError (bad mesh), ModelNotFoundError, ParamError, JobCancelled.
     """
+    RefineMeshPipeline.normalize(inputs.meshes["mesh"])  # an unusable mesh fails before the model loads
     context.progress("load_model", 0, config.iterations)
     sd = context.models.stable_diffusion(config.model, context.device)
     pipeline = RefineMeshPipeline(VaeCodec(sd.vae, sd.latent_scaling), make_rasterizer(context.device),
