@@ -125,8 +125,8 @@ class VariationalScoreDistillation:
         adapter_name: the peft adapter's name on the UNet.
 
     Raises:
-        ValueError: ``denoiser`` runs on other components, or the UNet already has an adapter of that name (another
-            VSD still attached: close it first).
+        ValueError: ``denoiser`` runs on other components, the UNet already has an adapter of that name (another
+            VSD still attached: close it first), or camera conditioning on a UNet that has its own class embedding.
     """
 
     def __init__(self, components, denoiser: StableDiffusionDenoiser, config: VSDConfig | None = None,
@@ -145,6 +145,9 @@ class VariationalScoreDistillation:
         self.schedule = TimestepSchedule(self.num_train_timesteps, self.config)
         if adapter_name in (getattr(self.unet, "peft_config", None) or {}):
             raise ValueError(f"the UNet already has an adapter named {adapter_name!r}; close the VSD that made it")
+        if self.config.camera_condition and self.unet.class_embedding is not None:
+            raise ValueError("this UNet already takes class labels (its class_embedding is set), so the camera cannot "
+                             "ride on them; use camera_condition=False")
         device = components.device
         cuda = [device] if device.type == "cuda" else []
         lora = LoraConfig(r=self.config.lora_rank, lora_alpha=self.config.lora_rank, init_lora_weights="gaussian",
