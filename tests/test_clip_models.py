@@ -345,8 +345,10 @@ def test_attention_is_the_pinned_dot_product_not_cosine_similarity():
 def test_tiny_prior_samples_a_seeded_unit_vector(tiny_prior, embedders):
     clip = embedders["open_clip"]
     state = torch.random.get_rng_state()
-    a = predict_image_embedding("a wooden vase", clip, tiny_prior, seed=1)
+    steps = []
+    a = predict_image_embedding("a wooden vase", clip, tiny_prior, seed=1, progress=lambda *s: steps.append(s))
     assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is left alone
+    assert steps == [(i, 64) for i in range(1, 65)]  # every DDPM step reported (jobs cancel from it)
     b = predict_image_embedding("a wooden vase", clip, tiny_prior, seed=1)
     c = predict_image_embedding("a wooden vase", clip, tiny_prior, seed=2)
     assert a.shape == (16,) and a.dtype == torch.float32 and abs(float(a.norm()) - 1) < 1e-5
