@@ -37,8 +37,7 @@ def empty_hub_cache(tmp_path, monkeypatch):
     """An empty Hugging Face cache, so a machine that has real weights cached still exercises the error path."""
     import huggingface_hub.constants as hub_constants
 
-    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # read at each call
     return tmp_path / "hub"
 
 
@@ -155,8 +154,10 @@ def test_clip_guidance_runs_on_a_real_tiny_clip(embedders):
 # ---------------------------------------------------------------------------------------------------------------------
 
 def test_model_strings_pick_the_library():
-    assert parse_clip_model("ViT-L-14/openai", "transformers") == ("transformers", "hub", "openai/clip-vit-large-patch14")
-    assert parse_clip_model("openai/clip-vit-base-patch16", "open_clip") == ("open_clip", "open_clip", "ViT-B-16/openai")
+    assert parse_clip_model("ViT-L-14/openai", "transformers") == ("transformers", "hub",
+                                                                   "openai/clip-vit-large-patch14")
+    assert parse_clip_model("openai/clip-vit-base-patch16", "open_clip") == ("open_clip", "open_clip",
+                                                                             "ViT-B-16/openai")
     assert parse_clip_model("openai/clip-vit-base-patch32") == ("open_clip", "open_clip", "ViT-B-32/openai")
     assert parse_clip_model("laion/CLIP-ViT-H-14-laion2B-s32B-b79K")[:2] == ("transformers", "hub")
     assert parse_clip_model("transformers:tiny-random") == ("transformers", "tiny", "tiny-random")
@@ -167,6 +168,19 @@ def test_model_strings_pick_the_library():
         parse_clip_model("a/b/c")
     assert is_clip_model("ViT-B-32/openai") and is_clip_model("openai/clip-vit-large-patch14")
     assert not is_clip_model("stable-diffusion-v1-5/stable-diffusion-v1-5") and not is_clip_model("ViT-B-32/random")
+
+
+def test_without_open_clip_everything_goes_through_transformers(monkeypatch):
+    from backend.models import clip as clip_module
+
+    monkeypatch.setattr(clip_module, "open_clip_available", lambda: False)
+    assert parse_clip_model("ViT-B-32/openai") == ("transformers", "hub", "openai/clip-vit-base-patch32")
+    assert parse_clip_model("openai/clip-vit-large-patch14") == ("transformers", "hub", "openai/clip-vit-large-patch14")
+    assert load_clip("tiny-random", CPU).backend == "transformers"
+    with pytest.raises(ModelNotFoundError, match="open_clip cannot be imported here.*use backend 'transformers'"):
+        load_clip("tiny-random", CPU, backend="open_clip")
+    with pytest.raises(ModelNotFoundError, match="without a transformers equivalent"):
+        parse_clip_model("ViT-B-32/laion2b_s34b_b79k")
 
 
 def test_the_model_cache_loads_either_library():
