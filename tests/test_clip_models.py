@@ -356,6 +356,34 @@ def test_attention_is_the_pinned_dot_product_not_cosine_similarity():
     assert ours.net.causal_transformer.norm.stable is False
 
 
+def test_one_attention_layer_computes_the_pinned_formula(tiny_prior):
+    """The pinned attention written out with the layer's own weights: pre-LayerNorm, multi-head queries and one
+    shared key/value head (rotary on the first 32 channels), a learned null key/value in front, scores
+    q·k/√dim_head + the T5 relative-position bias, causal mask, softmax, output projection, LayerNorm."""
+    transformer = tiny_prior.prior.net.causal_transformer
+    layer = transformer.layers[0][0]
+    heads, dim_head = TINY_PRIOR_CONFIG.heads, TINY_PRIOR_CONFIG.dim_head
+    x = torch.randn((2, 5, 16), generator=torch.Generator().manual_seed(0))
+    bias = transformer.rel_pos_bias(5, 6, device=x.device)  # (heads, 5, 6)
+
+    def layer_norm(t, g):
+        return F.layer_norm(t, t.shape[-1:], g, None, 1e-5)
+
+    with torch.no_grad():
+        h = layer_norm(x, layer.norm.g)
+        q = layer.to_q(h).view(2, 5, heads, dim_head).transpose(1, 2)  # (b, heads, n, d)
+        k, v = layer.to_kv(h).chunk(2, dim=-1)  # (b, n, d) each: one key/value head
+        q, k = layer.rotary_emb.rotate_queries_or_keys(q), layer.rotary_emb.rotate_queries_or_keys(k)
+        k = torch.cat([layer.null_kv[0].expand(2, 1, dim_head), k], dim=1)
+        v = torch.cat([layer.null_kv[1].expand(2, 1, dim_head), v], dim=1)
+        scores = torch.einsum("bhid,bjd->bhij", q, k) / dim_head ** 0.5 + bias
+        causal = torch.ones(5, 6, dtype=torch.bool).triu(2)  # the null key is column 0: query i sees keys 0..i+1
+        attn = scores.masked_fill(causal, float("-inf")).softmax(dim=-1)
+        out = torch.einsum("bhij,bjd->bhid", attn, v).transpose(1, 2).reshape(2, 5, heads * dim_head)
+        expected = layer_norm(layer.to_out[0](out), layer.to_out[1].g)
+        torch.testing.assert_close(layer(x, attn_bias=bias), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_tiny_prior_samples_a_seeded_unit_vector(tiny_prior, embedders):
     clip = embedders["open_clip"]
     state = torch.random.get_rng_state()
