@@ -457,3 +457,38 @@ def test_download_routes_the_prior_id(monkeypatch):
     monkeypatch.setattr(cli, "download_prior", lambda model: asked.append(model) or "/cache/prior.pth")
     assert cli.main(["download", CLIP_MESH_PRIOR]) == 0
     assert asked == [CLIP_MESH_PRIOR]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Real weights (LATENTFORGE_TEST_WEIGHTS=1, after `download ViT-B-32/openai`, `download openai/clip-vit-base-patch32`
+# and `download NasirKhalid24/Dalle2-Diffusion-Prior`).
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _solid(rgb: tuple[float, float, float]) -> torch.Tensor:
+    return torch.tensor(rgb).view(1, 3, 1, 1).expand(1, 3, 256, 256).clone()
+
+
+@pytest.mark.weights
+def test_real_vit_b_32_reads_colours_through_both_libraries():
+    images = torch.cat([_solid((0.9, 0.1, 0.1)), _solid((0.1, 0.2, 0.9))])
+    prompts = ["a red square", "a blue square"]
+    for backend in BACKENDS:
+        clip = load_clip(DEFAULT_CLIP_MODEL, CPU, backend=backend)
+        assert (clip.image_size, clip.embed_dim) == (224, 512)
+        with torch.no_grad():
+            scores = clip.encode_images(images) @ clip.encode_texts(prompts).T
+        assert scores[0, 0] > scores[0, 1] and scores[1, 1] > scores[1, 0], (backend, scores)
+
+
+@pytest.mark.weights
+def test_the_public_prior_loads_and_moves_toward_the_image_side():
+    """The prior's image embedding of a prompt is closer to CLIP image embeddings of matching pictures than the text
+    embedding itself is (the modality gap the prior bridges), and keeps the prompt's meaning."""
+    clip = load_clip(DEFAULT_CLIP_MODEL, CPU)
+    prior = load_prior(CLIP_MESH_PRIOR, CPU)
+    assert prior.matches(clip)
+    red, blue = (clip.encode_images(_solid(c)).detach()[0] for c in ((0.9, 0.1, 0.1), (0.1, 0.2, 0.9)))
+    text = clip.encode_texts(["a red square"])[0]
+    image = predict_image_embedding("a red square", clip, prior, seed=0)
+    assert float(image @ red) > float(text @ red)
+    assert float(image @ red) > float(image @ blue)
