@@ -5,11 +5,14 @@ previews / cancellation work, bad settings are clear errors, and the CLI runs en
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import threading
 
 import numpy as np
 import pytest
 import torch
+import trimesh
 
 from backend.geometry.cameras import cameras_from_angles
 from backend.guidance.oracle import OracleCLIPEmbedder
@@ -19,6 +22,7 @@ from backend.params import ParamError
 from backend.pipelines.base import JobCancelled, JobContext
 from backend.pipelines.dream_fields import (DreamFieldsConfig, DreamFieldsPipeline, lr_factor, transmittance_loss,
                                             transmittance_schedule)
+from conftest import REPO_ROOT
 
 SIZE = 32
 BOX_HALF = torch.tensor([0.35, 0.5, 0.7])  # a tall box (Z up): its height tells the frame
@@ -146,7 +150,7 @@ def test_progress_previews_origin_and_cancellation():
     result = pipeline()(config, BoxViews(), context, nerf_config=SMALL_FIELD, extract_mesh=False)
     steps = [(stage, step) for stage, step, _ in reports]
     assert steps == [("optimize", s) for s in range(1, 5)]
-    assert set(reports[0][2]) == {"clip", "score", "transmittance", "tau"}
+    assert set(reports[0][2]) == {"score", "transmittance", "tau"}
     assert all(0.0 <= r[2]["transmittance"] <= 1.0 for r in reports)
     assert [p[0] for p in previews] == [2, 4] and previews[0][1] == (256, 256, 3) and previews[0][2] == np.uint8
     origin = result.extras["origin"]
@@ -181,3 +185,30 @@ def test_bad_settings_are_clear_errors(overrides, field):
 def test_the_field_must_be_rgb():
     with pytest.raises(ValueError, match="RGB field"):
         pipeline()(small_config(iterations=1), BoxViews(), nerf_config=NeRFConfig())
+
+
+def _cli(args: list[str], tmp_path) -> subprocess.CompletedProcess:
+    env = {"LATENTFORGE_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path),
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "backend", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=300, env=env)
+
+
+def test_the_cli_runs_dream_fields_with_a_tiny_random_clip(tmp_path):
+    out = tmp_path / "x.glb"
+    proc = _cli(["run", "dream_fields", "--model", "tiny-random", "--prompt", "a red box", "--iterations", "3",
+                 "--render-size", "32", "--num-samples", "32", "--num-augmentations", "2", "--mesh-resolution", "48",
+                 "--texture-size", "64", "--out", str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    optimize = [line for line in proc.stderr.splitlines() if line.startswith("optimize ")]
+    assert len(optimize) == 3 and all("score=" in line and "transmittance=" in line for line in optimize), optimize
+    scene = trimesh.load(out)
+    assert sum(len(g.faces) for g in scene.geometry.values()) > 0
+    assert out.with_suffix(".png").exists()
+    # the start is the density blob at the origin: the mesh is a small body around the origin
+    assert np.abs(scene.bounds).max() < 1.0
+
+    proc = _cli(["run", "dream_fields", "--model", "tiny-random", "--prompt", " ", "--out", str(out)], tmp_path)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--prompt" in lines[0] and "empty" in lines[0]

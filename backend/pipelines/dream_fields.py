@@ -45,6 +45,7 @@ from ..latent_nerf.field import LatentNeRF, NeRFConfig
 from ..latent_nerf.occupancy import OccupancyGrid
 from ..latent_nerf.sketch import OCCUPANCY_DELTA
 from ..latent_nerf.volume import get_rays, volume_render
+from ..models.clip import DEFAULT_CLIP_MODEL, load_clip
 from ..params import Config, ParamError, param
 from .base import JobContext, PipelineInputs, PipelineResult, ResultMesh, to_uint8_image
 
@@ -57,8 +58,8 @@ class DreamFieldsConfig(Config):
     """Settings of one Dream Fields run (defaults: the paper's official configuration where the field allows)."""
 
     prompt: str = param(doc="What to generate, e.g. 'a bouquet of flowers in a glass vase'.")
-    model: str = param("ViT-B-32", doc="CLIP model: an open_clip name, a Hugging Face id, a local folder, or "
-                                       "'tiny-random'.")
+    model: str = param(DEFAULT_CLIP_MODEL, doc="CLIP model: an open_clip '<arch>/<tag>' (OpenAI's ViT-B/32 by "
+                                                 "default), a Hugging Face id, a local folder, or 'tiny-random'.")
     seed: int = param(0, doc="Seed of init, cameras, backgrounds and augmentations; same seed, same result.",
                       low=0, high=2**63 - 1)
     iterations: int = param(10_000, doc="Optimisation steps (Dream Fields: 10 000).", low=1, high=100_000)
@@ -322,7 +323,8 @@ class DreamFieldsPipeline:
                                    target=run.origin.cpu()).to(self.device)
 
     def _step(self, run: _Run, step: int) -> dict[str, float]:
-        """One optimisation step; reports progress (CLIP score, mean transmittance, τ) and returns those values."""
+        """One optimisation step; reports progress (``score``: the mean CLIP cosine, = −CLIP loss; ``transmittance``:
+        the renders' mean transmittance; ``tau``: its target now) and returns those values."""
         config, context, timings = run.config, run.context, run.timings
         context.check_cancelled()
         t0 = time.perf_counter()
@@ -350,7 +352,7 @@ class DreamFieldsPipeline:
         timings["render"] += t1 - t0
         timings["guidance"] += t2 - t1
         timings["backward"] += t3 - t2
-        values = {"clip": float(clip.loss.detach()), "score": clip.score, "transmittance": transmittance, "tau": tau}
+        values = {"score": clip.score, "transmittance": transmittance, "tau": tau}
         context.progress("optimize", step, config.iterations, values)
         return values
 
@@ -380,4 +382,8 @@ def run(config: DreamFieldsConfig, inputs: PipelineInputs, context: JobContext) 
     Raises:
         ModelNotFoundError, ParamError, MeshError (no surface), JobCancelled.
     """
-    raise NotImplementedError  # filled in once the CLIP loaders land
+    context.progress("load_model", 0, config.iterations)
+    embedder = context.models.get(load_clip, config.model, context.device)
+    with torch.no_grad():
+        target = embedder.encode_texts([config.prompt])[0].float()
+    return DreamFieldsPipeline(embedder, context.device)(config, target, context)
