@@ -69,7 +69,6 @@ def silhouette_iou(nerf: LatentNeRF) -> tuple[float, float]:
 @pytest.fixture(scope="module")
 def without_transmittance():
     """50 oracle-guided steps without the transmittance loss, with the mesh extracted (module-wide: ~15 s)."""
-    torch.set_num_threads(1)
     return pipeline()(small_config(lambda_transmittance=0.0), BoxViews(), nerf_config=SMALL_FIELD)
 
 

@@ -12,7 +12,10 @@ decays exponentially from 0.6 to 0.12 over the first 500 steps (τ: 0.4 → 0.88
 the scene box [-1, 1]³, cameras at distance 4 and elevation 30° looking at the tracked scene origin (an exponential
 moving average, decay 0.999, of the density-weighted centre of the samples), focal length × 1.2 of NeRF's Blender
 cameras (fovy 33.4°), 8 augmented crops of 80/88 of the render per view, transmittance weight 0.5, a learning rate
-warmed up exponentially from a tenth of its value over 1500 steps, Adam ε = 1e-5, 10 000 steps.
+warmed up exponentially from a tenth of its value over 1500 steps, Adam ε = 1e-5, 10 000 steps. The backgrounds are
+:mod:`backend.guidance.augment`'s (solid / Gaussian noise / checkerboard; Dream Fields draw Gaussian noise,
+checkerboards and blurred random Fourier textures). CLIP defaults to OpenAI's ViT-B/32 (the official configuration
+scores with ViT-B/16, selectable with ``model``).
 
 The field is this project's NeRF (:mod:`backend.latent_nerf`: the fast hash grid, the occupancy grid that skips empty
 space, stratified volume rendering) with 3 sigmoid colour channels instead of Latent-NeRF's 4 latent channels — in
@@ -82,7 +85,8 @@ class DreamFieldsConfig(Config):
                                                           "from the first step).", low=0, high=100_000)
     background: str = param("mixed", doc="Background behind the renders CLIP scores: mixed (solid / Gaussian noise / "
                                          "checkerboard per image), or one kind for every image.", choices=BACKGROUNDS)
-    num_augmentations: int = param(8, doc="Augmented copies of each render scored by CLIP (Dream Fields: 8).",
+    num_augmentations: int = param(8, doc="Augmented copies of each render scored by CLIP (Dream Fields: 8 per "
+                                                "accelerator).",
                                    low=1, high=32)
     crop_scale: tuple[float, float] = param((0.8264, 0.8264), doc="Random resized crop: range of the kept area as a "
                                             "fraction of the render (Dream Fields: (80/88)²).", low=0.05, high=1.0)
@@ -348,7 +352,9 @@ class DreamFieldsPipeline:
         run.optimizer.step()
         t3 = time.perf_counter()
         if config.track_origin:
-            self._update_origin(run, out["points"].detach(), out["density"].detach())
+            z_vals = out["z_vals"].detach()  # rays that miss the box have all their samples at one point: left out
+            hit = (z_vals[..., -1] > z_vals[..., 0]).reshape(-1, 1).expand(-1, z_vals.shape[-1]).reshape(-1)
+            self._update_origin(run, out["points"].detach(), out["density"].detach() * hit)
         timings["render"] += t1 - t0
         timings["guidance"] += t2 - t1
         timings["backward"] += t3 - t2
@@ -358,7 +364,8 @@ class DreamFieldsPipeline:
 
     @staticmethod
     def _update_origin(run: _Run, points: torch.Tensor, density: torch.Tensor) -> None:
-        """Dream Fields' scene origin: EMA (decay 0.999) of the density-weighted mean of this step's samples."""
+        """Dream Fields' scene origin: EMA (decay 0.999) of the density-weighted mean of this step's samples
+        ``points`` (N, 3), NeRF frame, with ``density`` (N,) (0 for samples that do not count)."""
         total = density.sum()
         if float(total) > 0 and bool(torch.isfinite(total)):
             centre = (points * density[:, None]).sum(0) / total
