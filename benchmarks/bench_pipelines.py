@@ -7,7 +7,7 @@
 Each pipeline of :data:`backend.pipelines.PIPELINES` runs through ``PIPELINES[name].run(config, inputs,
 JobContext(...))`` at its defaults except its step counts, with random weights: the full public architectures
 (``--arch full``: Stable Diffusion 1.5, text-ASLDM-256 + a CLIP ViT-L/14-sized text tower, Shap-E, Point-E
-base40M-textvec + upsampler + SDF) or the tests' tiny presets (``--arch tiny``, a check of this script in a minute).
+base40M-textvec + upsampler + SDF, CLIP ViT-B/32 for Dream Fields) or the tests' tiny presets (``--arch tiny``, a check of this script in a minute).
 A pipeline missing from :data:`CASES` gets a "not covered" row: a new pipeline must add its case here.
 
 Per pipeline, in a fresh child process (so one pipeline's memory neither hides nor inflates another's):
