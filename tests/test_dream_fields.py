@@ -166,6 +166,21 @@ def test_progress_previews_origin_and_cancellation():
         pipeline()(small_config(iterations=10), BoxViews(), context, nerf_config=SMALL_FIELD)
 
 
+def test_same_seed_same_field_and_the_origin_is_the_density_centre():
+    runs = [pipeline()(small_config(iterations=3, seed=seed), BoxViews(), nerf_config=SMALL_FIELD,
+                       extract_mesh=False) for seed in (5, 5, 6)]
+    params = [torch.cat([p.detach().flatten() for p in r.extras["nerf"].parameters()]) for r in runs]
+    assert runs[0].extras["history"] == runs[1].extras["history"] and torch.equal(params[0], params[1])
+    assert not torch.equal(params[0], params[2])
+
+    run = type("Run", (), {"origin": torch.tensor([1.0, 0.0, 0.0])})()
+    points = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, -1.0], [0.0, 2.0, 0.0]])
+    DreamFieldsPipeline._update_origin(run, points, torch.tensor([3.0, 1.0, 0.0]))  # centre (0, 0, 0.5)
+    assert torch.allclose(run.origin, torch.tensor([0.999, 0.0, 0.0005]))
+    DreamFieldsPipeline._update_origin(run, points, torch.zeros(3))  # no density: unchanged
+    assert torch.allclose(run.origin, torch.tensor([0.999, 0.0, 0.0005]))
+
+
 @pytest.mark.parametrize("overrides, field", [
     ({"prompt": "  "}, "prompt"),
     ({"render_size": 100_000}, "render_size"),
