@@ -8,7 +8,9 @@ augmented (random crops), and scored by CLIP against the prompt's text embedding
 
 adds the transmittance loss (eq. 3), which rewards transparent pixels up to a target transmittance τ so the object
 stays sparse instead of filling the frame. τ is annealed (the official configuration): the target opacity 1 − τ
-decays exponentially from 0.6 to 0.12 over the first 500 steps (τ: 0.4 → 0.88). Other choices from the official code:
+decays exponentially from 0.6 to 0.12 over the first 500 steps (τ: 0.4 → 0.88), and scales with the object's apparent
+area for cameras closer or more zoomed in than the default ones (:func:`effective_tau`). Other choices from the
+official code:
 the scene box [-1, 1]³, cameras at distance 4 and elevation 30° looking at the tracked scene origin (an exponential
 moving average, decay 0.999, of the density-weighted centre of the samples), focal length × 1.2 of NeRF's Blender
 cameras (fovy 33.4°), 8 augmented crops of 80/88 of the render per view, transmittance weight 0.5, a learning rate
@@ -157,6 +159,27 @@ def transmittance_schedule(step: int, start: float, target: float, iterations: i
                          f"start={start}, target={target}, iterations={iterations}")
     t = 1.0 if iterations == 0 else min(step / iterations, 1.0)
     return 1.0 - math.exp((1.0 - t) * math.log(1.0 - start) + t * math.log(1.0 - target))
+
+
+REFERENCE_TAN_HALF_FOVY = 0.3
+"""tan(fovy / 2) of Dream Fields' training cameras: NeRF's Blender cameras (focal 1111.1 px for 800 px) with the focal
+length × 1.2 → 400 / 1333.3 = 0.3 (fovy ≈ 33.4°)."""
+REFERENCE_DISTANCE = 4.0
+"""Camera distance of Dream Fields' training cameras (scene units)."""
+
+
+def effective_tau(tau: float, cameras: CameraBatch) -> float:
+    """The target transmittance for ``cameras``: the target opacity 1 − τ scaled by the object's apparent area
+    relative to Dream Fields' cameras (the official code's ``focal_mult² / (radius / 4)²`` factor — its extra 1 / 1.2
+    is folded into τ's defaults here), averaged over the batch, capped at opacity 1.
+
+    ``scale = mean((0.3 / tan(fovy / 2))² · (4 / camera_distances)²)``, ``τ_eff = 1 − min(1, scale · (1 − τ))``: 1 at
+    the default cameras, 4× the opacity at half the distance.
+    """
+    tan_half = torch.tan(torch.deg2rad(cameras.fovy.detach().double().cpu()) / 2.0)
+    distance = cameras.camera_distances.detach().double().cpu()
+    scale = float(((REFERENCE_TAN_HALF_FOVY / tan_half) ** 2 * (REFERENCE_DISTANCE / distance) ** 2).mean())
+    return 1.0 - min(1.0, scale * (1.0 - tau))
 
 
 def lr_factor(step: int, warmup_iterations: int, start_factor: float = 0.1) -> float:
@@ -328,7 +351,7 @@ class DreamFieldsPipeline:
 
     def _step(self, run: _Run, step: int) -> dict[str, float]:
         """One optimisation step; reports progress (``score``: the mean CLIP cosine, = −CLIP loss; ``transmittance``:
-        the renders' mean transmittance; ``tau``: its target now) and returns those values."""
+        the renders' mean transmittance; ``tau``: its target for this step's cameras) and returns those values."""
         config, context, timings = run.config, run.context, run.timings
         context.check_cancelled()
         t0 = time.perf_counter()
@@ -340,8 +363,8 @@ class DreamFieldsPipeline:
         out = self.render(run.nerf, cameras, config.render_size, config.num_samples, run.generator, run.occupancy)
         t1 = time.perf_counter()
         clip = run.guidance(out["rgb"], out["opacity"], cameras, run.generator)
-        tau = transmittance_schedule(step - 1, config.transmittance_start, config.transmittance_target,
-                                     config.transmittance_anneal_iterations)
+        tau = effective_tau(transmittance_schedule(step - 1, config.transmittance_start, config.transmittance_target,
+                                                   config.transmittance_anneal_iterations), cameras)
         sparsity, transmittance = transmittance_loss(out["opacity"], tau)
         loss = clip.loss + config.lambda_transmittance * sparsity
         t2 = time.perf_counter()
