@@ -402,7 +402,7 @@ class DreamFieldsPipeline:
                               config.num_samples, None, run.occupancy)
             image = (out["image"] + (1.0 - out["opacity"]))[0]  # premultiplied colour over white
             if image.shape[-1] < 256:
-                image = F.interpolate(image[None], scale_factor=max(1, 256 // image.shape[-1]), mode="nearest")[0]
+                image = F.interpolate(image[None], scale_factor=math.ceil(256 / image.shape[-1]), mode="nearest")[0]
         run.context.preview(step, to_uint8_image(image), "linear")
 
 
