@@ -6,12 +6,11 @@ augmented (random crops), and scored by CLIP against the prompt's text embedding
 
     L = −cos(CLIP_image(augment(render)), CLIP_text(prompt)) − λ_T · min(τ, mean transmittance)
 
-adds the transmittance loss (eq. 3), which rewards transparent pixels up to a target transmittance τ so the object
+adds the paper's transmittance loss, which rewards transparent pixels up to a target transmittance τ so the object
 stays sparse instead of filling the frame. τ is annealed (the official configuration): the target opacity 1 − τ
 decays exponentially from 0.6 to 0.12 over the first 500 steps (τ: 0.4 → 0.88), and scales with the object's apparent
 area for cameras closer or more zoomed in than the default ones (:func:`effective_tau`). Other choices from the
-official code:
-the scene box [-1, 1]³, cameras at distance 4 and elevation 30° looking at the tracked scene origin (an exponential
+official code: the scene box [-1, 1]³, cameras at distance 4 and elevation 30° looking at the tracked scene origin (an exponential
 moving average, decay 0.999, of the density-weighted centre of the samples), focal length × 1.2 of NeRF's Blender
 cameras (fovy 33.4°), 8 augmented crops of 80/88 of the render per view, transmittance weight 0.5, a learning rate
 warmed up exponentially from a tenth of its value over 1500 steps, Adam ε = 1e-5, 10 000 steps. The backgrounds are
@@ -191,7 +190,7 @@ def lr_factor(step: int, warmup_iterations: int, start_factor: float = 0.1) -> f
 
 
 def transmittance_loss(opacity: torch.Tensor, tau: float) -> tuple[torch.Tensor, float]:
-    """Dream Fields' transmittance loss ``−min(τ, mean(1 − opacity))`` (eq. 3, without its weight).
+    """Dream Fields' transmittance loss ``−min(τ, mean(1 − opacity))`` (without its weight λ_T).
 
     Args:
         opacity: (B, 1, H, W) rendered opacity (1 − transmittance) in [0, 1].
