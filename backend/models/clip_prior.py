@@ -118,9 +118,9 @@ TINY_PRIOR_CONFIG = DiffusionPriorConfig(dim=16, depth=1, dim_head=8, heads=2, i
 
 # Schedule buffers of the pinned DiffusionPrior (unprefixed keys of the checkpoint; recomputed by modern dalle2).
 _PINNED_SCHEDULE_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
-                            "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
-                            "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
-                            "posterior_mean_coef1", "posterior_mean_coef2")
+                            "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod",
+                            "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_variance",
+                            "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2")
 # Modern parameters the pinned module has not; unused at sampling without dropped conditions (zeros).
 _MODERN_ONLY = ("net.null_text_encodings", "net.null_text_embeds", "net.null_image_embed")
 _SCHEDULE_TOLERANCE = 1e-3  # modern (float64) vs pinned (float32) cosine betas differ by ~3e-5
