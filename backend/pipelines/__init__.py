@@ -8,7 +8,7 @@ converts wire arrays to inputs and results to wire arrays. A new pipeline = one 
 
 from __future__ import annotations
 
-from . import latent_nerf, latent_paint, point_e, shap_e, shape_interpolate, shape_ldm, shape_variations
+from . import dream_fields, latent_nerf, latent_paint, point_e, shap_e, shape_interpolate, shape_ldm, shape_variations
 from .base import ImageInput, MeshInput, PipelineSpec
 
 PIPELINES: dict[str, PipelineSpec] = {
@@ -21,6 +21,11 @@ PIPELINES: dict[str, PipelineSpec] = {
         latent_nerf.LatentNeRFConfig, latent_nerf.run,
         "Generate a textured mesh from text, optionally following a sketch shape (Latent-NeRF).",
         mesh_inputs=(MeshInput("sketch", False, "sketch shape: a rough blockout the result follows"),),
+        textured=True),
+    "dream_fields": PipelineSpec(
+        dream_fields.DreamFieldsConfig, dream_fields.run,
+        "Generate a textured mesh from text with CLIP alone (Dream Fields: a NeRF whose augmented renders CLIP scores "
+        "against the prompt, kept sparse by a transmittance loss).",
         textured=True),
     "shape_ldm": PipelineSpec(
         shape_ldm.ShapeLDMConfig, shape_ldm.run,
