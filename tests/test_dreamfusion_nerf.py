@@ -24,16 +24,16 @@ CPU = torch.device("cpu")
 
 
 class AnalyticField(torch.nn.Module):
-    """An RGB field with a given density and a constant albedo logit (the pipeline's shader applies the sigmoid)."""
+    """An RGB field (as space rgb makes it: 3 sigmoid features) with a given density and a constant albedo."""
 
-    def __init__(self, density_fn, albedo_logit: float = 8.0):
+    def __init__(self, density_fn, albedo: float = 1.0):
         super().__init__()
-        self.config = NeRFConfig(feature_dim=3, encoding="frequency")
+        self.config = NeRFConfig(feature_dim=3, encoding="frequency", feature_activation="sigmoid")
         self.density_fn = density_fn
-        self.albedo_logit = albedo_logit
+        self.albedo = albedo
 
     def forward(self, x):
-        return self.density_fn(x), torch.full((*x.shape[:-1], 3), self.albedo_logit)
+        return self.density_fn(x), torch.full((*x.shape[:-1], 3), self.albedo)
 
     def density(self, x):
         return self.density_fn(x)

@@ -7,7 +7,7 @@ field outputs a density and 4 Stable Diffusion latent channels is volume-rendere
 An optional RGB refinement stage replaces the latent output by a linear 4→3 head (initialised from the latent→RGB
 matrix) and continues SDS through the VAE encoder. The result is extracted by marching cubes, cleaned, UV-unwrapped,
 baked (latent texture → VAE decode) and mapped back from the normalised NeRF frame to the sketch's world frame.
-DreamFusion's options (Poole et al., 2022): ``space="rgb"`` makes the field output RGB albedo (sigmoid of 3 features),
+DreamFusion's options (Poole et al., 2022): ``space="rgb"`` makes the field output RGB albedo (3 sigmoid features),
 rendered at ``refine_render_size`` and encoded by the VAE for SDS (as the RGB refinement does), shaded per sample by a
 schedule of albedo / Lambertian / textureless renders under a point light near the camera (:mod:`backend.geometry.shading`;
 normals from the density gradient by central differences), with the orientation loss (weight 1e-2) pushing normals
@@ -171,12 +171,12 @@ class LatentNeRFPipeline:
     @staticmethod
     def _rgb_shader(nerf: LatentNeRF, rays_d: torch.Tensor, lights: torch.Tensor | None, shading: str,
                     pixels: int, normals: bool):
-        """The per-sample shader of an RGB field (:func:`volume_render`'s ``shader``): albedo = sigmoid(features),
-        shaded by DreamFusion's model; the extra is max(0, n·d)² (orientation) when normals are computed."""
+        """The per-sample shader of an RGB field (:func:`volume_render`'s ``shader``): its features (in [0, 1], the
+        field's sigmoid) are the albedo, shaded by DreamFusion's model; the extra is max(0, n·d)² (orientation) when
+        normals are computed."""
         need_normals = normals or shading != "albedo"
 
-        def shader(points, ray_ids, features):
-            albedo = torch.sigmoid(features)
+        def shader(points, ray_ids, albedo):
             if not need_normals:
                 return albedo, None
             n = density_normals(nerf.density, points)
@@ -231,7 +231,9 @@ class LatentNeRFPipeline:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(config.seed)
             nerf = LatentNeRF(NeRFConfig(encoding=config.encoding, hashgrid_impl=config.hashgrid_impl,
-                                         feature_dim=3 if config.space == "rgb" else 4)).to(self.device)
+                                         feature_dim=3 if config.space == "rgb" else 4,
+                                         feature_activation="sigmoid" if config.space == "rgb" else "none")
+                              ).to(self.device)
             background = self.make_background(config)
         params = nerf.param_groups(config.lr) + [{"params": list(background.parameters()), "lr": config.lr}]
         optimizer = torch.optim.Adam([g for g in params if g["params"]], betas=(0.9, 0.99), eps=1e-15)
@@ -395,7 +397,7 @@ class LatentNeRFPipeline:
     def _bake(self, nerf, mesh, config, head) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """(3, S, S) RGB texture in [0, 1] (row 0 ↔ v ≈ 0) + UVs. Latent fields bake at S/8 and decode with the VAE."""
         if head is not None or config.space == "rgb":
-            color = (lambda x: head(nerf(x)[1]).clamp(0, 1)) if head is not None else (lambda x: torch.sigmoid(nerf(x)[1]))
+            color = (lambda x: head(nerf(x)[1]).clamp(0, 1)) if head is not None else (lambda x: nerf(x)[1])
             uv, uv_idx, tex = bake_texture(mesh, color, config.texture_size, self.rasterizer)
             return torch.from_numpy(tex).permute(2, 0, 1).to(self.device), uv, uv_idx
         latent_size = max(64, config.texture_size // 8)  # coarser latent atlases lose whole charts
