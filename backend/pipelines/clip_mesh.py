@@ -39,7 +39,8 @@ from ..geometry.bake import dilate_texture
 from ..geometry.cameras import CameraBatch, cameras_from_angles
 from ..geometry.frames import bottom_up_to_top_down
 from ..geometry.mesh import TriMesh, unwrap_uv, validate_mesh
-from ..geometry.render import Rasterizer, make_rasterizer
+from ..geometry.render import Rasterizer, antialias_silhouettes, make_rasterizer
+from ..geometry.shading import shade, vertex_normals
 from ..geometry.subdivision import LoopSurface, scipy_to_torch
 from ..geometry.tangents import perturb_normals, unit_to_normal_map, uv_tangents
 from ..guidance.augment import BACKGROUNDS, ViewAugmentConfig, ViewAugmenter
@@ -51,10 +52,6 @@ MODES = ("shape_texture", "texture", "shape")
 """What is optimised: shape + texture + normal map (default), texture + normal map only, or the shape only."""
 OUTPUT_SURFACES = ("limit", "control")
 """The mesh handed back: the Loop limit surface (smooth, denser) or the control mesh."""
-AMBIENT = 0.1
-"""Ambient light of the shading (DreamFusion's, as threestudio sets it)."""
-DIFFUSE = 0.9
-"""Diffuse light of the shading; ``AMBIENT + DIFFUSE = 1``, so a surface facing the light shows its albedo."""
 UNTEXTURED_ALBEDO = 0.5
 """Grey albedo of the untextured renders (the official code's plain shape renders)."""
 
@@ -199,22 +196,6 @@ def sample_lights(cameras: CameraBatch, jitter: float, generator: torch.Generato
     return F.normalize(position / distance + jitter * noise, dim=-1) * distance
 
 
-def _vertex_normals(v_pos: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
-    """(V, 3) area-weighted unit vertex normals (counter-clockwise faces = outward)."""
-    t = tri.long()
-    fn = torch.linalg.cross(v_pos[t[:, 1]] - v_pos[t[:, 0]], v_pos[t[:, 2]] - v_pos[t[:, 0]])
-    acc = torch.zeros_like(v_pos)
-    for k in range(3):
-        acc = acc.index_add(0, t[:, k], fn)
-    return F.normalize(acc, dim=-1, eps=1e-20)
-
-
-def _shade(albedo: torch.Tensor, normals: torch.Tensor, points: torch.Tensor, lights: torch.Tensor) -> torch.Tensor:
-    """Diffuse shading ``albedo · (AMBIENT + DIFFUSE · max(0, n · l̂))``; (B, H, W, 3) tensors, lights (B, 3)."""
-    to_light = F.normalize(lights[:, None, None, :] - points, dim=-1, eps=1e-20)
-    return albedo * (AMBIENT + DIFFUSE * (normals * to_light).sum(-1, keepdim=True).clamp(min=0.0))
-
-
 @dataclass
 class Surface:
     """A mesh as the renderer takes it, in the unit frame, on one device.
@@ -235,6 +216,10 @@ def render_views(rasterizer: Rasterizer, surface: Surface, albedo: torch.Tensor 
                  size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Render a textured, normal-mapped surface with diffuse shading and antialiased silhouettes.
 
+    Shading: :func:`backend.geometry.shading.shade` ("lambertian": ambient 0.1 + diffuse 0.9 · max(0, n · l̂)) with
+    the normal-mapped normals; silhouettes: :func:`backend.geometry.render.antialias_silhouettes` of the
+    premultiplied colour and coverage (outline gradients reach the positions), then un-premultiplied.
+
     Args:
         rasterizer: nvdiffrast or the torch rasterizer.
         surface: the mesh (unit frame).
@@ -253,7 +238,7 @@ def render_views(rasterizer: Rasterizer, surface: Surface, albedo: torch.Tensor 
                             cameras.mvp.to(v)).contiguous()
     rast = rasterizer.rasterize(pos_clip, surface.tri, (size, size))
     mask = (rast[..., 3:] > 0).to(v.dtype)
-    normals = F.normalize(rasterizer.interpolate(_vertex_normals(v, surface.tri), rast, surface.tri), dim=-1,
+    normals = F.normalize(rasterizer.interpolate(vertex_normals(v, surface.tri), rast, surface.tri), dim=-1,
                           eps=1e-20)
     points = rasterizer.interpolate(v, rast, surface.tri)
     uv = rasterizer.interpolate(surface.uv, rast, surface.uv_idx)
@@ -266,8 +251,8 @@ def render_views(rasterizer: Rasterizer, surface: Surface, albedo: torch.Tensor 
         base = torch.full_like(points, UNTEXTURED_ALBEDO)
     else:
         base = rasterizer.texture(albedo.contiguous(), uv, filter_mode="linear")
-    color = _shade(base, normals, points, lights.to(v)) * mask
-    layers = rasterizer.antialias(torch.cat([color, mask], dim=-1).contiguous(), rast, pos_clip, surface.tri)
+    color = shade(base, normals, points, lights.to(v), "lambertian") * mask
+    layers = antialias_silhouettes(torch.cat([color, mask], dim=-1), rast, pos_clip, surface.tri)
     alpha = layers[..., 3:].clamp(0.0, 1.0)
     rgb = (layers[..., :3] / alpha.clamp(min=1e-6)).clamp(0.0, 1.0) * (alpha > 0).to(v.dtype)
     return (bottom_up_to_top_down(rgb, 1).permute(0, 3, 1, 2), bottom_up_to_top_down(alpha, 1).permute(0, 3, 1, 2))
