@@ -45,6 +45,8 @@ from ..geometry.subdivision import LoopSurface, scipy_to_torch
 from ..geometry.tangents import perturb_normals, unit_to_normal_map, uv_tangents
 from ..guidance.augment import BACKGROUNDS, ViewAugmentConfig, ViewAugmenter
 from ..guidance.clip import CLIPGuidance
+from ..models.clip import DEFAULT_CLIP_MODEL, load_clip
+from ..models.clip_prior import CLIP_MESH_PRIOR, clip_target, load_prior
 from ..params import Config, ParamError, param
 from .base import JobContext, PipelineInputs, PipelineResult, ResultMesh, to_uint8_image
 
@@ -64,11 +66,17 @@ class CLIPMeshConfig(Config):
     mode: str = param("shape_texture", doc="What is optimised: shape_texture (control vertices, texture and normal "
                                            "map), texture (texture and normal map; the mesh is kept exactly), or "
                                            "shape (control vertices only).", choices=MODES)
-    model: str = param("ViT-B-32/openai", doc="CLIP model: an open_clip '<arch>/<tag>' (ViT-B-32/openai, "
-                                              "ViT-L-14/openai…), a transformers CLIP id or folder, or 'tiny-random'.")
-    use_prior: bool = param(True, doc="Target the image embedding a DALL-E 2 diffusion prior predicts from the "
-                                      "text (when its weights are present; else the text embedding, and the job "
-                                      "says so).")
+    model: str = param(DEFAULT_CLIP_MODEL, doc="CLIP model: an open_clip '<arch>/<tag>' (ViT-B-32/openai, "
+                                               "ViT-L-14/openai…; '<arch>/random' for random weights), a "
+                                               "transformers CLIP id or folder, or 'tiny-random'.")
+    use_prior: bool = param(True, doc="Also pull toward the image embedding a DALL-E 2 diffusion prior predicts from "
+                                      "the text, when its weights are present (else the text embedding alone, and "
+                                      "the job says so).")
+    prior_model: str = param(CLIP_MESH_PRIOR, doc="Diffusion prior: CLIP-Mesh's public one (Hub id), a local .pth "
+                                                  "file, or 'tiny-random'; it must live in the CLIP model's space.")
+    prior_weight: float = param(0.33, doc="Weight of the prior's image-embedding term beside the text term (weight "
+                                          "1); the target is normalize(text + prior_weight · prior).",
+                                low=0.0, high=100.0)
     seed: int = param(99, doc="Seed of the initial texture, cameras, lights, backgrounds and augmentations.",
                       low=0, high=2**63 - 1)
     iterations: int = param(2000, doc="Optimisation steps.", low=1, high=100_000)
@@ -129,6 +137,8 @@ class CLIPMeshConfig(Config):
             raise ParamError("prompt must not be empty")
         if not self.model.strip():
             raise ParamError("model must not be empty")
+        if self.use_prior and not self.prior_model.strip():
+            raise ParamError("prior_model must not be empty when use_prior is on")
         if self.blur_kernel % 2 == 0:
             raise ParamError(f"blur_kernel = {self.blur_kernel} must be odd")
         for name in ("camera_distances", "fovy", "azimuth", "crop_scale"):
@@ -585,11 +595,37 @@ def build_guidance(embedder, target: torch.Tensor, config: CLIPMeshConfig) -> CL
     return CLIPGuidance(embedder, target, ViewAugmenter(config.augment_config(), embedder.image_size))
 
 
+def target_embedding(config: CLIPMeshConfig, embedder, context: JobContext) -> tuple[torch.Tensor, str, str]:
+    """The CLIP target of a run: ``(embedding (D,), kind "prior" | "text", note)``.
+
+    With the prior (``use_prior`` and its weights present, in the CLIP's space), the official code's loss
+    ``1.0 · (−cos(img, text)) + prior_weight · (−cos(img, prior))`` equals ``−cos(img, text + prior_weight · prior)``
+    up to a positive scale, so the target is that sum (normalised by the cosine). Otherwise the text embedding, and
+    the note says why (as :func:`backend.models.clip_prior.clip_target` words it).
+    """
+    prior_model = config.prior_model if config.use_prior else None
+    target = clip_target(config.prompt, embedder, prior_model,
+                         load=lambda model: context.models.get(load_prior, model, context.device), seed=config.seed)
+    if target.prior is None:
+        return target.text, "text", target.note
+    combined = target.text + config.prior_weight * target.prior.to(target.text)
+    return combined, "prior", target.note
+
+
 def run(config: CLIPMeshConfig, inputs: PipelineInputs, context: JobContext) -> PipelineResult:
-    """Job entry point: load (or reuse) CLIP (and the prior), embed the target, run CLIP-Mesh.
+    """Job entry point: load (or reuse) CLIP and the prior, embed the target, run CLIP-Mesh on
+    ``inputs.meshes.get('mesh')`` (None = the sphere).
 
     Raises:
         MeshError, ModelNotFoundError, ParamError, JobCancelled.
     """
-    raise NotImplementedError("clip_mesh.run needs the CLIP loaders (backend.models.clip)")
-
+    check_inputs(config, inputs)
+    context.progress("load_model", 0, config.iterations)
+    embedder = context.models.get(load_clip, config.model, context.device)
+    with torch.no_grad():
+        embedding, kind, note = target_embedding(config, embedder, context)
+    guidance = build_guidance(embedder, embedding.float().to(context.device), config)
+    pipeline = CLIPMeshPipeline(make_rasterizer(context.device), context.device)
+    result = pipeline(inputs.meshes.get("mesh"), config, guidance, context, target=kind, target_note=note)
+    result.metadata["model"] = getattr(embedder, "model_id", config.model)
+    return result
