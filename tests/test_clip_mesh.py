@@ -10,6 +10,9 @@ surface, CLIP guidance and the optimiser end to end without weights."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -22,9 +25,12 @@ from backend.guidance.augment import ViewAugmenter
 from backend.guidance.clip import CLIPGuidance
 from backend.guidance.oracle import OracleCLIPEmbedder
 from backend.params import ParamError, parse_config
-from backend.pipelines.base import JobContext, PipelineInputs
+from backend.pipelines.base import JobContext, PipelineInputs, PipelineResult, ResultMesh
 from backend.pipelines.clip_mesh import (CLIPMeshConfig, CLIPMeshPipeline, Surface, check_inputs, render_views,
                                          roughness, sample_lights, sample_views)
+from backend.pipelines.io import meshes_from_arrays, result_to_arrays
+from blender_addon.core import protocol
+from conftest import REPO_ROOT, WireClient, start_backend
 
 CPU = torch.device("cpu")
 RASTER = TorchRasterizer()
@@ -248,3 +254,147 @@ def test_unusable_meshes_are_clear_errors():
     with pytest.raises(MeshError, match="manifold"):  # Loop subdivision in the shape modes needs a manifold mesh
         CLIPMeshPipeline(RASTER, CPU)(fan, CLIPMeshConfig(**ORACLE, mode="shape", iterations=1, texture_size=16),
                                       _guidance(Reference(_surface(v, f), None, 64), CLIPMeshConfig(**ORACLE)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the normal map through the result plumbing: wire arrays, protocol, job store (PNG + glTF normalTexture), export
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _normal_mapped_result(uv_sphere):
+    v, f, uv, uv_idx = uv_sphere
+    rng = np.random.default_rng(3)
+    texture = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    normal_map = np.full((16, 16, 3), (128, 128, 255), np.uint8)
+    normal_map[0, 0] = (200, 60, 230)  # row 0 = top: a marked texel
+    return ResultMesh(TriMesh(v, f, uv, uv_idx), texture=texture, normal_map=normal_map)
+
+
+def test_normal_map_crosses_the_wire_and_the_store(uv_sphere, tmp_path):
+    result = _normal_mapped_result(uv_sphere)
+    arrays = result_to_arrays(PipelineResult(meshes=[result], metadata={}))
+    assert arrays["mesh.normal_map"].dtype == np.uint8 and arrays["mesh.normal_map"].shape == (16, 16, 3)
+    frame = protocol.encode_message("result", {"job_id": "j1", "metadata": {}}, arrays)
+    decoded = protocol.decode_frame(frame)
+    np.testing.assert_array_equal(decoded.arrays["mesh.normal_map"], result.normal_map)
+    back = meshes_from_arrays(decoded.arrays)[0]
+    np.testing.assert_array_equal(back.normal_map, result.normal_map)
+    np.testing.assert_array_equal(back.texture, result.texture)
+    # the protocol refuses a normal map without UVs, or of the wrong dtype
+    bare = {k: a for k, a in arrays.items() if k not in ("mesh.uv", "mesh.uv_idx")}
+    with pytest.raises(protocol.ProtocolError, match="normal_map"):
+        protocol.encode_message("result", {"job_id": "j1", "metadata": {}}, bare)
+    with pytest.raises(protocol.ProtocolError, match="normal_map"):
+        protocol.encode_message("result", {"job_id": "j1", "metadata": {}},
+                                dict(arrays, **{"mesh.normal_map": arrays["mesh.normal_map"].astype(np.float16)}))
+    with pytest.raises(ValueError, match="normal map but no UVs"):
+        result_to_arrays(PipelineResult(meshes=[ResultMesh(TriMesh(result.mesh.v_pos, result.mesh.t_pos_idx),
+                                                           normal_map=result.normal_map)], metadata={}))
+    # the job store writes normal_map.png (rows as sent) and a GLB whose material has the normal texture
+    from PIL import Image
+
+    from backend.cli import main
+    from backend.serving.store import JobStore
+
+    store = JobStore(tmp_path / "data")
+    job_id = "j1"
+    store.insert(job_id, "clip_mesh", {"prompt": "x"}, {})
+    store.save_result(job_id, arrays)
+    store.update(job_id, status="done", metadata={})
+    store.close()
+    folder = store.job_dir(job_id)
+    np.testing.assert_array_equal(np.asarray(Image.open(folder / "normal_map.png")), result.normal_map)
+    material = next(iter(trimesh.load(folder / "result.glb").geometry.values())).visual.material
+    assert material.normalTexture is not None and material.baseColorTexture is not None
+    np.testing.assert_array_equal(np.asarray(material.normalTexture.convert("RGB")), result.normal_map)
+    # jobs --export writes the GLB, the texture and the normal map
+    out = tmp_path / "export" / "vase.glb"
+    assert main(["jobs", "--data-dir", str(tmp_path / "data"), "--export", job_id, "--out", str(out)]) == 0
+    assert out.exists() and (tmp_path / "export" / "vase.png").exists()
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "export" / "vase_normal.png")), result.normal_map)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# tiny-random CLIP end to end: the CLI, and a real backend that keeps serving after bad requests
+# ---------------------------------------------------------------------------------------------------------------------
+
+TINY = ["--model", "tiny-random", "--iterations", "3", "--batch-size", "2", "--render-size", "32", "--texture-size",
+        "32", "--sphere-subdivisions", "1", "--device", "cpu"]
+
+
+def test_cli_tiny_random_end_to_end(tmp_path):
+    """``run clip_mesh`` from a sphere with the tiny-random CLIP and prior: a GLB with the limit mesh, its texture and
+    normal map beside it; then texture mode on the written mesh keeps it (as the GLB round trip gives it)."""
+    out = tmp_path / "vase.glb"
+    cmd = [sys.executable, "-m", "backend", "run", "clip_mesh", "--prompt", "a wooden vase", *TINY,
+           "--prior-model", "tiny-random", "--out", str(out), "--data-dir", str(tmp_path / "data")]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "clip_score=" in proc.stderr
+    assert out.exists() and (tmp_path / "vase.png").exists() and (tmp_path / "vase_normal.png").exists()
+    mesh = next(iter(trimesh.load(out).geometry.values()))
+    assert len(mesh.faces) == 4 * 80  # icosphere level 1 (80 faces), one Loop level
+    assert mesh.visual.material.normalTexture is not None
+    from backend.serving.store import JobStore
+
+    job = JobStore(tmp_path / "data").list(1)[0]
+    assert job["metadata"]["target"] == "prior" and "tiny-random" in job["metadata"]["target_note"]
+
+
+def test_cli_bad_inputs_are_clear_errors(tmp_path, capsys):
+    from backend.cli import main
+
+    common = [*TINY, "--out", str(tmp_path / "x.glb"), "--data-dir", str(tmp_path / "data")]
+    assert main(["run", "clip_mesh", "--prompt", "", *common]) == 2
+    assert "prompt must not be empty" in capsys.readouterr().err
+    assert main(["run", "clip_mesh", "--prompt", "a vase", "--mode", "texture", *common]) == 2
+    assert "needs an input mesh" in capsys.readouterr().err
+    points = tmp_path / "points.ply"
+    trimesh.PointCloud(np.random.default_rng(0).random((10, 3))).export(points)
+    assert main(["run", "clip_mesh", "--prompt", "a vase", "--mesh", str(points), *common]) == 2
+    assert "no triangles" in capsys.readouterr().err
+    assert main(["run", "clip_mesh", "--prompt", "a vase", "--blur-kernel", "4", *common]) == 2
+    assert "--blur-kernel = 4 must be odd" in capsys.readouterr().err
+    assert not (tmp_path / "x.glb").exists()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("clip_mesh_backend")
+    srv = start_backend(tmp / "data", tmp / "token")
+    yield srv
+    srv.stop()
+
+
+def test_backend_refuses_bad_requests_and_keeps_serving(server, uv_sphere):
+    v, f, uv, uv_idx = uv_sphere
+    c = WireClient(server)
+    assert c.welcome.fields["pipelines"]["clip_mesh"]["optional_inputs"][:2] == ["mesh.v_pos", "mesh.t_pos_idx"]
+    fast = {"model": "tiny-random", "iterations": 2, "batch_size": 2, "render_size": 32, "texture_size": 16,
+            "sphere_subdivisions": 1, "prior_model": "tiny-random"}
+
+    def submit(params, arrays=None):
+        c.send("submit", {"pipeline": "clip_mesh", "params": {**fast, **params}}, arrays)
+
+    submit({"prompt": ""})
+    err = c.recv_until("error")
+    assert err.fields["code"] == "bad_params" and "prompt must not be empty" in err.fields["message"]
+    submit({"prompt": "a vase", "mode": "texture"})
+    err = c.recv_until("error")
+    assert err.fields["code"] == "bad_params" and "needs an input mesh" in err.fields["message"]
+    flat = {"mesh.v_pos": np.zeros_like(v), "mesh.t_pos_idx": f}
+    submit({"prompt": "a vase"}, flat)
+    assert c.recv_until("error").fields["code"] == "bad_mesh"
+    with pytest.raises(protocol.ProtocolError, match="t_pos_idx has 0 faces"):
+        submit({"prompt": "a vase"}, {"mesh.v_pos": v, "mesh.t_pos_idx": np.zeros((0, 3), np.int32)})
+    nan = v.copy()
+    nan[0, 1] = np.nan
+    with pytest.raises(protocol.ProtocolError, match="non-finite"):
+        submit({"prompt": "a vase"}, {"mesh.v_pos": nan, "mesh.t_pos_idx": f})
+    # ... and it still serves: texture mode on the mesh, whose vertices, faces and UVs come back exactly
+    submit({"prompt": "a vase", "mode": "texture"}, {"mesh.v_pos": v, "mesh.t_pos_idx": f, "mesh.uv": uv,
+                                                     "mesh.uv_idx": uv_idx})
+    job_id = c.recv_until("accepted").fields["job_id"]
+    result = c.recv_until("result", job_id)
+    for name, given in (("mesh.v_pos", v), ("mesh.t_pos_idx", f), ("mesh.uv", uv), ("mesh.uv_idx", uv_idx)):
+        np.testing.assert_array_equal(result.arrays[name], given)
+    assert result.arrays["mesh.normal_map"].shape == (16, 16, 3) and result.arrays["texture"].shape == (16, 16, 3)
