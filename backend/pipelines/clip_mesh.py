@@ -167,7 +167,7 @@ class CLIPMeshConfig(Config):
 
 def check_inputs(config: CLIPMeshConfig, inputs: PipelineInputs) -> None:
     """Submit-time rule: texture mode paints a given mesh, so it needs one. Raises ParamError."""
-    if config.mode == "texture" and "mesh" not in inputs.meshes:
+    if not config.optimises_shape and "mesh" not in inputs.meshes:
         raise ParamError("mode = 'texture' needs an input mesh (mesh.v_pos and mesh.t_pos_idx); the shape modes "
                          "start from a sphere without one")
 
@@ -372,7 +372,7 @@ class CLIPMeshPipeline:
         """
         if mesh is not None:
             return validate_mesh(mesh)
-        if config.mode == "texture":
+        if not config.optimises_shape:
             raise ParamError("mode = 'texture' needs an input mesh")
         import trimesh
 
