@@ -26,6 +26,7 @@ result images have row 0 at the top (:mod:`backend.geometry.frames` converts, on
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ from ..models.clip import DEFAULT_CLIP_MODEL, load_clip
 from ..models.clip_prior import CLIP_MESH_PRIOR, clip_target, load_prior
 from ..params import Config, ParamError, param
 from .base import JobContext, PipelineInputs, PipelineResult, ResultMesh, to_uint8_image
+
+log = logging.getLogger(__name__)
 
 MODES = ("shape_texture", "texture", "shape")
 """What is optimised: shape + texture + normal map (default), texture + normal map only, or the shape only."""
@@ -624,6 +627,7 @@ def run(config: CLIPMeshConfig, inputs: PipelineInputs, context: JobContext) -> 
     embedder = context.models.get(load_clip, config.model, context.device)
     with torch.no_grad():
         embedding, kind, note = target_embedding(config, embedder, context)
+    log.info("clip_mesh %s", note)
     guidance = build_guidance(embedder, embedding.float().to(context.device), config)
     pipeline = CLIPMeshPipeline(make_rasterizer(context.device), context.device)
     result = pipeline(inputs.meshes.get("mesh"), config, guidance, context, target=kind, target_note=note)
