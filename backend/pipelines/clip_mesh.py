@@ -424,11 +424,12 @@ class CLIPMeshPipeline:
 
     def render(self, run: _Run, config: CLIPMeshConfig, cameras: CameraBatch, lights: torch.Tensor,
                textured: bool = True, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Render ``run``'s current surface (blurred maps; grey and geometric normals when not ``textured`` or in
-        shape mode). Returns ``rgb`` (B, 3, H, W), ``alpha`` (B, 1, H, W), upright."""
-        use_maps = textured and config.optimises_texture
-        albedo = gaussian_blur(run.albedo, config.blur_kernel, config.blur_sigma) if use_maps else None
-        normal = gaussian_blur(run.normal_map, config.blur_kernel, config.blur_sigma) if use_maps else None
+        """Render ``run``'s current surface with the blurred maps (texture modes); grey albedo when not ``textured``
+        (the normal map still applies, as in the official plain shape renders); grey with geometric normals in shape
+        mode. Returns ``rgb`` (B, 3, H, W), ``alpha`` (B, 1, H, W), upright."""
+        maps = config.optimises_texture
+        albedo = gaussian_blur(run.albedo, config.blur_kernel, config.blur_sigma) if maps and textured else None
+        normal = gaussian_blur(run.normal_map, config.blur_kernel, config.blur_sigma) if maps else None
         return render_views(self.rasterizer, run.surface(), albedo, normal, cameras, lights,
                             size or config.render_size)
 
