@@ -545,8 +545,7 @@ class CLIPMeshPipeline:
                               metadata=metadata, timings=timings,
                               extras={"surface": surface, "control": run.control.detach().clone(),
                                       "surface_tri": run.tri, "albedo": run.albedo.detach(),
-                                      "normal_map": run.normal_map.detach(), "clip_scores": scores,
-                                      "run": run})
+                                      "normal_map": run.normal_map.detach(), "clip_scores": scores})
 
     # ---- outputs ----------------------------------------------------------------------------------------------------
 
