@@ -151,6 +151,12 @@ def _build_latent_paint(arch, device):
     return _sd_build(arch, device, lambda: {"mesh": _mesh(trimesh.creation.icosphere(subdivisions=4))})
 
 
+def _build_refine_mesh(arch, device):
+    import trimesh
+
+    return _sd_build(arch, device, lambda: {"mesh": _mesh(trimesh.creation.icosphere(subdivisions=4))})
+
+
 def _build_latent_nerf(arch, device):
     from bench_latent_nerf_step import blockout
 
@@ -228,6 +234,10 @@ CASES: dict[str, Case] = {
         "latent_nerf", "previous: Latent-NeRF with the reference hash grid, no occupancy grid", _build_latent_nerf,
         _NERF_STAGES, grid_field="mesh_resolution", warmup=_NERF_WARMUP,
         extra={"hashgrid_impl": "reference", "occupancy_resolution": 0}, previous_of="latent_nerf"),
+    "refine_mesh": Case(
+        "refine_mesh", "Magic3D refinement (`refine_mesh`, icosphere 5120 triangles, 512² renders)",
+        _build_refine_mesh, [Stage("refine", _field("iterations"), lambda c: c.iterations)],
+        grid_field="dmtet_resolution", warmup={**_SDS_WARMUP, "texture_resolution": 64, "partial_every": 0}),
     "shape_ldm": Case(
         "shape_ldm", "Michelangelo text → shape (`shape_ldm`)", _build_shape_ldm,
         [Stage("denoise", _field("num_inference_steps"), lambda c: c.num_inference_steps)],

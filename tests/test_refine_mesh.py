@@ -244,3 +244,21 @@ def test_the_cli_runs_it_end_to_end(tmp_path):
     loaded = trimesh.load(out, force="mesh")
     assert len(loaded.faces) > 100
     assert np.allclose(loaded.bounds, [[-1, -1, -1], [1, 1, 1]], atol=0.2)  # the ball's place and size
+
+
+def test_vsd_guidance_runs_it_and_leaves_the_cached_unet_alone():
+    """``guidance="vsd"`` (ProlificDreamer) drives the refinement too: LoRA losses reported every step, annealed t_max
+    after step 1, the cached UNet's weights bit-identical afterwards, the LoRA state handed back."""
+    models = ModelCache()
+    unet = models.stable_diffusion("tiny-random", CPU).unet
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    progress = []
+    config = _config(iterations=3, guidance="vsd", lora_rank=2, anneal_start=1, anneal_max_step_percent=0.3)
+    result = run(config, inputs_from_arrays("refine_mesh", PIPELINES["refine_mesh"], _arrays(_sphere(1.0, 1))),
+                 JobContext(device=CPU, models=models, on_progress=lambda *a: progress.append(a)))
+    steps = [p[3] for p in progress if p[0] == "refine"]
+    assert len(steps) == 3 and all(np.isfinite(p["lora"]) for p in steps)
+    assert all(p["t"] <= 300 for p in steps[1:])  # annealed to 0.3 of T = 1000 after step 1
+    assert result.metadata["guidance"] == "vsd" and result.extras["guidance_state"]
+    after = unet.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
