@@ -403,7 +403,7 @@ def test_cli_tiny_random_end_to_end(tmp_path):
            "--prior-model", "tiny-random", "--out", str(out), "--data-dir", str(tmp_path / "data")]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "clip_score=" in proc.stderr
+    assert "clip_score=" in proc.stderr and "prior 64/64" in proc.stderr  # the tiny prior's 64 DDPM steps reported
     assert out.exists() and (tmp_path / "vase.png").exists() and (tmp_path / "vase_normal.png").exists()
     mesh = next(iter(trimesh.load(out).geometry.values()))
     assert len(mesh.faces) == 4 * 80  # icosphere level 1 (80 faces), one Loop level

@@ -604,11 +604,13 @@ def target_embedding(config: CLIPMeshConfig, embedder, context: JobContext) -> t
     With the prior (``use_prior`` and its weights present, in the CLIP's space), the official code's loss
     ``1.0 · (−cos(img, text)) + prior_weight · (−cos(img, prior))`` equals ``−cos(img, text + prior_weight · prior)``
     up to a positive scale, so the target is that sum (normalised by the cosine). Otherwise the text embedding, and
-    the note says why (as :func:`backend.models.clip_prior.clip_target` words it).
+    the note says why (as :func:`backend.models.clip_prior.clip_target` words it). The prior's DDPM steps report as
+    stage "prior" (and can be cancelled).
     """
     prior_model = config.prior_model if config.use_prior else None
     target = clip_target(config.prompt, embedder, prior_model,
-                         load=lambda model: context.models.get(load_prior, model, context.device), seed=config.seed)
+                         load=lambda model: context.models.get(load_prior, model, context.device), seed=config.seed,
+                         progress=lambda done, total: context.progress("prior", done, total))
     if target.prior is None:
         return target.text, "text", target.note
     combined = target.text + config.prior_weight * target.prior.to(target.text)
