@@ -8,8 +8,8 @@ converts wire arrays to inputs and results to wire arrays. A new pipeline = one 
 
 from __future__ import annotations
 
-from . import (clip_mesh, latent_nerf, latent_paint, point_e, refine_mesh, shap_e, shape_interpolate, shape_ldm,
-               shape_variations)
+from . import (clip_mesh, dream_fields, latent_nerf, latent_paint, point_e, refine_mesh, shap_e,
+               shape_interpolate, shape_ldm, shape_variations)
 from .base import ImageInput, MeshInput, PipelineSpec
 
 PIPELINES: dict[str, PipelineSpec] = {
@@ -36,6 +36,11 @@ PIPELINES: dict[str, PipelineSpec] = {
         mesh_inputs=(MeshInput("mesh", False, "mesh to start from (shape modes) or to paint (mode texture: kept "
                                               "exactly, UVs kept if it has them, else xatlas); none = a sphere"),),
         check_inputs=clip_mesh.check_inputs, textured=True),
+    "dream_fields": PipelineSpec(
+        dream_fields.DreamFieldsConfig, dream_fields.run,
+        "Generate a textured mesh from text with CLIP alone (Dream Fields: a NeRF whose augmented renders CLIP scores "
+        "against the prompt, kept sparse by a transmittance loss).",
+        textured=True),
     "shape_ldm": PipelineSpec(
         shape_ldm.ShapeLDMConfig, shape_ldm.run,
         "Generate shapes from text or an image in seconds (Michelangelo: aligned shape latent diffusion); one mesh "
