@@ -18,7 +18,9 @@ command).
   ``image-ASLDM-256``, ``shapevae-256``) with the CLIP it needs, or a Shap-E pipeline (``openai/shap-e``,
   ``openai/shap-e-img2img``), into the Hugging Face cache, or a public Point-E checkpoint (``base40M-textvec``,
   ``base40M``, ``base300M``, ``base1B``, ``upsample``, ``sdf``) into its cache folder with the CLIP tower it needs
-  (the only command that downloads).
+  (the only command that downloads), or a CLIP model for CLIP guidance (``ViT-B-32/openai`` and other open_clip
+  ``<arch>/<tag>``, ``openai/clip-vit-base-patch32`` and the other OpenAI transformers ids), or CLIP-Mesh's diffusion
+  prior (``NasirKhalid24/Dalle2-Diffusion-Prior``).
 - ``tokens add NAME [--admin] | list | revoke NAME``: one token per artist (tokens.json in the LatentForge home); a
   running ``serve`` picks changes up at the next hello.
 - ``tls fingerprint | make``: the SHA-256 fingerprint of the backend's TLS certificate (what the add-on pins), or
@@ -57,6 +59,8 @@ from .michelangelo.train import TRAINERS as MICHELANGELO_TRAINERS
 from .models.cache import ModelCache
 from .models.devices import resolve_device
 from .models.base import TINY_RANDOM, ModelNotFoundError
+from .models.clip import DEFAULT_CLIP_MODEL, download_clip, is_clip_model
+from .models.clip_prior import CLIP_MESH_PRIOR, PRIOR_MODELS, download_prior
 from .models.shap_e import SHAP_E_MODELS, download_shap_e
 from .models.stable_diffusion import DEFAULT_SD_MODEL, download_stable_diffusion
 from .point_e.config import PRESETS as POINT_E_PRESETS
@@ -80,6 +84,8 @@ TRAINERS = {**MICHELANGELO_TRAINERS, **LION_TRAINERS}
 
 # Flags every pipeline shares, in the order `--help` shows them (the rest of each config follows).
 SHARED_FLAGS = ("model", "prompt", "negative_prompt", "seed", "iterations")
+LOW_VRAM_HELP = ("trade speed for GPU memory: sliced attention, sliced/tiled VAE with gradient checkpointing, the text "
+                 "encoder on the CPU (Stable Diffusion pipelines); same results")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -204,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-download", action="store_true",
                        help="let jobs download missing models from the Hugging Face Hub")
     serve.add_argument("--keep-models", type=_positive_int, default=1, help="models kept loaded between jobs")
+    serve.add_argument("--low-vram", action="store_true", help=LOW_VRAM_HELP)
     serve.add_argument("--max-connections", type=_positive_int, default=64,
                        help="most client connections at once, authenticated or not (default 64)")
     serve.add_argument("--max-client-queue-mb", type=_positive_int, default=256,
@@ -239,9 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", type=_glb_path, required=True,
                        help="output .glb (every mesh and point cloud: one node each, named mesh, mesh_1, …, "
                             "points, points_1, …)" + (
-                           "; its texture is also written beside it as .png" if spec.textured else ""))
+                           "; its texture is also written beside it as .png (a normal map as _normal.png)"
+                           if spec.textured else ""))
         p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
         p.add_argument("--allow-download", action="store_true", help="download the model if it is not cached")
+        p.add_argument("--low-vram", action="store_true", help=LOW_VRAM_HELP)
         _config_flags(p, spec.config_class)
         _add_common(p)
 
@@ -276,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs = sub.add_parser("jobs", help="list the job store, or export a finished job")
     jobs.add_argument("--limit", type=_positive_int, default=20, help="most recent jobs to list (default 20)")
-    jobs.add_argument("--export", metavar="JOB_ID", help="copy this finished job's result.glb to --out")
+    jobs.add_argument("--export", metavar="JOB_ID", help="copy this finished job's result.glb to --out (its "
+                                                         "texture as .png and normal map as _normal.png beside it)")
     jobs.add_argument("--out", type=_glb_path, help="where --export writes the result (.glb)")
     jobs.add_argument("--delete", metavar="JOB_ID",
                       help="delete this finished job (done/failed/cancelled) and its files")
@@ -313,13 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="host name or IP the certificate names (repeatable; this machine's name, localhost and "
                            "127.0.0.1 are always added)")
 
-    download = sub.add_parser("download", help="download a Stable Diffusion model, a Michelangelo checkpoint, or a "
-                                               "Shap-E or Point-E model")
+    download = sub.add_parser("download", help="download a Stable Diffusion model, a Michelangelo checkpoint, a "
+                                               "Shap-E or Point-E model, or a CLIP model")
     _add_verbosity(download)
     download.add_argument("model", nargs="?", default=DEFAULT_SD_MODEL,
                           help=f"a Stable Diffusion Hugging Face id (default {DEFAULT_SD_MODEL}), or text-ASLDM-256, "
                                f"image-ASLDM-256, shapevae-256 (Michelangelo, with CLIP ViT-L/14), or "
-                               f"{', '.join(SHAP_E_MODELS)} (Shap-E), or {', '.join(POINT_E_PRESETS)} (Point-E)")
+                               f"{', '.join(SHAP_E_MODELS)} (Shap-E), or {', '.join(POINT_E_PRESETS)} (Point-E), or "
+                               f"{DEFAULT_CLIP_MODEL} / another open_clip <arch>/<tag> / openai/clip-vit-base-patch32 "
+                               f"(CLIP guidance), or {CLIP_MESH_PRIOR} (CLIP-Mesh's diffusion prior)")
     return parser
 
 
@@ -354,7 +366,8 @@ def _executor(args):
         return None
     if args.ray_workers < 0:
         raise ValueError(f"--ray-workers must be >= 0, got {args.ray_workers}")
-    return RayExecutor(args.ray_address, args.ray_workers, args.device, args.keep_models, args.allow_download)
+    return RayExecutor(args.ray_address, args.ray_workers, args.device, args.keep_models, args.allow_download,
+                       args.low_vram)
 
 
 def check_bind(host: str, use_tls: bool, insecure: bool) -> None:
@@ -402,7 +415,8 @@ def cmd_serve(args) -> int:
     except ImportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    service = JobService(_data_dir(args), _device(args), ModelCache(args.keep_models, args.allow_download),
+    models = ModelCache(args.keep_models, args.allow_download, args.low_vram)
+    service = JobService(_data_dir(args), _device(args), models,
                          max_store_bytes=max_store_bytes, max_job_age_s=max_job_age_s, executor=executor)
     server = BackendServer(service, token, args.host, args.port, max_payload=args.max_payload_mb << 20,
                            max_connections=args.max_connections, max_client_queue=args.max_client_queue_mb << 20,
@@ -425,6 +439,20 @@ def cmd_serve(args) -> int:
     print(f"LATENTFORGE_LISTENING {host} {port}", flush=True)
     server.serve_forever()
     return 0
+
+
+def _copy_result(folder: Path, out: Path) -> list[Path]:
+    """Copy a finished job's ``result.glb`` to ``out``, its ``texture.png`` beside it as ``<out>.png`` and its
+    ``normal_map.png`` as ``<out>_normal.png`` (those that exist); returns the paths written."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(folder / "result.glb", out)
+    written = [out]
+    for name, target in (("texture.png", out.with_suffix(".png")),
+                         ("normal_map.png", out.with_name(out.stem + "_normal.png"))):
+        if (folder / name).exists():
+            shutil.copyfile(folder / name, target)
+            written.append(target)
+    return written
 
 
 def cmd_run(args) -> int:
@@ -451,7 +479,8 @@ def cmd_run(args) -> int:
             print(f"error: --{image_input.name.replace('_', '-')}: {err}", file=sys.stderr)
             return 2
     device = _device(args, spec.config_class, params.get("model"))
-    service = JobService(_data_dir(args), device, ModelCache(1, args.allow_download), start_worker=False)
+    service = JobService(_data_dir(args), device, ModelCache(1, args.allow_download, args.low_vram),
+                         start_worker=False)
     outcome: dict = {}
     progress = ProgressReporter(sys.stderr, enabled=not (args.no_progress or args.quiet))
 
@@ -475,14 +504,7 @@ def cmd_run(args) -> int:
                                  _input_names(spec))
         print(f"error: job {job_id} {outcome.get('type')}: {message}", file=sys.stderr)
         return 1
-    folder = service.store.job_dir(job_id)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(folder / "result.glb", args.out)
-    written = [args.out]
-    if (folder / "texture.png").exists():
-        png = args.out.with_suffix(".png")
-        shutil.copyfile(folder / "texture.png", png)
-        written.append(png)
+    written = _copy_result(service.store.job_dir(job_id), args.out)
     timings = outcome["fields"]["metadata"].get("timings", {})
     print(f"job {job_id} done in {timings.get('total', 0):.1f} s: " + ", ".join(str(p) for p in written))
     return 0
@@ -517,9 +539,8 @@ def cmd_jobs(args) -> int:
         if not args.out:
             print("error: --export needs --out", file=sys.stderr)
             return 2
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(store.job_dir(args.export) / "result.glb", args.out)
-        print(args.out)
+        for path in _copy_result(store.job_dir(args.export), args.out):
+            print(path)
         return 0
     rows = store.list(args.limit)
     if not rows:
@@ -650,6 +671,10 @@ def cmd_download(args) -> int:
             path = download_shap_e(args.model)
         elif args.model in POINT_E_PRESETS:
             path = download_point_e(args.model)
+        elif is_clip_model(args.model):
+            path = download_clip(args.model)
+        elif args.model in PRIOR_MODELS:
+            path = download_prior(args.model)
         else:
             path = download_stable_diffusion(args.model)
     except Exception as err:  # noqa: BLE001 — offline, unknown id, hub errors: one line, never a traceback

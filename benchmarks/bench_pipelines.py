@@ -7,7 +7,7 @@
 Each pipeline of :data:`backend.pipelines.PIPELINES` runs through ``PIPELINES[name].run(config, inputs,
 JobContext(...))`` at its defaults except its step counts, with random weights: the full public architectures
 (``--arch full``: Stable Diffusion 1.5, text-ASLDM-256 + a CLIP ViT-L/14-sized text tower, Shap-E, Point-E
-base40M-textvec + upsampler + SDF) or the tests' tiny presets (``--arch tiny``, a check of this script in a minute).
+base40M-textvec + upsampler + SDF, CLIP ViT-B/32 for Dream Fields) or the tests' tiny presets (``--arch tiny``, a check of this script in a minute).
 A pipeline missing from :data:`CASES` gets a "not covered" row: a new pipeline must add its case here.
 
 Per pipeline, in a fresh child process (so one pipeline's memory neither hides nor inflates another's):
@@ -151,6 +151,12 @@ def _build_latent_paint(arch, device):
     return _sd_build(arch, device, lambda: {"mesh": _mesh(trimesh.creation.icosphere(subdivisions=4))})
 
 
+def _build_refine_mesh(arch, device):
+    import trimesh
+
+    return _sd_build(arch, device, lambda: {"mesh": _mesh(trimesh.creation.icosphere(subdivisions=4))})
+
+
 def _build_latent_nerf(arch, device):
     from bench_latent_nerf_step import blockout
 
@@ -210,6 +216,26 @@ def _build_point_e(arch, device):
     return RandomPointE(device), {"prompt": PROMPT, "model": "auto"}, PipelineInputs()
 
 
+def _build_dream_fields(arch, device):
+    from backend.models.base import TINY_RANDOM
+    from backend.models.cache import ModelCache
+    from backend.pipelines.base import PipelineInputs
+
+    model = TINY_RANDOM if arch == "tiny" else "ViT-B-32/random"  # the default CLIP's architecture, random weights
+    return ModelCache(1), {"prompt": PROMPT, "model": model}, PipelineInputs()
+
+
+def _build_clip_mesh(arch, device):
+    from backend.models.base import TINY_RANDOM
+    from backend.models.cache import ModelCache
+    from backend.pipelines.base import PipelineInputs
+
+    model = TINY_RANDOM if arch == "tiny" else "ViT-B-32/random"  # the default CLIP's architecture, random weights
+    # from the default icosphere; the prior only at tiny size (its public weights are a download)
+    prior = {"prior_model": TINY_RANDOM} if arch == "tiny" else {"use_prior": False}
+    return ModelCache(1), {"prompt": PROMPT, "model": model, **prior}, PipelineInputs()
+
+
 _SDS_WARMUP = {"preview_every": 0, "vae_preview_every": 0}
 _NERF_STAGES = [Stage("fit_sketch", _field("sketch_init_iterations"), lambda c: c.sketch_init_iterations),
                 Stage("optimize", _field("iterations"), lambda c: c.iterations)]
@@ -228,6 +254,18 @@ CASES: dict[str, Case] = {
         "latent_nerf", "previous: Latent-NeRF with the reference hash grid, no occupancy grid", _build_latent_nerf,
         _NERF_STAGES, grid_field="mesh_resolution", warmup=_NERF_WARMUP,
         extra={"hashgrid_impl": "reference", "occupancy_resolution": 0}, previous_of="latent_nerf"),
+    "refine_mesh": Case(
+        "refine_mesh", "Magic3D refinement (`refine_mesh`, icosphere 5120 triangles, 512² renders)",
+        _build_refine_mesh, [Stage("refine", _field("iterations"), lambda c: c.iterations)],
+        grid_field="dmtet_resolution", warmup={**_SDS_WARMUP, "texture_resolution": 64, "partial_every": 0}),
+    "clip_mesh": Case(
+        "clip_mesh", "CLIP-Mesh (`clip_mesh`, icosphere 642 control vertices, CLIP ViT-B/32)", _build_clip_mesh,
+        [Stage("optimize", _field("iterations"), lambda c: c.iterations)],
+        warmup={"preview_every": 0, "partial_every": 0, "texture_size": 64}),
+    "dream_fields": Case(
+        "dream_fields", "Dream Fields (`dream_fields`, CLIP ViT-B/32)", _build_dream_fields,
+        [Stage("optimize", _field("iterations"), lambda c: c.iterations)],
+        grid_field="mesh_resolution", warmup={"preview_every": 0, "mesh_resolution": 32, "texture_size": 64}),
     "shape_ldm": Case(
         "shape_ldm", "Michelangelo text → shape (`shape_ldm`)", _build_shape_ldm,
         [Stage("denoise", _field("num_inference_steps"), lambda c: c.num_inference_steps)],
@@ -258,9 +296,10 @@ CASES: dict[str, Case] = {
 # One measurement (child process).
 # ---------------------------------------------------------------------------------------------------------------------
 
-def measure(case_name: str, arch: str, device_name: str, steps: int, grid: int) -> dict:
-    """Warm up, then one timed run of ``case_name`` with ``steps`` timed steps per stepped stage; see the module's
-    docstring. Returns the JSON-able figures (seconds, MiB)."""
+def measure(case_name: str, arch: str, device_name: str, steps: int, grid: int, low_vram: bool = False) -> dict:
+    """Warm up, then one timed run of ``case_name`` with ``steps`` timed steps per stepped stage (``low_vram``: the
+    model cache loads as under ``--low-vram``); see the module's docstring. Returns the JSON-able figures (seconds,
+    MiB)."""
     from backend.geometry.mesh import MeshError
     from backend.models.devices import resolve_device
     from backend.params import parse_config
@@ -279,6 +318,8 @@ def measure(case_name: str, arch: str, device_name: str, steps: int, grid: int) 
     torch.manual_seed(0)
     t0 = time.perf_counter()
     models, params, inputs = case.build(arch, device)
+    if low_vram:  # the pipelines whose models come from the shared cache load them as `--low-vram` does
+        models.low_vram = True
     params = {**params, **case.extra}
     build_s = time.perf_counter() - t0
 
@@ -348,7 +389,7 @@ def measure(case_name: str, arch: str, device_name: str, steps: int, grid: int) 
 def run_child(case_name: str, args) -> dict:
     """``measure`` in a fresh Python process; its figures, or ``{"error": ...}`` with the child's last output."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", case_name, "--arch", args.arch, "--device",
-           args.device, "--steps", str(args.steps), "--grid", str(args.grid)]
+           args.device, "--steps", str(args.steps), "--grid", str(args.grid)] + (["--low-vram"] if args.low_vram else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_MARK):
@@ -406,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pipelines", nargs="+", choices=tuple(PIPELINES), default=list(PIPELINES),
                     help="pipelines to run (default: all)")
     ap.add_argument("--no-previous", action="store_true", help="skip the previous implementations (latent_nerf's)")
+    ap.add_argument("--low-vram", action="store_true",
+                    help="load models as `serve --low-vram` does (Stable Diffusion pipelines: sliced attention, "
+                         "tiled VAE, text encoder on the CPU)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.steps < 0:
@@ -415,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
         args.grid = 32 if args.arch == "tiny" else 0
 
     if args.child:
-        print(RESULT_MARK + json.dumps(measure(args.child, args.arch, args.device, args.steps, args.grid)),
+        print(RESULT_MARK + json.dumps(measure(args.child, args.arch, args.device, args.steps, args.grid,
+                                               args.low_vram)),
               flush=True)
         return 0
 
@@ -426,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else "no GPU used"
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {threads} threads, "
           f"device {args.device} ({gpu}), arch {args.arch}, {args.steps} timed steps per stage, grid "
-          f"{args.grid or 'default'}", flush=True)
+          f"{args.grid or 'default'}{', --low-vram' if args.low_vram else ''}", flush=True)
     lines = []
     for name in args.pipelines:
         if name not in CASES:

@@ -24,6 +24,7 @@ the pipelines' rasterized renders after their ``flip(1)``.
 from __future__ import annotations
 
 import math
+from typing import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,7 +70,10 @@ class NeRFConfig(Config):
     mlp_width: int = param(64, doc="Hidden width of the MLP.", low=1, high=4096)
     mlp_layers: int = param(3, doc="Linear layers of the MLP (ReLU between them).", low=1, high=32)
     feature_dim: int = param(4, doc="Feature channels of the field: 4 for Stable Diffusion latents (linear output, no "
-                                    "squashing).", low=1, high=64)
+                                    "squashing), 3 for an RGB field.", low=1, high=64)
+    feature_activation: str = param("none", doc="Activation of the feature channels: \"none\" (linear, SD latents) "
+                                                "or \"sigmoid\" (colours in [0, 1], NeRF's RGB head).",
+                                    choices=("none", "sigmoid"))
     bound: float = param(1.0, doc="Half-side of the scene box [-bound, bound]³ (NeRF frame; the sketch is normalised "
                                   "to radius 0.7 inside it).", low=0.0, low_exclusive=True)
     density_activation: str = param("softplus", doc="Density activation: \"softplus\" or \"trunc_exp\" (exp with the "
@@ -347,7 +351,8 @@ class FrequencyEncoding(nn.Module):
 
 
 class LatentNeRF(nn.Module):
-    """The Latent-NeRF field: point → (density, 4 SD-latent features).
+    """The Latent-NeRF field: point → (density, 4 SD-latent features) — or, with ``feature_dim=3`` and
+    ``feature_activation="sigmoid"``, an RGB radiance field (Dream Fields).
 
     Args:
         config: architecture (validated; ValueError names a bad field). None = defaults.
@@ -391,7 +396,7 @@ class LatentNeRF(nn.Module):
 
         Returns:
             ``density`` (...,) float32 >= 0 (per unit length of the NeRF frame) and ``features`` (..., feature_dim)
-            float32 (SD latents, unbounded). Differentiable wrt every parameter.
+            float32 (SD latents, unbounded; in [0, 1] with ``feature_activation="sigmoid"``). Differentiable wrt every parameter.
 
         Raises:
             ValueError: last dimension is not 3.
@@ -402,7 +407,8 @@ class LatentNeRF(nn.Module):
         flat = x.reshape(-1, 3)
         h = self.mlp(self.encoder(flat))
         density = self._activation(h[:, 0] + self.density_blob(flat))
-        return density.reshape(lead), h[:, 1:].reshape(*lead, self.config.feature_dim)
+        features = torch.sigmoid(h[:, 1:]) if self.config.feature_activation == "sigmoid" else h[:, 1:]
+        return density.reshape(lead), features.reshape(*lead, self.config.feature_dim)
 
     def density(self, x: torch.Tensor) -> torch.Tensor:
         """(..., 3) points → (...,) density >= 0 (see :meth:`forward`)."""
@@ -439,3 +445,27 @@ class BackgroundField(torch.nn.Module):
         if self.mlp is not None:
             return self.mlp(F.normalize(rays_d, dim=-1)) + self.constant
         return self.constant.expand(rays_d.shape[0], -1)
+
+
+def density_normals(density_fn: Callable[[torch.Tensor], torch.Tensor], points: torch.Tensor,
+                    eps: float = 0.01) -> torch.Tensor:
+    """Surface normals of a density field: −∇σ / ‖∇σ‖ by central differences (DreamFusion's normals from the density
+    gradient; finite differences because the hash grid has no gradient w.r.t. its input, as threestudio's
+    ``finite_difference`` normals, step 0.01).
+
+    Args:
+        density_fn: ``(n, 3) -> (n,)`` density (e.g. :meth:`LatentNeRF.density`).
+        points: (n, 3) float32 positions, NeRF frame.
+        eps: half the difference step, NeRF-frame units (> 0).
+
+    Returns:
+        (n, 3) unit normals pointing out of the dense region (where σ decreases), differentiable w.r.t. the field's
+        parameters (six extra density evaluations per point); (0, 0, 0) where the density is flat.
+    """
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    offsets = torch.eye(3, dtype=points.dtype, device=points.device) * eps  # (3, 3)
+    probes = torch.cat([points[:, None, :] + offsets, points[:, None, :] - offsets], dim=1)  # (n, 6, 3)
+    sigma = density_fn(probes.reshape(-1, 3)).view(-1, 6)
+    grad = (sigma[:, :3] - sigma[:, 3:]) / (2.0 * eps)
+    return F.normalize(-grad, dim=-1, eps=1e-12)

@@ -8,7 +8,8 @@ converts wire arrays to inputs and results to wire arrays. A new pipeline = one 
 
 from __future__ import annotations
 
-from . import latent_nerf, latent_paint, lion, point_e, shap_e, shape_interpolate, shape_ldm, shape_variations
+from . import (clip_mesh, dream_fields, latent_nerf, latent_paint, lion, point_e, refine_mesh, shap_e,
+               shape_interpolate, shape_ldm, shape_variations)
 from .base import ImageInput, MeshInput, PipelineSpec
 
 PIPELINES: dict[str, PipelineSpec] = {
@@ -21,6 +22,24 @@ PIPELINES: dict[str, PipelineSpec] = {
         latent_nerf.LatentNeRFConfig, latent_nerf.run,
         "Generate a textured mesh from text, optionally following a sketch shape (Latent-NeRF).",
         mesh_inputs=(MeshInput("sketch", False, "sketch shape: a rough blockout the result follows"),),
+        textured=True),
+    "refine_mesh": PipelineSpec(
+        refine_mesh.RefineMeshConfig, refine_mesh.run,
+        "Refine a mesh from text into a detailed textured mesh standing where it stands (Magic3D's fine stage: "
+        "DMTet + SDS at 512² renders).",
+        mesh_inputs=(MeshInput("mesh", True, "mesh to refine: a coarse result or a blockout (open meshes are fine)"),),
+        textured=True),
+    "clip_mesh": PipelineSpec(
+        clip_mesh.CLIPMeshConfig, clip_mesh.run,
+        "Generate or restyle a textured, normal-mapped mesh from text with CLIP (CLIP-Mesh: a Loop subdivision "
+        "surface from a sphere or the given mesh, a texture and a normal map; no Stable Diffusion).",
+        mesh_inputs=(MeshInput("mesh", False, "mesh to start from (shape modes) or to paint (mode texture: kept "
+                                              "exactly, UVs kept if it has them, else xatlas); none = a sphere"),),
+        check_inputs=clip_mesh.check_inputs, textured=True),
+    "dream_fields": PipelineSpec(
+        dream_fields.DreamFieldsConfig, dream_fields.run,
+        "Generate a textured mesh from text with CLIP alone (Dream Fields: a NeRF whose augmented renders CLIP scores "
+        "against the prompt, kept sparse by a transmittance loss).",
         textured=True),
     "shape_ldm": PipelineSpec(
         shape_ldm.ShapeLDMConfig, shape_ldm.run,
