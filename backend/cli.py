@@ -442,8 +442,9 @@ def cmd_serve(args) -> int:
 
 
 def _copy_result(folder: Path, out: Path) -> list[Path]:
-    """Copy a finished job's ``result.glb`` to ``out``, its ``texture.png`` beside it as ``<out>.png`` and its
-    ``normal_map.png`` as ``<out>_normal.png`` (those that exist); returns the paths written."""
+    """Copy a finished job's ``result.glb`` to ``out``, its ``texture.png`` beside it as ``<out>.png``, its
+    ``normal_map.png`` as ``<out>_normal.png`` and each of its result files (``files/<name>``, e.g. VSD's adapter) as
+    ``<out>_<name>`` (those that exist); returns the paths written."""
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(folder / "result.glb", out)
     written = [out]
@@ -451,6 +452,11 @@ def _copy_result(folder: Path, out: Path) -> list[Path]:
                          ("normal_map.png", out.with_name(out.stem + "_normal.png"))):
         if (folder / name).exists():
             shutil.copyfile(folder / name, target)
+            written.append(target)
+    if (folder / "files").is_dir():
+        for path in sorted((folder / "files").iterdir()):
+            target = out.with_name(f"{out.stem}_{path.name}")
+            shutil.copyfile(path, target)
             written.append(target)
     return written
 

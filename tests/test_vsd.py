@@ -284,12 +284,33 @@ def test_cli_runs_latent_paint_with_vsd(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "backend", "run", "latent_paint", "--model", "tiny-random",
                            "--prompt", PROMPT, "--mesh", str(mesh), "--out", str(out), "--iterations", "3",
                            "--texture-size", "64", "--latent-texture-size", "32", "--render-size", "32",
-                           "--guidance", "vsd", "--lora-rank", "2", "--anneal-start", "1", "--no-progress",
-                           "--data-dir", str(tmp_path / "store")],
+                           "--guidance", "vsd", "--lora-rank", "2", "--anneal-start", "1", "--save-adapter",
+                           "--no-progress", "--data-dir", str(tmp_path / "store")],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert out.is_file() and out.stat().st_size > 0
     assert (tmp_path / "ball.png").is_file()
+    # --save-adapter: the trained adapter is kept with the job and written beside the GLB, loadable as an adapter
+    from safetensors import safe_open
+
+    adapter = tmp_path / "ball_vsd_adapter.safetensors"
+    kept = list((tmp_path / "store").rglob("files/vsd_adapter.safetensors"))
+    assert adapter.is_file() and len(kept) == 1 and kept[0].read_bytes() == adapter.read_bytes()
+    with safe_open(str(adapter), framework="pt") as f:
+        assert f.metadata()["lora_rank"] == "2"
+        assert any(k.startswith("lora.") for k in f.keys()) and any(k.startswith("camera_embedding.") for k in f.keys())
+
+
+def test_result_file_names_must_be_plain_names(tmp_path):
+    from backend.serving.store import JobStore
+
+    store = JobStore(tmp_path / "store")
+    job_id = "job-files"
+    store.insert(job_id, "latent_paint", {"prompt": "x"}, {})
+    for bad in ("../escape.bin", "a/b", "", ".hidden"):
+        with pytest.raises(ValueError, match="plain file name"):
+            store.save_result(job_id, {}, {bad: b"x"})
+    assert not (store.job_dir(job_id) / "files").exists()
 
 
 def test_latent_nerf_runs_with_vsd_through_both_stages():

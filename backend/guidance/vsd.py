@@ -297,17 +297,22 @@ class VariationalScoreDistillation:
         """What a job may keep of this guidance: :meth:`adapter_state_dict` (the :class:`~.sds.Guidance` contract)."""
         return self.adapter_state_dict()
 
-    def save_adapter(self, path: str | Path) -> Path:
-        """Write the adapter (LoRA + camera MLP, float32) to one ``.safetensors`` file with its rank and target
-        modules in the header. Returns the path."""
-        from safetensors.torch import save_file
+    def adapter_bytes(self) -> bytes:
+        """The adapter (LoRA + camera MLP, float32) as the bytes of one ``.safetensors`` file with its rank, target
+        modules and camera conditioning in the header (what :meth:`save_adapter` writes, :meth:`load_adapter`
+        reads)."""
+        from safetensors.torch import save
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"format": ADAPTER_FORMAT, "lora_rank": str(self.config.lora_rank),
                 "target_modules": json.dumps(list(LORA_TARGET_MODULES)),
                 "camera_condition": str(self.config.camera_condition)}
-        save_file({k: v.float() for k, v in self.adapter_state_dict().items()}, str(path), metadata=meta)
+        return save({k: v.float() for k, v in self.adapter_state_dict().items()}, metadata=meta)
+
+    def save_adapter(self, path: str | Path) -> Path:
+        """Write :meth:`adapter_bytes` to ``path`` (a ``.safetensors`` file). Returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(self.adapter_bytes())
         return path
 
     def load_adapter(self, path: str | Path) -> None:

@@ -77,6 +77,9 @@ class PipelineResult:
         point_clouds: the output point clouds, in order (pipelines that make points; empty otherwise).
         metadata: JSON-able facts about the run (pipeline, prompt, seed, model, counts…), stored and sent as is.
         timings: seconds per phase.
+        files: named files kept with the job but never sent to the client (e.g. VSD's ``vsd_adapter.safetensors``):
+            the job store writes them into the job's ``files/`` folder, ``run --out`` and ``jobs --export`` beside
+            the GLB as ``<out>_<name>``. Names are plain file names (letters, digits, ``._-``).
         extras: in-process values (tensors) for tests and benchmarks; never sent or stored.
     """
 
@@ -84,6 +87,7 @@ class PipelineResult:
     metadata: dict[str, Any]
     point_clouds: list[ResultPointCloud] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    files: dict[str, bytes] = field(default_factory=dict)
     extras: dict[str, Any] = field(default_factory=dict)
 
 

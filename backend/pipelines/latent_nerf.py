@@ -44,7 +44,8 @@ from ..latent_nerf.volume import get_rays, volume_render
 from ..models.latent_rgb import LATENT_RGB_FACTORS
 from ..params import ParamError, param
 from .base import JobContext, PipelineInputs, PipelineResult, ResultMesh, to_uint8_image
-from .sds_common import SDSPipelineConfig, VaeCodec, build_guidance, maybe_preview, preview_camera
+from .sds_common import (SDSPipelineConfig, VaeCodec, build_guidance, keep_guidance_state, maybe_preview,
+                          preview_camera)
 
 
 @dataclass
@@ -439,5 +440,5 @@ def run(config: LatentNeRFConfig, inputs: PipelineInputs, context: JobContext) -
     pipeline = LatentNeRFPipeline(sd.vae, sd.latent_scaling, context.device)
     with build_guidance(sd, config) as guidance:  # VSD's adapter leaves the cached UNet however the run ends
         result = pipeline(config, guidance, sketch, context)
-        result.extras["guidance_state"] = guidance.state_dict()  # VSD: the trained LoRA + camera MLP (CPU tensors)
+        keep_guidance_state(guidance, config, result)
     return result

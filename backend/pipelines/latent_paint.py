@@ -29,7 +29,8 @@ from ..geometry.render import Rasterizer, make_rasterizer
 from ..guidance.sds import Guidance
 from ..params import param
 from .base import JobContext, PipelineInputs, PipelineResult, ResultMesh, to_uint8_image
-from .sds_common import SDSPipelineConfig, VaeCodec, build_guidance, maybe_preview, preview_camera
+from .sds_common import (SDSPipelineConfig, VaeCodec, build_guidance, keep_guidance_state, maybe_preview,
+                          preview_camera)
 
 
 @dataclass
@@ -221,5 +222,5 @@ def run(config: LatentPaintConfig, inputs: PipelineInputs, context: JobContext) 
     pipeline = LatentPaintPipeline(sd.vae, sd.latent_scaling, make_rasterizer(context.device), context.device)
     with build_guidance(sd, config) as guidance:
         result = pipeline(inputs.meshes["mesh"], config, guidance, context)
-        result.extras["guidance_state"] = guidance.state_dict()  # VSD: the trained LoRA + camera MLP (CPU tensors)
+        keep_guidance_state(guidance, config, result)
     return result

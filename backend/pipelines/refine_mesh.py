@@ -48,7 +48,8 @@ from ..guidance.sds import Guidance
 from ..latent_nerf.field import HashGridEncoding
 from ..params import ParamError, param
 from .base import JobContext, PipelineInputs, PipelineResult, ResultMesh, to_uint8_image
-from .sds_common import SDSPipelineConfig, VaeCodec, build_guidance, maybe_preview, preview_camera
+from .sds_common import (SDSPipelineConfig, VaeCodec, build_guidance, keep_guidance_state, maybe_preview,
+                          preview_camera)
 
 NORMALIZED_RADIUS = 0.6
 """Farthest input vertex from the bounding-box centre in the normalised frame (Latent-Paint's camera convention)."""
@@ -412,5 +413,5 @@ def run(config: RefineMeshConfig, inputs: PipelineInputs, context: JobContext) -
                                   context.device)
     with build_guidance(sd, config) as guidance:  # VSD's adapter leaves the cached UNet however the run ends
         result = pipeline(inputs.meshes["mesh"], config, guidance, context)
-        result.extras["guidance_state"] = guidance.state_dict()
+        keep_guidance_state(guidance, config, result)
     return result

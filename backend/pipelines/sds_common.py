@@ -52,6 +52,8 @@ class SDSPipelineConfig(Config):
                                                   "to the timestep embedding).")
     lora_guidance_scale: float = param(1.0, doc="VSD: classifier-free guidance scale of the LoRA (1 = conditional "
                                                 "only).", low=0.0, high=100.0)
+    save_adapter: bool = param(False, doc="VSD: keep the trained LoRA adapter with the job (vsd_adapter.safetensors; "
+                                          "written beside the GLB by run --out and jobs --export).")
     radius_range: tuple[float, float] = param((1.0, 1.5), doc="Camera distance range (Latent-Paint: the mesh is "
                                               "normalised to radius 0.6; Latent-NeRF: the scene box is [-1, 1]³).",
                                               low=0.1, high=100.0)
@@ -119,6 +121,20 @@ def build_guidance(sd, config: SDSPipelineConfig) -> Guidance:
     if config.guidance == "vsd":
         return build_vsd(sd, config)
     return build_sds(sd, config)
+
+
+ADAPTER_FILE = "vsd_adapter.safetensors"
+"""The result file that holds VSD's trained adapter when ``save_adapter`` is set."""
+
+
+def keep_guidance_state(guidance: Guidance, config: SDSPipelineConfig, result) -> None:
+    """Record what the guidance learned in ``result`` (a :class:`~backend.pipelines.base.PipelineResult`) before the
+    guidance closes: ``extras['guidance_state']`` (tensors, in-process) always, and under ``--guidance vsd
+    --save-adapter`` the adapter file :data:`ADAPTER_FILE` in ``result.files`` (named in ``metadata['files']``)."""
+    result.extras["guidance_state"] = guidance.state_dict()  # VSD: the trained LoRA + camera MLP (CPU tensors)
+    if config.guidance == "vsd" and config.save_adapter:
+        result.files[ADAPTER_FILE] = guidance.adapter_bytes()
+        result.metadata["files"] = sorted(result.files)
 
 
 class VaeCodec:

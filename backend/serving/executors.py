@@ -78,11 +78,13 @@ class JobOutput:
         arrays: the result's wire arrays (:func:`backend.pipelines.io.result_to_arrays`).
         metadata: the pipeline's JSON-able facts about the run.
         timings: seconds per phase, as the pipeline measured them.
+        files: the result's named files (:attr:`backend.pipelines.base.PipelineResult.files`), kept with the job.
     """
 
     arrays: dict[str, np.ndarray]
     metadata: dict
     timings: dict[str, float]
+    files: dict[str, bytes] = field(default_factory=dict)
 
 
 class JobFailed(Exception):
@@ -150,7 +152,7 @@ def run_pipeline(request: JobRequest, device: torch.device, models, events: JobE
     config = parse_config(spec.config_class, request.params)
     inputs = inputs_from_arrays(request.pipeline, spec, request.inputs)
     result = spec.run(config, inputs, context)
-    return JobOutput(result_to_arrays(result), result.metadata, result.timings)
+    return JobOutput(result_to_arrays(result), result.metadata, result.timings, dict(result.files))
 
 
 class LocalWorker:

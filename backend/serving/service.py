@@ -438,7 +438,7 @@ class JobService:
             request = JobRequest(job_id, job["pipeline"], job["params"], self.store.load_inputs(job_id))
             output = worker.run(request, events)
             arrays = output.arrays
-            self.store.save_result(job_id, arrays)
+            self.store.save_result(job_id, arrays, output.files)
             if live.last_preview:
                 self.store.save_preview(job_id, live.last_preview[1])
         except JobCancelled:

@@ -39,6 +39,9 @@ from ..geometry.mesh import save_glb, side_by_side
 from ..pipelines.io import meshes_from_arrays, point_clouds_from_arrays
 from .identities import ADMIN_NAME
 
+RESULT_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+"""A pipeline's result file name (:attr:`backend.pipelines.base.PipelineResult.files`): a plain name, no folders."""
+
 log = logging.getLogger(__name__)
 
 TERMINAL = ("done", "failed", "cancelled")
@@ -252,14 +255,26 @@ class JobStore:
         with np.load(self.job_dir(job_id) / "inputs.npz", allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
 
-    def save_result(self, job_id: str, arrays: dict[str, np.ndarray]) -> None:
+    def save_result(self, job_id: str, arrays: dict[str, np.ndarray], files: dict[str, bytes] | None = None) -> None:
         """Write ``result.npz`` (the result's wire arrays, every mesh and point cloud), ``texture.png``,
-        ``normal_map.png`` (the first mesh's tangent-space normal map, when it has one) and ``result.glb`` (every
+        ``normal_map.png`` (the first mesh's tangent-space normal map, when it has one), ``result.glb`` (every
         mesh with its vertex colours, then every point cloud: one node each, named like the wire groups, laid out
-        side by side) into the job folder."""
+        side by side) and the pipeline's named ``files`` (into ``files/``) into the job folder.
+
+        Raises:
+            ValueError: a file name that is not a plain name (:data:`RESULT_FILE_NAME`); nothing is written then.
+        """
         from PIL import Image
 
+        files = files or {}
+        for name in files:
+            if not isinstance(name, str) or not RESULT_FILE_NAME.fullmatch(name):
+                raise ValueError(f"result file name {name!r} is not a plain file name (letters, digits, '._-')")
         folder = self.job_dir(job_id)
+        if files:
+            (folder / "files").mkdir(exist_ok=True)
+            for name, data in files.items():
+                (folder / "files" / name).write_bytes(bytes(data))
         np.savez(folder / "result.npz", **arrays)
         results = meshes_from_arrays(arrays)
         clouds = point_clouds_from_arrays(arrays)
