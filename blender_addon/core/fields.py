@@ -28,10 +28,15 @@ from typing import Any
 TEXTURE = ("latent_paint",)
 GENERATE = ("latent_nerf",)
 SD_METHODS = TEXTURE + GENERATE
+CLIP_METHODS = ("clip_mesh", "dream_fields")
+"""CLIP-guided methods (Texture, Generate): only the seed is a shared widget; every other setting is the backend's."""
+REFINE = ("refine_mesh",)
 SHAPES = ("shape_ldm", "shape_variations", "shape_interpolate")
-SHAPE_MODELS = ("shape_ldm", "shap_e", "point_e")
+SHAPE_MODELS = ("shape_ldm", "shap_e", "point_e", "lion_generate")
 """The Shape panel's models (its Generate Shape pipelines); their shared settings are one widget each."""
-SHAPE_ALL = SHAPES + SHAPE_MODELS[1:]
+LION_ROLES = ("lion_variations", "lion_interpolate", "lion_denoise", "lion_from_blockout")
+"""LION's pipelines beside ``lion_generate`` (the Shape panel's other boxes)."""
+SHAPE_ALL = SHAPES + SHAPE_MODELS[1:] + LION_ROLES
 """Settings with the same meaning and default for every shape model (seed) are shared by all of them; the sampler's
 steps, guidance and grid are Michelangelo's widgets only, because each model has its own defaults there (Shap-E:
 64 Heun steps, guidance 15 / 3, a 128³ grid; Point-E: 64 Karras steps, guidance 3, 128³): for Shap-E and Point-E
@@ -75,7 +80,8 @@ class SettingField:
 
 
 SETTING_FIELDS: tuple[SettingField, ...] = (
-    SettingField("seed", "Seed", "seed", SD_METHODS + SHAPE_ALL, default=0, min=0, max=BLENDER_INT_MAX),
+    SettingField("seed", "Seed", "seed", SD_METHODS + CLIP_METHODS + REFINE + SHAPE_ALL, default=0, min=0,
+                 max=BLENDER_INT_MAX),
     SettingField("iterations", "Iterations", "iterations", SD_METHODS, default=5000, min=1, max=100_000,
                  soft_max=20_000),
     SettingField("guidance_scale", "Guidance Scale", "guidance_scale", SD_METHODS, default=100.0, min=0.0,
