@@ -8,7 +8,8 @@ converts wire arrays to inputs and results to wire arrays. A new pipeline = one 
 
 from __future__ import annotations
 
-from . import latent_nerf, latent_paint, point_e, shap_e, shape_interpolate, shape_ldm, shape_variations
+from . import (latent_nerf, latent_paint, point_e, refine_mesh, shap_e, shape_interpolate, shape_ldm,
+               shape_variations)
 from .base import ImageInput, MeshInput, PipelineSpec
 
 PIPELINES: dict[str, PipelineSpec] = {
@@ -21,6 +22,12 @@ PIPELINES: dict[str, PipelineSpec] = {
         latent_nerf.LatentNeRFConfig, latent_nerf.run,
         "Generate a textured mesh from text, optionally following a sketch shape (Latent-NeRF).",
         mesh_inputs=(MeshInput("sketch", False, "sketch shape: a rough blockout the result follows"),),
+        textured=True),
+    "refine_mesh": PipelineSpec(
+        refine_mesh.RefineMeshConfig, refine_mesh.run,
+        "Refine a mesh from text into a detailed textured mesh standing where it stands (Magic3D's fine stage: "
+        "DMTet + SDS at 512² renders).",
+        mesh_inputs=(MeshInput("mesh", True, "mesh to refine: a coarse result or a blockout (open meshes are fine)"),),
         textured=True),
     "shape_ldm": PipelineSpec(
         shape_ldm.ShapeLDMConfig, shape_ldm.run,
