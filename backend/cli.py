@@ -72,6 +72,8 @@ log = logging.getLogger("backend")
 
 # Flags every pipeline shares, in the order `--help` shows them (the rest of each config follows).
 SHARED_FLAGS = ("model", "prompt", "negative_prompt", "seed", "iterations")
+LOW_VRAM_HELP = ("trade speed for GPU memory: sliced attention, sliced/tiled VAE with gradient checkpointing, the text "
+                 "encoder on the CPU (Stable Diffusion pipelines); same results")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -196,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-download", action="store_true",
                        help="let jobs download missing models from the Hugging Face Hub")
     serve.add_argument("--keep-models", type=_positive_int, default=1, help="models kept loaded between jobs")
+    serve.add_argument("--low-vram", action="store_true", help=LOW_VRAM_HELP)
     serve.add_argument("--max-connections", type=_positive_int, default=64,
                        help="most client connections at once, authenticated or not (default 64)")
     serve.add_argument("--max-client-queue-mb", type=_positive_int, default=256,
@@ -234,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "; its texture is also written beside it as .png" if spec.textured else ""))
         p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
         p.add_argument("--allow-download", action="store_true", help="download the model if it is not cached")
+        p.add_argument("--low-vram", action="store_true", help=LOW_VRAM_HELP)
         _config_flags(p, spec.config_class)
         _add_common(p)
 
@@ -327,7 +331,8 @@ def _executor(args):
         return None
     if args.ray_workers < 0:
         raise ValueError(f"--ray-workers must be >= 0, got {args.ray_workers}")
-    return RayExecutor(args.ray_address, args.ray_workers, args.device, args.keep_models, args.allow_download)
+    return RayExecutor(args.ray_address, args.ray_workers, args.device, args.keep_models, args.allow_download,
+                       args.low_vram)
 
 
 def check_bind(host: str, use_tls: bool, insecure: bool) -> None:
@@ -375,7 +380,8 @@ def cmd_serve(args) -> int:
     except ImportError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    service = JobService(_data_dir(args), _device(args), ModelCache(args.keep_models, args.allow_download),
+    models = ModelCache(args.keep_models, args.allow_download, args.low_vram)
+    service = JobService(_data_dir(args), _device(args), models,
                          max_store_bytes=max_store_bytes, max_job_age_s=max_job_age_s, executor=executor)
     server = BackendServer(service, token, args.host, args.port, max_payload=args.max_payload_mb << 20,
                            max_connections=args.max_connections, max_client_queue=args.max_client_queue_mb << 20,
@@ -424,7 +430,8 @@ def cmd_run(args) -> int:
             print(f"error: --{image_input.name.replace('_', '-')}: {err}", file=sys.stderr)
             return 2
     device = _device(args, spec.config_class, params.get("model"))
-    service = JobService(_data_dir(args), device, ModelCache(1, args.allow_download), start_worker=False)
+    service = JobService(_data_dir(args), device, ModelCache(1, args.allow_download, args.low_vram),
+                         start_worker=False)
     outcome: dict = {}
     progress = ProgressReporter(sys.stderr, enabled=not (args.no_progress or args.quiet))
 

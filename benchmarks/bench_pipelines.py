@@ -258,9 +258,10 @@ CASES: dict[str, Case] = {
 # One measurement (child process).
 # ---------------------------------------------------------------------------------------------------------------------
 
-def measure(case_name: str, arch: str, device_name: str, steps: int, grid: int) -> dict:
-    """Warm up, then one timed run of ``case_name`` with ``steps`` timed steps per stepped stage; see the module's
-    docstring. Returns the JSON-able figures (seconds, MiB)."""
+def measure(case_name: str, arch: str, device_name: str, steps: int, grid: int, low_vram: bool = False) -> dict:
+    """Warm up, then one timed run of ``case_name`` with ``steps`` timed steps per stepped stage (``low_vram``: the
+    model cache loads as under ``--low-vram``); see the module's docstring. Returns the JSON-able figures (seconds,
+    MiB)."""
     from backend.geometry.mesh import MeshError
     from backend.models.devices import resolve_device
     from backend.params import parse_config
@@ -279,6 +280,8 @@ def measure(case_name: str, arch: str, device_name: str, steps: int, grid: int) 
     torch.manual_seed(0)
     t0 = time.perf_counter()
     models, params, inputs = case.build(arch, device)
+    if low_vram:  # the pipelines whose models come from the shared cache load them as `--low-vram` does
+        models.low_vram = True
     params = {**params, **case.extra}
     build_s = time.perf_counter() - t0
 
@@ -348,7 +351,7 @@ def measure(case_name: str, arch: str, device_name: str, steps: int, grid: int) 
 def run_child(case_name: str, args) -> dict:
     """``measure`` in a fresh Python process; its figures, or ``{"error": ...}`` with the child's last output."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", case_name, "--arch", args.arch, "--device",
-           args.device, "--steps", str(args.steps), "--grid", str(args.grid)]
+           args.device, "--steps", str(args.steps), "--grid", str(args.grid)] + (["--low-vram"] if args.low_vram else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_MARK):
@@ -406,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pipelines", nargs="+", choices=tuple(PIPELINES), default=list(PIPELINES),
                     help="pipelines to run (default: all)")
     ap.add_argument("--no-previous", action="store_true", help="skip the previous implementations (latent_nerf's)")
+    ap.add_argument("--low-vram", action="store_true",
+                    help="load models as `serve --low-vram` does (Stable Diffusion pipelines: sliced attention, "
+                         "tiled VAE, text encoder on the CPU)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.steps < 0:
@@ -415,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         args.grid = 32 if args.arch == "tiny" else 0
 
     if args.child:
-        print(RESULT_MARK + json.dumps(measure(args.child, args.arch, args.device, args.steps, args.grid)),
+        print(RESULT_MARK + json.dumps(measure(args.child, args.arch, args.device, args.steps, args.grid,
+                                               args.low_vram)),
               flush=True)
         return 0
 
@@ -426,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu = torch.cuda.get_device_name(torch.device(args.device)) if args.device.startswith("cuda") else "no GPU used"
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, {threads} threads, "
           f"device {args.device} ({gpu}), arch {args.arch}, {args.steps} timed steps per stage, grid "
-          f"{args.grid or 'default'}", flush=True)
+          f"{args.grid or 'default'}{', --low-vram' if args.low_vram else ''}", flush=True)
     lines = []
     for name in args.pipelines:
         if name not in CASES:

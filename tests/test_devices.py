@@ -138,3 +138,56 @@ def test_an_out_of_memory_fails_its_job_clearly_empties_the_cache_and_the_next_j
     finally:
         service.shutdown()
 
+
+
+def test_the_cache_passes_low_vram_only_to_loaders_that_declare_it():
+    calls = []
+
+    def plain_loader(model, device, dtype, allow_download=False):
+        calls.append(("plain", model))
+        return "plain"
+
+    def lean_loader(model, device, dtype, allow_download=False, low_vram=False):
+        calls.append(("lean", low_vram))
+        return "lean"
+
+    cache = ModelCache(capacity=4, low_vram=True)
+    assert cache.get(plain_loader, "m", torch.device("cpu")) == "plain"
+    assert cache.get(lean_loader, "m", torch.device("cpu")) == "lean"
+    assert calls == [("plain", "m"), ("lean", True)]
+    ModelCache(capacity=4).get(lean_loader, "m", torch.device("cpu"))
+    assert calls[-1] == ("lean", False)
+
+
+def test_low_vram_switches_stable_diffusion_to_its_lean_mode_and_keeps_the_noise_prediction():
+    from backend.geometry.cameras import sample_cameras
+    from backend.guidance.denoiser import StableDiffusionDenoiser
+    from backend.models.stable_diffusion import load_stable_diffusion
+
+    normal = load_stable_diffusion("tiny-random", "cpu")
+    lean = load_stable_diffusion("tiny-random", "cpu", low_vram=True)
+    assert not normal.vae.use_tiling and lean.vae.use_tiling and lean.vae.use_slicing
+    assert lean.vae.is_gradient_checkpointing and not normal.vae.is_gradient_checkpointing
+    assert any("Sliced" in type(p).__name__ for p in lean.unet.attn_processors.values())
+    assert not any("Sliced" in type(p).__name__ for p in normal.unet.attn_processors.values())
+    assert lean.text_encoder.device == torch.device("cpu") and lean.text_encoder.dtype == torch.float32
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 4, 16, 16, generator=g)
+    cameras = sample_cameras(2, g)
+    t = torch.tensor([100, 700])
+    preds = [StableDiffusionDenoiser(c, "a red chair", guidance_scale=7.5).predict_noise(latents, t, cameras)
+             for c in (normal, lean)]
+    torch.testing.assert_close(preds[0], preds[1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("loader_path,model", [("backend.point_e.model:load_point_e", "tiny-sdf"),
+                                               ("backend.models.shap_e:load_shap_e", "tiny-random")])
+def test_shape_models_that_would_not_fit_are_refused_before_loading(monkeypatch, loader_path, model):
+    import importlib
+
+    module_name, name = loader_path.split(":")
+    loader = getattr(importlib.import_module(module_name), name)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(devices, "device_memory", lambda device: DeviceMemory(total=8_000, free=10))
+    with pytest.raises(InsufficientMemoryError, match=f"model {model!r} needs"):
+        loader(model, "cuda")

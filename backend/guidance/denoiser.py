@@ -57,9 +57,10 @@ class StableDiffusionDenoiser:
     def encode_prompt(self, texts: list[str]) -> torch.Tensor:
         """``len(texts)`` strings → ``(N, 77, D)`` CLIP last hidden states on the model's device and dtype."""
         tok = self.components.tokenizer
+        encoder = self.components.text_encoder  # on the CPU under --low-vram (apply_low_vram)
         ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids.to(self.components.device)
-        return self.components.text_encoder(ids)[0].to(self.components.dtype)
+                  return_tensors="pt").input_ids.to(encoder.device)
+        return encoder(ids)[0].to(device=self.components.device, dtype=self.components.dtype)
 
     @torch.no_grad()
     def predict_noise(self, latents_noisy: torch.Tensor, timesteps: torch.Tensor, cameras: CameraBatch) -> torch.Tensor:

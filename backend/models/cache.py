@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import threading
 from typing import Any, Callable, TypeVar
 
@@ -17,13 +18,21 @@ class ModelCache:
     """Keeps recently used models loaded between jobs (the service runs one GPU job at a time).
 
     Thread-safe. Holds at most ``capacity`` entries, evicting the least recently used (and emptying the CUDA cache).
+
+    Args:
+        capacity: models kept loaded (``serve --keep-models``).
+        allow_download: loaders may fetch missing weights from the Hub.
+        low_vram: ``--low-vram``: passed as ``low_vram=True`` to every loader that declares a ``low_vram`` parameter
+            (e.g. :func:`~backend.models.stable_diffusion.load_stable_diffusion`: attention slicing, VAE tiling and
+            checkpointing, text encoder on the CPU); loaders without one load as usual.
     """
 
-    def __init__(self, capacity: int = 1, allow_download: bool = False):
+    def __init__(self, capacity: int = 1, allow_download: bool = False, low_vram: bool = False):
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
         self.allow_download = allow_download
+        self.low_vram = bool(low_vram)
         self._entries: dict[tuple, Any] = {}
         self._lock = threading.Lock()
         self.loads = 0  # how many real loads happened (tests assert warm reuse)
@@ -40,8 +49,11 @@ class ModelCache:
             whatever ``loader`` raises (:class:`~backend.models.base.ModelNotFoundError` for unknown models); nothing
             is cached then.
         """
-        key = (f"{loader.__module__}.{loader.__qualname__}", model, str(device), str(dtype))
-        return self._get(key, lambda: loader(model, device, dtype, allow_download=self.allow_download))
+        options = {"allow_download": self.allow_download}
+        if self.low_vram and "low_vram" in inspect.signature(loader).parameters:
+            options["low_vram"] = True
+        key = (f"{loader.__module__}.{loader.__qualname__}", model, str(device), str(dtype), options.get("low_vram"))
+        return self._get(key, lambda: loader(model, device, dtype, **options))
 
     def stable_diffusion(self, model: str, device: torch.device, dtype: torch.dtype | None = None):
         """Shorthand for ``get(load_stable_diffusion, model, device, dtype)`` (Stable Diffusion components)."""

@@ -40,7 +40,7 @@ from typing import Any, Callable
 import torch
 
 from .base import TINY_RANDOM, ModelNotFoundError
-from .devices import default_dtype, resolve_device
+from .devices import check_fits, default_dtype, resolve_device, weight_bytes
 from .tokenizers import byte_level_clip_tokenizer
 
 log = logging.getLogger(__name__)
@@ -258,6 +258,9 @@ def load_shap_e(model: str = TEXT_MODEL, device: str | torch.device = "auto", dt
             raise ModelNotFoundError(f"Shap-E model path {model!r} does not exist")
         else:
             bundle = _load(model, model, _kind_of_hub_model(model, allow_download), not allow_download)
+    pipes = [pipe for pipe in (bundle.text, bundle.image) if pipe is not None]
+    modules = {id(m): m for pipe in pipes for m in pipe.components.values() if isinstance(m, torch.nn.Module)}
+    check_fits(device, weight_bytes(modules.values(), dtype), f"Shap-E model {model!r}")
     for pipe in (bundle.text, bundle.image):
         if pipe is not None:
             with _quiet_libraries():

@@ -138,7 +138,8 @@ def _not_found(model: str, err: Exception) -> ModelNotFoundError:
 
 
 def load_stable_diffusion(model: str = DEFAULT_SD_MODEL, device: str | torch.device = "auto",
-                          dtype: torch.dtype | None = None, allow_download: bool = False) -> StableDiffusionComponents:
+                          dtype: torch.dtype | None = None, allow_download: bool = False,
+                          low_vram: bool = False) -> StableDiffusionComponents:
     """Load Stable Diffusion components for score distillation.
 
     Args:
@@ -147,9 +148,11 @@ def load_stable_diffusion(model: str = DEFAULT_SD_MODEL, device: str | torch.dev
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``…
         dtype: weight dtype; default fp16 on CUDA, fp32 on CPU.
         allow_download: fetch from the Hub when missing from the cache; otherwise never touch the network.
+        low_vram: trade speed for accelerator memory (``--low-vram``), see :func:`apply_low_vram`.
 
     Returns:
-        Components on ``device`` in eval mode with ``requires_grad=False``.
+        Components on ``device`` in eval mode with ``requires_grad=False`` (the text encoder on the CPU in fp32 under
+        ``low_vram``).
 
     Raises:
         ModelNotFoundError: the id/path cannot be resolved locally; the message names it and says how to get it.
@@ -171,12 +174,35 @@ def load_stable_diffusion(model: str = DEFAULT_SD_MODEL, device: str | torch.dev
             raise ModelNotFoundError(f"model path {model!r} does not exist")
         else:
             comps = _load_hub(model, allow_download)
-    modules = (comps.unet, comps.vae, comps.text_encoder)
-    check_fits(device, weight_bytes(modules, dtype), f"model {model!r} (UNet + VAE + text encoder)")
+    modules = (comps.unet, comps.vae) if low_vram else (comps.unet, comps.vae, comps.text_encoder)
+    what = "UNet + VAE" if low_vram else "UNet + VAE + text encoder"
+    check_fits(device, weight_bytes(modules, dtype), f"model {model!r} ({what})")
     for module in modules:
         module.to(device) if next(module.parameters()).dtype == dtype else module.to(device=device, dtype=dtype)
     comps.device, comps.dtype = device, dtype
+    if low_vram:
+        apply_low_vram(comps)
     return comps
+
+
+def apply_low_vram(comps: StableDiffusionComponents) -> None:
+    """Switch ``comps`` to the low-memory mode of ``--low-vram`` (in place), with diffusers' own switches.
+
+    - UNet: sliced attention (``set_attention_slice("auto")``: the attention of the heads is computed in two halves,
+      so the (B·heads, HW, HW) score tensor of the 64² level is never whole at once).
+    - VAE: sliced (one image at a time) and tiled (512² tiles with blended seams) encode/decode, and gradient
+      checkpointing, so SDS through the VAE encoder (RGB renders) keeps activations of one block at a time.
+    - Text encoder: kept on the CPU in fp32; prompts are encoded once per job there and the embeddings moved to the
+      device (:meth:`backend.guidance.denoiser.StableDiffusionDenoiser.encode_prompt` follows the encoder's device).
+
+    Results do not change beyond floating-point rounding; steps get slower (measure: ``benchmarks/bench_pipelines.py
+    --low-vram``).
+    """
+    comps.unet.set_attention_slice("auto")
+    comps.vae.enable_slicing()
+    comps.vae.enable_tiling()
+    comps.vae.enable_gradient_checkpointing()
+    comps.text_encoder.to(device="cpu", dtype=torch.float32)
 
 
 def _from_pipeline(pipe, model: str) -> StableDiffusionComponents:

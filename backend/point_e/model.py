@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..models.base import TINY_RANDOM, ModelNotFoundError
-from ..models.devices import resolve_device
+from ..models.devices import check_fits, resolve_device, weight_bytes
 from .checkpoint import (CheckpointError, checkpoint_path, detect_preset, download_checkpoint, load_state_dict_checked,
                          read_state_dict)
 from .clip import PointECLIP
@@ -101,6 +101,7 @@ def load_point_e(model: str, device: str | torch.device = "auto", dtype: torch.d
             load_state_dict_checked(net, state, str(source))
         except CheckpointError as err:
             raise ModelNotFoundError(f"could not load {model!r} as a Point-E model: {err}") from err
+    check_fits(device, weight_bytes([net], dtype), f"Point-E model {model!r}")
     net = net.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return PointENet(preset=preset, net=net, model_id=model, device=device, dtype=dtype)
 

@@ -70,12 +70,14 @@ class _JobActor:
         device: torch device spelling resolved here (``auto``: the GPU Ray gave this actor, else the CPU).
         keep_models: models kept warm in this actor's cache.
         allow_download: let jobs download missing models.
+        low_vram: ``--low-vram`` in every actor.
+        low_vram: ``--low-vram`` (see :class:`~backend.models.cache.ModelCache`).
     """
 
-    def __init__(self, name: str, device: str, keep_models: int, allow_download: bool):
+    def __init__(self, name: str, device: str, keep_models: int, allow_download: bool, low_vram: bool = False):
         self.name = name
         self.device = resolve_device(device)
-        self.models = ModelCache(keep_models, allow_download)
+        self.models = ModelCache(keep_models, allow_download, low_vram)
         self._cancel: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
 
@@ -206,13 +208,14 @@ class RayExecutor:
         device: the torch device spelling each actor resolves (``auto``: its GPU, else the CPU).
         keep_models: models kept warm in each actor.
         allow_download: let jobs download missing models.
+        low_vram: ``--low-vram`` in every actor.
     Raises:
         ImportError: Ray is not installed (``install.py --studio``). ValueError: the cluster has fewer GPUs than
         ``num_workers`` (or none). ``ray.exceptions.GetTimeoutError``: an actor did not start in time.
     """
 
     def __init__(self, address: str | None = None, num_workers: int = 0, device: str = "auto", keep_models: int = 1,
-                 allow_download: bool = False):
+                 allow_download: bool = False, low_vram: bool = False):
         try:
             import ray
             import ray.exceptions
@@ -233,7 +236,8 @@ class RayExecutor:
             raise ValueError(f"the Ray cluster has {gpus} GPU(s); --executor ray starts one actor per GPU "
                              f"({'asked for ' + str(num_workers) if num_workers else 'none to start'}): add GPU "
                              f"machines with `ray start --address HEAD:PORT`")
-        self._options = {"device": device, "keep_models": keep_models, "allow_download": allow_download}
+        self._options = {"device": device, "keep_models": keep_models, "allow_download": allow_download,
+                         "low_vram": low_vram}
         self._actor_class = ray.remote(num_gpus=1, max_concurrency=2, max_restarts=0)(_JobActor)
         self._count = 0
         self._count_lock = threading.Lock()
