@@ -15,7 +15,8 @@ command).
   ``image-ASLDM-256``, ``shapevae-256``) with the CLIP it needs, or a Shap-E pipeline (``openai/shap-e``,
   ``openai/shap-e-img2img``), into the Hugging Face cache, or a public Point-E checkpoint (``base40M-textvec``,
   ``base40M``, ``base300M``, ``base1B``, ``upsample``, ``sdf``) into its cache folder with the CLIP tower it needs
-  (the only command that downloads).
+  (the only command that downloads), or a CLIP model for CLIP guidance (``ViT-B-32/openai`` and other open_clip
+  ``<arch>/<tag>``, ``openai/clip-vit-base-patch32`` and the other OpenAI transformers ids).
 - ``tokens add NAME [--admin] | list | revoke NAME``: one token per artist (tokens.json in the LatentForge home); a
   running ``serve`` picks changes up at the next hello.
 - ``tls fingerprint | make``: the SHA-256 fingerprint of the backend's TLS certificate (what the add-on pins), or
@@ -52,6 +53,7 @@ from .michelangelo.train import TRAINERS
 from .models.cache import ModelCache
 from .models.devices import resolve_device
 from .models.base import TINY_RANDOM, ModelNotFoundError
+from .models.clip import DEFAULT_CLIP_MODEL, download_clip, is_clip_model
 from .models.shap_e import SHAP_E_MODELS, download_shap_e
 from .models.stable_diffusion import DEFAULT_SD_MODEL, download_stable_diffusion
 from .point_e.config import PRESETS as POINT_E_PRESETS
@@ -290,13 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
                       help="host name or IP the certificate names (repeatable; this machine's name, localhost and "
                            "127.0.0.1 are always added)")
 
-    download = sub.add_parser("download", help="download a Stable Diffusion model, a Michelangelo checkpoint, or a "
-                                               "Shap-E or Point-E model")
+    download = sub.add_parser("download", help="download a Stable Diffusion model, a Michelangelo checkpoint, a "
+                                               "Shap-E or Point-E model, or a CLIP model")
     _add_verbosity(download)
     download.add_argument("model", nargs="?", default=DEFAULT_SD_MODEL,
                           help=f"a Stable Diffusion Hugging Face id (default {DEFAULT_SD_MODEL}), or text-ASLDM-256, "
                                f"image-ASLDM-256, shapevae-256 (Michelangelo, with CLIP ViT-L/14), or "
-                               f"{', '.join(SHAP_E_MODELS)} (Shap-E), or {', '.join(POINT_E_PRESETS)} (Point-E)")
+                               f"{', '.join(SHAP_E_MODELS)} (Shap-E), or {', '.join(POINT_E_PRESETS)} (Point-E), or "
+                               f"{DEFAULT_CLIP_MODEL} / another open_clip <arch>/<tag> / openai/clip-vit-base-patch32 "
+                               f"(CLIP guidance)")
     return parser
 
 
@@ -605,6 +609,8 @@ def cmd_download(args) -> int:
             path = download_shap_e(args.model)
         elif args.model in POINT_E_PRESETS:
             path = download_point_e(args.model)
+        elif is_clip_model(args.model):
+            path = download_clip(args.model)
         else:
             path = download_stable_diffusion(args.model)
     except Exception as err:  # noqa: BLE001 — offline, unknown id, hub errors: one line, never a traceback

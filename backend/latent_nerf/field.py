@@ -69,7 +69,10 @@ class NeRFConfig(Config):
     mlp_width: int = param(64, doc="Hidden width of the MLP.", low=1, high=4096)
     mlp_layers: int = param(3, doc="Linear layers of the MLP (ReLU between them).", low=1, high=32)
     feature_dim: int = param(4, doc="Feature channels of the field: 4 for Stable Diffusion latents (linear output, no "
-                                    "squashing).", low=1, high=64)
+                                    "squashing), 3 for an RGB field.", low=1, high=64)
+    feature_activation: str = param("none", doc="Activation of the feature channels: \"none\" (linear, SD latents) "
+                                                "or \"sigmoid\" (colours in [0, 1], NeRF's RGB head).",
+                                    choices=("none", "sigmoid"))
     bound: float = param(1.0, doc="Half-side of the scene box [-bound, bound]³ (NeRF frame; the sketch is normalised "
                                   "to radius 0.7 inside it).", low=0.0, low_exclusive=True)
     density_activation: str = param("softplus", doc="Density activation: \"softplus\" or \"trunc_exp\" (exp with the "
@@ -347,7 +350,8 @@ class FrequencyEncoding(nn.Module):
 
 
 class LatentNeRF(nn.Module):
-    """The Latent-NeRF field: point → (density, 4 SD-latent features).
+    """The Latent-NeRF field: point → (density, 4 SD-latent features) — or, with ``feature_dim=3`` and
+    ``feature_activation="sigmoid"``, an RGB radiance field (Dream Fields).
 
     Args:
         config: architecture (validated; ValueError names a bad field). None = defaults.
@@ -391,7 +395,7 @@ class LatentNeRF(nn.Module):
 
         Returns:
             ``density`` (...,) float32 >= 0 (per unit length of the NeRF frame) and ``features`` (..., feature_dim)
-            float32 (SD latents, unbounded). Differentiable wrt every parameter.
+            float32 (SD latents, unbounded; in [0, 1] with ``feature_activation="sigmoid"``). Differentiable wrt every parameter.
 
         Raises:
             ValueError: last dimension is not 3.
@@ -402,7 +406,8 @@ class LatentNeRF(nn.Module):
         flat = x.reshape(-1, 3)
         h = self.mlp(self.encoder(flat))
         density = self._activation(h[:, 0] + self.density_blob(flat))
-        return density.reshape(lead), h[:, 1:].reshape(*lead, self.config.feature_dim)
+        features = torch.sigmoid(h[:, 1:]) if self.config.feature_activation == "sigmoid" else h[:, 1:]
+        return density.reshape(lead), features.reshape(*lead, self.config.feature_dim)
 
     def density(self, x: torch.Tensor) -> torch.Tensor:
         """(..., 3) points → (...,) density >= 0 (see :meth:`forward`)."""

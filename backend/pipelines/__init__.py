@@ -8,7 +8,7 @@ converts wire arrays to inputs and results to wire arrays. A new pipeline = one 
 
 from __future__ import annotations
 
-from . import (latent_nerf, latent_paint, point_e, refine_mesh, shap_e, shape_interpolate, shape_ldm,
+from . import (dream_fields, latent_nerf, latent_paint, point_e, refine_mesh, shap_e, shape_interpolate, shape_ldm,
                shape_variations)
 from .base import ImageInput, MeshInput, PipelineSpec
 
@@ -28,6 +28,11 @@ PIPELINES: dict[str, PipelineSpec] = {
         "Refine a mesh from text into a detailed textured mesh standing where it stands (Magic3D's fine stage: "
         "DMTet + SDS at 512² renders).",
         mesh_inputs=(MeshInput("mesh", True, "mesh to refine: a coarse result or a blockout (open meshes are fine)"),),
+        textured=True),
+    "dream_fields": PipelineSpec(
+        dream_fields.DreamFieldsConfig, dream_fields.run,
+        "Generate a textured mesh from text with CLIP alone (Dream Fields: a NeRF whose augmented renders CLIP scores "
+        "against the prompt, kept sparse by a transmittance loss).",
         textured=True),
     "shape_ldm": PipelineSpec(
         shape_ldm.ShapeLDMConfig, shape_ldm.run,
