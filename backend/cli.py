@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", type=_glb_path, required=True,
                        help="output .glb (every mesh and point cloud: one node each, named mesh, mesh_1, …, "
                             "points, points_1, …)" + (
-                           "; its texture is also written beside it as .png" if spec.textured else ""))
+                           "; its texture is also written beside it as .png (a normal map as _normal.png)"
+                           if spec.textured else ""))
         p.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
         p.add_argument("--allow-download", action="store_true", help="download the model if it is not cached")
         p.add_argument("--low-vram", action="store_true", help=LOW_VRAM_HELP)
@@ -255,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs = sub.add_parser("jobs", help="list the job store, or export a finished job")
     jobs.add_argument("--limit", type=_positive_int, default=20, help="most recent jobs to list (default 20)")
-    jobs.add_argument("--export", metavar="JOB_ID", help="copy this finished job's result.glb to --out")
+    jobs.add_argument("--export", metavar="JOB_ID", help="copy this finished job's result.glb to --out (its "
+                                                         "texture as .png and normal map as _normal.png beside it)")
     jobs.add_argument("--out", type=_glb_path, help="where --export writes the result (.glb)")
     jobs.add_argument("--delete", metavar="JOB_ID",
                       help="delete this finished job (done/failed/cancelled) and its files")
@@ -410,6 +412,20 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _copy_result(folder: Path, out: Path) -> list[Path]:
+    """Copy a finished job's ``result.glb`` to ``out``, its ``texture.png`` beside it as ``<out>.png`` and its
+    ``normal_map.png`` as ``<out>_normal.png`` (those that exist); returns the paths written."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(folder / "result.glb", out)
+    written = [out]
+    for name, target in (("texture.png", out.with_suffix(".png")),
+                         ("normal_map.png", out.with_name(out.stem + "_normal.png"))):
+        if (folder / name).exists():
+            shutil.copyfile(folder / name, target)
+            written.append(target)
+    return written
+
+
 def cmd_run(args) -> int:
     spec = PIPELINES[args.pipeline]
     params = {f.name: getattr(args, f.name) for f in dataclasses.fields(spec.config_class) if hasattr(args, f.name)}
@@ -459,14 +475,7 @@ def cmd_run(args) -> int:
                                  _input_names(spec))
         print(f"error: job {job_id} {outcome.get('type')}: {message}", file=sys.stderr)
         return 1
-    folder = service.store.job_dir(job_id)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(folder / "result.glb", args.out)
-    written = [args.out]
-    if (folder / "texture.png").exists():
-        png = args.out.with_suffix(".png")
-        shutil.copyfile(folder / "texture.png", png)
-        written.append(png)
+    written = _copy_result(service.store.job_dir(job_id), args.out)
     timings = outcome["fields"]["metadata"].get("timings", {})
     print(f"job {job_id} done in {timings.get('total', 0):.1f} s: " + ", ".join(str(p) for p in written))
     return 0
@@ -501,9 +510,8 @@ def cmd_jobs(args) -> int:
         if not args.out:
             print("error: --export needs --out", file=sys.stderr)
             return 2
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(store.job_dir(args.export) / "result.glb", args.out)
-        print(args.out)
+        for path in _copy_result(store.job_dir(args.export), args.out):
+            print(path)
         return 0
     rows = store.list(args.limit)
     if not rows:

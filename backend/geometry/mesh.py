@@ -162,7 +162,7 @@ def save_glb(path: str | Path, mesh: TriMesh | Sequence[TriMesh], texture: np.nd
              names: Sequence[str] | None = None, offsets: np.ndarray | None = None,
              v_colors: Sequence[np.ndarray | None] | None = None,
              point_clouds: Sequence[tuple[np.ndarray, np.ndarray | None]] = (),
-             point_offsets: np.ndarray | None = None) -> Path:
+             point_offsets: np.ndarray | None = None, normal_map: np.ndarray | None = None) -> Path:
     """Write a binary glTF: one mesh, or several meshes and point clouds as separate nodes of one scene.
 
     Args:
@@ -178,6 +178,9 @@ def save_glb(path: str | Path, mesh: TriMesh | Sequence[TriMesh], texture: np.nd
         point_clouds: ``(points (N, 3) float Blender frame, colors (N, 3|4) float linear in [0, 1] or None)`` each,
             written as nodes ``points``, ``points_1``, … whose mesh is one POINTS primitive (with ``COLOR_0``).
         point_offsets: (P, 3) translations of the point-cloud nodes, Blender frame, metres (default none).
+        normal_map: (H, W, 3) uint8 tangent-space normal map of the FIRST mesh (row 0 = top, OpenGL convention =
+            glTF's), written as its material's ``normalTexture``; needs UVs. A normal map without a texture gets a
+            white base colour.
 
     Raises:
         ValueError: neither a mesh nor a point cloud, ``names``/``offsets``/``v_colors``/``point_offsets`` of the
@@ -203,9 +206,12 @@ def save_glb(path: str | Path, mesh: TriMesh | Sequence[TriMesh], texture: np.nd
         raise ValueError(f"save_glb got {len(clouds)} point clouds and point offsets of shape {point_offsets.shape}")
     parts = []
     for i, (m, colors) in enumerate(zip(meshes, v_colors)):
-        if i == 0 and texture is not None and m.has_uv:
+        if i == 0 and (texture is not None or normal_map is not None) and m.has_uv:
             v, uv, faces = split_by_uv(m)
-            material = trimesh.visual.material.PBRMaterial(baseColorTexture=Image.fromarray(texture),
+            base = Image.fromarray(texture) if texture is not None else None
+            normal = Image.fromarray(np.ascontiguousarray(normal_map, dtype=np.uint8)) \
+                if normal_map is not None else None
+            material = trimesh.visual.material.PBRMaterial(baseColorTexture=base, normalTexture=normal,
                                                            metallicFactor=0.0, roughnessFactor=0.8)
             visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
             parts.append(trimesh.Trimesh(blender_to_gltf(v), faces, visual=visual, process=False))

@@ -30,11 +30,15 @@ class ResultMesh:
         mesh: geometry, with per-corner UVs when the mesh is textured (:class:`~backend.geometry.mesh.TriMesh`).
         v_color: (N, 3|4) float32 per-vertex linear RGB(A) in [0, 1], or None.
         texture: (H, W, 3|4) uint8 sRGB base colour for ``mesh.uv``, image rows (row 0 = top, V = 1), or None.
+        normal_map: (H, W, 3) uint8 tangent-space normal map for ``mesh.uv`` (OpenGL convention: rgb = (n + 1) / 2,
+            red = +U tangent, green = +V bitangent, flat = (128, 128, 255); :mod:`backend.geometry.tangents`), image
+            rows (row 0 = top), non-colour data; or None.
     """
 
     mesh: TriMesh
     v_color: np.ndarray | None = None
     texture: np.ndarray | None = None
+    normal_map: np.ndarray | None = None
 
 
 @dataclass

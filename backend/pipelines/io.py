@@ -3,8 +3,8 @@
 Inputs arrive as flat name → array maps (a ``submit`` message, ``inputs.npz`` of the job store, the CLI's files):
 meshes as ``<group>.v_pos`` (N, 3) float32, ``<group>.t_pos_idx`` (F, 3) int32 and optional ``<group>.uv`` /
 ``<group>.uv_idx``; images as ``<name>`` (H, W, 3|4) uint8, row 0 = top. Results and partial meshes leave as groups
-``mesh``, ``mesh_1``, ``mesh_2``, … with ``v_pos``, ``t_pos_idx``, optional ``uv``/``uv_idx``/``v_color``, plus one
-``texture`` belonging to the first mesh, and point clouds as groups ``points``, ``points_1``, … with ``v_pos`` and
+``mesh``, ``mesh_1``, ``mesh_2``, … with ``v_pos``, ``t_pos_idx``, optional ``uv``/``uv_idx``/``v_color``/``normal_map``
+(a tangent-space normal map for the group's UVs), plus one ``texture`` belonging to the first mesh, and point clouds as groups ``points``, ``points_1``, … with ``v_pos`` and
 optional ``v_color`` (the protocol's *Several meshes* rule, ``docs/protocol.md``). Frames and row order pass through
 unchanged: Blender world frame, images row 0 = top on both sides.
 """
@@ -29,6 +29,8 @@ POINTS_RESULT_GROUP = POINTS_GROUP
 """Group of a result's first point cloud; the others are ``points_1``, ``points_2``, …"""
 TEXTURE = "texture"
 """The result's texture array (of the first mesh)."""
+NORMAL_MAP = "normal_map"
+"""Kind of a result mesh's tangent-space normal map array, ``<group>.normal_map``."""
 PREVIEW_IMAGE = "image"
 """The array of a ``preview`` message."""
 _MAX_NAMES_SHOWN = 5
@@ -118,10 +120,12 @@ def inputs_to_arrays(inputs: PipelineInputs) -> dict[str, np.ndarray]:
 
 
 def meshes_to_arrays(meshes: Sequence[ResultMesh]) -> dict[str, np.ndarray]:
-    """Result or partial meshes → wire arrays in groups ``mesh``, ``mesh_1``, … (+ ``texture`` of the first mesh).
+    """Result or partial meshes → wire arrays in groups ``mesh``, ``mesh_1``, … (+ ``texture`` of the first mesh,
+    + ``<group>.normal_map`` of each mesh that has one).
 
     Raises:
-        ValueError: a mesh other than the first carries a texture (the protocol has one texture, for ``mesh``).
+        ValueError: a mesh other than the first carries a texture (the protocol has one texture, for ``mesh``), or a
+            normal map on a mesh without UVs.
     """
     arrays: dict[str, np.ndarray] = {}
     for i, m in enumerate(meshes):
@@ -137,6 +141,10 @@ def meshes_to_arrays(meshes: Sequence[ResultMesh]) -> dict[str, np.ndarray]:
             if i:
                 raise ValueError(f"mesh {i} has a texture; the protocol carries one texture, for the first mesh")
             arrays[TEXTURE] = np.ascontiguousarray(m.texture)
+        if m.normal_map is not None:
+            if not m.mesh.has_uv:
+                raise ValueError(f"mesh {i} has a normal map but no UVs")
+            arrays[f"{group}.{NORMAL_MAP}"] = np.ascontiguousarray(m.normal_map, dtype=np.uint8)
     return arrays
 
 
@@ -196,12 +204,13 @@ def result_to_arrays(result: PipelineResult) -> dict[str, np.ndarray]:
 
 def meshes_from_arrays(arrays: Mapping[str, np.ndarray]) -> list[ResultMesh]:
     """Wire arrays of a result (or a stored ``result.npz``) → its meshes, in group order; the texture goes to the
-    first mesh. Empty when the arrays hold no mesh."""
+    first mesh, each ``<group>.normal_map`` to its mesh. Empty when the arrays hold no mesh."""
     meshes = []
     for group in mesh_groups(arrays, RESULT_GROUP):
         mesh = TriMesh(arrays[f"{group}.v_pos"], arrays[f"{group}.t_pos_idx"], arrays.get(f"{group}.uv"),
                        arrays.get(f"{group}.uv_idx"))
-        meshes.append(ResultMesh(mesh, v_color=arrays.get(f"{group}.v_color")))
+        meshes.append(ResultMesh(mesh, v_color=arrays.get(f"{group}.v_color"),
+                                 normal_map=arrays.get(f"{group}.{NORMAL_MAP}")))
     if meshes and TEXTURE in arrays:
         meshes[0].texture = arrays[TEXTURE]
     return meshes

@@ -253,9 +253,10 @@ class JobStore:
             return {k: data[k] for k in data.files}
 
     def save_result(self, job_id: str, arrays: dict[str, np.ndarray]) -> None:
-        """Write ``result.npz`` (the result's wire arrays, every mesh and point cloud), ``texture.png`` and
-        ``result.glb`` (every mesh with its vertex colours, then every point cloud: one node each, named like the
-        wire groups, laid out side by side) into the job folder."""
+        """Write ``result.npz`` (the result's wire arrays, every mesh and point cloud), ``texture.png``,
+        ``normal_map.png`` (the first mesh's tangent-space normal map, when it has one) and ``result.glb`` (every
+        mesh with its vertex colours, then every point cloud: one node each, named like the wire groups, laid out
+        side by side) into the job folder."""
         from PIL import Image
 
         folder = self.job_dir(job_id)
@@ -265,13 +266,16 @@ class JobStore:
         texture = results[0].texture if results else None
         if texture is not None:
             Image.fromarray(texture.squeeze(-1) if texture.shape[-1] == 1 else texture).save(folder / "texture.png")
+        normal_map = results[0].normal_map if results else None
+        if normal_map is not None:
+            Image.fromarray(normal_map).save(folder / "normal_map.png")
         if results or clouds:  # several meshes / clouds (samples): one node each, side by side along +X
             meshes = [r.mesh for r in results]
             items = meshes + [c.points for c in clouds]
             offsets = side_by_side(items) if len(items) > 1 else np.zeros((len(items), 3))
             save_glb(folder / "result.glb", meshes, texture, offsets=offsets[:len(meshes)],
                      v_colors=[r.v_color for r in results], point_clouds=[(c.points, c.colors) for c in clouds],
-                     point_offsets=offsets[len(meshes):])
+                     point_offsets=offsets[len(meshes):], normal_map=normal_map)
         self.measure(job_id)
 
     def load_result(self, job_id: str) -> dict[str, np.ndarray]:

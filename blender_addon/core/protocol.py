@@ -56,7 +56,7 @@ __all__ = [
 # Constants
 # ---------------------------------------------------------------------------------------------------------------
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 """Version carried in every header's ``"v"`` and in hello/welcome ``protocol_version``; a mismatch is fatal.
 History: 1 = first release; 2 = ``partial``/``result`` may carry several meshes (groups ``mesh``, ``mesh_1``, …);
 3 = length/range limits on fields, valid-Unicode strings only, ``list_jobs`` pages (``cursor`` → ``next_cursor``),
@@ -387,6 +387,10 @@ KIND_SPECS: Mapping[str, KindSpec] = MappingProxyType({
     "texture": KindSpec(_IMAGE_DTYPES, 3, (1, 3, 4), "(H, W, C)", "pixel row", finite=True,
                         max_side=MAX_IMAGE_SIDE,
                         doc="texture image for the mesh's uv, row 0 = TOP (V = 1); same rules as image"),
+    "normal_map": KindSpec(("uint8",), 3, (3,), "(H, W, 3)", "pixel row", max_side=MAX_IMAGE_SIDE,
+                           needs=("uv", "uv_idx"),
+                           doc="tangent-space normal map for the group's uv, row 0 = TOP (V = 1); OpenGL convention "
+                               "(rgb = (n + 1) / 2, green = +V), non-colour data"),
 })
 """Array kind -> rules. An array name's kind is the part after its last dot."""
 
@@ -401,7 +405,7 @@ def _shape_slots() -> tuple[ArraySlot, ...]:
     return (ArraySlot("mesh.v_pos", repeat=True, with_group=True),
             ArraySlot("mesh.t_pos_idx", repeat=True, with_group=True),
             ArraySlot("mesh.uv", repeat=True), ArraySlot("mesh.uv_idx", repeat=True),
-            ArraySlot("mesh.v_color", repeat=True),
+            ArraySlot("mesh.v_color", repeat=True), ArraySlot("mesh.normal_map", repeat=True),
             ArraySlot("points.v_pos", repeat=True, with_group=True), ArraySlot("points.v_color", repeat=True))
 
 
