@@ -39,7 +39,7 @@ def _d(default, type_, low=None, high=None, choices=None, doc="x") -> dict:
 
 
 DESCRIPTIONS = {  # what a backend's welcome says of the new pipelines (the shapes of their fields)
-    "clip_mesh": {"prompt": _d("", "str"), "model": _d("ViT-B-32", "str"), "seed": _d(0, "int", 0, 2**63 - 1),
+    "clip_mesh": {"prompt": _d("", "str"), "model": _d("ViT-B-32", "str"), "seed": _d(99, "int", 0, 2**63 - 1),
                   "mode": _d("shape_texture", "str", choices=["shape_texture", "texture", "shape"]),
                   "iterations": _d(2000, "int", 1, 100_000), "use_prior": _d(True, "bool")},
     "dream_fields": {"prompt": _d("", "str"), "seed": _d(0, "int", 0, 2**63 - 1),
@@ -301,9 +301,10 @@ def test_the_panels_draw_each_method_and_the_operators_send_it(scene, fake):
     assert "iterations" in props and "clip_mesh_mode" not in props and "latentforge.texture_selected" in ops
     s.texture_method = "clip_mesh"
     props, ops = drawn(draw_panel(bpy, "LATENTFORGE_PT_texture"))
-    assert {"clip_mesh_mode", "uv_method", "model", '["clip_mesh.iterations"]', '["clip_mesh.use_prior"]'} \
-        <= set(props)
-    assert "iterations" not in props and "original_mode" not in props and '["clip_mesh.mode"]' not in props
+    assert {"clip_mesh_mode", "uv_method", "model", '["clip_mesh.iterations"]', '["clip_mesh.use_prior"]',
+            '["clip_mesh.seed"]'} <= set(props)
+    assert "iterations" not in props and "seed" not in props and "original_mode" not in props
+    assert '["clip_mesh.mode"]' not in props
     assert "latentforge.texture_selected" in ops
     s.clip_mesh_mode = "shape"
     assert "original_mode" in drawn(draw_panel(bpy, "LATENTFORGE_PT_texture"))[0]
@@ -314,8 +315,7 @@ def test_the_panels_draw_each_method_and_the_operators_send_it(scene, fake):
     assert bpy.ops.latentforge.texture_selected() == {"FINISHED"}, addon.state.last_error
     msg, sent, arrays = fake.sent[-1]
     assert (msg, sent["pipeline"]) == ("submit", "clip_mesh")
-    assert sent["params"] == {"prompt": PROMPT, "model": "tiny-random", "seed": 0, "use_prior": False,
-                              "mode": "texture"}
+    assert sent["params"] == {"prompt": PROMPT, "model": "tiny-random", "use_prior": False, "mode": "texture"}
     assert {"mesh.v_pos", "mesh.t_pos_idx", "mesh.uv", "mesh.uv_idx"} <= set(arrays)
     request = addon.session.jobs.pending[sent["request_id"]]
     assert (request.target.mode, request.target.source, request.target.uv_map) == ("texture", "Mask", "UVMap")

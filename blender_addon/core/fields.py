@@ -28,9 +28,9 @@ from typing import Any
 TEXTURE = ("latent_paint",)
 GENERATE = ("latent_nerf",)
 SD_METHODS = TEXTURE + GENERATE
-CLIP_METHODS = ("clip_mesh", "dream_fields")
-"""CLIP-guided methods (Texture, Generate): only the seed is a shared widget; every other setting is the backend's."""
-REFINE = ("refine_mesh",)
+SEEDED_ALIKE = ("dream_fields", "refine_mesh")
+"""Methods drawn from the backend's description whose seed means what the shared Seed means, with its default (0):
+it is their one shared widget. CLIP-Mesh's seed (99 by default, the official code's) is its own setting."""
 SHAPES = ("shape_ldm", "shape_variations", "shape_interpolate")
 SHAPE_MODELS = ("shape_ldm", "shap_e", "point_e", "lion_generate")
 """The Shape panel's models (its Generate Shape pipelines); their shared settings are one widget each."""
@@ -80,7 +80,7 @@ class SettingField:
 
 
 SETTING_FIELDS: tuple[SettingField, ...] = (
-    SettingField("seed", "Seed", "seed", SD_METHODS + CLIP_METHODS + REFINE + SHAPE_ALL, default=0, min=0,
+    SettingField("seed", "Seed", "seed", SD_METHODS + SEEDED_ALIKE + SHAPE_ALL, default=0, min=0,
                  max=BLENDER_INT_MAX),
     SettingField("iterations", "Iterations", "iterations", SD_METHODS, default=5000, min=1, max=100_000,
                  soft_max=20_000),
