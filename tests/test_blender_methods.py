@@ -403,3 +403,123 @@ def test_the_panels_draw_each_method_and_the_operators_send_it(scene, fake):
     s.shape_method = "shape_ldm"
     assert "latentforge.shapes_from_blockout" not in drawn(draw_panel(bpy, "LATENTFORGE_PT_shape"))[1]
     assert not preview_objects(bpy)
+
+
+# ------------------------------------------------------------------------------------------ end to end (backend)
+
+JOB_TIMEOUT_S = 240.0
+BBOX_TOLERANCE = 0.10
+REFINE_FAST = {"iterations": 3, "dmtet_resolution": 32, "render_size": 64, "texture_resolution": 64,
+               "color_log2_hashmap_size": 10, "preview_every": 0, "partial_every": 0}
+"""refine_mesh settings for 2 CPU cores (tiny-random SD): a few steps at the smallest render, a coarse tet grid."""
+DREAM_FIELDS_FAST = {"iterations": 3, "render_size": 32, "num_samples": 32, "num_augmentations": 2,
+                     "mesh_resolution": 48, "texture_size": 64, "preview_every": 0}
+
+
+def needs_pipeline(name: str):
+    """Skip while this checkout's backend has no pipeline ``name`` (its branch not merged yet)."""
+    from backend.pipelines import PIPELINES
+
+    return pytest.mark.skipif(name not in PIPELINES, reason=f"the backend has no {name} pipeline in this checkout")
+
+
+def set_model_settings(addon, pipeline: str, values: dict) -> None:
+    """Write model settings (``scene.latentforge["<pipeline>.<field>"]``, made by the welcome)."""
+    s = addon.settings
+    for field, value in values.items():
+        key = f"{pipeline}.{field}"
+        assert key in s.keys(), f"the welcome made no model setting {key}"
+        s[key] = value
+
+
+def run_and_wait(addon, operator, pipeline: str, n_objects: int, what: str) -> list:
+    """Run ``operator()``, pump until the job is done and ``n_objects`` new objects of ``pipeline`` exist; returns
+    them (any order)."""
+    bpy = addon.bpy
+    before = {o.name for o in bpy.data.objects}
+    addon.state.last_error = ""
+    assert operator() == {"FINISHED"}, addon.state.last_error
+
+    def new():
+        return [o for o in bpy.data.objects if o.name not in before and o.get("latentforge_pipeline") == pipeline]
+
+    def done():
+        assert not addon.state.stage.startswith("failed"), addon.state.last_error
+        return addon.state.stage == "done" and len(new()) >= n_objects
+
+    addon.pump(done, JOB_TIMEOUT_S, what)
+    assert len(new()) == n_objects, [o.name for o in new()]
+    assert preview_objects(bpy) == []
+    return new()
+
+
+def reconnect_and_import(addon, job_id: str) -> None:
+    """Drop the connection and everything held in memory about the job (as after a restart), reconnect, and Import
+    Result from the refreshed job list."""
+    bpy = addon.bpy
+    addon.session.connection.close_client()
+    addon.pump(lambda: not addon.state.connected, 10, "the disconnection")
+    assert bpy.ops.latentforge.connect() == {"FINISHED"}
+    addon.pump(lambda: addon.state.connected, 30, "the reconnection")
+    addon.session.jobs.targets.clear()
+    addon.session.jobs.pipelines.clear()
+    addon.state.jobs.clear()
+    assert bpy.ops.latentforge.refresh_jobs() == {"FINISHED"}
+    addon.pump(lambda: job_id in addon.state.jobs, 30, "the job list")
+    addon.state.jobs_index = list(addon.state.jobs.keys()).index(job_id)
+    assert bpy.ops.latentforge.import_job() == {"FINISHED"}
+
+
+@needs_pipeline("refine_mesh")
+def test_refine_selected_lands_on_a_rotated_scaled_object_with_a_modifier(scene, connected):
+    addon, bpy = scene, scene.bpy
+    mesh_io = addon.module("mesh_io")
+    obj = suzanne(bpy)
+    v_in = mesh_io.evaluated_mesh_arrays(obj, bpy.context.evaluated_depsgraph_get(), None).v_pos
+    lo, hi = v_in.min(axis=0), v_in.max(axis=0)
+    size = hi - lo
+    make_active(bpy, obj)
+    s = addon.settings
+    s.prompt, s.model, s.seed, s.original_mode = PROMPT, "tiny-random", 2, "HIDE"
+    set_model_settings(addon, "refine_mesh", REFINE_FAST)
+    [new] = run_and_wait(addon, bpy.ops.latentforge.refine_selected, "refine_mesh", 1, "the refined mesh")
+    assert new.name == "Mask refined" and not obj.visible_get()
+    assert (new["latentforge_source"], new["latentforge_seed"], new["latentforge_model"]) == ("Mask", 2, "tiny-random")
+    assert mesh_io.UV_MAP_NAME in new.data.uv_layers
+    assert linked_image(new.material_slots[0].material).size[0] == REFINE_FAST["texture_resolution"]
+    v = world_vertices(new)
+    lo_err, hi_err = np.abs(v.min(axis=0) - lo) / size, np.abs(v.max(axis=0) - hi) / size
+    print(f"input box {lo.round(3)} – {hi.round(3)}; refined {v.min(axis=0).round(3)} – {v.max(axis=0).round(3)}; "
+          f"errors per axis (÷ size): low {lo_err.round(3)}, high {hi_err.round(3)}")
+    assert (lo_err <= BBOX_TOLERANCE).all() and (hi_err <= BBOX_TOLERANCE).all()
+
+    # after a reconnect, Import Result from the job list: another refined object on the same place, the source hidden
+    job_id = new["latentforge_job_id"]
+    obj.hide_set(False)
+    before = {o.name for o in bpy.data.objects}
+    reconnect_and_import(addon, job_id)
+    addon.pump(lambda: any(o.name not in before for o in bpy.data.objects), 30, "the imported object")
+    [again] = [o for o in bpy.data.objects if o.name not in before]
+    assert again.name.startswith("Mask refined") and again["latentforge_job_id"] == job_id
+    np.testing.assert_allclose(world_vertices(again), v, atol=1e-6)
+    assert not obj.visible_get()
+
+
+@needs_pipeline("dream_fields")
+def test_dream_fields_from_the_generate_panel_makes_a_textured_object(scene, connected):
+    addon, bpy = scene, scene.bpy
+    s = addon.settings
+    s.generate_method, s.prompt, s.model = "dream_fields", "a red box", "tiny-random"
+    set_model_settings(addon, "dream_fields", DREAM_FIELDS_FAST)
+    [obj] = run_and_wait(addon, bpy.ops.latentforge.generate, "dream_fields", 1, "the Dream Fields mesh")
+    assert obj.name == "a red box" and len(obj.data.polygons) > 0
+    assert linked_image(obj.material_slots[0].material).size[0] == DREAM_FIELDS_FAST["texture_size"]
+    assert (obj["latentforge_prompt"], obj["latentforge_model"]) == ("a red box", "tiny-random")
+
+
+def linked_image(material):
+    """The image feeding the Principled BSDF's Base Color."""
+    bsdf = next(n for n in material.node_tree.nodes if n.bl_idname == "ShaderNodeBsdfPrincipled")
+    node = bsdf.inputs["Base Color"].links[0].from_node
+    assert node.bl_idname == "ShaderNodeTexImage"
+    return node.image
