@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import test_blender_addon as base
-from test_blender_addon import loop_uvs, make_active, world_vertices
+from test_blender_addon import fetch_result, loop_uvs, make_active, world_vertices
 from test_blender_generate import FakeClient, draw_panel, panel_labels, preview_objects
 
 addon, scene, connected = base.addon, base.scene, base.connected
@@ -412,6 +412,9 @@ BBOX_TOLERANCE = 0.10
 REFINE_FAST = {"iterations": 3, "dmtet_resolution": 32, "render_size": 64, "texture_resolution": 64,
                "color_log2_hashmap_size": 10, "preview_every": 0, "partial_every": 0}
 """refine_mesh settings for 2 CPU cores (tiny-random SD): a few steps at the smallest render, a coarse tet grid."""
+CLIP_MESH_FAST = {"iterations": 2, "batch_size": 2, "render_size": 32, "texture_size": 64, "use_prior": False,
+                  "preview_every": 0, "partial_every": 0}
+"""clip_mesh settings for 2 CPU cores (tiny-random CLIP): two steps of two small views, 64² maps."""
 DREAM_FIELDS_FAST = {"iterations": 3, "render_size": 32, "num_samples": 32, "num_augmentations": 2,
                      "mesh_resolution": 48, "texture_size": 64, "preview_every": 0}
 
@@ -432,9 +435,9 @@ def set_model_settings(addon, pipeline: str, values: dict) -> None:
         s[key] = value
 
 
-def run_and_wait(addon, operator, pipeline: str, n_objects: int, what: str) -> list:
-    """Run ``operator()``, pump until the job is done and ``n_objects`` new objects of ``pipeline`` exist; returns
-    them (any order)."""
+def run_and_wait(addon, operator, pipeline: str, n_objects: int | None, what: str) -> list:
+    """Run ``operator()``, pump until the job is done and ``n_objects`` (None: at least one) new objects of
+    ``pipeline`` exist; returns them (any order)."""
     bpy = addon.bpy
     before = {o.name for o in bpy.data.objects}
     addon.state.last_error = ""
@@ -445,10 +448,10 @@ def run_and_wait(addon, operator, pipeline: str, n_objects: int, what: str) -> l
 
     def done():
         assert not addon.state.stage.startswith("failed"), addon.state.last_error
-        return addon.state.stage == "done" and len(new()) >= n_objects
+        return addon.state.stage == "done" and len(new()) >= (n_objects or 1)
 
     addon.pump(done, JOB_TIMEOUT_S, what)
-    assert len(new()) == n_objects, [o.name for o in new()]
+    assert n_objects is None or len(new()) == n_objects, [o.name for o in new()]
     assert preview_objects(bpy) == []
     return new()
 
@@ -468,6 +471,53 @@ def reconnect_and_import(addon, job_id: str) -> None:
     addon.pump(lambda: job_id in addon.state.jobs, 30, "the job list")
     addon.state.jobs_index = list(addon.state.jobs.keys()).index(job_id)
     assert bpy.ops.latentforge.import_job() == {"FINISHED"}
+
+
+@needs_pipeline("clip_mesh")
+def test_clip_mesh_texture_mode_keeps_the_mesh_exactly_and_imports_again(scene, connected):
+    """The issue's check in real Blender: Texture Selected with CLIP-Mesh in Texture mode on a moved, rotated,
+    non-uniformly scaled Suzanne with a Subdivision Surface modifier. The backend hands back exactly the mesh that
+    was sent (vertex positions, triangles, UVs per corner); the object's own mesh, UV maps, transform and modifier are
+    untouched; its material carries the texture and the normal map. After a reconnect, Import Result puts both maps
+    on it again."""
+    addon, bpy = scene, scene.bpy
+    mesh_io = addon.module("mesh_io")
+    obj = suzanne(bpy)
+    before = mesh_state(obj)
+    sent = mesh_io.evaluated_mesh_arrays(obj, bpy.context.evaluated_depsgraph_get(), "UVMap")
+    s = addon.settings
+    s.texture_method, s.clip_mesh_mode, s.uv_method = "clip_mesh", "texture", "SMART_PROJECT"
+    s.prompt, s.model = PROMPT, "tiny-random"
+    set_model_settings(addon, "clip_mesh", CLIP_MESH_FAST)
+    make_active(bpy, obj)
+    addon.state.last_error = ""
+    assert bpy.ops.latentforge.texture_selected() == {"FINISHED"}, addon.state.last_error
+
+    def applied():
+        assert not addon.state.stage.startswith("failed"), addon.state.last_error
+        return "latentforge_job_id" in obj and addon.state.stage == "done"
+
+    addon.pump(applied, JOB_TIMEOUT_S, "the CLIP-Mesh texture")
+    job_id = obj["latentforge_job_id"]
+    assert_same_state(obj, before)
+    image = normal_map_chain(obj.material_slots[0].material, "UVMap")
+    assert tuple(image.size) == (CLIP_MESH_FAST["texture_size"],) * 2
+    assert (obj["latentforge_pipeline"], obj["latentforge_mode"], obj["latentforge_model"]) == \
+        ("clip_mesh", "texture", "tiny-random")
+    result = fetch_result(connected, job_id)
+    np.testing.assert_array_equal(result.arrays["mesh.v_pos"], sent.v_pos)
+    np.testing.assert_array_equal(result.arrays["mesh.t_pos_idx"], sent.t_pos_idx)
+    np.testing.assert_array_equal(result.arrays["mesh.uv"][result.arrays["mesh.uv_idx"]], sent.uv[sent.uv_idx])
+    np.testing.assert_allclose(image_rows_top_down(image)[..., :3] * 255.0, result.arrays["mesh.normal_map"],
+                               atol=0.51)
+
+    material = obj.material_slots[0].material
+    reconnect_and_import(addon, job_id)
+    addon.pump(lambda: obj.material_slots[0].material != material, 30, "the imported maps")
+    assert_same_state(obj, before)
+    again = normal_map_chain(obj.material_slots[0].material, "UVMap")
+    np.testing.assert_allclose(image_rows_top_down(again), image_rows_top_down(image), atol=1e-6)
+    assert not [o for o in bpy.data.objects if o.get("latentforge_pipeline") == "clip_mesh" and o != obj]
 
 
 @needs_pipeline("refine_mesh")
@@ -523,3 +573,58 @@ def linked_image(material):
     node = bsdf.inputs["Base Color"].links[0].from_node
     assert node.bl_idname == "ShaderNodeTexImage"
     return node.image
+
+
+LION_FAST = {"num_inference_steps": 3, "grid_resolution": 24}
+"""LION settings for 2 CPU cores (tiny-random): a few sampler steps, a coarse grid for the meshes (where they exist)."""
+
+
+def set_lion(addon, **settings) -> None:
+    """Shape panel on LION, tiny-random weights, :data:`LION_FAST` for every LION pipeline that has the field."""
+    s = addon.settings
+    s.shape_method, s.shape_model, s.seed, s.shape_spacing = "lion_generate", "tiny-random", 0, 0.3
+    for key in list(s.keys()):
+        pipeline, _, field = key.partition(".")
+        if pipeline.startswith("lion_") and field in LION_FAST:
+            s[key] = LION_FAST[field]
+    for key, value in settings.items():
+        setattr(s, key, value)
+
+
+def world_box_of(obj, mesh_io) -> tuple[np.ndarray, np.ndarray]:
+    if obj.type == "POINTCLOUD":
+        v = mesh_io.point_cloud_arrays(obj)[0] + np.array(obj.location, dtype=np.float32)
+    else:
+        v = world_vertices(obj)
+    return v.min(axis=0), v.max(axis=0)
+
+
+@needs_pipeline("lion_from_blockout")
+def test_lion_generate_and_shapes_from_blockout_import_their_results(scene, connected):
+    addon, bpy = scene, scene.bpy
+    mesh_io = addon.module("mesh_io")
+    bpy.context.scene.cursor.location = (0.0, 4.0, 0.0)
+    set_lion(addon, shape_num_samples=2)
+    objs = run_and_wait(addon, bpy.ops.latentforge.generate_shape, "lion_generate", None, "LION shapes")
+    assert {o["latentforge_sample_index"] for o in objs} == {0, 1}
+    for o in objs:
+        lo, hi = world_box_of(o, mesh_io)
+        assert np.isfinite(lo).all() and (hi - lo).max() > 0
+        assert o["latentforge_model"] == "tiny-random"
+    points = [o for o in objs if o["latentforge_result_kind"] == "points"]
+    assert all(o["latentforge_point_count"] > 0 for o in points)
+
+    # Shapes from Blockout on the moved, rotated, scaled Suzanne: the first stands where it stands
+    obj = suzanne(bpy, "Blockout", modifier=False)
+    make_active(bpy, obj)
+    v_in = mesh_io.evaluated_mesh_arrays(obj, bpy.context.evaluated_depsgraph_get(), None).v_pos
+    lo_in, hi_in = v_in.min(axis=0), v_in.max(axis=0)
+    shapes = run_and_wait(addon, bpy.ops.latentforge.shapes_from_blockout, "lion_from_blockout", None,
+                          "LION shapes from the blockout")
+    shapes.sort(key=lambda o: (o["latentforge_result_kind"] != "mesh", o["latentforge_sample_index"]))
+    assert shapes and all(o["latentforge_source"] == "Blockout" for o in shapes)
+    lo, hi = world_box_of(shapes[0], mesh_io)
+    assert lo[0] == pytest.approx(lo_in[0], abs=1e-4)  # its left edge on the blockout's
+    centre, centre_in, size_in = (lo + hi) / 2, (lo_in + hi_in) / 2, hi_in - lo_in
+    assert (np.abs(centre - centre_in)[1:] <= 0.5 * size_in[1:]).all(), (centre, lo_in, hi_in)
+    assert obj.visible_get()  # the blockout is left alone
