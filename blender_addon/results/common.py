@@ -127,7 +127,10 @@ def hide_original(obj: bpy.types.Object | None, hide: bool) -> bool:
     and it exists; returns whether it was hidden."""
     if obj is None or not hide:
         return False
-    obj.hide_set(True)
+    try:
+        obj.hide_set(True)
+    except RuntimeError:  # not in the current view layer (another scene): hide it everywhere instead
+        obj.hide_viewport = True
     obj.hide_render = True
     return True
 
