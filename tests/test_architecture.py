@@ -126,7 +126,7 @@ LAYERS = [  # higher layers may import lower ones, never the reverse
     ("backend.cli", "backend.__main__", "backend.cli_progress"),
     ("backend.serving",),
     ("backend.pipelines",),
-    ("backend.latent_nerf", "backend.michelangelo", "backend.point_e"),
+    ("backend.latent_nerf", "backend.lion", "backend.michelangelo", "backend.point_e"),
     ("backend.guidance", "backend.geometry", "backend.models"),
     ("backend.params",),
 ]
