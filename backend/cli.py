@@ -16,7 +16,8 @@ command).
   ``openai/shap-e-img2img``), into the Hugging Face cache, or a public Point-E checkpoint (``base40M-textvec``,
   ``base40M``, ``base300M``, ``base1B``, ``upsample``, ``sdf``) into its cache folder with the CLIP tower it needs
   (the only command that downloads), or a CLIP model for CLIP guidance (``ViT-B-32/openai`` and other open_clip
-  ``<arch>/<tag>``, ``openai/clip-vit-base-patch32`` and the other OpenAI transformers ids).
+  ``<arch>/<tag>``, ``openai/clip-vit-base-patch32`` and the other OpenAI transformers ids), or CLIP-Mesh's diffusion
+  prior (``NasirKhalid24/Dalle2-Diffusion-Prior``).
 - ``tokens add NAME [--admin] | list | revoke NAME``: one token per artist (tokens.json in the LatentForge home); a
   running ``serve`` picks changes up at the next hello.
 - ``tls fingerprint | make``: the SHA-256 fingerprint of the backend's TLS certificate (what the add-on pins), or
@@ -54,6 +55,7 @@ from .models.cache import ModelCache
 from .models.devices import resolve_device
 from .models.base import TINY_RANDOM, ModelNotFoundError
 from .models.clip import DEFAULT_CLIP_MODEL, download_clip, is_clip_model
+from .models.clip_prior import CLIP_MESH_PRIOR, PRIOR_MODELS, download_prior
 from .models.shap_e import SHAP_E_MODELS, download_shap_e
 from .models.stable_diffusion import DEFAULT_SD_MODEL, download_stable_diffusion
 from .point_e.config import PRESETS as POINT_E_PRESETS
@@ -302,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
                                f"image-ASLDM-256, shapevae-256 (Michelangelo, with CLIP ViT-L/14), or "
                                f"{', '.join(SHAP_E_MODELS)} (Shap-E), or {', '.join(POINT_E_PRESETS)} (Point-E), or "
                                f"{DEFAULT_CLIP_MODEL} / another open_clip <arch>/<tag> / openai/clip-vit-base-patch32 "
-                               f"(CLIP guidance)")
+                               f"(CLIP guidance), or {CLIP_MESH_PRIOR} (CLIP-Mesh's diffusion prior)")
     return parser
 
 
@@ -619,6 +621,8 @@ def cmd_download(args) -> int:
             path = download_point_e(args.model)
         elif is_clip_model(args.model):
             path = download_clip(args.model)
+        elif args.model in PRIOR_MODELS:
+            path = download_prior(args.model)
         else:
             path = download_stable_diffusion(args.model)
     except Exception as err:  # noqa: BLE001 — offline, unknown id, hub errors: one line, never a traceback

@@ -13,10 +13,15 @@ import torch.nn.functional as F
 from backend import cli
 from backend.guidance.augment import ViewAugmentConfig, ViewAugmenter
 from backend.guidance.clip import CLIPEmbedder, CLIPGuidance
+from backend.guidance.oracle import OracleCLIPEmbedder
+from backend.models import clip_prior
 from backend.models.base import ModelNotFoundError
 from backend.models.cache import ModelCache
 from backend.models.clip import (DEFAULT_CLIP_MODEL, TorchCLIPEmbedder, build_tiny_clip, is_clip_model, load_clip,
                                  open_clip_available, parse_clip_model)
+from backend.models.clip_prior import (CLIP_MESH_PRIOR, CLIP_MESH_PRIOR_CONFIG, TINY_PRIOR_CONFIG, build_prior,
+                                       clip_target, convert_clip_mesh_state_dict, load_prior, predict_image_embedding,
+                                       prior_or_text_embedding)
 
 CPU = torch.device("cpu")
 BACKENDS = ("open_clip", "transformers")
@@ -224,3 +229,187 @@ def test_download_routes_clip_ids(monkeypatch, capsys):
     for model in ("ViT-B-32/openai", "openai/clip-vit-large-patch14"):
         assert cli.main(["download", model]) == 0
     assert asked == ["ViT-B-32/openai", "openai/clip-vit-large-patch14"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The DALL-E 2 diffusion prior.
+# ---------------------------------------------------------------------------------------------------------------------
+
+# The key names and shapes of CLIP-Mesh's public prior checkpoint (larger-model.pth, loaded strictly by the official
+# code): the state dict of DALLE2-pytorch's DiffusionPrior at the commit CLIP-Mesh pins (2eac799, v0.1.9) built with
+# the public config (dim 512, depth 12, dim_head 64, heads 12, normformer False, image_embed_dim 512, 1000 steps,
+# condition_on_text_encodings False). 179 entries: 12 schedule buffers, 11 network entries, 13 per layer × 12.
+_PINNED_SCHEDULE = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
+                    "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
+                    "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
+                    "posterior_mean_coef1", "posterior_mean_coef2")
+_PINNED_NET = {
+    "net.learned_query": (512,),
+    "net.time_embeddings.1.net.0.0.weight": (1024, 512), "net.time_embeddings.1.net.0.0.bias": (1024,),
+    "net.time_embeddings.1.net.1.0.weight": (1024, 1024), "net.time_embeddings.1.net.1.0.bias": (1024,),
+    "net.time_embeddings.1.net.2.weight": (512, 1024), "net.time_embeddings.1.net.2.bias": (512,),
+    "net.causal_transformer.rel_pos_bias.relative_attention_bias.weight": (32, 12),
+    "net.causal_transformer.norm.gamma": (512,), "net.causal_transformer.norm.beta": (512,),
+    "net.causal_transformer.project_out.weight": (512, 512),
+}
+_PINNED_LAYER = {
+    "0.null_kv": (2, 64), "0.norm.gamma": (512,), "0.norm.beta": (512,), "0.post_norm.gamma": (512,),
+    "0.post_norm.beta": (512,), "0.to_q.weight": (768, 512), "0.to_kv.weight": (128, 512),
+    "0.rotary_emb.freqs": (16,), "0.to_out.0.weight": (512, 768), "1.0.gamma": (512,), "1.0.beta": (512,),
+    "1.1.weight": (4096, 512), "1.5.weight": (512, 2048),
+}
+
+
+def _pinned_checkpoint_keys() -> dict[str, tuple[int, ...]]:
+    keys = {name: (1000,) for name in _PINNED_SCHEDULE}
+    keys.update(_PINNED_NET)
+    for i in range(12):
+        keys.update({f"net.causal_transformer.layers.{i}.{k}": v for k, v in _PINNED_LAYER.items()})
+    return keys
+
+
+def _as_pinned(module) -> dict[str, torch.Tensor]:
+    """Our module's weights under the pinned names (what CLIP-Mesh's checkpoint file holds)."""
+    state = {}
+    for key, value in module.state_dict().items():
+        if key.startswith("noise_scheduler."):
+            name = key[len("noise_scheduler."):]
+            if name in _PINNED_SCHEDULE:
+                state[name] = value.clone()
+            continue
+        if key in ("net.null_text_encodings", "net.null_text_embeds", "net.null_image_embed"):
+            continue
+        key = key.replace("net.to_time_embeds.0.", "net.time_embeddings.").replace(".0.to_out.1.", ".0.post_norm.")
+        if key.endswith(".g"):
+            state[key[:-2] + ".gamma"] = value.clone()
+            state[key[:-2] + ".beta"] = torch.zeros_like(value)
+        else:
+            state[key] = value.clone()
+    return state
+
+
+@pytest.fixture(scope="module")
+def tiny_prior():
+    return load_prior("tiny-random", CPU)
+
+
+def test_the_public_checkpoint_keys_load_into_our_module_at_full_size():
+    keys = _pinned_checkpoint_keys()
+    assert len(keys) == 179
+    with torch.device("meta"):
+        module = build_prior(CLIP_MESH_PRIOR_CONFIG)
+        checkpoint = {k: torch.empty(shape) for k, shape in keys.items()}
+    reference = module.state_dict()
+    converted = convert_clip_mesh_state_dict(checkpoint, reference)
+    assert set(converted) == set(reference)
+    module.load_state_dict(converted, strict=True, assign=True)  # every name and shape of the file has its place
+    # and the other direction: every weight of our module comes from the file (only the schedule and the unused null
+    # embeddings are ours)
+    ours_only = {k for k in reference if k.startswith("noise_scheduler.")} | {
+        "net.null_text_encodings", "net.null_text_embeds", "net.null_image_embed"}
+    assert len(set(reference) - ours_only) == len([k for k in keys if k not in _PINNED_SCHEDULE
+                                                   and not k.endswith(".beta")])
+    # a file that is not that checkpoint is named as such
+    broken = dict(checkpoint)
+    broken.pop("net.causal_transformer.layers.3.0.to_q.weight")
+    with pytest.raises(ModelNotFoundError, match=r"1 missing key\(s\) \['net.causal_transformer.layers.3.0.to_q"):
+        convert_clip_mesh_state_dict(broken, reference)
+    with torch.device("meta"):
+        broken = {**checkpoint, "net.learned_query": torch.empty(768)}
+    with pytest.raises(ModelNotFoundError, match=r"'net.learned_query' has shape \(768,\), expected \(512,\)"):
+        convert_clip_mesh_state_dict(broken, reference)
+
+
+def test_attention_is_the_pinned_dot_product_not_cosine_similarity():
+    """The pinned prior scores q·k/√d; modern dalle2's default cosine-sim attention is invariant to the scale of the
+    query projection. Scaling ``to_q`` changes our output and leaves an unadjusted modern module's alone."""
+    from dalle2_pytorch import DiffusionPrior, DiffusionPriorNetwork
+
+    config = TINY_PRIOR_CONFIG
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        ours = build_prior(config)
+        modern = DiffusionPrior(net=DiffusionPriorNetwork(dim=16, depth=1, dim_head=8, heads=2, max_text_len=0),
+                                clip=None, image_embed_dim=16, timesteps=64, condition_on_text_encodings=False).eval()
+        x, text = torch.randn(3, 16), F.normalize(torch.randn(3, 16), dim=-1)
+    t = torch.tensor([0, 20, 63])
+    for module, changes in ((ours, True), (modern, False)):
+        with torch.no_grad():
+            before = module.net(x, t, text_embed=text)
+            module.net.causal_transformer.layers[0][0].to_q.weight.mul_(3.0)
+            after = module.net(x, t, text_embed=text)
+        assert ((after - before).abs().max() > 1e-3) == changes
+    assert ours.net.causal_transformer.norm.stable is False
+
+
+def test_tiny_prior_samples_a_seeded_unit_vector(tiny_prior, embedders):
+    clip = embedders["open_clip"]
+    state = torch.random.get_rng_state()
+    a = predict_image_embedding("a wooden vase", clip, tiny_prior, seed=1)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is left alone
+    b = predict_image_embedding("a wooden vase", clip, tiny_prior, seed=1)
+    c = predict_image_embedding("a wooden vase", clip, tiny_prior, seed=2)
+    assert a.shape == (16,) and a.dtype == torch.float32 and abs(float(a.norm()) - 1) < 1e-5
+    torch.testing.assert_close(a, b)
+    assert (a - c).abs().max() > 1e-3
+    assert tiny_prior.matches(embedders["transformers"])  # either library's tiny CLIP
+
+
+def test_several_samples_keep_the_one_closest_to_the_text(tiny_prior, embedders):
+    text = embedders["open_clip"].encode_texts(["a red chair"])
+    candidates = tiny_prior.sample(text.expand(3, -1), num_samples=1, seed=5)  # the same draws, one batch
+    best = tiny_prior.sample(text, num_samples=3, seed=5)[0]
+    cosines = candidates @ text[0]
+    torch.testing.assert_close(best, candidates[int(cosines.argmax())])
+    for bad, match in ((dict(cond_scale=2.0), "cond_scale must be 1"), (dict(num_samples=0), "num_samples must be")):
+        with pytest.raises(ValueError, match=match):
+            tiny_prior.sample(text, **bad)
+
+
+def test_a_prior_checkpoint_file_loads(tmp_path, monkeypatch, tiny_prior, embedders):
+    """The file path (``{"model": state_dict}`` under the pinned names) with the architecture patched to tiny."""
+    monkeypatch.setattr(clip_prior, "CLIP_MESH_PRIOR_CONFIG", TINY_PRIOR_CONFIG)
+    torch.save({"model": _as_pinned(tiny_prior.prior)}, tmp_path / "prior.pth")
+    loaded = load_prior(str(tmp_path / "prior.pth"), CPU)
+    text = embedders["open_clip"].encode_texts(["a lamp"])
+    torch.testing.assert_close(loaded.sample(text, seed=3), tiny_prior.sample(text, seed=3))
+    torch.save({"model": {"weights": torch.zeros(3)}}, tmp_path / "other.pth")
+    with pytest.raises(ModelNotFoundError, match="not a CLIP-Mesh prior checkpoint"):
+        load_prior(str(tmp_path / "other.pth"), CPU)
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        load_prior(str(tmp_path / "missing.pth"), CPU)
+
+
+def test_without_the_prior_the_target_is_the_text_embedding_and_the_job_says_so(empty_hub_cache, embedders,
+                                                                                 tiny_prior):
+    clip = embedders["open_clip"]
+    with pytest.raises(ModelNotFoundError, match=r"prior 'NasirKhalid24/Dalle2-Diffusion-Prior' is not on this "
+                                                 r"machine.*`python -m backend download NasirKhalid24/Dalle2-"):
+        load_prior(CLIP_MESH_PRIOR, CPU)
+    text = clip.encode_texts(["a cowboy hat"])[0]
+    embedding, note = prior_or_text_embedding("a cowboy hat", clip)
+    torch.testing.assert_close(embedding, text)
+    assert "text embedding" in note and "prior is not used" in note and "download" in note
+
+    target = clip_target("a cowboy hat", clip, "tiny-random", load=lambda m: tiny_prior)
+    assert target.prior is not None and target.embedding is target.prior and "prior's image embedding" in target.note
+    torch.testing.assert_close(target.text, text)
+    assert (target.prior - text).abs().max() > 1e-3
+
+    # a guidance CLIP of another space: the prior's embedding is not comparable, so the text embedding is used
+    other = OracleCLIPEmbedder(image_size=32, embed_dim=16)
+    other.encode_texts = clip.encode_texts  # a 16-d text tower, but not the prior's CLIP
+    target = clip_target("a cowboy hat", other, "tiny-random", load=lambda m: tiny_prior)
+    assert target.prior is None and "maps within 'tiny-random' embeddings" in target.note
+    with pytest.raises(ValueError, match="the prior maps within 'tiny-random'"):
+        predict_image_embedding("a cowboy hat", other, tiny_prior)
+    assert clip_target("a hat", clip, None).note.endswith("(no prior asked for)")
+    with pytest.raises(ValueError, match="prompt must be a non-empty string"):
+        clip_target("  ", clip)
+
+
+def test_download_routes_the_prior_id(monkeypatch):
+    asked = []
+    monkeypatch.setattr(cli, "download_prior", lambda model: asked.append(model) or "/cache/prior.pth")
+    assert cli.main(["download", CLIP_MESH_PRIOR]) == 0
+    assert asked == [CLIP_MESH_PRIOR]

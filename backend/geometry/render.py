@@ -63,22 +63,6 @@ class Rasterizer(typing.Protocol):
         """
         ...
 
-    def antialias(self, color: torch.Tensor, rast_out: torch.Tensor, pos_clip: torch.Tensor,
-                  tri: torch.Tensor) -> torch.Tensor:
-        """Blend pixels across silhouette edges by where the edge crosses (nvdiffrast's analytic antialiasing), so
-        silhouettes become differentiable wrt ``pos_clip``.
-
-        Args:
-            color: (B, H, W, C) float32 shaded image (rows as ``rast_out``'s: row 0 = bottom).
-            rast_out: (B, H, W, 4) from :meth:`rasterize` with the same ``pos_clip`` and ``tri``.
-            pos_clip: (B, V, 4) float32 clip-space positions; gradients flow to it.
-            tri: (F, 3) int32.
-
-        Returns:
-            (B, H, W, C) antialiased colour, differentiable wrt ``color`` and ``pos_clip``.
-        """
-        ...
-
     def texture(self, tex: torch.Tensor, uv: torch.Tensor, filter_mode: str = "linear") -> torch.Tensor:
         """Sample a texture (differentiable wrt ``tex`` and ``uv``), clamp-to-edge, no mipmaps.
 
@@ -392,83 +376,6 @@ class TorchRasterizer:
         values = (weights[:, :, None] * a).sum(dim=1)
         return out.index_copy(0, pixel, values).view(batch, height, width, channels)
 
-    def antialias(self, color: torch.Tensor, rast_out: torch.Tensor, pos_clip: torch.Tensor,
-                  tri: torch.Tensor) -> torch.Tensor:
-        """Analytic antialiasing of silhouette edges, after nvdiffrast's ``antialias`` (Laine et al., "Modular
-        Primitives for High-Performance Differentiable Rendering", SIGGRAPH Asia 2020, §3.3), simplified.
-
-        For every pair of 4-neighbour pixels (p, q) where p is covered by triangle t and q is background or covered
-        by another triangle farther away, the segment between their centres leaves t at a fraction s in [0, 1]
-        (from t's screen-space edge functions, linear along the segment). If s > 1/2 the triangle reaches into q's
-        half and q's colour moves toward p's by ``s − 1/2``; otherwise p's moves toward q's by ``1/2 − s``. ``s``
-        depends on t's projected vertices, so the image is differentiable wrt ``pos_clip`` at silhouettes (coverage
-        itself still is not). As in nvdiffrast, horizontal pairs handle edges steeper than 45° and vertical pairs the
-        others. Difference: no exact silhouette-edge test (every triangle boundary between a nearer and a farther
-        surface counts).
-
-        See :meth:`Rasterizer.antialias` for arguments. Raises ValueError on bad shapes.
-        """
-        _check_rast_out(rast_out)
-        _check_tri(tri)
-        if color.dim() != 4 or color.shape[:3] != rast_out.shape[:3]:
-            raise ValueError(f"color must be (B, H, W, C) matching rast_out {tuple(rast_out.shape[:3])}, got "
-                             f"{tuple(color.shape)}")
-        batch, height, width, _ = rast_out.shape
-        face = rast_out[..., 3].detach().round().long() - 1  # (B, H, W), -1 = background
-        depth = rast_out[..., 2].detach()
-        # Screen-space vertex positions (pixel units; pixel (i, j) centre at x = j, y = i), differentiable.
-        w = pos_clip[..., 3:4]
-        w = torch.where(w.abs() < 1e-12, torch.full_like(w, 1e-12), w)
-        x_pix = (pos_clip[..., 0:1] / w + 1.0) * (0.5 * width) - 0.5
-        y_pix = (pos_clip[..., 1:2] / w + 1.0) * (0.5 * height) - 0.5
-        screen = torch.cat([x_pix, y_pix], dim=-1)  # (B, V, 2)
-        t_idx = tri.long()
-        out = color
-        for axis, step in ((2, 1), (2, -1), (1, 1), (1, -1)):
-            q_face = torch.roll(face, -step, dims=axis)
-            q_depth = torch.roll(depth, -step, dims=axis)
-            valid = torch.ones_like(face, dtype=torch.bool)
-            if axis == 2:
-                valid[:, :, -1 if step > 0 else 0] = False
-            else:
-                valid[:, -1 if step > 0 else 0, :] = False
-            edge = valid & (face >= 0) & (q_face != face) & ((q_face < 0) | (q_depth > depth))
-            b, i, j = torch.nonzero(edge, as_tuple=True)
-            if b.numel() == 0:
-                continue
-            qi, qj = (i, j + step) if axis == 2 else (i + step, j)
-            verts = screen[b[:, None], t_idx[face[b, i, j]]]  # (N, 3, 2)
-            p = torch.stack([j, i], dim=-1).to(verts.dtype)
-            q = torch.stack([qj, qi], dim=-1).to(verts.dtype)
-            va, vb = verts.roll(-1, dims=1), verts.roll(-2, dims=1)  # edge k from vertex k+1 to k+2
-            area = ((verts[:, 1, 0] - verts[:, 0, 0]) * (verts[:, 2, 1] - verts[:, 0, 1])
-                    - (verts[:, 1, 1] - verts[:, 0, 1]) * (verts[:, 2, 0] - verts[:, 0, 0]))
-            sign = torch.where(area < 0, -1.0, 1.0).to(verts.dtype)[:, None]
-
-            def edge_fn(x):
-                return sign * ((vb[..., 0] - va[..., 0]) * (x[:, None, 1] - va[..., 1])
-                               - (vb[..., 1] - va[..., 1]) * (x[:, None, 0] - va[..., 0]))
-
-            e_p, e_q = edge_fn(p), edge_fn(q)  # (N, 3); e_p >= 0 inside (up to the fill rule)
-            leaving = e_q < 0
-            frac = torch.where(leaving, e_p.clamp(min=0) / (e_p.clamp(min=0) - e_q).clamp(min=1e-12),
-                               torch.ones_like(e_p))
-            s, k = frac.min(dim=1)
-            s = s.clamp(0.0, 1.0)[:, None]  # (N, 1)
-            # As nvdiffrast: horizontal pairs handle edges steeper than 45°, vertical pairs the others.
-            d = (vb - va).detach()[torch.arange(k.numel(), device=k.device), k]
-            steep = d[:, 1].abs() >= d[:, 0].abs()
-            keep = (steep if axis == 2 else ~steep).to(color.dtype)[:, None]
-            c_p, c_q = color[b, i, j], color[b, qi, qj]
-            into_q = (s > 0.5).to(color.dtype) * keep
-            delta_q = into_q * (s - 0.5) * (c_p - c_q)
-            delta_p = (keep - into_q) * (0.5 - s) * (c_q - c_p)
-            flat_q = (b * height + qi) * width + qj
-            flat_p = (b * height + i) * width + j
-            out = out.reshape(-1, out.shape[-1]).index_add(0, flat_q, delta_q).index_add(0, flat_p, delta_p)
-            out = out.view(color.shape)
-        return out
-
     def texture(self, tex: torch.Tensor, uv: torch.Tensor, filter_mode: str = "linear") -> torch.Tensor:
         """Sample ``tex`` at ``uv`` with ``torch.nn.functional.grid_sample`` (align_corners=False, border padding).
 
@@ -579,13 +486,6 @@ class NvdiffrastRasterizer:
             attr = attr[None]  # instanced mode, broadcast along the minibatch axis
         out, _ = self._dr.interpolate(attr.contiguous(), rast_out.contiguous(), tri.contiguous())
         return out
-
-    def antialias(self, color: torch.Tensor, rast_out: torch.Tensor, pos_clip: torch.Tensor,
-                  tri: torch.Tensor) -> torch.Tensor:
-        """See :meth:`Rasterizer.antialias`: ``nvdiffrast.torch.antialias`` (exact silhouette edges)."""
-        _check_rast_out(rast_out)
-        _check_tri(tri)
-        return self._dr.antialias(color.contiguous(), rast_out.contiguous(), pos_clip.contiguous(), tri.contiguous())
 
     def texture(self, tex: torch.Tensor, uv: torch.Tensor, filter_mode: str = "linear") -> torch.Tensor:
         """See :meth:`Rasterizer.texture` (float32 only). Raises ValueError on bad inputs."""

@@ -62,17 +62,29 @@ class StableDiffusionDenoiser:
                   return_tensors="pt").input_ids.to(encoder.device)
         return encoder(ids)[0].to(device=self.components.device, dtype=self.components.dtype)
 
+    def embeddings(self, cameras: CameraBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cond, uncond)``, each (B, 77, D): the text embedding matching each camera's view, and the negative one."""
+        labels = cameras.view_labels() if self.view_dependent_prompts else ["any"] * len(cameras)
+        cond = torch.stack([self.text_embeddings[v] for v in labels])
+        return cond, self.uncond_embeddings.expand_as(cond)
+
     @torch.no_grad()
     def predict_noise(self, latents_noisy: torch.Tensor, timesteps: torch.Tensor, cameras: CameraBatch) -> torch.Tensor:
         comps = self.components
-        labels = cameras.view_labels() if self.view_dependent_prompts else ["any"] * len(timesteps)
-        cond = torch.stack([self.text_embeddings[v] for v in labels])
-        uncond = self.uncond_embeddings.expand_as(cond)
+        cond, uncond = self.embeddings(cameras)
         x_in = torch.cat([latents_noisy, latents_noisy]).to(comps.dtype)
         out = comps.unet(x_in, torch.cat([timesteps, timesteps]), encoder_hidden_states=torch.cat([uncond, cond]))
         pred_uncond, pred_cond = out.sample.float().chunk(2)
         pred = pred_uncond + self.guidance_scale * (pred_cond - pred_uncond)
-        if comps.scheduler.config.prediction_type == "v_prediction":  # SD 2.x 768-v models: convert v to ε
-            a = comps.scheduler.alphas_cumprod.to(pred.device)[timesteps].view(-1, 1, 1, 1)
-            pred = a.sqrt() * pred + (1 - a).sqrt() * latents_noisy.float()
-        return pred
+        return to_epsilon(pred, latents_noisy, timesteps, comps.scheduler)
+
+
+def to_epsilon(model_output: torch.Tensor, latents_noisy: torch.Tensor, timesteps: torch.Tensor,
+               scheduler) -> torch.Tensor:
+    """The UNet's output as ε̂ (B, 4, H, W) float32: itself for ε-prediction models; for v-prediction models (SD 2.x
+    768-v) ε̂ = √ᾱ_t·v + √(1 − ᾱ_t)·z_t (Salimans & Ho, 2022)."""
+    pred = model_output.float()
+    if scheduler.config.prediction_type == "v_prediction":
+        a = scheduler.alphas_cumprod.to(pred.device)[timesteps].view(-1, 1, 1, 1)
+        pred = a.sqrt() * pred + (1 - a).sqrt() * latents_noisy.float()
+    return pred

@@ -8,8 +8,8 @@ converts wire arrays to inputs and results to wire arrays. A new pipeline = one 
 
 from __future__ import annotations
 
-from . import (dream_fields, latent_nerf, latent_paint, point_e, refine_mesh, shap_e, shape_interpolate, shape_ldm,
-               shape_variations)
+from . import (clip_mesh, dream_fields, latent_nerf, latent_paint, point_e, refine_mesh, shap_e, shape_interpolate,
+               shape_ldm, shape_variations)
 from .base import ImageInput, MeshInput, PipelineSpec
 
 PIPELINES: dict[str, PipelineSpec] = {
@@ -34,6 +34,13 @@ PIPELINES: dict[str, PipelineSpec] = {
         "Generate a textured mesh from text with CLIP alone (Dream Fields: a NeRF whose augmented renders CLIP scores "
         "against the prompt, kept sparse by a transmittance loss).",
         textured=True),
+    "clip_mesh": PipelineSpec(
+        clip_mesh.CLIPMeshConfig, clip_mesh.run,
+        "Generate or restyle a textured, normal-mapped mesh from text with CLIP (CLIP-Mesh: a Loop subdivision "
+        "surface from a sphere or the given mesh, a texture and a normal map; no Stable Diffusion).",
+        mesh_inputs=(MeshInput("mesh", False, "mesh to start from (shape modes) or to paint (mode texture: kept "
+                                              "exactly, UVs kept if it has them, else xatlas); none = a sphere"),),
+        check_inputs=clip_mesh.check_inputs, textured=True),
     "shape_ldm": PipelineSpec(
         shape_ldm.ShapeLDMConfig, shape_ldm.run,
         "Generate shapes from text or an image in seconds (Michelangelo: aligned shape latent diffusion); one mesh "

@@ -39,11 +39,14 @@ from ..geometry.bake import dilate_texture
 from ..geometry.cameras import CameraBatch, cameras_from_angles
 from ..geometry.frames import bottom_up_to_top_down
 from ..geometry.mesh import TriMesh, unwrap_uv, validate_mesh
-from ..geometry.render import Rasterizer, make_rasterizer
+from ..geometry.render import Rasterizer, antialias_silhouettes, make_rasterizer
+from ..geometry.shading import shade, vertex_normals
 from ..geometry.subdivision import LoopSurface, scipy_to_torch
 from ..geometry.tangents import perturb_normals, unit_to_normal_map, uv_tangents
 from ..guidance.augment import BACKGROUNDS, ViewAugmentConfig, ViewAugmenter
 from ..guidance.clip import CLIPGuidance
+from ..models.clip import DEFAULT_CLIP_MODEL, load_clip
+from ..models.clip_prior import CLIP_MESH_PRIOR, clip_target, load_prior
 from ..params import Config, ParamError, param
 from .base import JobContext, PipelineInputs, PipelineResult, ResultMesh, to_uint8_image
 
@@ -51,10 +54,6 @@ MODES = ("shape_texture", "texture", "shape")
 """What is optimised: shape + texture + normal map (default), texture + normal map only, or the shape only."""
 OUTPUT_SURFACES = ("limit", "control")
 """The mesh handed back: the Loop limit surface (smooth, denser) or the control mesh."""
-AMBIENT = 0.1
-"""Ambient light of the shading (DreamFusion's, as threestudio sets it)."""
-DIFFUSE = 0.9
-"""Diffuse light of the shading; ``AMBIENT + DIFFUSE = 1``, so a surface facing the light shows its albedo."""
 UNTEXTURED_ALBEDO = 0.5
 """Grey albedo of the untextured renders (the official code's plain shape renders)."""
 
@@ -67,11 +66,17 @@ class CLIPMeshConfig(Config):
     mode: str = param("shape_texture", doc="What is optimised: shape_texture (control vertices, texture and normal "
                                            "map), texture (texture and normal map; the mesh is kept exactly), or "
                                            "shape (control vertices only).", choices=MODES)
-    model: str = param("ViT-B-32/openai", doc="CLIP model: an open_clip '<arch>/<tag>' (ViT-B-32/openai, "
-                                              "ViT-L-14/openai…), a transformers CLIP id or folder, or 'tiny-random'.")
-    use_prior: bool = param(True, doc="Target the image embedding a DALL-E 2 diffusion prior predicts from the "
-                                      "text (when its weights are present; else the text embedding, and the job "
-                                      "says so).")
+    model: str = param(DEFAULT_CLIP_MODEL, doc="CLIP model: an open_clip '<arch>/<tag>' (ViT-B-32/openai, "
+                                               "ViT-L-14/openai…; '<arch>/random' for random weights), a "
+                                               "transformers CLIP id or folder, or 'tiny-random'.")
+    use_prior: bool = param(True, doc="Also pull toward the image embedding a DALL-E 2 diffusion prior predicts from "
+                                      "the text, when its weights are present (else the text embedding alone, and "
+                                      "the job says so).")
+    prior_model: str = param(CLIP_MESH_PRIOR, doc="Diffusion prior: CLIP-Mesh's public one (Hub id), a local .pth "
+                                                  "file, or 'tiny-random'; it must live in the CLIP model's space.")
+    prior_weight: float = param(0.33, doc="Weight of the prior's image-embedding term beside the text term (weight "
+                                          "1); the target is normalize(text + prior_weight · prior).",
+                                low=0.0, high=100.0)
     seed: int = param(99, doc="Seed of the initial texture, cameras, lights, backgrounds and augmentations.",
                       low=0, high=2**63 - 1)
     iterations: int = param(2000, doc="Optimisation steps.", low=1, high=100_000)
@@ -132,6 +137,8 @@ class CLIPMeshConfig(Config):
             raise ParamError("prompt must not be empty")
         if not self.model.strip():
             raise ParamError("model must not be empty")
+        if self.use_prior and not self.prior_model.strip():
+            raise ParamError("prior_model must not be empty when use_prior is on")
         if self.blur_kernel % 2 == 0:
             raise ParamError(f"blur_kernel = {self.blur_kernel} must be odd")
         for name in ("camera_distances", "fovy", "azimuth", "crop_scale"):
@@ -160,7 +167,7 @@ class CLIPMeshConfig(Config):
 
 def check_inputs(config: CLIPMeshConfig, inputs: PipelineInputs) -> None:
     """Submit-time rule: texture mode paints a given mesh, so it needs one. Raises ParamError."""
-    if config.mode == "texture" and "mesh" not in inputs.meshes:
+    if not config.optimises_shape and "mesh" not in inputs.meshes:
         raise ParamError("mode = 'texture' needs an input mesh (mesh.v_pos and mesh.t_pos_idx); the shape modes "
                          "start from a sphere without one")
 
@@ -199,22 +206,6 @@ def sample_lights(cameras: CameraBatch, jitter: float, generator: torch.Generato
     return F.normalize(position / distance + jitter * noise, dim=-1) * distance
 
 
-def _vertex_normals(v_pos: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
-    """(V, 3) area-weighted unit vertex normals (counter-clockwise faces = outward)."""
-    t = tri.long()
-    fn = torch.linalg.cross(v_pos[t[:, 1]] - v_pos[t[:, 0]], v_pos[t[:, 2]] - v_pos[t[:, 0]])
-    acc = torch.zeros_like(v_pos)
-    for k in range(3):
-        acc = acc.index_add(0, t[:, k], fn)
-    return F.normalize(acc, dim=-1, eps=1e-20)
-
-
-def _shade(albedo: torch.Tensor, normals: torch.Tensor, points: torch.Tensor, lights: torch.Tensor) -> torch.Tensor:
-    """Diffuse shading ``albedo · (AMBIENT + DIFFUSE · max(0, n · l̂))``; (B, H, W, 3) tensors, lights (B, 3)."""
-    to_light = F.normalize(lights[:, None, None, :] - points, dim=-1, eps=1e-20)
-    return albedo * (AMBIENT + DIFFUSE * (normals * to_light).sum(-1, keepdim=True).clamp(min=0.0))
-
-
 @dataclass
 class Surface:
     """A mesh as the renderer takes it, in the unit frame, on one device.
@@ -235,6 +226,10 @@ def render_views(rasterizer: Rasterizer, surface: Surface, albedo: torch.Tensor 
                  size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Render a textured, normal-mapped surface with diffuse shading and antialiased silhouettes.
 
+    Shading: :func:`backend.geometry.shading.shade` ("lambertian": ambient 0.1 + diffuse 0.9 · max(0, n · l̂)) with
+    the normal-mapped normals; silhouettes: :func:`backend.geometry.render.antialias_silhouettes` of the
+    premultiplied colour and coverage (outline gradients reach the positions), then un-premultiplied.
+
     Args:
         rasterizer: nvdiffrast or the torch rasterizer.
         surface: the mesh (unit frame).
@@ -253,7 +248,7 @@ def render_views(rasterizer: Rasterizer, surface: Surface, albedo: torch.Tensor 
                             cameras.mvp.to(v)).contiguous()
     rast = rasterizer.rasterize(pos_clip, surface.tri, (size, size))
     mask = (rast[..., 3:] > 0).to(v.dtype)
-    normals = F.normalize(rasterizer.interpolate(_vertex_normals(v, surface.tri), rast, surface.tri), dim=-1,
+    normals = F.normalize(rasterizer.interpolate(vertex_normals(v, surface.tri), rast, surface.tri), dim=-1,
                           eps=1e-20)
     points = rasterizer.interpolate(v, rast, surface.tri)
     uv = rasterizer.interpolate(surface.uv, rast, surface.uv_idx)
@@ -266,8 +261,8 @@ def render_views(rasterizer: Rasterizer, surface: Surface, albedo: torch.Tensor 
         base = torch.full_like(points, UNTEXTURED_ALBEDO)
     else:
         base = rasterizer.texture(albedo.contiguous(), uv, filter_mode="linear")
-    color = _shade(base, normals, points, lights.to(v)) * mask
-    layers = rasterizer.antialias(torch.cat([color, mask], dim=-1).contiguous(), rast, pos_clip, surface.tri)
+    color = shade(base, normals, points, lights.to(v), "lambertian") * mask
+    layers = antialias_silhouettes(torch.cat([color, mask], dim=-1), rast, pos_clip, surface.tri)
     alpha = layers[..., 3:].clamp(0.0, 1.0)
     rgb = (layers[..., :3] / alpha.clamp(min=1e-6)).clamp(0.0, 1.0) * (alpha > 0).to(v.dtype)
     return (bottom_up_to_top_down(rgb, 1).permute(0, 3, 1, 2), bottom_up_to_top_down(alpha, 1).permute(0, 3, 1, 2))
@@ -377,7 +372,7 @@ class CLIPMeshPipeline:
         """
         if mesh is not None:
             return validate_mesh(mesh)
-        if config.mode == "texture":
+        if not config.optimises_shape:
             raise ParamError("mode = 'texture' needs an input mesh")
         import trimesh
 
@@ -600,11 +595,37 @@ def build_guidance(embedder, target: torch.Tensor, config: CLIPMeshConfig) -> CL
     return CLIPGuidance(embedder, target, ViewAugmenter(config.augment_config(), embedder.image_size))
 
 
+def target_embedding(config: CLIPMeshConfig, embedder, context: JobContext) -> tuple[torch.Tensor, str, str]:
+    """The CLIP target of a run: ``(embedding (D,), kind "prior" | "text", note)``.
+
+    With the prior (``use_prior`` and its weights present, in the CLIP's space), the official code's loss
+    ``1.0 · (−cos(img, text)) + prior_weight · (−cos(img, prior))`` equals ``−cos(img, text + prior_weight · prior)``
+    up to a positive scale, so the target is that sum (normalised by the cosine). Otherwise the text embedding, and
+    the note says why (as :func:`backend.models.clip_prior.clip_target` words it).
+    """
+    prior_model = config.prior_model if config.use_prior else None
+    target = clip_target(config.prompt, embedder, prior_model,
+                         load=lambda model: context.models.get(load_prior, model, context.device), seed=config.seed)
+    if target.prior is None:
+        return target.text, "text", target.note
+    combined = target.text + config.prior_weight * target.prior.to(target.text)
+    return combined, "prior", target.note
+
+
 def run(config: CLIPMeshConfig, inputs: PipelineInputs, context: JobContext) -> PipelineResult:
-    """Job entry point: load (or reuse) CLIP (and the prior), embed the target, run CLIP-Mesh.
+    """Job entry point: load (or reuse) CLIP and the prior, embed the target, run CLIP-Mesh on
+    ``inputs.meshes.get('mesh')`` (None = the sphere).
 
     Raises:
         MeshError, ModelNotFoundError, ParamError, JobCancelled.
     """
-    raise NotImplementedError("clip_mesh.run needs the CLIP loaders (backend.models.clip)")
-
+    check_inputs(config, inputs)
+    context.progress("load_model", 0, config.iterations)
+    embedder = context.models.get(load_clip, config.model, context.device)
+    with torch.no_grad():
+        embedding, kind, note = target_embedding(config, embedder, context)
+    guidance = build_guidance(embedder, embedding.float().to(context.device), config)
+    pipeline = CLIPMeshPipeline(make_rasterizer(context.device), context.device)
+    result = pipeline(inputs.meshes.get("mesh"), config, guidance, context, target=kind, target_note=note)
+    result.metadata["model"] = getattr(embedder, "model_id", config.model)
+    return result

@@ -7,6 +7,8 @@ field outputs a density and 4 Stable Diffusion latent channels is volume-rendere
 An optional RGB refinement stage replaces the latent output by a linear 4→3 head (initialised from the latent→RGB
 matrix) and continues SDS through the VAE encoder. The result is extracted by marching cubes, cleaned, UV-unwrapped,
 baked (latent texture → VAE decode) and mapped back from the normalised NeRF frame to the sketch's world frame.
+``guidance="vsd"`` uses ProlificDreamer's variational score distillation instead of SDS (:mod:`backend.guidance.vsd`;
+one particle, the same LoRA through both stages); ``anneal_start`` lowers t_max late in the run (either guidance).
 
 Frames: Blender world, Z up. With a sketch the NeRF frame is the sketch normalised (vertex mean at the origin, largest
 vertex norm 0.7, Latent-NeRF's convention); without one the NeRF frame is the world frame around the origin.
@@ -28,7 +30,7 @@ from ..geometry.extract import clean_mesh, marching_cubes, sample_grid
 from ..geometry.frames import bottom_up_to_top_down
 from ..geometry.mesh import MeshError, TriMesh
 from ..geometry.render import make_rasterizer
-from ..guidance.sds import ScoreDistillation
+from ..guidance.sds import Guidance
 from ..latent_nerf.field import BackgroundField, LatentNeRF, NeRFConfig
 from ..latent_nerf.occupancy import OccupancyGrid
 from ..latent_nerf.sketch import OCCUPANCY_DELTA, SketchShape, sketch_loss
@@ -36,7 +38,7 @@ from ..latent_nerf.volume import get_rays, volume_render
 from ..models.latent_rgb import LATENT_RGB_FACTORS
 from ..params import param
 from .base import JobContext, PipelineInputs, PipelineResult, ResultMesh, to_uint8_image
-from .sds_common import SDSPipelineConfig, VaeCodec, build_sds, maybe_preview, preview_camera
+from .sds_common import SDSPipelineConfig, VaeCodec, build_guidance, maybe_preview, preview_camera
 
 
 @dataclass
@@ -82,7 +84,7 @@ class _Run:
     nerf: LatentNeRF
     background: BackgroundField
     optimizer: torch.optim.Optimizer
-    sds: ScoreDistillation
+    sds: Guidance
     generator: torch.Generator
     sketch: SketchShape | None
     context: JobContext
@@ -149,8 +151,8 @@ class LatentNeRFPipeline:
 
     # ---- the run -----------------------------------------------------------------------------------------------------
 
-    def __call__(self, config: LatentNeRFConfig, sds: ScoreDistillation, sketch: SketchShape | None = None,
-                 context: JobContext | None = None, rgb_sds: ScoreDistillation | None = None) -> PipelineResult:
+    def __call__(self, config: LatentNeRFConfig, sds: Guidance, sketch: SketchShape | None = None,
+                 context: JobContext | None = None, rgb_sds: Guidance | None = None) -> PipelineResult:
         """Optimise a Latent-NeRF for ``config.prompt`` (guided by ``sds``), optionally constrained by ``sketch``.
 
         Returns:
@@ -212,7 +214,8 @@ class LatentNeRFPipeline:
         texture = to_uint8_image(bottom_up_to_top_down(texture_rgb, 1))
         metadata = {"pipeline": self.name, "prompt": config.prompt, "negative_prompt": config.negative_prompt,
                     "seed": config.seed, "model": config.model, "iterations": config.iterations,
-                    "refine_iterations": config.refine_iterations, "guidance_scale": config.guidance_scale,
+                    "refine_iterations": config.refine_iterations, "guidance": config.guidance,
+                    "guidance_scale": config.guidance_scale,
                     "sketch": sketch is not None, "faces": int(len(world.t_pos_idx))}
         return PipelineResult(meshes=[ResultMesh(world, v_color=v_color, texture=texture)], metadata=metadata,
                               timings=run.timings, extras={"nerf": nerf, "background": background, "head": head})
@@ -272,8 +275,8 @@ class LatentNeRFPipeline:
         if head is not None:  # RGB refinement: SDS on the VAE encoding of the RGB render
             image = self.codec.encode(image.clamp(0, 1)).float()
         t1 = time.perf_counter()
-        sds_out = run.sds(image, cameras, generator)
-        losses = {"sds": float(sds_out.loss.detach())}
+        sds_out = run.sds(image, cameras, generator, step=step)
+        losses = {"sds": float(sds_out.loss.detach()), **sds_out.losses}
         loss = sds_out.loss
         if sketch is not None and config.lambda_shape > 0:  # skipped samples count with density 0 (no gradient)
             shape = sketch_loss(out["points"], out["density"], sketch, config.sketch_sigma, reduction="sum")
@@ -338,7 +341,9 @@ class LatentNeRFPipeline:
 
 
 def run(config: LatentNeRFConfig, inputs: PipelineInputs, context: JobContext) -> PipelineResult:
-    """Job entry point: the optional sketch ``inputs.meshes['sketch']``, the model from the cache, then generate.
+    """Job entry point: the optional sketch ``inputs.meshes['sketch']``, the model from the cache, the guidance
+    (SDS or VSD, :func:`~.sds_common.build_guidance`), then generate. VSD's adapter leaves the cached UNet when the run
+    ends, however it ends; ``result.extras['guidance_state']`` holds what it learned (SDS: empty).
 
     Raises:
         MeshError (bad sketch), ModelNotFoundError, ParamError, JobCancelled.
@@ -350,4 +355,7 @@ def run(config: LatentNeRFConfig, inputs: PipelineInputs, context: JobContext) -
     context.progress("load_model", 0, config.iterations)
     sd = context.models.stable_diffusion(config.model, context.device)
     pipeline = LatentNeRFPipeline(sd.vae, sd.latent_scaling, context.device)
-    return pipeline(config, build_sds(sd, config), sketch, context)
+    with build_guidance(sd, config) as guidance:  # VSD's adapter leaves the cached UNet however the run ends
+        result = pipeline(config, guidance, sketch, context)
+        result.extras["guidance_state"] = guidance.state_dict()  # VSD: the trained LoRA + camera MLP (CPU tensors)
+    return result

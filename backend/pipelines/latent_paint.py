@@ -3,7 +3,9 @@
 After Metzer et al., "Latent-NeRF for Shape-Guided Generation of 3D Shapes and Textures" (CVPR 2023), §Latent-Paint:
 the texture is a 4-channel SD latent image on the mesh's UV atlas (4×128×128); each step renders the mesh at 64×64
 latent pixels from a random camera, SDS (:mod:`backend.guidance.sds`) gives ∂L/∂latents, and Adam (lr 1e-2) updates the
-texture. The final texture is the VAE decode of the latent texture (128 → 1024 pixels).
+texture. The final texture is the VAE decode of the latent texture (128 → 1024 pixels). ``guidance="vsd"`` replaces SDS
+by ProlificDreamer's variational score distillation (:mod:`backend.guidance.vsd`, CFG 7.5, a camera-conditioned LoRA
+of the same UNet trained on the renders as they go); ``anneal_start`` lowers t_max late in the run (either guidance).
 
 Frames: the mesh arrives in Blender world coordinates; it is centred and scaled to radius 0.6 for the cameras (the
 result keeps the caller's vertices untouched). Textures: latent/RGB texture tensors follow the rasterizer convention
@@ -24,10 +26,10 @@ from ..geometry.cameras import CameraBatch, sample_cameras
 from ..geometry.frames import bottom_up_to_top_down
 from ..geometry.mesh import TriMesh, normalize_vertices, unwrap_uv, validate_mesh
 from ..geometry.render import Rasterizer, make_rasterizer
-from ..guidance.sds import ScoreDistillation
+from ..guidance.sds import Guidance
 from ..params import param
 from .base import JobContext, PipelineInputs, PipelineResult, ResultMesh, to_uint8_image
-from .sds_common import SDSPipelineConfig, VaeCodec, build_sds, maybe_preview, preview_camera
+from .sds_common import SDSPipelineConfig, VaeCodec, build_guidance, maybe_preview, preview_camera
 
 
 @dataclass
@@ -118,14 +120,15 @@ class LatentPaintPipeline:
 
     # ---- the run ----------------------------------------------------------------------------------------------------
 
-    def __call__(self, mesh: TriMesh, config: LatentPaintConfig, sds: ScoreDistillation,
+    def __call__(self, mesh: TriMesh, config: LatentPaintConfig, sds: Guidance,
                  context: JobContext | None = None, initial_texture: torch.Tensor | None = None) -> PipelineResult:
         """Optimise a latent texture for ``mesh`` with ``sds``.
 
         Args:
             mesh: world-space triangle mesh (UVs optional; xatlas unwraps when missing).
             config: run settings (seed, iterations, sizes, cameras…).
-            sds: score distillation with a Stable Diffusion or an oracle denoiser.
+            sds: the guidance: SDS with a Stable Diffusion or an oracle denoiser, or VSD
+                (:func:`backend.pipelines.sds_common.build_guidance`); called with the 1-based step for annealing.
             context: progress/preview/cancel hooks; a silent one is used when None.
             initial_texture: (1, 4, S, S) latent texture to start from (default: seeded N(0, 0.5²) around the
                 background latent).
@@ -165,7 +168,7 @@ class LatentPaintPipeline:
             cameras = sample_cameras(config.batch_size, generator, device=self.device, **config.camera_ranges())
             latents, _ = self.render(texture, tensors, cameras, config.render_size, background)
             t1 = time.perf_counter()
-            out = sds(latents, cameras, generator)
+            out = sds(latents, cameras, generator, step=step)
             t2 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
@@ -177,7 +180,7 @@ class LatentPaintPipeline:
             loss = float(out.loss.detach())
             if not math.isfinite(loss):
                 raise FloatingPointError(f"SDS loss became {loss} at step {step}")
-            context.progress("optimize", step, config.iterations, {"sds": loss, "grad_norm": out.grad_norm,
+            context.progress("optimize", step, config.iterations, {"sds": loss, **out.losses, "grad_norm": out.grad_norm,
                                                                     "t": float(out.timesteps.float().mean())})
             maybe_preview(step, config, lambda: self.render(texture, tensors, preview_cam, config.render_size, background)[0],
                           self.codec, context)
@@ -197,14 +200,18 @@ class LatentPaintPipeline:
         texture_img = to_uint8_image(bottom_up_to_top_down(rgb[0], 1))
         metadata = {"pipeline": self.name, "prompt": config.prompt, "negative_prompt": config.negative_prompt,
                     "seed": config.seed, "model": config.model, "iterations": config.iterations,
-                    "guidance_scale": config.guidance_scale, "texture_size": config.texture_size,
+                    "guidance": config.guidance, "guidance_scale": config.guidance_scale,
+                    "texture_size": config.texture_size,
                     "uv_source": uv_source}
         return PipelineResult(meshes=[ResultMesh(mesh, texture=texture_img)], metadata=metadata, timings=timings,
                               extras={"latent_texture": texture.detach()})
 
 
 def run(config: LatentPaintConfig, inputs: PipelineInputs, context: JobContext) -> PipelineResult:
-    """Job entry point: load (or reuse) the model, build SDS, run Latent-Paint on ``inputs.meshes['mesh']``.
+    """Job entry point: load (or reuse) the model, build the guidance (SDS or VSD), run Latent-Paint on
+    ``inputs.meshes['mesh']``; VSD's adapter leaves the cached UNet when the run ends, however it ends.
+    ``result.extras['guidance_state']``: the guidance's learned state (VSD: the LoRA adapter and camera MLP as CPU
+    tensors, e.g. for ``safetensors.torch.save_file``; SDS: empty).
 
     Raises:
         MeshError, ModelNotFoundError, ParamError, JobCancelled.
@@ -212,4 +219,7 @@ def run(config: LatentPaintConfig, inputs: PipelineInputs, context: JobContext) 
     context.progress("load_model", 0, config.iterations)
     sd = context.models.stable_diffusion(config.model, context.device)
     pipeline = LatentPaintPipeline(sd.vae, sd.latent_scaling, make_rasterizer(context.device), context.device)
-    return pipeline(inputs.meshes["mesh"], config, build_sds(sd, config), context)
+    with build_guidance(sd, config) as guidance:
+        result = pipeline(inputs.meshes["mesh"], config, guidance, context)
+        result.extras["guidance_state"] = guidance.state_dict()  # VSD: the trained LoRA + camera MLP (CPU tensors)
+    return result

@@ -31,7 +31,6 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..geometry.bake import bake_texture
 from ..geometry.cameras import CameraBatch, sample_cameras
@@ -96,8 +95,19 @@ class RefineMeshConfig(SDSPipelineConfig):
                              high=10_000_000)
     partial_every: int = param(500, doc="Steps between intermediate meshes streamed to the client (0 = never).", low=0,
                                high=100_000)
-    vae_preview_every: int = param(0, doc="Unused here: renders are RGB, every preview is the render itself.", low=0,
+    vae_preview_every: int = param(0, doc="Steps between extra previews (renders are RGB already: a preview is the "
+                                          "render itself, no VAE decode; 0 = none besides preview_every).", low=0,
                                    high=100_000)
+
+    @property
+    def optimizes_geometry(self) -> bool:
+        """Whether the SDF values and deformations are optimised (stage geometry or both)."""
+        return self.stage in ("geometry", "both")
+
+    @property
+    def optimizes_texture(self) -> bool:
+        """Whether the colour field is optimised (stage texture or both)."""
+        return self.stage in ("texture", "both")
 
     def validate(self) -> None:
         super().validate()
@@ -275,18 +285,18 @@ class RefineMeshPipeline:
 
         # 2. Optimiser over what the stage optimises.
         groups = []
-        if config.stage in ("geometry", "both"):
+        if config.optimizes_geometry:
             groups.append({"params": [dmtet.sdf, dmtet.deform], "lr": config.lr_geometry})
         else:
             dmtet.requires_grad_(False)
-        if config.stage in ("texture", "both"):
+        if config.optimizes_texture:
             groups.append({"params": list(color.parameters()), "lr": config.lr_texture})
         else:
             color.requires_grad_(False)
         optimizer = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
         generator = torch.Generator(device=self.device).manual_seed(config.seed)
         run = _Run(config, dmtet, color, optimizer, sds, generator, context, timings, center, scale)
-        if config.stage == "texture":
+        if not config.optimizes_geometry:
             with torch.no_grad():
                 run.fixed_surface = dmtet.extract()
         preview_cam = preview_camera(self.device)
@@ -329,7 +339,7 @@ class RefineMeshPipeline:
         t0 = time.perf_counter()
         cameras = sample_cameras(config.batch_size, generator, device=self.device, **config.camera_ranges())
         shading = sample_shading(generator, config.albedo_probability, config.textureless_probability)
-        if config.stage == "texture" and shading == "textureless":
+        if not config.optimizes_geometry and shading == "textureless":
             shading = "lambertian"  # a white render teaches the colour field nothing
         lights = sample_point_lights(cameras.camera_positions, generator, config.light_distance_range,
                                      config.light_position_perturb)
@@ -345,7 +355,7 @@ class RefineMeshPipeline:
         out = run.sds(latents, cameras, generator)
         loss = out.loss
         losses = {"sds": float(out.loss.detach())}
-        if config.stage != "texture":
+        if config.optimizes_geometry:
             if config.lambda_normal_consistency > 0:
                 nc = normal_consistency(v_pos, faces)
                 loss = loss + config.lambda_normal_consistency * nc

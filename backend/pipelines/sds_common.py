@@ -1,5 +1,5 @@
-"""What the score-distillation pipelines (Latent-Paint, Latent-NeRF) share: their common settings, building the SDS
-guidance from a Stable Diffusion model, the VAE codec and previews."""
+"""What the score-distillation pipelines (Latent-Paint, Latent-NeRF) share: their common settings, building the
+guidance (SDS or VSD, :func:`build_guidance`) from a Stable Diffusion model, the VAE codec and previews."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from ..geometry.cameras import CameraBatch, cameras_from_angles
 from ..guidance.denoiser import StableDiffusionDenoiser
-from ..guidance.sds import ScoreDistillation, SDSConfig
+from ..guidance.sds import Guidance, ScoreDistillation, SDSConfig
+from ..guidance.vsd import VariationalScoreDistillation, VSDConfig
 from ..models.latent_rgb import latents_to_rgb_linear
 from ..models.stable_diffusion import DEFAULT_SD_MODEL
 from ..params import Config, ParamError, param
@@ -34,6 +35,23 @@ class SDSPipelineConfig(Config):
     min_step_percent: float = param(0.02, doc="Smallest SDS timestep as a fraction of T.", low=0.0, high=1.0)
     max_step_percent: float = param(0.98, doc="Largest SDS timestep as a fraction of T.", low=0.0, high=1.0)
     weighting: str = param("sds", doc="SDS weight w(t).", choices=("sds", "sqrt_alpha", "uniform"))
+    anneal_start: int = param(0, doc="Step after which t_max decays to anneal_max_step_percent (0 = never; "
+                                     "ProlificDreamer: 5000).", low=0, high=1_000_000)
+    anneal_max_step_percent: float = param(0.5, doc="Largest timestep once annealed, as a fraction of T "
+                                                    "(ProlificDreamer: 0.5).", low=0.0, high=1.0)
+    anneal_steps: int = param(0, doc="Steps over which t_max decays linearly (0 = at once, as ProlificDreamer).",
+                              low=0, high=1_000_000)
+    guidance: str = param("sds", doc="Score distillation: \"sds\" (DreamFusion / Latent-NeRF) or \"vsd\" "
+                                     "(ProlificDreamer: a camera-conditioned LoRA of the UNet as the render's score).",
+                          choices=("sds", "vsd"))
+    vsd_guidance_scale: float = param(7.5, doc="Classifier-free guidance scale of the pretrained UNet under "
+                                               "--guidance vsd (ProlificDreamer: 7.5).", low=0.0, high=1000.0)
+    lora_rank: int = param(4, doc="VSD: rank of the LoRA on the UNet's attention projections.", low=1, high=256)
+    lora_lr: float = param(1e-4, doc="VSD: AdamW learning rate of the LoRA and its camera MLP.", low=1e-7, high=1.0)
+    lora_camera_condition: bool = param(True, doc="VSD: condition the LoRA on the camera (c2w through an MLP added "
+                                                  "to the timestep embedding).")
+    lora_guidance_scale: float = param(1.0, doc="VSD: classifier-free guidance scale of the LoRA (1 = conditional "
+                                                "only).", low=0.0, high=100.0)
     radius_range: tuple[float, float] = param((1.0, 1.5), doc="Camera distance range (Latent-Paint: the mesh is "
                                               "normalised to radius 0.6; Latent-NeRF: the scene box is [-1, 1]³).",
                                               low=0.1, high=100.0)
@@ -53,6 +71,8 @@ class SDSPipelineConfig(Config):
                 raise ParamError(f"{name} = ({lo}, {hi}) has min > max")
         if self.min_step_percent > self.max_step_percent:
             raise ParamError("min_step_percent must be <= max_step_percent")
+        if self.anneal_start and self.min_step_percent > self.anneal_max_step_percent:
+            raise ParamError("min_step_percent must be <= anneal_max_step_percent when anneal_start > 0")
 
     def camera_ranges(self) -> dict:
         """Keyword arguments of :func:`backend.geometry.cameras.sample_cameras` from this config."""
@@ -60,13 +80,45 @@ class SDSPipelineConfig(Config):
                 "fovy_range": self.fovy_range}
 
 
+def _schedule_fields(config: SDSPipelineConfig) -> dict:
+    return {"min_step_percent": config.min_step_percent, "max_step_percent": config.max_step_percent,
+            "weighting": config.weighting, "anneal_start": config.anneal_start,
+            "anneal_max_step_percent": config.anneal_max_step_percent, "anneal_steps": config.anneal_steps}
+
+
 def build_sds(sd, config: SDSPipelineConfig) -> ScoreDistillation:
-    """SDS with a Stable Diffusion denoiser (view-dependent prompts, CFG) configured from ``config``."""
+    """SDS with a Stable Diffusion denoiser (view-dependent prompts, CFG ``guidance_scale``) configured from ``config``."""
     denoiser = StableDiffusionDenoiser(sd, config.prompt, config.negative_prompt, config.guidance_scale,
                                        config.view_dependent_prompts)
     return ScoreDistillation(sd.scheduler.alphas_cumprod, denoiser,
-                             SDSConfig(config.guidance_scale, config.min_step_percent, config.max_step_percent,
-                                       config.weighting))
+                             SDSConfig(guidance_scale=config.guidance_scale, **_schedule_fields(config)))
+
+
+def build_vsd(sd, config: SDSPipelineConfig) -> VariationalScoreDistillation:
+    """VSD on ``sd``'s UNet (ε_pretrained with CFG ``vsd_guidance_scale``, a LoRA seeded by ``config.seed``)."""
+    denoiser = StableDiffusionDenoiser(sd, config.prompt, config.negative_prompt, config.vsd_guidance_scale,
+                                       config.view_dependent_prompts)
+    return VariationalScoreDistillation(sd, denoiser, VSDConfig(
+        guidance_scale=config.vsd_guidance_scale, lora_rank=config.lora_rank, lora_lr=config.lora_lr,
+        camera_condition=config.lora_camera_condition, lora_guidance_scale=config.lora_guidance_scale,
+        seed=config.seed, **_schedule_fields(config)))
+
+
+def build_guidance(sd, config: SDSPipelineConfig) -> Guidance:
+    """The guidance ``config.guidance`` names: :func:`build_sds` (``"sds"``) or :func:`build_vsd` (``"vsd"``).
+
+    Args:
+        sd: :class:`backend.models.stable_diffusion.StableDiffusionComponents` (from the model cache).
+        config: any :class:`SDSPipelineConfig` (its prompt, CFG, timestep/annealing and VSD fields).
+
+    Returns:
+        A :class:`backend.guidance.sds.Guidance`: call it as ``guidance(latents, cameras, generator, step=step)``
+        every step. Use it as a context manager (``with build_guidance(sd, config) as guidance: ...``): VSD attaches
+        a LoRA adapter to the cached UNet and removes it on leaving, even when the job fails or is cancelled.
+    """
+    if config.guidance == "vsd":
+        return build_vsd(sd, config)
+    return build_sds(sd, config)
 
 
 class VaeCodec:
