@@ -1,4 +1,4 @@
-"""Command line: ``python -m backend {serve,run,train,jobs,download,tokens,tls}`` (installed as the ``latentforge``
+"""Command line: ``python -m backend {serve,run,train,eval,jobs,download,tokens,tls}`` (installed as the ``latentforge``
 command).
 
 - ``serve``: the socket service the Blender add-on talks to; ``--tls`` for remote use (binding a non-loopback address
@@ -8,7 +8,10 @@ command).
   field of the pipeline's config is a flag (``--texture-size 2048``); ``--help`` lists them with their defaults. A
   result with several meshes (``shape_ldm --num-samples 4``) becomes one GLB with one node per mesh, side by side.
 - ``train shape_vae|shape_ldm``: train Michelangelo's shape VAE, then its denoiser, on a folder of meshes
-  (``--data DIR --out DIR``; every field of the training config is a flag, ``--resume`` continues a run).
+  (``--data DIR --out DIR``; every field of the training config is a flag, ``--resume`` continues a run);
+  ``train lion_vae|lion_ddm`` the same for LION's VAE, then its two latent DDMs.
+- ``eval 1nna --generated DIR --reference DIR``: the 1-NNA accuracy (Chamfer and/or EMD) of generated point clouds
+  or meshes against reference ones (LION's Table 1 protocol; 50 % is ideal).
 - ``jobs``: list the job store (with the worker that ran each job); ``--export JOB --out file.glb`` copies a finished job's result; ``--delete JOB``
   deletes a finished job and its files; ``--prune`` applies the store's size/age cap once.
 - ``download <model>``: fetch a Stable Diffusion model, a public Michelangelo checkpoint (``text-ASLDM-256``,
@@ -50,7 +53,9 @@ from .cli_progress import ProgressReporter
 from .geometry.mesh import MeshError, load_mesh
 from .michelangelo.conditioner import load_image
 from .michelangelo.model import PUBLIC_FILES, download_public_checkpoint
-from .michelangelo.train import TRAINERS
+from .metrics.one_nna import METRICS as NNA_METRICS, evaluate_1nna, load_clouds
+from .lion.train import TRAINERS as LION_TRAINERS
+from .michelangelo.train import TRAINERS as MICHELANGELO_TRAINERS
 from .models.cache import ModelCache
 from .models.devices import resolve_device
 from .models.base import TINY_RANDOM, ModelNotFoundError
@@ -73,6 +78,9 @@ from .serving.service import JobService
 from .serving.store import TERMINAL, JobStore
 
 log = logging.getLogger("backend")
+
+TRAINERS = {**MICHELANGELO_TRAINERS, **LION_TRAINERS}
+"""``train <name>``: every method's trainers (config class, training function)."""
 
 # Flags every pipeline shares, in the order `--help` shows them (the rest of each config follows).
 SHARED_FLAGS = ("model", "prompt", "negative_prompt", "seed", "iterations")
@@ -247,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_common(p)
 
 
-    train = sub.add_parser("train", help="train Michelangelo (shape VAE, then denoiser) on a folder of meshes")
+    train = sub.add_parser("train", help="train Michelangelo (shape VAE, then denoiser) or LION (VAE, then latent "
+                                         "DDMs) on a folder of meshes")
     train_sub = train.add_subparsers(dest="trainer", required=True)
     for name, (config_class, _fn) in TRAINERS.items():
         summary = (config_class.__doc__ or "").strip().splitlines()[0]
@@ -255,6 +264,24 @@ def build_parser() -> argparse.ArgumentParser:
         _config_flags(t, config_class)
         t.add_argument("--no-progress", action="store_true", help="no progress bar")
         _add_verbosity(t)
+
+    evaluate = sub.add_parser("eval", help="shape-generation metrics on folders of point clouds or meshes")
+    eval_sub = evaluate.add_subparsers(dest="metric_command", required=True)
+    nna = eval_sub.add_parser("1nna", help="1-NNA accuracy of generated vs reference shapes (50 %% is ideal)",
+                              description="Leave-one-out 1-nearest-neighbour accuracy over generated ∪ reference "
+                                          "(LION's Table 1 protocol): 50 %% = indistinguishable sets, 100 %% = "
+                                          "every shape's nearest neighbour is from its own set.")
+    nna.add_argument("--generated", type=Path, required=True,
+                     help="folder of generated clouds or meshes (.npy (N, 3), .ply, .obj, .off, .stl, .glb)")
+    nna.add_argument("--reference", type=Path, required=True, help="folder of reference clouds or meshes (same kinds)")
+    nna.add_argument("--points", type=_positive_int, default=2048,
+                     help="points per cloud: meshes are sampled, larger clouds subsampled (default 2048)")
+    nna.add_argument("--metric", choices=("cd", "emd", "both"), default="both",
+                     help="distance between clouds: cd (Chamfer, squared L2), emd (exact matching), or both")
+    nna.add_argument("--normalize", choices=("box", "none"), default="box",
+                     help="box: each cloud to the [-1, 1] box (LION's evaluation); none: compare as they are")
+    nna.add_argument("--seed", type=int, default=0, help="seed of the mesh samples and subsampling (default 0)")
+    _add_verbosity(nna)
 
     jobs = sub.add_parser("jobs", help="list the job store, or export a finished job")
     jobs.add_argument("--limit", type=_positive_int, default=20, help="most recent jobs to list (default 20)")
@@ -611,6 +638,31 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    if args.seed < 0:
+        print(f"error: --seed = {args.seed} must be >= 0", file=sys.stderr)
+        return 2
+    metrics = NNA_METRICS if args.metric == "both" else (args.metric,)
+    try:
+        generated = load_clouds(args.generated, args.points, args.seed, args.normalize)
+        reference = load_clouds(args.reference, args.points, args.seed + 1, args.normalize)
+        progress = ProgressReporter(sys.stderr, enabled=not args.quiet)
+        try:
+            scores = evaluate_1nna(generated, reference, metrics,
+                                   progress=lambda stage, done, total: progress.update(stage, done, total, {}, None))
+        finally:
+            progress.close()
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"1-NNA over {len(generated)} generated and {len(reference)} reference shapes, {args.points} points each "
+          f"(50 % is ideal):")
+    for metric, score in scores.items():
+        print(f"  1-NNA-{metric.upper()}: {100 * score['acc']:.2f} % (generated {100 * score['acc_generated']:.2f} %, "
+              f"reference {100 * score['acc_reference']:.2f} %)")
+    return 0
+
+
 def cmd_download(args) -> int:
     try:
         if args.model in PUBLIC_FILES:
@@ -669,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "urllib3", "huggingface_hub", "diffusers", "transformers"):  # their retries are ours to say
         logging.getLogger(noisy).setLevel(logging.DEBUG if getattr(args, "verbose", False) else logging.ERROR)
     try:
-        return {"serve": cmd_serve, "run": cmd_run, "train": cmd_train, "jobs": cmd_jobs,
+        return {"serve": cmd_serve, "run": cmd_run, "train": cmd_train, "eval": cmd_eval, "jobs": cmd_jobs,
                 "download": cmd_download, "tokens": cmd_tokens, "tls": cmd_tls}[args.command](args)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -196,3 +196,35 @@ def sphere_arrays(subdivisions: int = 2) -> dict:
 
 TINY_PARAMS = {"prompt": "a rusty metal barrel", "model": "tiny-random", "iterations": 3, "texture_size": 64,
                "latent_texture_size": 32, "render_size": 32, "preview_every": 1, "vae_preview_every": 0}
+
+
+_SUZANNE_SCRIPT = """
+import sys
+import bpy
+import bmesh
+import numpy as np
+bpy.ops.mesh.primitive_monkey_add()
+bm = bmesh.new()
+bm.from_mesh(bpy.context.active_object.data)
+bmesh.ops.triangulate(bm, faces=bm.faces[:])
+v_pos = np.array([v.co[:] for v in bm.verts], np.float32)
+t_pos_idx = np.array([[loop.vert.index for loop in f.loops] for f in bm.faces], np.int32)
+np.savez(sys.argv[1], v_pos=v_pos, t_pos_idx=t_pos_idx)
+"""
+
+
+@pytest.fixture(scope="session")
+def suzanne(tmp_path_factory):
+    """Blender's Suzanne, triangulated, from the ``bpy`` module in a subprocess (no bpy in the test process):
+    ``(v_pos (507, 3) float32, t_pos_idx (968, 3) int32)``, Blender's frame, about 2.7 × 1.7 × 2.0 m (x, y, z). Not
+    watertight. Skips when the ``bpy`` module is not installed."""
+    import importlib.util
+
+    import numpy as np
+
+    if importlib.util.find_spec("bpy") is None:
+        pytest.skip("needs the bpy module (Blender as a module) for Suzanne")
+    out = tmp_path_factory.mktemp("suzanne") / "suzanne.npz"
+    subprocess.run([sys.executable, "-c", _SUZANNE_SCRIPT, str(out)], check=True, capture_output=True, timeout=120)
+    data = np.load(out)
+    return data["v_pos"], data["t_pos_idx"]

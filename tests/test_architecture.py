@@ -127,7 +127,7 @@ LAYERS = [  # higher layers may import lower ones, never the reverse
     ("backend.serving",),
     ("backend.pipelines",),
     ("backend.latent_nerf", "backend.lion", "backend.michelangelo", "backend.point_e"),
-    ("backend.guidance", "backend.geometry", "backend.models"),
+    ("backend.guidance", "backend.geometry", "backend.models", "backend.metrics"),
     ("backend.params",),
 ]
 

@@ -12,6 +12,9 @@ Axes (positions (N, 3), same units on both sides):
   :func:`point_e_to_blender` / :func:`blender_to_point_e` are copies, kept so the fact has one home.
 - Shap-E's frame is Blender's own (Z up, front toward −Y, units = metres for generated shapes):
   :func:`shap_e_to_blender` / :func:`blender_to_shap_e` are identities that name the fact (sources in their docs).
+- LION's released models (ShapeNet, PointFlow's clouds) are Y up: :func:`blender_to_lion_shapenet` /
+  :func:`lion_shapenet_to_blender` (the glTF rule, as Michelangelo's ShapeNet-derived frame). LION models trained
+  here (``train lion_vae``) keep Blender's axes.
 - Latent-NeRF's normalised frame differs from the world frame by a similarity only (no axis change): see
   :mod:`backend.latent_nerf.sketch`.
 
@@ -100,3 +103,18 @@ def point_e_to_blender(v: np.ndarray) -> np.ndarray:
 def blender_to_point_e(v: np.ndarray) -> np.ndarray:
     """Blender world → Point-E's model frame; inverse of :func:`point_e_to_blender` (the same axes)."""
     return np.array(v, dtype=np.float32, copy=True)
+
+
+def lion_shapenet_to_blender(v: np.ndarray) -> np.ndarray:
+    """The frame of LION's released models → Blender world; (N, 3) → (N, 3), same units.
+
+    Their data are PointFlow's ShapeNetCore.v2 clouds (``ShapeNetCore.v2.PC15k``), Y up as ShapeNet's meshes; the
+    same glTF rule as :func:`michelangelo_to_blender` ((x, y, z) ↦ (x, −z, y)). The up axis is ShapeNet's documented
+    one; which horizontal direction is the front was not checked against the released files.
+    """
+    return gltf_to_blender(v)
+
+
+def blender_to_lion_shapenet(v: np.ndarray) -> np.ndarray:
+    """Blender world → the frame of LION's released models; inverse of :func:`lion_shapenet_to_blender`."""
+    return blender_to_gltf(v)

@@ -17,7 +17,8 @@ Zhao et al., "Michelangelo" (NeurIPS 2023). Losses, as the paper and the public 
   what classifier-free guidance needs.
 
 Optimiser: AdamW(betas (0.9, 0.99), eps 1e-6, weight decay 0.01) with linear warm-up then cosine decay to
-``lr · 1e-3`` (public ``LambdaWarmUpCosineFactorScheduler``, f_min 1e-3).
+``lr · 1e-3`` (public ``LambdaWarmUpCosineFactorScheduler``, f_min 1e-3); the loop, the output folder's state and log,
+and exact resume are :mod:`backend.models.training`'s, shared with LION.
 
 Output folder (``out``): our checkpoint format (:func:`.checkpoint.save_checkpoint`: ``config.json`` +
 ``vae.safetensors`` [+ ``denoiser.safetensors``]) that ``load_michelangelo(out)`` reads; ``train_state.pt`` (optimiser,
@@ -29,10 +30,8 @@ draws (items, point subsets, posterior noise, timesteps, condition drops) come f
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -42,6 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from ..models.devices import resolve_device
+from ..models.training import LOSS_LOG, STATE_FILE, TrainingError, batch_indices, load_state, lr_factor, \
+    prepare_out, train_loop
 from ..params import Config, ParamError, param, parse_config
 from .asldm import ASLDMDenoiser
 from .checkpoint import CheckpointError, is_our_checkpoint, load_checkpoint, save_checkpoint
@@ -57,15 +58,7 @@ __all__ = ["ShapeVAETrainConfig", "ShapeLDMTrainConfig", "TrainResult", "Trainin
            "train_shape_ldm", "contrastive_loss", "occupancy_losses", "lr_factor", "decode_occupancy",
            "reconstruct_occupancy", "occupancy_iou", "TRAINERS", "STATE_FILE", "LOSS_LOG"]
 
-STATE_FILE = "train_state.pt"
-LOSS_LOG = "loss_log.jsonl"
-MIN_LR_RATIO = 1e-3
-"""Final learning rate / peak learning rate of the cosine decay (public ``f_min``)."""
 _PRESETS = tuple(sorted(PRESETS))
-
-
-class TrainingError(ValueError):
-    """Training cannot start or resume (bad output folder, data without the needed captions/images, mismatch)."""
 
 
 @dataclass
@@ -204,16 +197,6 @@ def contrastive_loss(shape_embed: torch.Tensor, other_embed: torch.Tensor, logit
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
-def lr_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float = MIN_LR_RATIO) -> float:
-    """Learning-rate multiplier at ``step`` (0-based): linear warm-up from ~0 to 1 over ``warmup_steps``, then cosine
-    decay to ``min_ratio`` at ``total_steps``."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    span = max(total_steps - warmup_steps, 1)
-    progress = min(max(step - warmup_steps, 0) / span, 1.0)
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Evaluation helpers (tests, logging).
 # ---------------------------------------------------------------------------------------------------------------------
@@ -267,127 +250,27 @@ def occupancy_iou(pred: np.ndarray, target: np.ndarray) -> float:
 # The shared loop.
 # ---------------------------------------------------------------------------------------------------------------------
 
-def _generator(device: torch.device, seed: int, step: int) -> torch.Generator:
-    gen = torch.Generator(device=device)
-    gen.manual_seed((seed * 1_000_003 + step) % (2 ** 63))
-    return gen
-
-
-def _batch_indices(rng: np.random.Generator, n: int, batch_size: int) -> list[int]:
-    """Distinct shapes while batch_size <= n; otherwise whole permutations, then a partial one."""
-    reps = -(-batch_size // n)
-    return np.concatenate([rng.permutation(n) for _ in range(reps)])[:batch_size].tolist()
-
-
-def _prepare_out(cfg: _Common, kind: str) -> Path:
-    out = Path(cfg.out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise TrainingError(f"output path {str(out)!r} exists and is not a folder")
-    state = out / STATE_FILE
-    if cfg.resume:
-        if not state.is_file() or not is_our_checkpoint(out):
-            raise TrainingError(f"cannot resume: {str(out)!r} holds no saved run ({STATE_FILE} + checkpoint); "
-                                f"start without --resume")
-    elif state.is_file() or is_our_checkpoint(out):
-        raise TrainingError(f"{str(out)!r} already holds a {kind} checkpoint; pass --resume to continue it or choose "
-                            f"another --out")
-    return out
-
-
-def _load_state(out: Path, kind: str) -> dict[str, Any]:
-    state = torch.load(out / STATE_FILE, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or state.get("kind") != kind:
-        raise TrainingError(f"{str(out / STATE_FILE)!r} is not a {kind} training state "
-                            f"(found {state.get('kind') if isinstance(state, dict) else type(state).__name__!r})")
-    return state
-
-
-def _trim_log(path: Path, step: int) -> None:
-    """Drop log lines past ``step`` (a run resumed from an earlier save rewrites them)."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue
-    path.write_text("".join(k + "\n" for k in kept))
-
-
 def _run(kind: str, cfg: _Common, config: MichelangeloConfig, modules: dict[str, torch.nn.Module],
          trainable: torch.nn.Module, start_state: dict[str, Any] | None, dataset: ShapeDataset,
          step_fn: Callable[[dict[str, Any], torch.Generator], tuple[torch.Tensor, dict[str, float]]],
          out: Path, device: torch.device, progress: bool,
          callback: Callable[[int, dict[str, float]], None] | None) -> TrainResult:
-    from tqdm import tqdm
-
-
-    params = [p for p in trainable.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), eps=1e-6, weight_decay=cfg.weight_decay)
-    start = 0
-    if start_state is not None:
-        optimizer.load_state_dict(start_state["optimizer"])
-        start = int(start_state["step"])
-    for group in optimizer.param_groups:
-        group["lr"] = cfg.lr
-    out.mkdir(parents=True, exist_ok=True)  # only now: a run that fails on its data leaves no folder behind
-    log_path = out / LOSS_LOG
-    _trim_log(log_path, start)
-    history: list[dict[str, float]] = []
+    """The shared loop (:func:`backend.models.training.train_loop`) on batches of ``dataset``, saving our
+    checkpoint format."""
     train_config = dataclasses.asdict(cfg)
 
-    def save(step: int) -> None:
+    def make_batch(_i: int, rng: np.random.Generator) -> dict[str, Any]:
+        return collate_shapes([dataset.sample(k, rng) for k in batch_indices(rng, len(dataset), cfg.batch_size)])
+
+    def save_weights(step: int, history: list[dict[str, float]]) -> None:
         save_checkpoint(out, config, modules, metadata={"kind": kind, "step": step, "train_config": train_config,
                                                         "last_losses": history[-1] if history else {}})
-        tmp = out / (STATE_FILE + ".tmp")
-        torch.save({"kind": kind, "step": step, "optimizer": optimizer.state_dict(), "train_config": train_config},
-                   tmp)
-        tmp.replace(out / STATE_FILE)
 
-    if start >= cfg.steps:
-        log.info("%s: already at step %d >= steps %d; nothing to do", out, start, cfg.steps)
-    trainable.train()
-    bar = tqdm(total=cfg.steps, initial=start, unit="step", dynamic_ncols=True, disable=not progress,
-               desc=f"train {kind}")
-    t0 = time.perf_counter()
-    step = start
-    with open(log_path, "a") as log_file:
-        for step in range(start + 1, cfg.steps + 1):
-            i = step - 1  # 0-based index of this step: its random draws and learning rate
-            factor = lr_factor(i, cfg.warmup_steps, cfg.steps)
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * factor
-            rng = np.random.default_rng([cfg.seed, i])
-            batch = collate_shapes([dataset.sample(k, rng) for k in _batch_indices(rng, len(dataset),
-                                                                                     cfg.batch_size)])
-            loss, terms = step_fn(batch, _generator(device, cfg.seed, i))
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{kind} loss became {loss.item()} at step {step} (terms {terms}); lower "
-                                         f"--lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            optimizer.step()
-            record = {"step": step, "loss": float(loss.detach()), **terms, "grad_norm": float(grad_norm),
-                      "lr": cfg.lr * factor}
-            history.append(record)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                log_file.write(json.dumps({**record, "time_s": round(time.perf_counter() - t0, 3)}) + "\n")
-                log_file.flush()
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in record.items() if k not in ("step", "lr", "grad_norm")}, refresh=False)
-            if step % cfg.save_every == 0 and step != cfg.steps:
-                save(step)
-            if callback is not None:
-                callback(step, record)
-    bar.close()
-    if step > start or start_state is None:
-        save(step)
+    result = train_loop(kind, cfg, trainable, start_state, make_batch, step_fn, save_weights, out, device, progress,
+                        callback)
     for module in modules.values():
         module.eval()
-    return TrainResult(out=out, step=max(step, start), history=history, config=config, modules=modules)
+    return TrainResult(out=out, step=result.step, history=result.history, config=config, modules=modules)
 
 
 def _resolve_config(cfg, config_class) -> Any:
@@ -424,13 +307,13 @@ def train_shape_vae(cfg: ShapeVAETrainConfig | dict[str, Any], model_config: Mic
 
     cfg = _resolve_config(cfg, ShapeVAETrainConfig)
     device = resolve_device(cfg.device)
-    out = _prepare_out(cfg, "shape_vae")
+    out = prepare_out(cfg.out, cfg.resume, "shape_vae", is_our_checkpoint)
     dataset = ShapeDataset(cfg.data, num_surface_points=cfg.num_surface_points,
                            num_volume_points=cfg.num_volume_points, num_near_points=cfg.num_near_points,
                            seed=cfg.seed)
     state = None
     if cfg.resume:
-        state = _load_state(out, "shape_vae")
+        state = load_state(out, "shape_vae")
         loaded = load_checkpoint(out, device=device)
         config, vae = loaded.config, loaded.vae
         if vae is None:
@@ -527,10 +410,10 @@ def train_shape_ldm(cfg: ShapeLDMTrainConfig | dict[str, Any], model_config: Mic
 
     cfg = _resolve_config(cfg, ShapeLDMTrainConfig)
     device = resolve_device(cfg.device)
-    out = _prepare_out(cfg, "shape_ldm")
+    out = prepare_out(cfg.out, cfg.resume, "shape_ldm", is_our_checkpoint)
     state = None
     if cfg.resume:
-        state = _load_state(out, "shape_ldm")
+        state = load_state(out, "shape_ldm")
         loaded = load_checkpoint(out, device=device)
         config, vae, denoiser = loaded.config, loaded.vae, loaded.denoiser
         if vae is None or denoiser is None:

@@ -8,8 +8,8 @@ converts wire arrays to inputs and results to wire arrays. A new pipeline = one 
 
 from __future__ import annotations
 
-from . import (clip_mesh, dream_fields, latent_nerf, latent_paint, point_e, refine_mesh, shap_e, shape_interpolate,
-               shape_ldm, shape_variations)
+from . import (clip_mesh, dream_fields, latent_nerf, latent_paint, lion, point_e, refine_mesh, shap_e,
+               shape_interpolate, shape_ldm, shape_variations)
 from .base import ImageInput, MeshInput, PipelineSpec
 
 PIPELINES: dict[str, PipelineSpec] = {
@@ -71,4 +71,26 @@ PIPELINES: dict[str, PipelineSpec] = {
         image_inputs=(ImageInput("image", False, "concept image (RGB or RGBA; alpha composited on white) instead of "
                                                  "a prompt"),),
         check_inputs=shap_e.check_inputs, textured=True),
+    "lion_generate": PipelineSpec(
+        lion.LionGenerateConfig, lion.run_generate,
+        "Generate point clouds (and meshes) of a category in seconds (LION: latent point diffusion).",
+        mesh_inputs=()),
+    "lion_from_blockout": PipelineSpec(
+        lion.LionFromBlockoutConfig, lion.run_from_blockout,
+        "Detailed shapes that follow a blockout mesh (LION's voxel-guided synthesis); results stand where the "
+        "blockout stands, at its size.",
+        mesh_inputs=(MeshInput("mesh", True, "blockout: a rough closed mesh the shapes follow"),)),
+    "lion_variations": PipelineSpec(
+        lion.LionVariationsConfig, lion.run_variations,
+        "Variations of a shape (LION's diffuse-denoise); results stand where it stands.",
+        mesh_inputs=(MeshInput("mesh", True, "shape to make variations of"),)),
+    "lion_interpolate": PipelineSpec(
+        lion.LionInterpolateConfig, lion.run_interpolate,
+        "In-between shapes of two shapes (LION: interpolation in the diffusion prior through the ODE).",
+        mesh_inputs=(MeshInput("mesh", True, "start shape"), MeshInput("mesh_b", True, "end shape"))),
+    "lion_denoise": PipelineSpec(
+        lion.LionDenoiseConfig, lion.run_denoise,
+        "Clean up a noisy shape or scan (LION: encode, diffuse a little, denoise); results stand where it stands.",
+        mesh_inputs=(MeshInput("mesh", True, "noisy shape or scan (its surface, or its vertices with --source "
+                                             "vertices)"),)),
 }
