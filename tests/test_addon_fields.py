@@ -88,8 +88,8 @@ def test_check_params_against_a_welcome():
         fields.check_params("shape_ldm", {"grid_resolution": 8}, welcome)
     with pytest.raises(ValueError, match=r"weighting = 'x' is not one of"):
         fields.check_params("latent_nerf", {"weighting": "x"}, welcome)
-    with pytest.raises(ValueError, match="no pipeline 'clip_mesh'"):
-        fields.check_params("clip_mesh", {}, welcome)
+    with pytest.raises(ValueError, match="no pipeline 'no_such_method'"):
+        fields.check_params("no_such_method", {}, welcome)
 
 
 def test_core_imports_without_bpy():

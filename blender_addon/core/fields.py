@@ -100,8 +100,8 @@ SETTING_FIELDS: tuple[SettingField, ...] = (
     SettingField("shape_steps", "Steps", "num_inference_steps", SHAPES, default=50, min=1, max=1000,
                  soft_max=200),
     SettingField("shape_strength", "Strength", "strength", ("shape_variations",), default=0.5, min=0.01, max=1.0),
-    SettingField("shape_variation_count", "Variations", "num_samples", ("shape_variations",), default=4, min=1,
-                 max=16),
+    SettingField("shape_variation_count", "Variations", "num_samples", ("shape_variations", "lion_variations"),
+                 default=4, min=1, max=16),
     SettingField("shape_interpolate_count", "In-Between Shapes", "num_shapes", ("shape_interpolate",), default=3,
                  min=1, max=32),
 )
