@@ -520,6 +520,36 @@ def test_clip_mesh_texture_mode_keeps_the_mesh_exactly_and_imports_again(scene, 
     assert not [o for o in bpy.data.objects if o.get("latentforge_pipeline") == "clip_mesh" and o != obj]
 
 
+@needs_pipeline("clip_mesh")
+@needs_pipeline("dream_fields")
+def test_generate_with_dream_fields_then_clip_mesh_from_a_sphere_and_cancel(scene, connected):
+    """Generate with Dream Fields makes a textured object named after the prompt. Generate with CLIP-Mesh from a
+    sphere (From Selected off): the shape mode's intermediate meshes show as the one preview object; Cancel Job stops
+    the job, removes the preview and leaves no result."""
+    addon, bpy = scene, scene.bpy
+    s = addon.settings
+    s.generate_method, s.prompt, s.model = "dream_fields", "a red box", "tiny-random"
+    set_model_settings(addon, "dream_fields", DREAM_FIELDS_FAST)
+    [obj] = run_and_wait(addon, bpy.ops.latentforge.generate, "dream_fields", 1, "the Dream Fields mesh")
+    assert obj.name == "a red box" and len(obj.data.polygons) > 0
+    assert linked_image(obj.material_slots[0].material).size[0] == DREAM_FIELDS_FAST["texture_size"]
+    assert (obj["latentforge_prompt"], obj["latentforge_model"]) == ("a red box", "tiny-random")
+
+    s.generate_method, s.from_selected, s.prompt, s.model = "clip_mesh", False, PROMPT, "tiny-random"
+    set_model_settings(addon, "clip_mesh", {**CLIP_MESH_FAST, "iterations": 10_000, "batch_size": 1,
+                                            "sphere_subdivisions": 1, "partial_every": 1})
+    addon.state.last_error = ""
+    assert bpy.ops.latentforge.generate() == {"FINISHED"}, addon.state.last_error
+    addon.pump(lambda: len(preview_objects(bpy)) == 1, JOB_TIMEOUT_S, "an intermediate CLIP-Mesh mesh")
+    [preview] = preview_objects(bpy)
+    assert len(preview.data.polygons) > 0
+    job_id = addon.state.active_job_id
+    assert job_id and bpy.ops.latentforge.cancel_job() == {"FINISHED"}
+    addon.pump(lambda: addon.state.stage == "cancelled", 60, "the cancellation")
+    assert preview_objects(bpy) == [] and addon.state.jobs[job_id].status == "cancelled"
+    assert not [o for o in bpy.data.objects if o.get("latentforge_pipeline") == "clip_mesh"]
+
+
 @needs_pipeline("refine_mesh")
 def test_refine_selected_lands_on_a_rotated_scaled_object_with_a_modifier(scene, connected):
     addon, bpy = scene, scene.bpy
@@ -553,18 +583,6 @@ def test_refine_selected_lands_on_a_rotated_scaled_object_with_a_modifier(scene,
     assert again.name.startswith("Mask refined") and again["latentforge_job_id"] == job_id
     np.testing.assert_allclose(world_vertices(again), v, atol=1e-6)
     assert not obj.visible_get()
-
-
-@needs_pipeline("dream_fields")
-def test_dream_fields_from_the_generate_panel_makes_a_textured_object(scene, connected):
-    addon, bpy = scene, scene.bpy
-    s = addon.settings
-    s.generate_method, s.prompt, s.model = "dream_fields", "a red box", "tiny-random"
-    set_model_settings(addon, "dream_fields", DREAM_FIELDS_FAST)
-    [obj] = run_and_wait(addon, bpy.ops.latentforge.generate, "dream_fields", 1, "the Dream Fields mesh")
-    assert obj.name == "a red box" and len(obj.data.polygons) > 0
-    assert linked_image(obj.material_slots[0].material).size[0] == DREAM_FIELDS_FAST["texture_size"]
-    assert (obj["latentforge_prompt"], obj["latentforge_model"]) == ("a red box", "tiny-random")
 
 
 def linked_image(material):
