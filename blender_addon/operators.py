@@ -140,7 +140,8 @@ def texture_task_params(settings, pipeline: str, description: dict | None) -> di
     :func:`method_params` with CLIP-Mesh's ``mode`` from *CLIP-Mesh Mode*."""
     if pipeline == "latent_paint":
         return texture_params(settings)
-    return method_params(settings, pipeline, description, mode=settings.clip_mesh_mode)
+    fixed = {"mode": settings.clip_mesh_mode} if "mode" in fields.OPERATOR_FIELDS.get(pipeline, ()) else {}
+    return method_params(settings, pipeline, description, **fixed)
 
 
 def generate_task_params(settings, pipeline: str, description: dict | None) -> dict:
