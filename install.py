@@ -45,7 +45,7 @@ MIN_PYTHON = (3, 10)
 # torch and torchvision are one pair, exact on purpose. PyPI's torchvision wheels link PyPI's default torch build (CUDA
 # on Linux x86-64, which also runs on CPU-only machines), so the pair is installed everywhere, CPU machines included:
 # without a matching torchvision neither open_clip nor dalle2-pytorch (the CLIP-Mesh prior) can import. The price on
-# a CPU-only machine is the CUDA libraries' disk space (about 5.5 GB in the venv instead of about 1 GB).
+# a CPU-only machine is the CUDA libraries' disk space: about 4.6 GB in the venv (README, Set up).
 TORCH_SPEC = "torch==2.14.1"
 TORCHVISION_SPEC = "torchvision==0.29.1"
 NUMPY_SPEC = "numpy<2"

@@ -7,7 +7,7 @@
 Each pipeline of :data:`backend.pipelines.PIPELINES` runs through ``PIPELINES[name].run(config, inputs,
 JobContext(...))`` at its defaults except its step counts, with random weights: the full public architectures
 (``--arch full``: Stable Diffusion 1.5, text-ASLDM-256 + a CLIP ViT-L/14-sized text tower, Shap-E, Point-E
-base40M-textvec + upsampler + SDF) or the tests' tiny presets (``--arch tiny``, a check of this script in a minute).
+base40M-textvec + upsampler + SDF, CLIP ViT-B/32 for Dream Fields) or the tests' tiny presets (``--arch tiny``, a check of this script in a minute).
 A pipeline missing from :data:`CASES` gets a "not covered" row: a new pipeline must add its case here.
 
 Per pipeline, in a fresh child process (so one pipeline's memory neither hides nor inflates another's):
@@ -210,6 +210,15 @@ def _build_point_e(arch, device):
     return RandomPointE(device), {"prompt": PROMPT, "model": "auto"}, PipelineInputs()
 
 
+def _build_dream_fields(arch, device):
+    from backend.models.base import TINY_RANDOM
+    from backend.models.cache import ModelCache
+    from backend.pipelines.base import PipelineInputs
+
+    model = TINY_RANDOM if arch == "tiny" else "ViT-B-32/random"  # the default CLIP's architecture, random weights
+    return ModelCache(1), {"prompt": PROMPT, "model": model}, PipelineInputs()
+
+
 _SDS_WARMUP = {"preview_every": 0, "vae_preview_every": 0}
 _NERF_STAGES = [Stage("fit_sketch", _field("sketch_init_iterations"), lambda c: c.sketch_init_iterations),
                 Stage("optimize", _field("iterations"), lambda c: c.iterations)]
@@ -228,6 +237,10 @@ CASES: dict[str, Case] = {
         "latent_nerf", "previous: Latent-NeRF with the reference hash grid, no occupancy grid", _build_latent_nerf,
         _NERF_STAGES, grid_field="mesh_resolution", warmup=_NERF_WARMUP,
         extra={"hashgrid_impl": "reference", "occupancy_resolution": 0}, previous_of="latent_nerf"),
+    "dream_fields": Case(
+        "dream_fields", "Dream Fields (`dream_fields`, CLIP ViT-B/32)", _build_dream_fields,
+        [Stage("optimize", _field("iterations"), lambda c: c.iterations)],
+        grid_field="mesh_resolution", warmup={"preview_every": 0, "mesh_resolution": 32, "texture_size": 64}),
     "shape_ldm": Case(
         "shape_ldm", "Michelangelo text → shape (`shape_ldm`)", _build_shape_ldm,
         [Stage("denoise", _field("num_inference_steps"), lambda c: c.num_inference_steps)],

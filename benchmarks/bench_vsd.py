@@ -3,6 +3,7 @@
     python benchmarks/bench_vsd.py                                   # CPU, tiny-random, 64×64 latents
     python benchmarks/bench_vsd.py --arch sd15 --device cuda         # full SD 1.5 architecture, random weights, fp16
     python benchmarks/bench_vsd.py --arch sd15 --device cuda --rgb   # + 512² RGB through the VAE encoder
+    python benchmarks/bench_vsd.py --arch sd15 --device cpu --saved-memory   # the LoRA step's graph size, no GPU
 
 One step = (``--rgb``: encode a 512² RGB image with the VAE, with graph) → the guidance call → backward + Adam on the
 optimised tensor, a (1, 4, 64, 64) latent image (or a (1, 3, 512, 512) RGB image): the cost of the guidance apart from
@@ -92,6 +93,31 @@ def vsd_split(vsd, args, device, generator) -> dict[str, list[float]]:
     return time_steps(step, args.steps, args.warmup, device)
 
 
+def saved_for_backward(sd, args, device: torch.device) -> None:
+    """Bytes the autograd graph of one LoRA step keeps for backward (every saved tensor, parameters included: an
+    upper bound of the step's activation memory) — a memory figure that needs no GPU."""
+    config = parse_config(LatentPaintConfig, {"prompt": "a rusty metal barrel", "model": sd.model_id,
+                                              "guidance": "vsd"})
+    generator = torch.Generator(device=device).manual_seed(0)
+    latents = torch.randn(args.batch_size, 4, args.latent_size, args.latent_size, generator=generator, device=device)
+    saved = {"bytes": 0, "tensors": 0}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved["bytes"] += t.numel() * t.element_size()
+        saved["tensors"] += 1
+        return t
+
+    with build_guidance(sd, config) as vsd:
+        n_lora = sum(p.numel() for p in vsd.lora_parameters)
+        n_camera = sum(p.numel() for p in vsd.camera_embedding.parameters())
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            vsd.train_lora(latents, sample_cameras(args.batch_size, generator, device=device), generator)
+    weights = sum(p.numel() * p.element_size() for m in (sd.unet, sd.vae, sd.text_encoder) for p in m.parameters())
+    print(f"LoRA step, {sd.model_id}, {str(sd.dtype).removeprefix('torch.')}, latents {args.latent_size}²: "
+          f"{saved['bytes'] / GIB:.2f} GiB saved for backward ({saved['tensors']} tensors); model weights "
+          f"{weights / GIB:.2f} GiB; LoRA {n_lora:,} + camera MLP {n_camera:,} trainable parameters")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", choices=("tiny", "sd15"), default="tiny", help="tiny-random or full SD 1.5 (random weights)")
@@ -101,10 +127,15 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=1)
     ap.add_argument("--latent-size", type=int, default=64, help="latent side (64 = 512² images)")
     ap.add_argument("--rgb", action="store_true", help="optimise an RGB image through the VAE encoder (with graph)")
+    ap.add_argument("--saved-memory", action="store_true",
+                    help="only: the bytes one LoRA step saves for backward (no timing; works without a GPU)")
     args = ap.parse_args()
 
     device = resolve_device(args.device)
     sd = load_stable_diffusion(TINY_RANDOM if args.arch == "tiny" else RANDOM_SD15, device)
+    if args.saved_memory:
+        saved_for_backward(sd, args, device)
+        return
     what = f"arch={args.arch}, device={device_name(device)}, dtype={str(sd.dtype).removeprefix('torch.')}, " \
            f"batch={args.batch_size}, latents {args.latent_size}², {'RGB through the VAE' if args.rgb else 'latent'}"
     results = {}

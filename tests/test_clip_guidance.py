@@ -103,7 +103,7 @@ def test_oracle_guidance_pulls_an_image_toward_the_reference():
 
     def coarse_error() -> float:  # what the oracle can see: the image at the pooled resolution
         pool = torch.nn.functional.adaptive_avg_pool2d
-        return float((pool(torch.sigmoid(logits), 8) - pool(reference.rgb, 8)).abs().mean())
+        return float((pool(torch.sigmoid(logits.detach()), 8) - pool(reference.rgb, 8)).abs().mean())
 
     logits = torch.zeros(1, 3, 48, 48, requires_grad=True)
     opt = torch.optim.Adam([logits], lr=0.1)

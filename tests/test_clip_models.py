@@ -37,8 +37,7 @@ def empty_hub_cache(tmp_path, monkeypatch):
     """An empty Hugging Face cache, so a machine that has real weights cached still exercises the error path."""
     import huggingface_hub.constants as hub_constants
 
-    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))  # read at each call
     return tmp_path / "hub"
 
 
@@ -155,8 +154,10 @@ def test_clip_guidance_runs_on_a_real_tiny_clip(embedders):
 # ---------------------------------------------------------------------------------------------------------------------
 
 def test_model_strings_pick_the_library():
-    assert parse_clip_model("ViT-L-14/openai", "transformers") == ("transformers", "hub", "openai/clip-vit-large-patch14")
-    assert parse_clip_model("openai/clip-vit-base-patch16", "open_clip") == ("open_clip", "open_clip", "ViT-B-16/openai")
+    assert parse_clip_model("ViT-L-14/openai", "transformers") == ("transformers", "hub",
+                                                                   "openai/clip-vit-large-patch14")
+    assert parse_clip_model("openai/clip-vit-base-patch16", "open_clip") == ("open_clip", "open_clip",
+                                                                             "ViT-B-16/openai")
     assert parse_clip_model("openai/clip-vit-base-patch32") == ("open_clip", "open_clip", "ViT-B-32/openai")
     assert parse_clip_model("laion/CLIP-ViT-H-14-laion2B-s32B-b79K")[:2] == ("transformers", "hub")
     assert parse_clip_model("transformers:tiny-random") == ("transformers", "tiny", "tiny-random")
@@ -167,6 +168,19 @@ def test_model_strings_pick_the_library():
         parse_clip_model("a/b/c")
     assert is_clip_model("ViT-B-32/openai") and is_clip_model("openai/clip-vit-large-patch14")
     assert not is_clip_model("stable-diffusion-v1-5/stable-diffusion-v1-5") and not is_clip_model("ViT-B-32/random")
+
+
+def test_without_open_clip_everything_goes_through_transformers(monkeypatch):
+    from backend.models import clip as clip_module
+
+    monkeypatch.setattr(clip_module, "open_clip_available", lambda: False)
+    assert parse_clip_model("ViT-B-32/openai") == ("transformers", "hub", "openai/clip-vit-base-patch32")
+    assert parse_clip_model("openai/clip-vit-large-patch14") == ("transformers", "hub", "openai/clip-vit-large-patch14")
+    assert load_clip("tiny-random", CPU).backend == "transformers"
+    with pytest.raises(ModelNotFoundError, match="open_clip cannot be imported here.*use backend 'transformers'"):
+        load_clip("tiny-random", CPU, backend="open_clip")
+    with pytest.raises(ModelNotFoundError, match="without a transformers equivalent"):
+        parse_clip_model("ViT-B-32/laion2b_s34b_b79k")
 
 
 def test_the_model_cache_loads_either_library():
@@ -342,11 +356,41 @@ def test_attention_is_the_pinned_dot_product_not_cosine_similarity():
     assert ours.net.causal_transformer.norm.stable is False
 
 
+def test_one_attention_layer_computes_the_pinned_formula(tiny_prior):
+    """The pinned attention written out with the layer's own weights: pre-LayerNorm, multi-head queries and one
+    shared key/value head (rotary on the first 32 channels), a learned null key/value in front, scores
+    q·k/√dim_head + the T5 relative-position bias, causal mask, softmax, output projection, LayerNorm."""
+    transformer = tiny_prior.prior.net.causal_transformer
+    layer = transformer.layers[0][0]
+    heads, dim_head = TINY_PRIOR_CONFIG.heads, TINY_PRIOR_CONFIG.dim_head
+    x = torch.randn((2, 5, 16), generator=torch.Generator().manual_seed(0))
+    bias = transformer.rel_pos_bias(5, 6, device=x.device)  # (heads, 5, 6)
+
+    def layer_norm(t, g):
+        return F.layer_norm(t, t.shape[-1:], g, None, 1e-5)
+
+    with torch.no_grad():
+        h = layer_norm(x, layer.norm.g)
+        q = layer.to_q(h).view(2, 5, heads, dim_head).transpose(1, 2)  # (b, heads, n, d)
+        k, v = layer.to_kv(h).chunk(2, dim=-1)  # (b, n, d) each: one key/value head
+        q, k = layer.rotary_emb.rotate_queries_or_keys(q), layer.rotary_emb.rotate_queries_or_keys(k)
+        k = torch.cat([layer.null_kv[0].expand(2, 1, dim_head), k], dim=1)
+        v = torch.cat([layer.null_kv[1].expand(2, 1, dim_head), v], dim=1)
+        scores = torch.einsum("bhid,bjd->bhij", q, k) / dim_head ** 0.5 + bias
+        causal = torch.ones(5, 6, dtype=torch.bool).triu(2)  # the null key is column 0: query i sees keys 0..i+1
+        attn = scores.masked_fill(causal, float("-inf")).softmax(dim=-1)
+        out = torch.einsum("bhij,bjd->bhid", attn, v).transpose(1, 2).reshape(2, 5, heads * dim_head)
+        expected = layer_norm(layer.to_out[0](out), layer.to_out[1].g)
+        torch.testing.assert_close(layer(x, attn_bias=bias), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_tiny_prior_samples_a_seeded_unit_vector(tiny_prior, embedders):
     clip = embedders["open_clip"]
     state = torch.random.get_rng_state()
-    a = predict_image_embedding("a wooden vase", clip, tiny_prior, seed=1)
+    steps = []
+    a = predict_image_embedding("a wooden vase", clip, tiny_prior, seed=1, progress=lambda *s: steps.append(s))
     assert torch.equal(torch.random.get_rng_state(), state)  # the global RNG is left alone
+    assert steps == [(i, 64) for i in range(1, 65)]  # every DDPM step reported (jobs cancel from it)
     b = predict_image_embedding("a wooden vase", clip, tiny_prior, seed=1)
     c = predict_image_embedding("a wooden vase", clip, tiny_prior, seed=2)
     assert a.shape == (16,) and a.dtype == torch.float32 and abs(float(a.norm()) - 1) < 1e-5
@@ -413,3 +457,38 @@ def test_download_routes_the_prior_id(monkeypatch):
     monkeypatch.setattr(cli, "download_prior", lambda model: asked.append(model) or "/cache/prior.pth")
     assert cli.main(["download", CLIP_MESH_PRIOR]) == 0
     assert asked == [CLIP_MESH_PRIOR]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Real weights (LATENTFORGE_TEST_WEIGHTS=1, after `download ViT-B-32/openai`, `download openai/clip-vit-base-patch32`
+# and `download NasirKhalid24/Dalle2-Diffusion-Prior`).
+# ---------------------------------------------------------------------------------------------------------------------
+
+def _solid(rgb: tuple[float, float, float]) -> torch.Tensor:
+    return torch.tensor(rgb).view(1, 3, 1, 1).expand(1, 3, 256, 256).clone()
+
+
+@pytest.mark.weights
+def test_real_vit_b_32_reads_colours_through_both_libraries():
+    images = torch.cat([_solid((0.9, 0.1, 0.1)), _solid((0.1, 0.2, 0.9))])
+    prompts = ["a red square", "a blue square"]
+    for backend in BACKENDS:
+        clip = load_clip(DEFAULT_CLIP_MODEL, CPU, backend=backend)
+        assert (clip.image_size, clip.embed_dim) == (224, 512)
+        with torch.no_grad():
+            scores = clip.encode_images(images) @ clip.encode_texts(prompts).T
+        assert scores[0, 0] > scores[0, 1] and scores[1, 1] > scores[1, 0], (backend, scores)
+
+
+@pytest.mark.weights
+def test_the_public_prior_loads_and_moves_toward_the_image_side():
+    """The prior's image embedding of a prompt is closer to CLIP image embeddings of matching pictures than the text
+    embedding itself is (the modality gap the prior bridges), and keeps the prompt's meaning."""
+    clip = load_clip(DEFAULT_CLIP_MODEL, CPU)
+    prior = load_prior(CLIP_MESH_PRIOR, CPU)
+    assert prior.matches(clip)
+    red, blue = (clip.encode_images(_solid(c)).detach()[0] for c in ((0.9, 0.1, 0.1), (0.1, 0.2, 0.9)))
+    text = clip.encode_texts(["a red square"])[0]
+    image = predict_image_embedding("a red square", clip, prior, seed=0)
+    assert float(image @ red) > float(text @ red)
+    assert float(image @ red) > float(image @ blue)

@@ -313,3 +313,56 @@ def test_latent_nerf_runs_with_vsd_through_both_stages():
     assert state and all(v.device.type == "cpu" for v in state.values())
     after = _state(unet)
     assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
+
+
+def test_a_cancelled_vsd_job_still_removes_its_adapter():
+    """Cancelling mid-run (JobCancelled from progress) leaves the cached UNet as it was, and the next VSD job can
+    attach its adapter again."""
+    from backend.pipelines.base import JobCancelled
+
+    models = ModelCache()
+    config = parse_config(LatentPaintConfig, {"prompt": PROMPT, "model": "tiny-random", "iterations": 5,
+                                              "texture_size": 64, "latent_texture_size": 32, "render_size": 16,
+                                              "preview_every": 0, "vae_preview_every": 0, "guidance": "vsd"})
+    unet = models.stable_diffusion("tiny-random", CPU).unet
+    before = _state(unet)
+    ctx = JobContext(device=CPU, models=models)
+    ctx.on_progress = lambda stage, step, *a: ctx.cancel_event.set() if stage == "optimize" and step == 2 else None
+    inputs = inputs_from_arrays("latent_paint", PIPELINES["latent_paint"], _ball_arrays())
+    with pytest.raises(JobCancelled):
+        run_latent_paint(config, inputs, ctx)
+    after = _state(unet)
+    assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
+    assert unet.class_embedding is None
+    result = run_latent_paint(parse_config(LatentPaintConfig, {**config.__dict__, "iterations": 1}),
+                              inputs, JobContext(device=CPU, models=models))
+    assert result.extras["guidance_state"]
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_lora_step_uses_the_model_s_own_target(sd, prediction_type):
+    """The LoRA step's loss is ||out − ε'||² for ε-prediction models and ||out − v'||² (v = √ᾱ ε − √(1−ᾱ) x_0) for
+    v-prediction ones, at t', ε' and dropout drawn from the generator; ε_lora converts v to ε."""
+    import dataclasses
+
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config(sd.scheduler.config, prediction_type=prediction_type)
+    comps = dataclasses.replace(sd, scheduler=scheduler)
+    cfg = VSDConfig(lora_condition_dropout=0.0)
+    with VariationalScoreDistillation(comps, StableDiffusionDenoiser(comps, PROMPT, ""), cfg) as vsd:
+        x0, cams = _latents(6), _cameras(10.0)
+        gen_expected, gen = torch.Generator().manual_seed(11), torch.Generator().manual_seed(11)
+        t = torch.randint(0, 1000, (1,), generator=gen_expected)
+        noise = torch.randn(x0.shape, generator=gen_expected)
+        a = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        target = noise if prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
+        cond, _ = vsd.denoiser.embeddings(cams)
+        with torch.no_grad(), vsd.lora_enabled():
+            raw = vsd._lora_forward(noisy, t, cond, vsd._camera_labels(cams, CPU))
+        eps = vsd.predict_lora(noisy, t, cams)
+        expected_eps = raw if prediction_type == "epsilon" else a.sqrt() * raw + (1 - a).sqrt() * noisy
+        torch.testing.assert_close(eps, expected_eps, rtol=1e-5, atol=1e-6)
+        loss = vsd.train_lora(x0, cams, gen)
+        assert loss == pytest.approx(float(((raw - target) ** 2).mean()), rel=1e-5)

@@ -1,2 +1,3 @@
 """Guidance: what turns a rendered image into a gradient. The :class:`~backend.guidance.denoiser.Denoiser` protocol,
-score distillation (:mod:`.sds`) and the oracle denoiser for tests (:mod:`.oracle`)."""
+score distillation and the :class:`~backend.guidance.sds.Guidance` contract with timestep annealing (:mod:`.sds`),
+ProlificDreamer's variational score distillation (:mod:`.vsd`) and the oracle denoiser for tests (:mod:`.oracle`)."""

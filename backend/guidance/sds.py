@@ -123,6 +123,21 @@ class TimestepSchedule:
         return torch.randint(t_min, t_max + 1, (batch,), generator=generator, device=device)
 
 
+def add_noise(latents: torch.Tensor, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor,
+              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The forward diffusion of ``latents`` (B, C, H, W) (detached) at ``timesteps`` (B,) (DDPM, Ho et al. 2020).
+
+    Returns:
+        ``(noise, a, latents_noisy)``: ε ~ N(0, I) drawn from ``generator`` (latents' shape and dtype), ᾱ_t as
+        (B, 1, 1, 1) float32, and z_t = √ᾱ_t z + √(1 − ᾱ_t) ε.
+    """
+    noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+    a = alphas_cumprod.to(latents.device)[timesteps].view(-1, 1, 1, 1)
+    with torch.no_grad():
+        latents_noisy = a.sqrt() * latents.detach() + (1.0 - a).sqrt() * noise
+    return noise, a, latents_noisy
+
+
 def timestep_weight(alphas: torch.Tensor, weighting: str) -> torch.Tensor:
     """w(t) from ᾱ_t (any shape): ``"sds"`` 1 − ᾱ_t (DreamFusion), ``"sqrt_alpha"`` √ᾱ_t·(1 − ᾱ_t), ``"uniform"`` 1."""
     if weighting == "sds":
@@ -162,13 +177,9 @@ class ScoreDistillation:
 
         ``generator`` draws t and ε, so a seeded run is reproducible; it must live on ``latents.device``.
         """
-        device = latents.device
-        alphas = self.alphas_cumprod.to(device)
-        timesteps = self.schedule.sample(latents.shape[0], generator, device, step)
-        noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
-        a = alphas[timesteps].view(-1, 1, 1, 1)
+        timesteps = self.schedule.sample(latents.shape[0], generator, latents.device, step)
+        noise, a, latents_noisy = add_noise(latents, timesteps, self.alphas_cumprod, generator)
         with torch.no_grad():
-            latents_noisy = a.sqrt() * latents.detach() + (1.0 - a).sqrt() * noise
             noise_pred = self.denoiser.predict_noise(latents_noisy, timesteps, cameras).float()
         grad = torch.nan_to_num(timestep_weight(a, self.config.weighting) * (noise_pred - noise))
         return SDSOutput(loss=distillation_loss(latents, grad), timesteps=timesteps, grad_norm=float(grad.norm()))

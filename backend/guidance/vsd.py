@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from ..geometry.cameras import CameraBatch
 from ..params import check_config, param
 from .denoiser import StableDiffusionDenoiser, to_epsilon
-from .sds import SDSConfig, SDSOutput, TimestepSchedule, distillation_loss, timestep_weight
+from .sds import SDSConfig, SDSOutput, TimestepSchedule, add_noise, distillation_loss, timestep_weight
 
 LORA_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 """The attention projections the LoRA adapts (in every self- and cross-attention of the UNet)."""
@@ -125,8 +125,8 @@ class VariationalScoreDistillation:
         adapter_name: the peft adapter's name on the UNet.
 
     Raises:
-        ValueError: ``denoiser`` runs on other components, or the UNet already has an adapter of that name (another
-            VSD still attached: close it first).
+        ValueError: ``denoiser`` runs on other components, the UNet already has an adapter of that name (another
+            VSD still attached: close it first), or camera conditioning on a UNet that has its own class embedding.
     """
 
     def __init__(self, components, denoiser: StableDiffusionDenoiser, config: VSDConfig | None = None,
@@ -145,6 +145,9 @@ class VariationalScoreDistillation:
         self.schedule = TimestepSchedule(self.num_train_timesteps, self.config)
         if adapter_name in (getattr(self.unet, "peft_config", None) or {}):
             raise ValueError(f"the UNet already has an adapter named {adapter_name!r}; close the VSD that made it")
+        if self.config.camera_condition and self.unet.class_embedding is not None:
+            raise ValueError("this UNet already takes class labels (its class_embedding is set), so the camera cannot "
+                             "ride on them; use camera_condition=False")
         device = components.device
         cuda = [device] if device.type == "cuda" else []
         lora = LoraConfig(r=self.config.lora_rank, lora_alpha=self.config.lora_rank, init_lora_weights="gaussian",
@@ -236,9 +239,7 @@ class VariationalScoreDistillation:
         x0 = latents.detach().float()
         batch = x0.shape[0]
         timesteps = torch.randint(0, self.num_train_timesteps, (batch,), generator=generator, device=device)
-        noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
-        a = self.alphas_cumprod.to(device)[timesteps].view(-1, 1, 1, 1)
-        latents_noisy = a.sqrt() * x0 + (1.0 - a).sqrt() * noise
+        noise, a, latents_noisy = add_noise(x0, timesteps, self.alphas_cumprod, generator)
         if self.components.scheduler.config.prediction_type == "v_prediction":
             target = a.sqrt() * noise - (1.0 - a).sqrt() * x0
         else:
@@ -268,13 +269,9 @@ class VariationalScoreDistillation:
         on the same render). ``generator`` draws every t, ε and dropout, so a seeded run is reproducible; it must
         live on ``latents.device``.
         """
-        device = latents.device
-        alphas = self.alphas_cumprod.to(device)
-        timesteps = self.schedule.sample(latents.shape[0], generator, device, step)
-        noise = torch.randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)
-        a = alphas[timesteps].view(-1, 1, 1, 1)
+        timesteps = self.schedule.sample(latents.shape[0], generator, latents.device, step)
+        _, a, latents_noisy = add_noise(latents, timesteps, self.alphas_cumprod, generator)
         with torch.no_grad():
-            latents_noisy = a.sqrt() * latents.detach() + (1.0 - a).sqrt() * noise
             eps_pretrained = self.predict_pretrained(latents_noisy, timesteps, cameras)
             eps_lora = self.predict_lora(latents_noisy, timesteps, cameras)
         grad = torch.nan_to_num(timestep_weight(a, self.config.weighting) * (eps_pretrained - eps_lora))

@@ -34,6 +34,7 @@ Nothing here runs at import; nothing downloads unless asked (:func:`download_cli
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import logging
 import os
@@ -248,7 +249,7 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
 def open_clip_available() -> bool:
     """Whether ``open_clip`` imports here (it needs a torchvision built for this torch; checked once per process)."""
     try:
-        import open_clip  # noqa: F401
+        importlib.import_module("open_clip")
     except Exception as err:  # ImportError, or torchvision failing inside open_clip's import
         log.info("open_clip does not import here (%s: %s); CLIP loads through transformers", type(err).__name__, err)
         return False

@@ -118,9 +118,9 @@ TINY_PRIOR_CONFIG = DiffusionPriorConfig(dim=16, depth=1, dim_head=8, heads=2, i
 
 # Schedule buffers of the pinned DiffusionPrior (unprefixed keys of the checkpoint; recomputed by modern dalle2).
 _PINNED_SCHEDULE_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
-                            "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
-                            "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
-                            "posterior_mean_coef1", "posterior_mean_coef2")
+                            "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod",
+                            "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "posterior_variance",
+                            "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2")
 # Modern parameters the pinned module has not; unused at sampling without dropped conditions (zeros).
 _MODERN_ONLY = ("net.null_text_encodings", "net.null_text_embeds", "net.null_image_embed")
 _SCHEDULE_TOLERANCE = 1e-3  # modern (float64) vs pinned (float32) cosine betas differ by ~3e-5
@@ -231,8 +231,8 @@ class PriorModel:
             canonical_clip_id(getattr(clip, "model_id", "")) == canonical_clip_id(self.config.clip_model)
 
     @torch.no_grad()
-    def sample(self, text_embeds: torch.Tensor, num_samples: int = 1, cond_scale: float = 1.0,
-               seed: int = 0) -> torch.Tensor:
+    def sample(self, text_embeds: torch.Tensor, num_samples: int = 1, cond_scale: float = 1.0, seed: int = 0,
+               progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """Image embeddings for text embeddings by DDPM ancestral sampling over all ``config.timesteps`` steps.
 
         Args:
@@ -242,6 +242,9 @@ class PriorModel:
             cond_scale: classifier-free guidance scale; only 1 (the public prior was trained without condition
                 dropout, so there is no unconditional model to guide with).
             seed: the draws are a pure function of ``seed`` (the global RNG state is left untouched).
+            progress: called as ``progress(done, total)`` after every denoising step (a job reports progress and
+                raises ``JobCancelled`` from it; the public prior's 1000 steps take about two minutes on one CPU
+                core, a second or two on a GPU).
 
         Returns:
             ``(N, D)`` float32 unit vectors on the prior's device.
@@ -265,9 +268,12 @@ class PriorModel:
             if device.type == "cuda":
                 torch.cuda.manual_seed(seed)
             x = torch.randn(text.shape, device=device)
-            for step in reversed(range(self.config.timesteps)):
+            total = self.config.timesteps
+            for step in reversed(range(total)):
                 t = torch.full((len(text),), step, device=device, dtype=torch.long)
                 x, _ = self.prior.p_sample(x, t, text_cond=text_cond, cond_scale=1.0)
+                if progress is not None:
+                    progress(total - step, total)
         embeds = F.normalize(x.float(), dim=-1).view(-1, num_samples, dim)
         best = (embeds * text.view(-1, num_samples, dim)).sum(-1).argmax(dim=1)
         return embeds[torch.arange(len(embeds), device=device), best]
@@ -385,14 +391,15 @@ def canonical_clip_id(model_id: str) -> str:
 
 
 def predict_image_embedding(prompt: str, clip: Any, prior: PriorModel, num_samples: int = 1, cond_scale: float = 1.0,
-                            seed: int = 0) -> torch.Tensor:
+                            seed: int = 0, progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """The prior's image embedding for ``prompt``: CLIP text embedding (``clip.encode_texts``) → DDPM sample.
 
     Args:
         prompt: the text.
         clip: a :class:`~backend.guidance.clip.CLIPEmbedder` of the prior's CLIP (:meth:`PriorModel.matches`).
         prior: a :class:`PriorModel`.
-        num_samples, cond_scale, seed: see :meth:`PriorModel.sample` (the official code: 1 sample, scale 1).
+        num_samples, cond_scale, seed, progress: see :meth:`PriorModel.sample` (the official code: 1 sample,
+            scale 1).
 
     Returns:
         ``(D,)`` float32 unit vector on the prior's device.
@@ -407,7 +414,7 @@ def predict_image_embedding(prompt: str, clip: Any, prior: PriorModel, num_sampl
                          f"({prior.config.image_embed_dim}-d); the CLIP given is "
                          f"{getattr(clip, 'model_id', type(clip).__name__)!r} ({getattr(clip, 'embed_dim', '?')}-d)")
     text = clip.encode_texts([prompt])
-    return prior.sample(text, num_samples=num_samples, cond_scale=cond_scale, seed=seed)[0]
+    return prior.sample(text, num_samples=num_samples, cond_scale=cond_scale, seed=seed, progress=progress)[0]
 
 
 @dataclass
@@ -433,7 +440,7 @@ class CLIPTarget:
 
 def clip_target(prompt: str, clip: Any, prior_model: str | None = CLIP_MESH_PRIOR,
                 load: Callable[[str], PriorModel] | None = None, num_samples: int = 1, cond_scale: float = 1.0,
-                seed: int = 0) -> CLIPTarget:
+                seed: int = 0, progress: Callable[[int, int], None] | None = None) -> CLIPTarget:
     """The text embedding of ``prompt`` and, when the prior is available for ``clip``, its image embedding.
 
     Args:
@@ -442,7 +449,7 @@ def clip_target(prompt: str, clip: Any, prior_model: str | None = CLIP_MESH_PRIO
         prior_model: a :func:`load_prior` model id, or None / ``""`` for no prior.
         load: ``model → PriorModel`` (pipelines: ``lambda m: context.models.get(load_prior, m, device)``); default
             :func:`load_prior` on ``clip``'s device without downloading.
-        num_samples, cond_scale, seed: see :meth:`PriorModel.sample`.
+        num_samples, cond_scale, seed, progress: see :meth:`PriorModel.sample`.
 
     Returns:
         A :class:`CLIPTarget`; ``prior`` is None, and ``note`` says why, when the prior's weights are absent
@@ -472,7 +479,8 @@ def clip_target(prompt: str, clip: Any, prior_model: str | None = CLIP_MESH_PRIO
         return CLIPTarget(text, None, f"target: the prompt's CLIP text embedding; the diffusion prior "
                                       f"{prior_model!r} maps within {prior.config.clip_model!r} embeddings, not the "
                                       f"guidance CLIP's ({getattr(clip, 'model_id', type(clip).__name__)!r})")
-    image = prior.sample(text[None].to(prior.device), num_samples=num_samples, cond_scale=cond_scale, seed=seed)[0]
+    image = prior.sample(text[None].to(prior.device), num_samples=num_samples, cond_scale=cond_scale, seed=seed,
+                         progress=progress)[0]
     return CLIPTarget(text, image.to(text.device),
                       f"target: the prompt's CLIP text embedding and the diffusion prior's image embedding "
                       f"({prior_model}, {num_samples} sample{'s' if num_samples > 1 else ''})")
@@ -480,9 +488,10 @@ def clip_target(prompt: str, clip: Any, prior_model: str | None = CLIP_MESH_PRIO
 
 def prior_or_text_embedding(prompt: str, clip: Any, prior_model: str | None = CLIP_MESH_PRIOR,
                             load: Callable[[str], PriorModel] | None = None, num_samples: int = 1,
-                            cond_scale: float = 1.0, seed: int = 0) -> tuple[torch.Tensor, str]:
+                            cond_scale: float = 1.0, seed: int = 0,
+                            progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, str]:
     """``(embedding (D,), note)``: the prior's image embedding of ``prompt`` when the prior is available for
     ``clip``, else the prompt's text embedding; ``note`` says which and why (arguments as :func:`clip_target`)."""
-    target = clip_target(prompt, clip, prior_model, load, num_samples, cond_scale, seed)
+    target = clip_target(prompt, clip, prior_model, load, num_samples, cond_scale, seed, progress)
     return target.embedding, target.note
 

@@ -6,13 +6,17 @@ augmented (random crops), and scored by CLIP against the prompt's text embedding
 
     L = −cos(CLIP_image(augment(render)), CLIP_text(prompt)) − λ_T · min(τ, mean transmittance)
 
-adds the transmittance loss (eq. 3), which rewards transparent pixels up to a target transmittance τ so the object
+adds the paper's transmittance loss, which rewards transparent pixels up to a target transmittance τ so the object
 stays sparse instead of filling the frame. τ is annealed (the official configuration): the target opacity 1 − τ
-decays exponentially from 0.6 to 0.12 over the first 500 steps (τ: 0.4 → 0.88). Other choices from the official code:
-the scene box [-1, 1]³, cameras at distance 4 and elevation 30° looking at the tracked scene origin (an exponential
+decays exponentially from 0.6 to 0.12 over the first 500 steps (τ: 0.4 → 0.88), and scales with the object's apparent
+area for cameras closer or more zoomed in than the default ones (:func:`effective_tau`). Other choices from the
+official code: the scene box [-1, 1]³, cameras at distance 4 and elevation 30° looking at the tracked scene origin (an exponential
 moving average, decay 0.999, of the density-weighted centre of the samples), focal length × 1.2 of NeRF's Blender
 cameras (fovy 33.4°), 8 augmented crops of 80/88 of the render per view, transmittance weight 0.5, a learning rate
-warmed up exponentially from a tenth of its value over 1500 steps, Adam ε = 1e-5, 10 000 steps.
+warmed up exponentially from a tenth of its value over 1500 steps, Adam ε = 1e-5, 10 000 steps. The backgrounds are
+:mod:`backend.guidance.augment`'s (solid / Gaussian noise / checkerboard; Dream Fields draw Gaussian noise,
+checkerboards and blurred random Fourier textures). CLIP defaults to OpenAI's ViT-B/32 (the official configuration
+scores with ViT-B/16, selectable with ``model``).
 
 The field is this project's NeRF (:mod:`backend.latent_nerf`: the fast hash grid, the occupancy grid that skips empty
 space, stratified volume rendering) with 3 sigmoid colour channels instead of Latent-NeRF's 4 latent channels — in
@@ -82,7 +86,8 @@ class DreamFieldsConfig(Config):
                                                           "from the first step).", low=0, high=100_000)
     background: str = param("mixed", doc="Background behind the renders CLIP scores: mixed (solid / Gaussian noise / "
                                          "checkerboard per image), or one kind for every image.", choices=BACKGROUNDS)
-    num_augmentations: int = param(8, doc="Augmented copies of each render scored by CLIP (Dream Fields: 8).",
+    num_augmentations: int = param(8, doc="Augmented copies of each render scored by CLIP (Dream Fields: 8 per "
+                                                "accelerator).",
                                    low=1, high=32)
     crop_scale: tuple[float, float] = param((0.8264, 0.8264), doc="Random resized crop: range of the kept area as a "
                                             "fraction of the render (Dream Fields: (80/88)²).", low=0.05, high=1.0)
@@ -155,6 +160,27 @@ def transmittance_schedule(step: int, start: float, target: float, iterations: i
     return 1.0 - math.exp((1.0 - t) * math.log(1.0 - start) + t * math.log(1.0 - target))
 
 
+REFERENCE_TAN_HALF_FOVY = 0.3
+"""tan(fovy / 2) of Dream Fields' training cameras: NeRF's Blender cameras (focal 1111.1 px for 800 px) with the focal
+length × 1.2 → 400 / 1333.3 = 0.3 (fovy ≈ 33.4°)."""
+REFERENCE_DISTANCE = 4.0
+"""Camera distance of Dream Fields' training cameras (scene units)."""
+
+
+def effective_tau(tau: float, cameras: CameraBatch) -> float:
+    """The target transmittance for ``cameras``: the target opacity 1 − τ scaled by the object's apparent area
+    relative to Dream Fields' cameras (the official code's ``focal_mult² / (radius / 4)²`` factor — its extra 1 / 1.2
+    is folded into τ's defaults here), averaged over the batch, capped at opacity 1.
+
+    ``scale = mean((0.3 / tan(fovy / 2))² · (4 / camera_distances)²)``, ``τ_eff = 1 − min(1, scale · (1 − τ))``: 1 at
+    the default cameras, 4× the opacity at half the distance.
+    """
+    tan_half = torch.tan(torch.deg2rad(cameras.fovy.detach().double().cpu()) / 2.0)
+    distance = cameras.camera_distances.detach().double().cpu()
+    scale = float(((REFERENCE_TAN_HALF_FOVY / tan_half) ** 2 * (REFERENCE_DISTANCE / distance) ** 2).mean())
+    return 1.0 - min(1.0, scale * (1.0 - tau))
+
+
 def lr_factor(step: int, warmup_iterations: int, start_factor: float = 0.1) -> float:
     """Learning-rate multiplier at ``step`` (0-based): exponential warm-up from ``start_factor`` to 1 over
     ``warmup_iterations`` steps, then 1 (Dream Fields' ``lr_fn`` with lr0 = lr1 / 10 and lr2 = lr1)."""
@@ -164,7 +190,7 @@ def lr_factor(step: int, warmup_iterations: int, start_factor: float = 0.1) -> f
 
 
 def transmittance_loss(opacity: torch.Tensor, tau: float) -> tuple[torch.Tensor, float]:
-    """Dream Fields' transmittance loss ``−min(τ, mean(1 − opacity))`` (eq. 3, without its weight).
+    """Dream Fields' transmittance loss ``−min(τ, mean(1 − opacity))`` (without its weight λ_T).
 
     Args:
         opacity: (B, 1, H, W) rendered opacity (1 − transmittance) in [0, 1].
@@ -324,7 +350,7 @@ class DreamFieldsPipeline:
 
     def _step(self, run: _Run, step: int) -> dict[str, float]:
         """One optimisation step; reports progress (``score``: the mean CLIP cosine, = −CLIP loss; ``transmittance``:
-        the renders' mean transmittance; ``tau``: its target now) and returns those values."""
+        the renders' mean transmittance; ``tau``: its target for this step's cameras) and returns those values."""
         config, context, timings = run.config, run.context, run.timings
         context.check_cancelled()
         t0 = time.perf_counter()
@@ -336,8 +362,8 @@ class DreamFieldsPipeline:
         out = self.render(run.nerf, cameras, config.render_size, config.num_samples, run.generator, run.occupancy)
         t1 = time.perf_counter()
         clip = run.guidance(out["rgb"], out["opacity"], cameras, run.generator)
-        tau = transmittance_schedule(step - 1, config.transmittance_start, config.transmittance_target,
-                                     config.transmittance_anneal_iterations)
+        tau = effective_tau(transmittance_schedule(step - 1, config.transmittance_start, config.transmittance_target,
+                                                   config.transmittance_anneal_iterations), cameras)
         sparsity, transmittance = transmittance_loss(out["opacity"], tau)
         loss = clip.loss + config.lambda_transmittance * sparsity
         t2 = time.perf_counter()
@@ -348,7 +374,9 @@ class DreamFieldsPipeline:
         run.optimizer.step()
         t3 = time.perf_counter()
         if config.track_origin:
-            self._update_origin(run, out["points"].detach(), out["density"].detach())
+            z_vals = out["z_vals"].detach()  # rays that miss the box have all their samples at one point: left out
+            hit = (z_vals[..., -1] > z_vals[..., 0]).reshape(-1, 1).expand(-1, z_vals.shape[-1]).reshape(-1)
+            self._update_origin(run, out["points"].detach(), out["density"].detach() * hit)
         timings["render"] += t1 - t0
         timings["guidance"] += t2 - t1
         timings["backward"] += t3 - t2
@@ -358,7 +386,8 @@ class DreamFieldsPipeline:
 
     @staticmethod
     def _update_origin(run: _Run, points: torch.Tensor, density: torch.Tensor) -> None:
-        """Dream Fields' scene origin: EMA (decay 0.999) of the density-weighted mean of this step's samples."""
+        """Dream Fields' scene origin: EMA (decay 0.999) of the density-weighted mean of this step's samples
+        ``points`` (N, 3), NeRF frame, with ``density`` (N,) (0 for samples that do not count)."""
         total = density.sum()
         if float(total) > 0 and bool(torch.isfinite(total)):
             centre = (points * density[:, None]).sum(0) / total
@@ -372,7 +401,7 @@ class DreamFieldsPipeline:
                               config.num_samples, None, run.occupancy)
             image = (out["image"] + (1.0 - out["opacity"]))[0]  # premultiplied colour over white
             if image.shape[-1] < 256:
-                image = F.interpolate(image[None], scale_factor=max(1, 256 // image.shape[-1]), mode="nearest")[0]
+                image = F.interpolate(image[None], scale_factor=math.ceil(256 / image.shape[-1]), mode="nearest")[0]
         run.context.preview(step, to_uint8_image(image), "linear")
 
 
