@@ -151,6 +151,12 @@ def _build_latent_paint(arch, device):
     return _sd_build(arch, device, lambda: {"mesh": _mesh(trimesh.creation.icosphere(subdivisions=4))})
 
 
+def _build_refine_mesh(arch, device):
+    import trimesh
+
+    return _sd_build(arch, device, lambda: {"mesh": _mesh(trimesh.creation.icosphere(subdivisions=4))})
+
+
 def _build_latent_nerf(arch, device):
     from bench_latent_nerf_step import blockout
 
@@ -219,6 +225,17 @@ def _build_dream_fields(arch, device):
     return ModelCache(1), {"prompt": PROMPT, "model": model}, PipelineInputs()
 
 
+def _build_clip_mesh(arch, device):
+    from backend.models.base import TINY_RANDOM
+    from backend.models.cache import ModelCache
+    from backend.pipelines.base import PipelineInputs
+
+    model = TINY_RANDOM if arch == "tiny" else "ViT-B-32/random"  # the default CLIP's architecture, random weights
+    # from the default icosphere; the prior only at tiny size (its public weights are a download)
+    prior = {"prior_model": TINY_RANDOM} if arch == "tiny" else {"use_prior": False}
+    return ModelCache(1), {"prompt": PROMPT, "model": model, **prior}, PipelineInputs()
+
+
 _SDS_WARMUP = {"preview_every": 0, "vae_preview_every": 0}
 _NERF_STAGES = [Stage("fit_sketch", _field("sketch_init_iterations"), lambda c: c.sketch_init_iterations),
                 Stage("optimize", _field("iterations"), lambda c: c.iterations)]
@@ -237,6 +254,14 @@ CASES: dict[str, Case] = {
         "latent_nerf", "previous: Latent-NeRF with the reference hash grid, no occupancy grid", _build_latent_nerf,
         _NERF_STAGES, grid_field="mesh_resolution", warmup=_NERF_WARMUP,
         extra={"hashgrid_impl": "reference", "occupancy_resolution": 0}, previous_of="latent_nerf"),
+    "refine_mesh": Case(
+        "refine_mesh", "Magic3D refinement (`refine_mesh`, icosphere 5120 triangles, 512² renders)",
+        _build_refine_mesh, [Stage("refine", _field("iterations"), lambda c: c.iterations)],
+        grid_field="dmtet_resolution", warmup={**_SDS_WARMUP, "texture_resolution": 64, "partial_every": 0}),
+    "clip_mesh": Case(
+        "clip_mesh", "CLIP-Mesh (`clip_mesh`, icosphere 642 control vertices, CLIP ViT-B/32)", _build_clip_mesh,
+        [Stage("optimize", _field("iterations"), lambda c: c.iterations)],
+        warmup={"preview_every": 0, "partial_every": 0, "texture_size": 64}),
     "dream_fields": Case(
         "dream_fields", "Dream Fields (`dream_fields`, CLIP ViT-B/32)", _build_dream_fields,
         [Stage("optimize", _field("iterations"), lambda c: c.iterations)],

@@ -6,8 +6,9 @@
 Runs ``refine_mesh`` through its ``run`` entry point on an icosphere (the input of a refinement) for ``--steps``
 steps and prints: the one-off setup (the input's SDF on the grid), the median seconds per step (from the progress
 reports' clock, the first step dropped), the step split into render + VAE encode / SDS guidance / backward + Adam
-(the pipeline's own timings, summed over the steps), the final extraction + texture bake, and the peak memory
-(CUDA: allocated; CPU: the process's max RSS).
+(the pipeline's own timings, summed over the steps), the final extraction + texture bake, the peak memory (CUDA:
+allocated; CPU: the process's max RSS), and the baseline measured in the same run — the SDS guidance alone (UNet with
+CFG) on fixed latents of the same size, render_size/8 — with the step's ratio to it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ from backend.pipelines import PIPELINES  # noqa: E402
 from backend.pipelines.base import JobContext  # noqa: E402
 from backend.pipelines.io import inputs_from_arrays  # noqa: E402
 from backend.pipelines.refine_mesh import RefineMeshConfig, run  # noqa: E402
+from backend.pipelines.sds_common import build_sds  # noqa: E402
+from backend.geometry.cameras import sample_cameras  # noqa: E402
+from benchmarks.steptime import guidance_floor  # noqa: E402
 
 
 def main() -> None:
@@ -75,11 +79,20 @@ def main() -> None:
     print(f"refine_mesh, {args.arch}, {device}, render {args.render_size}², DMTet {args.dmtet_resolution}³, "
           f"stage {args.stage}, {args.steps} steps")
     print(f"setup (input SDF on the grid): {timings['init_sdf']:.2f} s")
-    print(f"median step (steps 2..{args.steps}): {statistics.median(steps):.3f} s")
+    print(f"median step (steps 2..{args.steps}): {statistics.median(steps):.3f} s; mean {statistics.mean(steps):.3f} s; "
+          f"each: {' '.join(f'{x:.2f}' for x in steps)}")
     for part in ("render", "guidance", "backward"):
-        print(f"  {part:<10} {timings[part] / args.steps:.3f} s/step")
+        print(f"  {part:<10} {timings[part] / args.steps:.3f} s/step (mean over all {args.steps} steps)")
     print(f"extract + clean + bake: {timings['extract']:.2f} s; faces {result.metadata['faces']}")
     print(f"whole run: {total:.1f} s")
+    sd = models.stable_diffusion(config.model, device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    latents = torch.randn(1, 4, args.render_size // 8, args.render_size // 8, device=device, generator=generator)
+    floor = guidance_floor(build_sds(sd, config), latents, sample_cameras(1, generator, device=device), generator,
+                           max(args.steps - 1, 1), 1, device)
+    base = statistics.median(floor)
+    print(f"baseline: SDS guidance alone on (1, 4, {args.render_size // 8}, {args.render_size // 8}) latents "
+          f"{base:.3f} s; step / baseline = {statistics.median(steps) / base:.1f}x")
     if device.type == "cuda":
         print(f"peak CUDA memory: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
     else:

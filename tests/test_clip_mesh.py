@@ -18,6 +18,7 @@ import pytest
 import torch
 import trimesh
 
+from backend.geometry.cameras import cameras_from_angles
 from backend.geometry.mesh import MeshError, TriMesh, unwrap_uv
 from backend.geometry.render import TorchRasterizer
 from backend.geometry.subdivision import LoopSurface
@@ -110,6 +111,78 @@ def test_texture_mode_recovers_the_reference_texture(uv_sphere):
     assert out.texture.shape == (32, 32, 3) and out.texture.dtype == np.uint8
     assert out.normal_map.shape == (32, 32, 3) and out.normal_map.dtype == np.uint8
     assert result.metadata["target"] == "reference" and result.metadata["uv_source"] == "input"
+
+
+def test_normal_map_tilts_the_shading_opengl_convention():
+    """A quad facing the front camera (in Blender's XZ plane, UV u = x, v = z, so +V is up) lit from above: a normal
+    map tilted toward +V (green > 0.5, OpenGL's "+Y up") faces the light and renders brighter than a flat one, a map
+    tilted toward −V darker (measured 0.73 / 0.48 / 0.12); a flat map renders like no map at all."""
+    v = np.array([[-1, 0, -1], [1, 0, -1], [1, 0, 1], [-1, 0, 1]], np.float32)
+    f = np.array([[0, 1, 2], [0, 2, 3]], np.int32)  # counter-clockwise seen from −Y: facing the front camera
+    uv = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], np.float32)
+    surface = _surface(v, f, uv, f.copy())
+    cameras = cameras_from_angles(0.0, 0.0, 4.0, 40.0)
+    lights = torch.tensor([[0.0, -2.0, 3.0]])  # in front of the quad and above it
+    albedo = torch.full((1, 8, 8, 3), 0.8)
+
+    def brightness(tangent_normal):
+        normal_map = None if tangent_normal is None else \
+            torch.nn.functional.normalize(torch.tensor(tangent_normal), dim=0).expand(1, 8, 8, 3)
+        rgb, alpha = render_views(RASTER, surface, albedo, normal_map, cameras, lights, 32)
+        return float(rgb[:, :, 12:20, 12:20].mean()), float(alpha[:, :, 12:20, 12:20].mean())
+
+    plain, coverage = brightness(None)
+    assert coverage == 1.0
+    flat, up, down = brightness([0.0, 0.0, 1.0]), brightness([0.0, 0.6, 1.0]), brightness([0.0, -0.6, 1.0])
+    assert abs(flat[0] - plain) < 1e-4
+    assert up[0] > flat[0] + 0.1 and down[0] < flat[0] - 0.1, (up, flat, down)
+
+
+def test_texture_mode_recovers_a_reference_normal_map(uv_sphere):
+    """Only the normal map differs from the reference (bumps in tangent space, same grey albedo, no blur): texture mode
+    brings held-out renders closer to the reference's (PSNR 27.0 → 41.5 dB measured in 40 steps; asserted +3 dB) —
+    gradients reach the normal map through the tangent frames and the shading."""
+    v, f, uv, uv_idx = uv_sphere
+    rows, cols = torch.meshgrid(torch.linspace(0, 1, 32), torch.linspace(0, 1, 32), indexing="ij")
+    bumps = torch.stack([0.6 * torch.sin(12 * cols), 0.6 * torch.cos(12 * rows), torch.ones_like(rows)], -1)
+    ref_normals = torch.nn.functional.normalize(bumps, dim=-1)[None]
+    grey = torch.full((1, 32, 32, 3), 0.7)
+    surface = _surface(v, f, uv, uv_idx)
+
+    class BumpyReference(Reference):
+        def render(self, cameras):
+            return render_views(RASTER, self.surface, grey, ref_normals, cameras,
+                                sample_lights(cameras, 0.0, None), self.size)
+
+    config = CLIPMeshConfig(**dict(ORACLE, light_jitter=0.0), mode="texture", iterations=40, texture_size=32,
+                            blur_kernel=1, lr=0.05)
+    reference = BumpyReference(surface, grey, config.render_size)
+    pipeline = CLIPMeshPipeline(RASTER, CPU)
+    run = pipeline.setup(config, TriMesh(v, f, uv, uv_idx), torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        run.albedo.copy_(grey)  # the albedo is right from the start: only the normal map can explain the difference
+    held = _held_out(config)
+    ref_rgb, _ = reference.render(held)
+
+    def psnr(normal_map):
+        rgb, _ = render_views(RASTER, surface, grey, normal_map, held, sample_lights(held, 0.0, None), 64)
+        return float(-10 * torch.log10(((rgb - ref_rgb) ** 2).mean()))
+
+    guidance = _guidance(reference, config)
+    optimizer = torch.optim.Adam([run.normal_map], lr=config.lr)
+    generator = torch.Generator().manual_seed(1)
+    before = psnr(run.normal_map.detach())
+    for _ in range(config.iterations):
+        cameras = sample_views(config, config.batch_size, generator)
+        rgb, alpha = pipeline.render(run, config, cameras, sample_lights(cameras, 0.0, None))
+        loss = guidance(rgb, alpha, cameras, generator).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            run.normal_map.clamp_(-1.0, 1.0)
+    after = psnr(run.normal_map.detach())
+    assert after > before + 3.0, (before, after)
 
 
 def _silhouette_iou(surface: Surface, reference: Reference, cameras) -> float:
@@ -330,7 +403,7 @@ def test_cli_tiny_random_end_to_end(tmp_path):
            "--prior-model", "tiny-random", "--out", str(out), "--data-dir", str(tmp_path / "data")]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "clip_score=" in proc.stderr
+    assert "clip_score=" in proc.stderr and "prior 64/64" in proc.stderr  # the tiny prior's 64 DDPM steps reported
     assert out.exists() and (tmp_path / "vase.png").exists() and (tmp_path / "vase_normal.png").exists()
     mesh = next(iter(trimesh.load(out).geometry.values()))
     assert len(mesh.faces) == 4 * 80  # icosphere level 1 (80 faces), one Loop level

@@ -24,7 +24,6 @@ from backend.geometry.render import TorchRasterizer
 from backend.guidance.oracle import OracleDenoiser
 from backend.guidance.sds import ScoreDistillation, SDSConfig
 from backend.models.cache import ModelCache
-from backend.models.stable_diffusion import build_random_stable_diffusion
 from backend.params import ParamError, parse_config
 from backend.pipelines import PIPELINES
 from backend.pipelines.base import JobContext
@@ -43,8 +42,14 @@ class IdentityCodec:
 
 
 @pytest.fixture(scope="module")
-def alphas():
-    return build_random_stable_diffusion("tiny-random").scheduler.alphas_cumprod
+def models():
+    """One model cache for the module's tiny-random runs (building tiny-random takes seconds)."""
+    return ModelCache()
+
+
+@pytest.fixture(scope="module")
+def alphas(models):
+    return models.stable_diffusion("tiny-random", CPU).scheduler.alphas_cumprod
 
 
 def _sphere(radius: float = 0.6, subdivisions: int = 3) -> trimesh.Trimesh:
@@ -152,7 +157,7 @@ def _arrays(m: trimesh.Trimesh) -> dict:
     return {"mesh.v_pos": np.asarray(m.vertices, np.float32), "mesh.t_pos_idx": np.asarray(m.faces, np.int32)}
 
 
-def test_tiny_random_end_to_end_lands_where_the_input_stands():
+def test_tiny_random_end_to_end_lands_where_the_input_stands(models):
     """A rotated-in-place, scaled, moved, open (one cap cut off) blockout: the result's bounding box matches the
     input's within 10 % of its size per axis; progress every step, previews, intermediate meshes in the world frame."""
     box = trimesh.creation.box(extents=(0.4, 1.0, 2.2))
@@ -162,7 +167,7 @@ def test_tiny_random_end_to_end_lands_where_the_input_stands():
     arrays = {"mesh.v_pos": np.asarray(box.vertices, np.float32),
               "mesh.t_pos_idx": np.asarray(box.faces[keep], np.int32)}
     progress, previews, partials = [], [], []
-    ctx = JobContext(device=CPU, models=ModelCache(), on_progress=lambda *a: progress.append(a),
+    ctx = JobContext(device=CPU, models=models, on_progress=lambda *a: progress.append(a),
                      on_preview=lambda step, img, dec: previews.append((step, img.shape, dec)),
                      on_partial=lambda step, meshes: partials.append((step, meshes)))
     config = _config(iterations=4, dmtet_resolution=24, preview_every=2, partial_every=2)
@@ -185,10 +190,9 @@ def test_tiny_random_end_to_end_lands_where_the_input_stands():
     assert result.metadata["pipeline"] == "refine_mesh" and result.metadata["stage"] == "both"
 
 
-def test_same_seed_same_result_and_a_face_budget():
+def test_same_seed_same_result_and_a_face_budget(models):
     arrays = _arrays(_sphere(1.0, 2))
     inputs = inputs_from_arrays("refine_mesh", PIPELINES["refine_mesh"], arrays)
-    models = ModelCache()
     a = run(_config(iterations=2, seed=3), inputs, JobContext(device=CPU, models=models))
     b = run(_config(iterations=2, seed=3), inputs, JobContext(device=CPU, models=models))
     np.testing.assert_array_equal(a.meshes[0].mesh.v_pos, b.meshes[0].mesh.v_pos)
@@ -199,7 +203,7 @@ def test_same_seed_same_result_and_a_face_budget():
 
 def test_bad_inputs_are_clear_errors():
     arrays = _arrays(_sphere(1.0, 1))
-    ctx = JobContext(device=CPU, models=ModelCache())
+    ctx = JobContext(device=CPU, models=None)  # checked before any model is needed
     v = arrays["mesh.v_pos"].copy()
     v[3] = np.nan
     with pytest.raises(MeshError, match="NaN"):
@@ -244,3 +248,20 @@ def test_the_cli_runs_it_end_to_end(tmp_path):
     loaded = trimesh.load(out, force="mesh")
     assert len(loaded.faces) > 100
     assert np.allclose(loaded.bounds, [[-1, -1, -1], [1, 1, 1]], atol=0.2)  # the ball's place and size
+
+
+def test_vsd_guidance_runs_it_and_leaves_the_cached_unet_alone(models):
+    """``guidance="vsd"`` (ProlificDreamer) drives the refinement too: LoRA losses reported every step, annealed t_max
+    after step 1, the cached UNet's weights bit-identical afterwards, the LoRA state handed back."""
+    unet = models.stable_diffusion("tiny-random", CPU).unet
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    progress = []
+    config = _config(iterations=3, guidance="vsd", lora_rank=2, anneal_start=1, anneal_max_step_percent=0.3)
+    result = run(config, inputs_from_arrays("refine_mesh", PIPELINES["refine_mesh"], _arrays(_sphere(1.0, 1))),
+                 JobContext(device=CPU, models=models, on_progress=lambda *a: progress.append(a)))
+    steps = [p[3] for p in progress if p[0] == "refine"]
+    assert len(steps) == 3 and all(np.isfinite(p["lora"]) for p in steps)
+    assert all(p["t"] <= 300 for p in steps[1:])  # annealed to 0.3 of T = 1000 after step 1
+    assert result.metadata["guidance"] == "vsd" and result.extras["guidance_state"]
+    after = unet.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)

@@ -125,14 +125,12 @@ def tet_grid(resolution: int, bound: float = 1.0) -> tuple[np.ndarray, np.ndarra
             corners.append(corner)
         local.append(corners)
     local = np.asarray(local, dtype=np.int64)  # (6, 4) corner ids
+    # Orient every tet positively: a swap of two vertices flips the sign. Every cell is a translate of the unit cell,
+    # so each of the six Kuhn tets has one orientation everywhere: decide it once on the unit cell.
+    unit = np.array([[c >> 2 & 1, c >> 1 & 1, c & 1] for c in range(8)], dtype=np.float64)[local]  # (6, 4, 3)
+    det = np.linalg.det(unit[:, 1:] - unit[:, :1])
+    local[det < 0] = local[det < 0][:, [1, 0, 2, 3]]
     tets = (base[:, None, None] + corner_offset[local][None]).reshape(-1, 4)
-
-    # Orient every tet positively: a swap of two vertices flips the sign. (Half the Kuhn tets come out negative.)
-    v = vertices.astype(np.float64)
-    det = np.einsum("ij,ij->i", v[tets[:, 1]] - v[tets[:, 0]],
-                    np.cross(v[tets[:, 2]] - v[tets[:, 0]], v[tets[:, 3]] - v[tets[:, 0]]))
-    negative = det < 0
-    tets[negative] = tets[negative][:, [1, 0, 2, 3]]
     return vertices, tets
 
 

@@ -24,6 +24,7 @@ the pipelines' rasterized renders after their ``flip(1)``.
 from __future__ import annotations
 
 import math
+from typing import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -444,3 +445,27 @@ class BackgroundField(torch.nn.Module):
         if self.mlp is not None:
             return self.mlp(F.normalize(rays_d, dim=-1)) + self.constant
         return self.constant.expand(rays_d.shape[0], -1)
+
+
+def density_normals(density_fn: Callable[[torch.Tensor], torch.Tensor], points: torch.Tensor,
+                    eps: float = 0.01) -> torch.Tensor:
+    """Surface normals of a density field: −∇σ / ‖∇σ‖ by central differences (DreamFusion's normals from the density
+    gradient; finite differences because the hash grid has no gradient w.r.t. its input, as threestudio's
+    ``finite_difference`` normals, step 0.01).
+
+    Args:
+        density_fn: ``(n, 3) -> (n,)`` density (e.g. :meth:`LatentNeRF.density`).
+        points: (n, 3) float32 positions, NeRF frame.
+        eps: half the difference step, NeRF-frame units (> 0).
+
+    Returns:
+        (n, 3) unit normals pointing out of the dense region (where σ decreases), differentiable w.r.t. the field's
+        parameters (six extra density evaluations per point); (0, 0, 0) where the density is flat.
+    """
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    offsets = torch.eye(3, dtype=points.dtype, device=points.device) * eps  # (3, 3)
+    probes = torch.cat([points[:, None, :] + offsets, points[:, None, :] - offsets], dim=1)  # (n, 6, 3)
+    sigma = density_fn(probes.reshape(-1, 3)).view(-1, 6)
+    grad = (sigma[:, :3] - sigma[:, 3:]) / (2.0 * eps)
+    return F.normalize(-grad, dim=-1, eps=1e-12)

@@ -7,6 +7,8 @@ upright (row 0 = top). Quadrature of NeRF (Mildenhall et al., ECCV 2020): wᵢ =
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -80,10 +82,14 @@ def ray_box_intersection(rays_o: torch.Tensor, rays_d: torch.Tensor, bound: floa
     return near, far, hit
 
 
+Shader = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+"""``shader(points (n, 3), ray_ids (n,), features (n, C)) -> (features (n, C), extra (n, K) | None)``."""
+
+
 def volume_render(nerf: LatentNeRF, rays_o: torch.Tensor, rays_d: torch.Tensor, num_samples: int = 64,
                   perturb: bool = False, generator: torch.Generator | None = None,
                   background: torch.Tensor | None = None, min_near: float = 0.05, chunk: int = 4096,
-                  occupancy: OccupancyGrid | None = None) -> dict:
+                  occupancy: OccupancyGrid | None = None, shader: Shader | None = None) -> dict:
     """Render rays through the field by stratified sampling and alpha compositing.
 
     Each ray's segment [near, far] inside the box [-bound, bound]³ is split into ``num_samples`` equal bins of width
@@ -111,6 +117,10 @@ def volume_render(nerf: LatentNeRF, rays_o: torch.Tensor, rays_d: torch.Tensor, 
         min_near: nearest sample distance, for cameras inside the box.
         chunk: rays per field evaluation, >= 1.
         occupancy: the occupancy grid of the field (same box), or None = evaluate every sample (the reference).
+        shader: ``shader(points (n, 3), ray_ids (n,) int64, features (n, C)) -> (features' (n, C), extra (n, K) or
+            None)``, applied to the evaluated samples before compositing (e.g. DreamFusion's shading of an albedo
+            field, :mod:`backend.geometry.shading`); ``ray_ids`` index the flattened (B·H·W) rays, so the shader can
+            look up each sample's ray direction and batch item. None = the features as they are.
 
     Returns:
         dict with
@@ -121,7 +131,8 @@ def volume_render(nerf: LatentNeRF, rays_o: torch.Tensor, rays_d: torch.Tensor, 
         density there — the very samples the image was made from, for the Sketch-Shape loss. Samples are clamped
         into the box; rays that miss it have zero weights (their samples all sit at one point of the box).
         Everything is differentiable wrt the field's parameters. With ``occupancy``: ``sample_mask``
-        (B·H·W·S,) bool, True where the field was evaluated (ray-major, as ``points``).
+        (B·H·W·S,) bool, True where the field was evaluated (ray-major, as ``points``). With a ``shader`` that
+        returns an extra: ``shader_extra`` (B, H, W, S, K), zeros at samples that were not evaluated.
 
     Raises:
         ValueError: bad shapes, num_samples, chunk, background size, perturb without a generator, or an occupancy
@@ -160,7 +171,7 @@ def volume_render(nerf: LatentNeRF, rays_o: torch.Tensor, rays_d: torch.Tensor, 
     points = (o[:, None, :] + z_vals[..., None] * d[:, None, :]).clamp(-bound, bound)  # (R, S, 3)
 
     outs: dict[str, list[torch.Tensor]] = {"image": [], "opacity": [], "depth": [], "weights": [], "density": [],
-                                           "sample_mask": []}
+                                           "sample_mask": [], "shader_extra": []}
     for start in range(0, num_rays, int(chunk)):
         sl = slice(start, min(start + int(chunk), num_rays))
         pts = points[sl]
@@ -169,6 +180,11 @@ def volume_render(nerf: LatentNeRF, rays_o: torch.Tensor, rays_d: torch.Tensor, 
         else:
             density, features, mask = _evaluate_occupied(nerf, pts, hit[sl], occupancy)
             outs["sample_mask"].append(mask)
+        if shader is not None:
+            features, extra = _shade_samples(shader, pts, features, sl, num_samples,
+                                             None if occupancy is None else outs["sample_mask"][-1])
+            if extra is not None:
+                outs["shader_extra"].append(extra)
         density = density.view(pts.shape[0], num_samples)
         features = features.view(pts.shape[0], num_samples, channels)
         sigma_delta = density * delta[sl]
@@ -185,6 +201,8 @@ def volume_render(nerf: LatentNeRF, rays_o: torch.Tensor, rays_d: torch.Tensor, 
         outs["density"].append(density)
     cat = {k: torch.cat(v, dim=0) for k, v in outs.items() if v}
     extra = {"sample_mask": cat["sample_mask"]} if occupancy is not None else {}
+    if "shader_extra" in cat:
+        extra["shader_extra"] = cat["shader_extra"].view(batch, height, width, num_samples, -1)
     return {**extra,
         "image": cat["image"].view(batch, height, width, channels).permute(0, 3, 1, 2),
         "opacity": cat["opacity"].view(batch, height, width, 1).permute(0, 3, 1, 2),
@@ -194,6 +212,22 @@ def volume_render(nerf: LatentNeRF, rays_o: torch.Tensor, rays_d: torch.Tensor, 
         "points": points.reshape(-1, 3),
         "density": cat["density"].reshape(-1),
     }
+
+
+def _shade_samples(shader: Shader, pts: torch.Tensor, features: torch.Tensor, rays: slice, num_samples: int,
+                   mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Apply ``shader`` to one chunk's samples (only the evaluated ones when ``mask`` is given); returns the shaded
+    features (r·S, C) and the extra (r·S, K) or None, zeros where not evaluated."""
+    flat = pts.reshape(-1, 3)
+    ray_ids = torch.arange(rays.start, rays.stop, device=flat.device).repeat_interleave(num_samples)
+    if mask is None:
+        return shader(flat, ray_ids, features)
+    kept = torch.nonzero(mask)[:, 0]
+    shaded, extra = shader(flat[kept], ray_ids[kept], features[kept])
+    out = torch.zeros_like(features).index_copy(0, kept, shaded)
+    if extra is not None:
+        extra = torch.zeros(flat.shape[0], extra.shape[1], dtype=extra.dtype, device=extra.device).index_copy(0, kept, extra)
+    return out, extra
 
 
 def _evaluate_occupied(nerf: LatentNeRF, pts: torch.Tensor, hit: torch.Tensor,

@@ -29,11 +29,6 @@ PIPELINES: dict[str, PipelineSpec] = {
         "DMTet + SDS at 512² renders).",
         mesh_inputs=(MeshInput("mesh", True, "mesh to refine: a coarse result or a blockout (open meshes are fine)"),),
         textured=True),
-    "dream_fields": PipelineSpec(
-        dream_fields.DreamFieldsConfig, dream_fields.run,
-        "Generate a textured mesh from text with CLIP alone (Dream Fields: a NeRF whose augmented renders CLIP scores "
-        "against the prompt, kept sparse by a transmittance loss).",
-        textured=True),
     "clip_mesh": PipelineSpec(
         clip_mesh.CLIPMeshConfig, clip_mesh.run,
         "Generate or restyle a textured, normal-mapped mesh from text with CLIP (CLIP-Mesh: a Loop subdivision "
@@ -41,6 +36,11 @@ PIPELINES: dict[str, PipelineSpec] = {
         mesh_inputs=(MeshInput("mesh", False, "mesh to start from (shape modes) or to paint (mode texture: kept "
                                               "exactly, UVs kept if it has them, else xatlas); none = a sphere"),),
         check_inputs=clip_mesh.check_inputs, textured=True),
+    "dream_fields": PipelineSpec(
+        dream_fields.DreamFieldsConfig, dream_fields.run,
+        "Generate a textured mesh from text with CLIP alone (Dream Fields: a NeRF whose augmented renders CLIP scores "
+        "against the prompt, kept sparse by a transmittance loss).",
+        textured=True),
     "shape_ldm": PipelineSpec(
         shape_ldm.ShapeLDMConfig, shape_ldm.run,
         "Generate shapes from text or an image in seconds (Michelangelo: aligned shape latent diffusion); one mesh "

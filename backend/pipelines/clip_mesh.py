@@ -26,6 +26,7 @@ result images have row 0 at the top (:mod:`backend.geometry.frames` converts, on
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -49,6 +50,8 @@ from ..models.clip import DEFAULT_CLIP_MODEL, load_clip
 from ..models.clip_prior import CLIP_MESH_PRIOR, clip_target, load_prior
 from ..params import Config, ParamError, param
 from .base import JobContext, PipelineInputs, PipelineResult, ResultMesh, to_uint8_image
+
+log = logging.getLogger(__name__)
 
 MODES = ("shape_texture", "texture", "shape")
 """What is optimised: shape + texture + normal map (default), texture + normal map only, or the shape only."""
@@ -421,11 +424,12 @@ class CLIPMeshPipeline:
 
     def render(self, run: _Run, config: CLIPMeshConfig, cameras: CameraBatch, lights: torch.Tensor,
                textured: bool = True, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Render ``run``'s current surface (blurred maps; grey and geometric normals when not ``textured`` or in
-        shape mode). Returns ``rgb`` (B, 3, H, W), ``alpha`` (B, 1, H, W), upright."""
-        use_maps = textured and config.optimises_texture
-        albedo = gaussian_blur(run.albedo, config.blur_kernel, config.blur_sigma) if use_maps else None
-        normal = gaussian_blur(run.normal_map, config.blur_kernel, config.blur_sigma) if use_maps else None
+        """Render ``run``'s current surface with the blurred maps (texture modes); grey albedo when not ``textured``
+        (the normal map still applies, as in the official plain shape renders); grey with geometric normals in shape
+        mode. Returns ``rgb`` (B, 3, H, W), ``alpha`` (B, 1, H, W), upright."""
+        maps = config.optimises_texture
+        albedo = gaussian_blur(run.albedo, config.blur_kernel, config.blur_sigma) if maps and textured else None
+        normal = gaussian_blur(run.normal_map, config.blur_kernel, config.blur_sigma) if maps else None
         return render_views(self.rasterizer, run.surface(), albedo, normal, cameras, lights,
                             size or config.render_size)
 
@@ -541,8 +545,7 @@ class CLIPMeshPipeline:
                               metadata=metadata, timings=timings,
                               extras={"surface": surface, "control": run.control.detach().clone(),
                                       "surface_tri": run.tri, "albedo": run.albedo.detach(),
-                                      "normal_map": run.normal_map.detach(), "clip_scores": scores,
-                                      "run": run})
+                                      "normal_map": run.normal_map.detach(), "clip_scores": scores})
 
     # ---- outputs ----------------------------------------------------------------------------------------------------
 
@@ -601,11 +604,13 @@ def target_embedding(config: CLIPMeshConfig, embedder, context: JobContext) -> t
     With the prior (``use_prior`` and its weights present, in the CLIP's space), the official code's loss
     ``1.0 · (−cos(img, text)) + prior_weight · (−cos(img, prior))`` equals ``−cos(img, text + prior_weight · prior)``
     up to a positive scale, so the target is that sum (normalised by the cosine). Otherwise the text embedding, and
-    the note says why (as :func:`backend.models.clip_prior.clip_target` words it).
+    the note says why (as :func:`backend.models.clip_prior.clip_target` words it). The prior's DDPM steps report as
+    stage "prior" (and can be cancelled).
     """
     prior_model = config.prior_model if config.use_prior else None
     target = clip_target(config.prompt, embedder, prior_model,
-                         load=lambda model: context.models.get(load_prior, model, context.device), seed=config.seed)
+                         load=lambda model: context.models.get(load_prior, model, context.device), seed=config.seed,
+                         progress=lambda done, total: context.progress("prior", done, total))
     if target.prior is None:
         return target.text, "text", target.note
     combined = target.text + config.prior_weight * target.prior.to(target.text)
@@ -624,6 +629,7 @@ def run(config: CLIPMeshConfig, inputs: PipelineInputs, context: JobContext) -> 
     embedder = context.models.get(load_clip, config.model, context.device)
     with torch.no_grad():
         embedding, kind, note = target_embedding(config, embedder, context)
+    log.info("clip_mesh %s", note)
     guidance = build_guidance(embedder, embedding.float().to(context.device), config)
     pipeline = CLIPMeshPipeline(make_rasterizer(context.device), context.device)
     result = pipeline(inputs.meshes.get("mesh"), config, guidance, context, target=kind, target_note=note)

@@ -7,6 +7,11 @@ field outputs a density and 4 Stable Diffusion latent channels is volume-rendere
 An optional RGB refinement stage replaces the latent output by a linear 4→3 head (initialised from the latent→RGB
 matrix) and continues SDS through the VAE encoder. The result is extracted by marching cubes, cleaned, UV-unwrapped,
 baked (latent texture → VAE decode) and mapped back from the normalised NeRF frame to the sketch's world frame.
+DreamFusion's options (Poole et al., 2022): ``space="rgb"`` makes the field output RGB albedo (3 sigmoid features),
+rendered at ``refine_render_size`` and encoded by the VAE for SDS (as the RGB refinement does), shaded per sample by a
+schedule of albedo / Lambertian / textureless renders under a point light near the camera (:mod:`backend.geometry.shading`;
+normals from the density gradient by central differences), with the orientation loss (weight 1e-2) pushing normals
+to face the camera; ``lambda_opacity`` adds DreamFusion's penalty on the accumulated opacity.
 ``guidance="vsd"`` uses ProlificDreamer's variational score distillation instead of SDS (:mod:`backend.guidance.vsd`;
 one particle, the same LoRA through both stages); ``anneal_start`` lowers t_max late in the run (either guidance).
 
@@ -31,12 +36,13 @@ from ..geometry.frames import bottom_up_to_top_down
 from ..geometry.mesh import MeshError, TriMesh
 from ..geometry.render import make_rasterizer
 from ..guidance.sds import Guidance
-from ..latent_nerf.field import BackgroundField, LatentNeRF, NeRFConfig
+from ..geometry.shading import sample_point_lights, sample_shading, shade
+from ..latent_nerf.field import BackgroundField, LatentNeRF, NeRFConfig, density_normals
 from ..latent_nerf.occupancy import OccupancyGrid
 from ..latent_nerf.sketch import OCCUPANCY_DELTA, SketchShape, sketch_loss
 from ..latent_nerf.volume import get_rays, volume_render
 from ..models.latent_rgb import LATENT_RGB_FACTORS
-from ..params import param
+from ..params import ParamError, param
 from .base import JobContext, PipelineInputs, PipelineResult, ResultMesh, to_uint8_image
 from .sds_common import SDSPipelineConfig, VaeCodec, build_guidance, maybe_preview, preview_camera
 
@@ -66,12 +72,35 @@ class LatentNeRFConfig(SDSPipelineConfig):
                                                  "(unweighted Sketch-Shape cross-entropy, half the points near the sketch surface; 0 = start from the blob, as the paper).", low=0, high=100_000)
     sketch_init_points: int = param(16384, doc="Points per sketch-initialisation step (half uniform in the box, half near the sketch surface).", low=256, high=1_000_000)
     refine_iterations: int = param(0, doc="Steps of the optional RGB refinement stage (0 = off).", low=0, high=100_000)
-    refine_render_size: int = param(128, doc="Side of the RGB renders of the refinement stage (encoded by the VAE).", low=64, high=512)
+    refine_render_size: int = param(128, doc="Side of the RGB renders of the refinement stage and of space rgb "
+                                             "(encoded by the VAE).", low=64, high=512)
+    space: str = param("latent", doc="What the field's features are: Stable Diffusion latents rendered at render_size "
+                                     "(Latent-NeRF), or RGB albedo rendered at refine_render_size, shaded, and encoded "
+                                     "by the VAE for SDS (DreamFusion).", choices=("latent", "rgb"))
+    albedo_probability: float = param(0.0, doc="Space rgb: share of unlit albedo renders (DreamFusion shading; the "
+                                               "rest after textureless is Lambertian).", low=0.0, high=1.0)
+    textureless_probability: float = param(0.5, doc="Space rgb: share of white-albedo renders judged by their shading "
+                                                    "alone (threestudio's DreamFusion: 0.5).", low=0.0, high=1.0)
+    lambda_orient: float = param(1e-2, doc="Space rgb: weight of DreamFusion's orientation loss, Σ sg(wᵢ)·max(0, "
+                                           "nᵢ·d)² per ray (normals facing away from the camera; DreamFusion / "
+                                           "stable-dreamfusion: 1e-2).", low=0.0, high=1e4)
+    lambda_opacity: float = param(0.0, doc="Weight of the opacity penalty mean √(opacity² + 0.01) of the renders "
+                                           "(DreamFusion's regularisation against filling space; 0 = off).", low=0.0,
+                                  high=1e4)
     mesh_resolution: int = param(256, doc="Marching-cubes grid of the final mesh.", low=32, high=512)
     partial_every: int = param(500, doc="Steps between intermediate meshes streamed to the client (0 = never).", low=0, high=100_000)
     partial_resolution: int = param(64, doc="Marching-cubes grid of the intermediate meshes.", low=16, high=256)
     face_budget: int = param(0, doc="Decimate the final mesh to at most this many triangles (0 = keep all).", low=0, high=10_000_000)
     texture_size: int = param(1024, doc="Side of the baked RGB texture in pixels.", low=64, high=8192)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.albedo_probability + self.textureless_probability > 1.0:
+            raise ParamError(f"albedo_probability + textureless_probability = "
+                             f"{self.albedo_probability + self.textureless_probability} must be <= 1")
+        if self.space == "rgb" and self.refine_iterations:
+            raise ParamError("refine_iterations is the RGB refinement of space latent; with space rgb the whole run "
+                             "is RGB already (set refine_iterations = 0)")
 
 
 @dataclass
@@ -113,13 +142,24 @@ class LatentNeRFPipeline:
 
     def render(self, nerf: LatentNeRF, background: BackgroundField, cameras: CameraBatch, size: int,
                num_samples: int, generator: torch.Generator | None, head: torch.nn.Module | None = None,
-               occupancy: OccupancyGrid | None = None) -> dict:
+               occupancy: OccupancyGrid | None = None, shading: str | None = None,
+               lights: torch.Tensor | None = None, normals: bool = False) -> dict:
         """Volume-render ``cameras`` at ``size``² → dict with ``image`` (B, C, H, W) upright, ``opacity``,
         ``points``/``density`` of the samples (for the Sketch-Shape loss). ``head`` maps 4 latent channels to RGB;
-        ``occupancy`` skips empty space (:func:`volume_render`)."""
+        ``occupancy`` skips empty space (:func:`volume_render`). An RGB field (space rgb) is shaded per sample with
+        ``shading`` ("albedo" | "lambertian" | "textureless", :func:`backend.geometry.shading.shade`) under ``lights``
+        (B, 3); with ``normals`` (or a lit shading) the density-gradient normals are computed and ``out["orient"]``
+        is DreamFusion's orientation penalty per ray, Σ sg(wᵢ)·max(0, nᵢ·d)², (B, 1, H, W)."""
         rays_o, rays_d = get_rays(cameras, size, size)
+        shader = None
+        if nerf.config.feature_dim == 3:
+            shader = self._rgb_shader(nerf, rays_d.reshape(-1, 3), lights, shading or "albedo", size * size, normals)
         out = volume_render(nerf, rays_o, rays_d, num_samples=num_samples, perturb=generator is not None,
-                            generator=generator, background=torch.zeros(4, device=self.device), occupancy=occupancy)
+                            generator=generator, background=torch.zeros(nerf.config.feature_dim, device=self.device),
+                            occupancy=occupancy, shader=shader)
+        if "shader_extra" in out:
+            orient = (out["weights"].detach() * out["shader_extra"][..., 0]).sum(dim=-1)
+            out["orient"] = orient[:, None]
         bg = background(rays_d.reshape(-1, 3)).reshape(*rays_d.shape[:3], -1).permute(0, 3, 1, 2)
         image, opacity = out["image"], out["opacity"]
         if head is not None:  # linear head on composited features: W·Σwᵢfᵢ + b·opacity = Σwᵢ·head(fᵢ)
@@ -128,9 +168,31 @@ class LatentNeRFPipeline:
         out["image"] = image + (1.0 - opacity) * bg
         return out
 
+    @staticmethod
+    def _rgb_shader(nerf: LatentNeRF, rays_d: torch.Tensor, lights: torch.Tensor | None, shading: str,
+                    pixels: int, normals: bool):
+        """The per-sample shader of an RGB field (:func:`volume_render`'s ``shader``): its features (in [0, 1], the
+        field's sigmoid) are the albedo, shaded by DreamFusion's model; the extra is max(0, n·d)² (orientation) when
+        normals are computed."""
+        need_normals = normals or shading != "albedo"
+
+        def shader(points, ray_ids, albedo):
+            if not need_normals:
+                return albedo, None
+            n = density_normals(nerf.density, points)
+            facing_away = (n * rays_d[ray_ids]).sum(dim=-1, keepdim=True).clamp(min=0.0) ** 2
+            if shading == "albedo":
+                return albedo, facing_away
+            return shade(albedo, n, points, lights[torch.div(ray_ids, pixels, rounding_mode="floor")], shading), \
+                facing_away
+
+        return shader
+
     def make_background(self, config: LatentNeRFConfig) -> BackgroundField:
-        white = self.codec.encode_color((1.0, 1.0, 1.0), self.device)
         mode = "learned" if config.background == "learned" else "constant"
+        if config.space == "rgb":
+            return BackgroundField(3, mode, torch.ones(3, device=self.device)).to(self.device)
+        white = self.codec.encode_color((1.0, 1.0, 1.0), self.device)
         return BackgroundField(4, mode, white).to(self.device)
 
     def to_world(self, mesh: TriMesh, sketch: SketchShape | None) -> TriMesh:
@@ -168,7 +230,10 @@ class LatentNeRFPipeline:
         # 1. Field, background, optimiser (hash grid at 10x the MLP's learning rate).
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(config.seed)
-            nerf = LatentNeRF(NeRFConfig(encoding=config.encoding, hashgrid_impl=config.hashgrid_impl)).to(self.device)
+            nerf = LatentNeRF(NeRFConfig(encoding=config.encoding, hashgrid_impl=config.hashgrid_impl,
+                                         feature_dim=3 if config.space == "rgb" else 4,
+                                         feature_activation="sigmoid" if config.space == "rgb" else "none")
+                              ).to(self.device)
             background = self.make_background(config)
         params = nerf.param_groups(config.lr) + [{"params": list(background.parameters()), "lr": config.lr}]
         optimizer = torch.optim.Adam([g for g in params if g["params"]], betas=(0.9, 0.99), eps=1e-15)
@@ -180,13 +245,16 @@ class LatentNeRFPipeline:
         run.occupancy = self.make_occupancy(config, nerf, sketch)
         run.occupancy_generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
 
-        # 2. Latent stage: SDS on rendered latents (+ Sketch-Shape loss, + opacity sparsity).
+        # 2. Latent stage: SDS on rendered latents (+ Sketch-Shape loss, + opacity sparsity); space rgb: shaded RGB
+        #    renders at refine_render_size through the VAE encoder (+ orientation loss).
         total_steps = config.iterations + config.refine_iterations
+        rgb = config.space == "rgb"
+        size = config.refine_render_size if rgb else config.render_size
         for step in range(1, config.iterations + 1):
-            self._step(run, step, total_steps, "optimize", head=None, render_size=config.render_size)
-            maybe_preview(step, config, lambda: self.render(nerf, background, preview_cam, config.render_size,
-                                                            config.num_samples, None, occupancy=run.occupancy)["image"],
-                          self.codec, context)
+            self._step(run, step, total_steps, "optimize", head=None, render_size=size)
+            maybe_preview(step, config, lambda: self.render(nerf, background, preview_cam, size, config.num_samples,
+                                                            None, occupancy=run.occupancy)["image"],
+                          self.codec, context, decode_rgb=(lambda x: x.clamp(0, 1)) if rgb else None)
             self._maybe_partial(run, step)
 
         # 3. Optional RGB refinement: a linear 4→3 head initialised from the latent→RGB matrix, SDS through the encoder.
@@ -214,7 +282,7 @@ class LatentNeRFPipeline:
         texture = to_uint8_image(bottom_up_to_top_down(texture_rgb, 1))
         metadata = {"pipeline": self.name, "prompt": config.prompt, "negative_prompt": config.negative_prompt,
                     "seed": config.seed, "model": config.model, "iterations": config.iterations,
-                    "refine_iterations": config.refine_iterations, "guidance": config.guidance,
+                    "refine_iterations": config.refine_iterations, "space": config.space, "guidance": config.guidance,
                     "guidance_scale": config.guidance_scale,
                     "sketch": sketch is not None, "faces": int(len(world.t_pos_idx))}
         return PipelineResult(meshes=[ResultMesh(world, v_color=v_color, texture=texture)], metadata=metadata,
@@ -269,10 +337,16 @@ class LatentNeRFPipeline:
         if run.occupancy is not None:  # steps count from 1, nerfacc's from 0: the first step updates
             run.occupancy.update(step - 1, run.nerf.density, run.occupancy_generator)
         cameras = sample_cameras(config.batch_size, generator, device=self.device, **config.camera_ranges())
+        rgb_field = config.space == "rgb"
+        shading, lights = None, None
+        if rgb_field:  # DreamFusion: a shading and a point light near the camera per step
+            shading = sample_shading(generator, config.albedo_probability, config.textureless_probability)
+            lights = sample_point_lights(cameras.camera_positions, generator)
         out = self.render(run.nerf, run.background, cameras, render_size, config.num_samples, generator, head=head,
-                          occupancy=run.occupancy)
+                          occupancy=run.occupancy, shading=shading, lights=lights,
+                          normals=rgb_field and config.lambda_orient > 0)
         image = out["image"]
-        if head is not None:  # RGB refinement: SDS on the VAE encoding of the RGB render
+        if head is not None or rgb_field:  # RGB renders: SDS on their VAE encoding
             image = self.codec.encode(image.clamp(0, 1)).float()
         t1 = time.perf_counter()
         sds_out = run.sds(image, cameras, generator, step=step)
@@ -282,6 +356,14 @@ class LatentNeRFPipeline:
             shape = sketch_loss(out["points"], out["density"], sketch, config.sketch_sigma, reduction="sum")
             loss = loss + config.lambda_shape * shape
             losses["shape"] = float(shape.detach()) * config.lambda_shape
+        if "orient" in out and config.lambda_orient > 0:
+            orient = out["orient"].mean()
+            loss = loss + config.lambda_orient * orient
+            losses["orient"] = float(orient.detach())
+        if config.lambda_opacity > 0:
+            opacity_penalty = torch.sqrt(out["opacity"] ** 2 + 0.01).mean()
+            loss = loss + config.lambda_opacity * opacity_penalty
+            losses["opacity"] = float(opacity_penalty.detach())
         if config.lambda_sparsity > 0:
             o = out["opacity"].clamp(1e-5, 1 - 1e-5)
             entropy = (-o * torch.log2(o) - (1 - o) * torch.log2(1 - o)).mean()
@@ -314,9 +396,9 @@ class LatentNeRFPipeline:
 
     def _bake(self, nerf, mesh, config, head) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """(3, S, S) RGB texture in [0, 1] (row 0 ↔ v ≈ 0) + UVs. Latent fields bake at S/8 and decode with the VAE."""
-        if head is not None:
-            uv, uv_idx, tex = bake_texture(mesh, lambda x: head(nerf(x)[1]).clamp(0, 1), config.texture_size,
-                                           self.rasterizer)
+        if head is not None or config.space == "rgb":
+            color = (lambda x: head(nerf(x)[1]).clamp(0, 1)) if head is not None else (lambda x: nerf(x)[1])
+            uv, uv_idx, tex = bake_texture(mesh, color, config.texture_size, self.rasterizer)
             return torch.from_numpy(tex).permute(2, 0, 1).to(self.device), uv, uv_idx
         latent_size = max(64, config.texture_size // 8)  # coarser latent atlases lose whole charts
         uv, uv_idx, latent_tex = bake_texture(mesh, lambda x: nerf(x)[1], latent_size, self.rasterizer)

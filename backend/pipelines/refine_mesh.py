@@ -6,7 +6,9 @@ coarse shape (here any mesh: a Latent-NeRF or shape-model result, or the artist'
 coarse shape's signed distance; a colour field on 3-D surface points gives the texture; each step extracts the surface
 by differentiable marching tetrahedra, rasterizes it at ``render_size``² (512 as the paper) with DreamFusion's shading
 (:mod:`backend.geometry.shading`: albedo / Lambertian / textureless renders under a point light near the camera),
-encodes the RGB render with Stable Diffusion's VAE into 64² latents and applies SDS (:mod:`backend.guidance.sds`).
+encodes the RGB render with Stable Diffusion's VAE into 64² latents and applies SDS (:mod:`backend.guidance.sds`), or
+ProlificDreamer's VSD with ``guidance="vsd"`` (:mod:`backend.guidance.vsd`); ``anneal_start`` lowers t_max late in the
+run.
 Losses besides SDS: normal consistency between neighbouring faces (Magic3D's fine-stage smoothness, weight 1e4 as
 threestudio's magic3d-refine) and DMTet's SDF sign regulariser. Defaults of the optimiser, timesteps and guidance are
 threestudio's magic3d-refine configuration (Adam lr 0.01, betas (0.9, 0.99); t in [0.02, 0.5]·T; CFG 100).
@@ -42,11 +44,11 @@ from ..geometry.queries import surface_distance, winding_number
 from ..geometry.render import Rasterizer, antialias_silhouettes, make_rasterizer
 from ..geometry.shading import (AMBIENT, DIFFUSE, normal_consistency, rasterize_surface, sample_point_lights,
                                 sample_shading, shade)
-from ..guidance.sds import ScoreDistillation
+from ..guidance.sds import Guidance
 from ..latent_nerf.field import HashGridEncoding
 from ..params import ParamError, param
 from .base import JobContext, PipelineInputs, PipelineResult, ResultMesh, to_uint8_image
-from .sds_common import SDSPipelineConfig, VaeCodec, build_sds, maybe_preview, preview_camera
+from .sds_common import SDSPipelineConfig, VaeCodec, build_guidance, maybe_preview, preview_camera
 
 NORMALIZED_RADIUS = 0.6
 """Farthest input vertex from the bounding-box centre in the normalised frame (Latent-Paint's camera convention)."""
@@ -168,7 +170,7 @@ class _Run:
     dmtet: DMTetGeometry
     color: ColorField
     optimizer: torch.optim.Optimizer
-    sds: ScoreDistillation
+    sds: Guidance
     generator: torch.Generator
     context: JobContext
     timings: dict[str, float]
@@ -251,9 +253,11 @@ class RefineMeshPipeline:
 
     # ---- the run -----------------------------------------------------------------------------------------------------
 
-    def __call__(self, mesh: TriMesh, config: RefineMeshConfig, sds: ScoreDistillation,
+    def __call__(self, mesh: TriMesh, config: RefineMeshConfig, sds: Guidance,
                  context: JobContext | None = None) -> PipelineResult:
-        """Refine ``mesh`` toward ``config.prompt`` (guided by ``sds``).
+        """Refine ``mesh`` toward ``config.prompt`` (guided by ``sds``: SDS with a Stable Diffusion or an oracle
+        denoiser, or VSD, :func:`backend.pipelines.sds_common.build_guidance`; called with the 1-based step, for
+        timestep annealing).
 
         Returns:
             :class:`PipelineResult` with one world-frame mesh (cleaned, optionally decimated, xatlas UVs) and its
@@ -326,7 +330,8 @@ class RefineMeshPipeline:
         metadata = {"pipeline": self.name, "prompt": config.prompt, "negative_prompt": config.negative_prompt,
                     "seed": config.seed, "model": config.model, "iterations": config.iterations,
                     "stage": config.stage, "dmtet_resolution": config.dmtet_resolution,
-                    "render_size": config.render_size, "guidance_scale": config.guidance_scale,
+                    "render_size": config.render_size, "guidance": config.guidance,
+                    "guidance_scale": config.guidance_scale,
                     "faces": int(len(world.t_pos_idx))}
         return PipelineResult(meshes=[ResultMesh(world, texture=texture_img)], metadata=metadata, timings=timings,
                               extras={"dmtet": dmtet, "color": color, "normalized": normalized, "center": center,
@@ -352,9 +357,9 @@ class RefineMeshPipeline:
                             config.diffuse)
         latents = self.codec.encode(image).float()
         t1 = time.perf_counter()
-        out = run.sds(latents, cameras, generator)
+        out = run.sds(latents, cameras, generator, step=step)
         loss = out.loss
-        losses = {"sds": float(out.loss.detach())}
+        losses = {"sds": float(out.loss.detach()), **out.losses}
         if config.optimizes_geometry:
             if config.lambda_normal_consistency > 0:
                 nc = normal_consistency(v_pos, faces)
@@ -394,13 +399,18 @@ class RefineMeshPipeline:
 
 
 def run(config: RefineMeshConfig, inputs: PipelineInputs, context: JobContext) -> PipelineResult:
-    """Job entry point: the model from the cache, SDS, then refine ``inputs.meshes['mesh']``.
+    """Job entry point: the model from the cache, the guidance (SDS or VSD, :func:`~.sds_common.build_guidance`), then
+    refine ``inputs.meshes['mesh']``. ``result.extras['guidance_state']`` holds what VSD learned (SDS: empty).
 
     Raises:
         MeshError (bad mesh), ModelNotFoundError, ParamError, JobCancelled.
     """
+    RefineMeshPipeline.normalize(inputs.meshes["mesh"])  # an unusable mesh fails before the model loads
     context.progress("load_model", 0, config.iterations)
     sd = context.models.stable_diffusion(config.model, context.device)
     pipeline = RefineMeshPipeline(VaeCodec(sd.vae, sd.latent_scaling), make_rasterizer(context.device),
                                   context.device)
-    return pipeline(inputs.meshes["mesh"], config, build_sds(sd, config), context)
+    with build_guidance(sd, config) as guidance:  # VSD's adapter leaves the cached UNet however the run ends
+        result = pipeline(inputs.meshes["mesh"], config, guidance, context)
+        result.extras["guidance_state"] = guidance.state_dict()
+    return result
