@@ -234,7 +234,8 @@ def reconstruct_surface(points: np.ndarray, normals: np.ndarray | None = None, r
         face_budget: decimate to at most this many triangles (None = keep all).
 
     Returns:
-        :class:`TriMesh` (float32 / int32), closed components wound outward.
+        :class:`TriMesh` (float32 / int32), closed components wound outward (the grid's border is kept outside, so
+        no surface is cut open by the box).
 
     Raises:
         ValueError: bad points (empty, NaN, too few for ``k``), normals of another shape, or an argument out of
@@ -259,7 +260,15 @@ def reconstruct_surface(points: np.ndarray, normals: np.ndarray | None = None, r
     with torch.no_grad():
         chi = poisson_indicator(torch.from_numpy(pts), torch.from_numpy(np.asarray(nrm, dtype=np.float64)), grid,
                                 float(sigma))
-    mesh = marching_cubes(chi.float().numpy(), 0.0, grid.bound, inside="below")
+    field = chi.float().numpy()
+    # The grid's border lies outside every shape (padding): keep it outside, so no surface is cut open there (noisy
+    # or sparse clouds can swing the smoothed indicator below 0 far from the points).
+    for axis in range(3):
+        for end in (0, -1):
+            index = [slice(None)] * 3
+            index[axis] = end
+            field[tuple(index)] = np.maximum(field[tuple(index)], 1e-3)
+    mesh = marching_cubes(field, 0.0, grid.bound, inside="below")
     if len(mesh.t_pos_idx) == 0:
         raise MeshError("the Poisson indicator has no surface at level 0")
     return clean_mesh(mesh, min_component_ratio=min_component_ratio, face_budget=face_budget)

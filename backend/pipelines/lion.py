@@ -45,7 +45,6 @@ from ..lion.checkpoint import load_lion
 from ..lion.config import PRESETS
 from ..lion.data import denormalize_points, normalize_points
 from ..lion.model import SAMPLERS, LionLatents, LionModel
-from ..models.base import TINY_RANDOM
 from ..params import Config, ParamError, param
 from .base import JobContext, PipelineInputs, PipelineResult, ResultMesh, ResultPointCloud
 
@@ -61,16 +60,12 @@ MAX_TAU = 1000
 
 @dataclass
 class LionBaseConfig(Config):
-    """Settings every LION pipeline has: the model, the sampler and the meshes."""
+    """Settings every LION pipeline has: the model, the seed and the meshes."""
 
     model: str = param(DEFAULT_MODEL, doc="LION model: chair, airplane, car (the released ShapeNet models), a "
                                           "released model.pt, a folder written by `train lion_ddm`, or 'tiny-random'.")
     seed: int = param(0, doc="Seed of the diffusion noise and of the input's surface samples; same seed, same "
                              "shapes.", low=0, high=2**63 - 1)
-    sampler: str = param("ddim", doc="Sampler of the DDMs: ddim (fast) or ddpm (ancestral, the paper's 1000 steps).",
-                         choices=SAMPLERS)
-    num_inference_steps: int = param(0, doc="Denoising steps per DDM (0 = the sampler's default: all T (or tau) for "
-                                            "ddpm, the model's DDIM steps (200 public) for ddim).", low=0, high=100000)
     make_mesh: bool = param(True, doc="Also reconstruct a closed mesh per shape (Shape As Points' Poisson solver).")
     grid_resolution: int = param(128, doc="Samples per axis of the Poisson grid of the meshes (128 as SAP).",
                                  low=16, high=512)
@@ -85,7 +80,17 @@ class LionBaseConfig(Config):
 
 
 @dataclass
-class LionGenerateConfig(LionBaseConfig):
+class LionSamplingConfig(LionBaseConfig):
+    """Settings of the pipelines that run the DDMs' samplers (all but interpolation, which runs the ODE)."""
+
+    sampler: str = param("ddim", doc="Sampler of the DDMs: ddim (fast) or ddpm (ancestral, the paper's 1000 steps).",
+                         choices=SAMPLERS)
+    num_inference_steps: int = param(0, doc="Denoising steps per DDM (0 = the sampler's default: all T (or tau) for "
+                                            "ddpm, the model's DDIM steps (200 public) for ddim).", low=0, high=100000)
+
+
+@dataclass
+class LionGenerateConfig(LionSamplingConfig):
     """Settings of unconditional LION generation."""
 
     num_samples: int = param(4, doc="Shapes to generate (each a point cloud, and a mesh when meshes are made).",
@@ -95,14 +100,12 @@ class LionGenerateConfig(LionBaseConfig):
 
 
 @dataclass
-class _DiffuseDenoiseConfig(LionBaseConfig):
+class _DiffuseDenoiseConfig(LionSamplingConfig):
     """Settings of the pipelines that diffuse an encoded input to tau and denoise it back."""
 
     tau: int = param(200, doc="Diffusion step the input's latents are noised to before denoising (of T = 1000: small "
                               "keeps the input, large forgets it; the paper uses 50–250).", low=1, high=MAX_TAU)
     num_samples: int = param(4, doc="Shapes to make (same input, different noise).", low=1, high=64)
-    source: str = param("surface", doc="Points of the input: surface (sampled uniformly on its faces) or vertices "
-                                       "(the mesh's vertices, e.g. a scan).", choices=SOURCES)
 
 
 @dataclass
@@ -112,15 +115,13 @@ class LionFromBlockoutConfig(_DiffuseDenoiseConfig):
     voxel_resolution: int = param(32, doc="Voxels along the blockout's longest side (its shape is kept at this "
                                           "grain).", low=4, high=128)
 
-    def validate(self) -> None:
-        super().validate()
-        if self.source != "surface":
-            raise ParamError("source must be 'surface' for lion_from_blockout (the points come from its voxels)")
-
 
 @dataclass
 class LionVariationsConfig(_DiffuseDenoiseConfig):
     """Settings of variations of a shape (LION's diffuse-denoise)."""
+
+    source: str = param("surface", doc="Points of the input: surface (sampled uniformly on its faces) or vertices "
+                                       "(the mesh's vertices, e.g. a scan).", choices=SOURCES)
 
 
 @dataclass
@@ -130,6 +131,8 @@ class LionDenoiseConfig(_DiffuseDenoiseConfig):
     tau: int = param(50, doc="Diffusion step the input's latents are noised to before denoising (small: keep the "
                              "shape, remove the noise).", low=1, high=MAX_TAU)
     num_samples: int = param(1, doc="Clean-ups to make (same input, different noise).", low=1, high=64)
+    source: str = param("surface", doc="Points of the input: surface (sampled uniformly on its faces) or vertices "
+                                       "(the mesh's vertices, e.g. a scan).", choices=SOURCES)
 
 
 @dataclass
@@ -185,7 +188,7 @@ class _Model:
     def to_world_axes(self, points: np.ndarray) -> np.ndarray:
         return lion_shapenet_to_blender(points) if self.shapenet else points
 
-    def steps(self, config: LionBaseConfig) -> int | None:
+    def steps(self, config: LionSamplingConfig) -> int | None:
         return config.num_inference_steps or None
 
     def normalise(self, world_points: np.ndarray) -> tuple[torch.Tensor, Placement]:
@@ -247,8 +250,9 @@ def _finish(model: _Model, clouds_model: torch.Tensor, placements: list[Placemen
             meshes.append(ResultMesh(mesh))
         ctx.progress("mesh", len(clouds), len(clouds))
         timings["mesh"] = time.perf_counter() - t0
-    metadata.update(model=model.name, seed=config.seed, sampler=config.sampler,
-                    num_inference_steps=config.num_inference_steps, points=int(clouds_model.shape[1]),
+    if isinstance(config, LionSamplingConfig):
+        metadata.update(sampler=config.sampler, num_inference_steps=config.num_inference_steps)
+    metadata.update(model=model.name, seed=config.seed, points=int(clouds_model.shape[1]),
                     meshes=len(meshes), faces=[int(len(m.mesh.t_pos_idx)) for m in meshes],
                     frame="shapenet" if model.shapenet else "blender")
     out_extras = {"points_model": clouds_model.detach().float().cpu()}
@@ -286,6 +290,9 @@ def _diffuse_denoise(model: _Model, world_points: np.ndarray, config: _DiffuseDe
 # Voxels of a blockout.
 # ---------------------------------------------------------------------------------------------------------------------
 
+_JITTER = np.array([1.3e-4, 0.7e-4, 1.1e-4])
+"""Voxel-centre offset (in voxels) of the winding-number queries: generalised winding numbers ON a surface are 1/2,
+and blockouts are made of faces on voxel-centre planes (a flat square through the centre of its grid)."""
 _FACE_AXES = ((0, 1, 2), (1, 2, 0), (2, 0, 1))  # (normal axis, u axis, v axis)
 
 
@@ -308,7 +315,7 @@ def voxelize(mesh: TriMesh, resolution: int) -> tuple[np.ndarray, np.ndarray, fl
     dims = np.maximum(np.ceil((hi - lo) / h - 1e-9).astype(int), 1) + 2
     origin = (lo + hi) / 2 - dims * h / 2
     ijk = np.stack(np.meshgrid(*[np.arange(d) for d in dims], indexing="ij"), axis=-1).reshape(-1, 3)
-    centres = origin + (ijk + 0.5) * h
+    centres = origin + (ijk + 0.5 + _JITTER) * h  # a generic shift: no centre exactly on an axis-aligned face
     occupancy = (np.abs(winding_number(mesh.v_pos, mesh.t_pos_idx, centres)) > 0.5).reshape(tuple(dims))
     if not occupancy.any():
         raise MeshError(f"the blockout encloses no volume at voxel_resolution = {resolution} (an open surface or "
