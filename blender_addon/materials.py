@@ -23,8 +23,18 @@ def principled_material(name: str) -> tuple[bpy.types.Material, bpy.types.Shader
     return mat, bsdf
 
 
-def make_texture_material(name: str, image: bpy.types.Image, uv_map_name: str) -> bpy.types.Material:
-    """A Principled BSDF material whose Base Color is ``image`` sampled with the UV map ``uv_map_name``."""
+NORMAL_MAP_COLORSPACE = "Non-Color"
+"""Colour space of normal-map images: their pixels are vectors, not colours (no sRGB transform)."""
+
+
+def make_texture_material(name: str, image: bpy.types.Image, uv_map_name: str,
+                          normal_map: bpy.types.Image | None = None) -> bpy.types.Material:
+    """A Principled BSDF material whose Base Color is ``image`` sampled with the UV map ``uv_map_name``.
+
+    With ``normal_map`` (a tangent-space normal map, OpenGL convention = Blender's: +X red right, +Y green up, on the
+    same UVs): Image Texture (colour space :data:`NORMAL_MAP_COLORSPACE`, set here) → Normal Map node (space
+    TANGENT, UV map ``uv_map_name``, the space its tangents come from) → the BSDF's Normal.
+    """
     mat, bsdf = principled_material(name)
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
     tex = nodes.new("ShaderNodeTexImage")
@@ -35,6 +45,18 @@ def make_texture_material(name: str, image: bpy.types.Image, uv_map_name: str) -
     uvmap.location = (tex.location.x - 250, tex.location.y)
     links.new(uvmap.outputs["UV"], tex.inputs["Vector"])
     links.new(tex.outputs["Color"], bsdf.inputs["Base Color"])
+    if normal_map is not None:
+        normal_map.colorspace_settings.name = NORMAL_MAP_COLORSPACE
+        ntex = nodes.new("ShaderNodeTexImage")
+        ntex.image = normal_map
+        ntex.location = (tex.location.x, tex.location.y - 320)
+        nmap = nodes.new("ShaderNodeNormalMap")
+        nmap.space = "TANGENT"
+        nmap.uv_map = uv_map_name
+        nmap.location = (bsdf.location.x - 180, ntex.location.y)
+        links.new(uvmap.outputs["UV"], ntex.inputs["Vector"])
+        links.new(ntex.outputs["Color"], nmap.inputs["Color"])
+        links.new(nmap.outputs["Normal"], bsdf.inputs["Normal"])
     return mat
 
 

@@ -14,7 +14,8 @@ from bpy.props import StringProperty
 from . import mesh_io, session
 from .core import fields, protocol, tasks
 from .preferences import get_preferences
-from .results import GenerateTarget, InterpolateTarget, ShapeTarget, TextureTarget, VariationsTarget
+from .results import (BlockoutTarget, ClipMeshTarget, DenoiseTarget, GenerateTarget, InterpolateTarget, RefineTarget,
+                      ShapeTarget, TextureTarget, VariationsTarget)
 
 SESSION_ERRORS = (OSError, ValueError, RuntimeError, protocol.ProtocolError)
 
@@ -116,7 +117,44 @@ def described(pipeline: str) -> dict | None:
     return fields.described_params(pipeline, pipelines)
 
 
-def shape_params(settings, pipeline: str, description: dict | None, prompt: bool = True) -> dict:
+def method_params(settings, pipeline: str, description: dict | None, **fixed) -> dict:
+    """The params of a Texture, Generate or Refine method other than Latent-Paint and Latent-NeRF (CLIP-Mesh, Dream
+    Fields, Refine) from ``scene.latentforge``: its shared settings (:func:`.core.fields.shared_settings`), the
+    prompt when the pipeline has one, the negative prompt and the Model when they are not empty and the pipeline
+    has them, its model settings that differ from the backend's default (:func:`.core.fields.model_params`), then
+    ``fixed`` (what the operator sets itself: :data:`.core.fields.OPERATOR_FIELDS`, e.g. CLIP-Mesh's ``mode``)."""
+    params = {row.field: getattr(settings, row.prop) for row in fields.shared_settings(pipeline, description)}
+    if fields.has_field(pipeline, "prompt", description):
+        params["prompt"] = settings.prompt.strip()
+    for field in ("negative_prompt", "model"):
+        value = getattr(settings, field).strip()
+        if value and fields.has_field(pipeline, field, description):
+            params[field] = value
+    params.update(fields.model_params(pipeline, description, {k: settings[k] for k in settings.keys()}))
+    params.update(fixed)
+    return params
+
+
+def texture_task_params(settings, pipeline: str, description: dict | None) -> dict:
+    """The params Texture Selected sends to ``pipeline``: :func:`texture_params` for Latent-Paint, else
+    :func:`method_params` with CLIP-Mesh's ``mode`` from *CLIP-Mesh Mode*."""
+    if pipeline == "latent_paint":
+        return texture_params(settings)
+    fixed = {"mode": settings.clip_mesh_mode} if "mode" in fields.OPERATOR_FIELDS.get(pipeline, ()) else {}
+    return method_params(settings, pipeline, description, **fixed)
+
+
+def generate_task_params(settings, pipeline: str, description: dict | None) -> dict:
+    """The params Generate sends to ``pipeline``: :func:`generate_params` for Latent-NeRF; CLIP-Mesh in its
+    ``shape_texture`` mode (from a sphere or the selected mesh); :func:`method_params` for the others."""
+    if pipeline == "latent_nerf":
+        return generate_params(settings)
+    fixed = {"mode": "shape_texture"} if "mode" in fields.OPERATOR_FIELDS.get(pipeline, ()) else {}
+    return method_params(settings, pipeline, description, **fixed)
+
+
+def shape_params(settings, pipeline: str, description: dict | None, prompt: bool = True, main: str = "",
+                 main_description: dict | None = None) -> dict:
     """The params of a Shape panel operator for ``pipeline`` (any model: ``shape_ldm``, ``shap_e``, ``point_e``, the
     variations and in-between pipelines), from ``scene.latentforge``.
 
@@ -126,7 +164,9 @@ def shape_params(settings, pipeline: str, description: dict | None, prompt: bool
     - ``prompt`` when ``prompt`` is true and the pipeline has the field; ``model`` when Shape Model is not empty
       (empty = the backend's automatic choice);
     - model settings (:func:`.core.fields.model_params`): the ``"<pipeline>.<field>"`` ID properties that differ
-      from the backend's default.
+      from the backend's default; for a method's other pipeline (``main`` = its Generate Shape pipeline, e.g.
+      ``lion_generate`` for ``lion_variations``) the fields it shares with ``main`` take ``main``'s values
+      (:func:`.core.fields.role_params`).
     """
     params = {}
     for row in fields.shared_settings(pipeline, description):
@@ -137,8 +177,52 @@ def shape_params(settings, pipeline: str, description: dict | None, prompt: bool
         params["prompt"] = settings.prompt.strip()
     if settings.shape_model.strip() and fields.has_field(pipeline, "model", description):
         params["model"] = settings.shape_model.strip()
-    params.update(fields.model_params(pipeline, description, {k: settings[k] for k in settings.keys()}))
+    values = {k: settings[k] for k in settings.keys()}
+    if main and main != pipeline:
+        params.update(fields.role_params(pipeline, description, main, main_description, values))
+    else:
+        params.update(fields.model_params(pipeline, description, values))
     return params
+
+
+def shape_main(settings) -> tuple[str, dict | None]:
+    """The Shape method's Generate Shape pipeline and the connected backend's description of it (or None)."""
+    main = pipeline_of(settings, "shape", "generate")
+    return main, described(main)
+
+
+def shape_role_params(settings, pipeline: str, prompt: bool) -> dict:
+    """:func:`shape_params` of the Shape method's ``pipeline`` for a role other than Generate Shape (variations,
+    in-betweens, denoise, blockout), sharing the model settings it has in common with the method's main pipeline."""
+    main, main_description = shape_main(settings)
+    return shape_params(settings, pipeline, described(pipeline), prompt=prompt, main=main,
+                        main_description=main_description)
+
+
+def selected_mesh(context, what: str) -> bpy.types.Object:
+    """The active object, if it is a selected mesh (the one ``what`` acts on, e.g. "refine").
+
+    Raises:
+        ValueError: no active selected object, or it is not a mesh.
+    """
+    obj = context.active_object
+    if obj is None or not obj.select_get():
+        raise ValueError(f"Select the mesh to {what} (it must be the active object)")
+    if obj.type != "MESH":
+        raise ValueError(f"{obj.name!r} is a {obj.type}, not a mesh: select a mesh to {what}")
+    return obj
+
+
+def clip_mesh_start(context, settings) -> bpy.types.Object | None:
+    """The mesh Generate's CLIP-Mesh starts from: None (a sphere) unless *From Selected* is on, then the active
+    selected mesh.
+
+    Raises:
+        ValueError: *From Selected* is on and no mesh is the active selected object.
+    """
+    if not settings.from_selected:
+        return None
+    return selected_mesh(context, "start CLIP-Mesh from (or turn From Selected off to start from a sphere)")
 
 
 def shape_input_image(settings) -> tuple[np.ndarray | None, str]:
@@ -169,12 +253,7 @@ def variation_source(context) -> bpy.types.Object:
     Raises:
         ValueError: no active selected object, or it is not a mesh.
     """
-    obj = context.active_object
-    if obj is None or not obj.select_get():
-        raise ValueError("Select the mesh to make variations of (it must be the active object)")
-    if obj.type != "MESH":
-        raise ValueError(f"{obj.name!r} is a {obj.type}, not a mesh: select a mesh to make variations of")
-    return obj
+    return selected_mesh(context, "make variations of")
 
 
 def interpolation_pair(context) -> tuple[bpy.types.Object, bpy.types.Object]:
@@ -226,7 +305,8 @@ def sketch_object(context, settings) -> bpy.types.Object | None:
 
 
 class LATENTFORGE_OT_texture_selected(bpy.types.Operator):
-    """Texture the active mesh from the prompt with Latent-Paint (runs on the backend)"""
+    """Texture the active mesh from the prompt with the Texture panel's method (Latent-Paint; CLIP-Mesh: a texture
+    and a normal map on the mesh kept exactly, or a reshaped copy placed on it); runs on the backend"""
 
     bl_idname = "latentforge.texture_selected"
     bl_label = "Texture Selected"
@@ -280,20 +360,27 @@ class LATENTFORGE_OT_texture_selected(bpy.types.Operator):
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
 
-        target = TextureTarget(obj.name, int(arrays.v_pos.shape[0]), uv_map, arrays.tri_loops)
+        n_vertices = int(arrays.v_pos.shape[0])
+        if pipeline == "latent_paint":
+            target = TextureTarget(obj.name, n_vertices, uv_map, arrays.tri_loops)
+        else:
+            target = ClipMeshTarget(settings.clip_mesh_mode, obj.name, n_vertices, uv_map,
+                                    settings.original_mode == "HIDE", arrays.tri_loops)
         try:
-            sess.submit_job(pipeline, texture_params(settings), arrays.wire_arrays(), target)
+            sess.submit_job(pipeline, texture_task_params(settings, pipeline, described(pipeline)),
+                            arrays.wire_arrays(), target)
         except (protocol.ProtocolError, RuntimeError, ValueError) as e:
             self.report({"ERROR"}, f"Not sent: {e}")
             return {"CANCELLED"}
         self.report({"INFO"}, f"Sent {obj.name!r} ({arrays.v_pos.shape[0]} vertices, "
-                              f"{arrays.t_pos_idx.shape[0]} triangles) to the backend")
+                              f"{arrays.t_pos_idx.shape[0]} triangles) to the backend ({pipeline})")
         return {"FINISHED"}
 
 
 class LATENTFORGE_OT_generate(bpy.types.Operator):
-    """Generate a new textured mesh from the prompt with Latent-NeRF, shaped like the sketch mesh if one is chosen
-    (runs on the backend; the result lands where the sketch stands, at its size)"""
+    """Generate a new textured mesh from the prompt with the Generate panel's method: Latent-NeRF (shaped like the
+    sketch mesh if one is chosen; the result lands where the sketch stands, at its size), CLIP-Mesh (from a sphere,
+    or from the selected mesh with From Selected) or Dream Fields; runs on the backend"""
 
     bl_idname = "latentforge.generate"
     bl_label = "Generate"
@@ -311,6 +398,12 @@ class LATENTFORGE_OT_generate(bpy.types.Operator):
         if not settings.prompt.strip():
             return fail("The prompt is empty: describe what to generate first")
         try:
+            pipeline = pipeline_of(settings, "generate", "generate")
+        except ValueError as e:
+            return fail(str(e))
+        if pipeline != "latent_nerf":
+            return self._generate_other(context, sess, settings, pipeline)
+        try:
             sketch = sketch_object(context, settings)
         except ValueError as e:
             return fail(str(e))
@@ -323,10 +416,6 @@ class LATENTFORGE_OT_generate(bpy.types.Operator):
                 return fail(f"Sketch shape: {e}. Block the shape out with primitives that have faces, or choose "
                             "Sketch Shape 'None' for text only")
         target = GenerateTarget(sketch.name if sketch is not None else "")
-        try:
-            pipeline = pipeline_of(settings, "generate", "generate")
-        except ValueError as e:
-            return fail(str(e))
         failed = _connect_and_submit(self, context, sess, pipeline, generate_params(settings), arrays, target)
         if failed:
             return failed
@@ -337,11 +426,34 @@ class LATENTFORGE_OT_generate(bpy.types.Operator):
                                   f"({arrays['sketch.t_pos_idx'].shape[0]} triangles)")
         return {"FINISHED"}
 
+    def _generate_other(self, context, sess, settings, pipeline: str) -> set[str]:
+        """CLIP-Mesh (from a sphere or the selected mesh, mode ``shape_texture``: a new object placed on it) or
+        Dream Fields (text only)."""
+        arrays, start = {}, None
+        if pipeline == "clip_mesh":
+            try:
+                start = clip_mesh_start(context, settings)
+                if start is not None:
+                    arrays = mesh_io.evaluated_mesh_arrays(start, context.evaluated_depsgraph_get(), None) \
+                        .wire_arrays("mesh")
+            except ValueError as e:
+                return _fail(self, context, sess, f"From Selected: {e}")
+            target = ClipMeshTarget("shape_texture", start.name if start is not None else "")
+        else:
+            target = GenerateTarget("")
+        params = generate_task_params(settings, pipeline, described(pipeline))
+        failed = _connect_and_submit(self, context, sess, pipeline, params, arrays, target)
+        if failed:
+            return failed
+        where = f"from {start.name!r}" if start is not None else "from the text alone"
+        self.report({"INFO"}, f"Generating with {pipeline} {where}")
+        return {"FINISHED"}
+
 
 class LATENTFORGE_OT_generate_shape(bpy.types.Operator):
-    """Generate shapes from the prompt or an image with the Shape panel's model (Michelangelo, Shap-E, Point-E; runs
-    on the backend); each sample becomes an object (a mesh or a point cloud), side by side along X at the 3D
-    cursor"""
+    """Generate shapes from the prompt or an image with the Shape panel's model (Michelangelo, Shap-E, Point-E; LION
+    unconditionally; runs on the backend); each sample becomes an object (a mesh or a point cloud), side by side
+    along X at the 3D cursor"""
 
     bl_idname = "latentforge.generate_shape"
     bl_label = "Generate Shape"
@@ -361,14 +473,17 @@ class LATENTFORGE_OT_generate_shape(bpy.types.Operator):
         if image is not None and not fields.takes_input(pipeline, "image", backend):
             return _fail(self, context, sess, f"The connected backend's {pipeline} takes no image: set Shape From to "
                                               "'Prompt'")
-        if image is None and not settings.prompt.strip():
+        description = fields.described_params(pipeline, backend)
+        conditioned = fields.has_field(pipeline, "prompt", description)  # LION's generator is unconditional
+        if image is None and conditioned and not settings.prompt.strip():
             return _fail(self, context, sess, "The prompt is empty and no image is chosen: type a prompt, or set "
                                               "Shape From to 'Image' or 'File'")
-        label = image_label or settings.prompt.strip()
+        label = image_label or (settings.prompt.strip() if conditioned else "") \
+            or tasks.method_of("shape", settings.shape_method).label
         target = ShapeTarget(label, tuple(context.scene.cursor.location), float(settings.shape_spacing),
                              image is not None)
         arrays = {"image": image} if image is not None else {}
-        params = shape_params(settings, pipeline, fields.described_params(pipeline, backend), prompt=image is None)
+        params = shape_params(settings, pipeline, description, prompt=image is None)
         failed = _connect_and_submit(self, context, sess, pipeline, params, arrays, target)
         if failed:
             return failed
@@ -379,8 +494,8 @@ class LATENTFORGE_OT_generate_shape(bpy.types.Operator):
 
 
 class LATENTFORGE_OT_shape_variations(bpy.types.Operator):
-    """Make variations of the active mesh with Michelangelo (encode it, noise it to the strength, denoise); they
-    appear in a row next to it"""
+    """Make variations of the active mesh with the Shape panel's method (Michelangelo, LION: encode it, noise it,
+    denoise); they appear in a row next to it"""
 
     bl_idname = "latentforge.shape_variations"
     bl_label = "Variations of Selected"
@@ -405,13 +520,14 @@ class LATENTFORGE_OT_shape_variations(bpy.types.Operator):
             arrays = mesh_io.evaluated_mesh_arrays(source, context.evaluated_depsgraph_get(), None)
         except ValueError as e:
             return _fail(self, context, sess, f"Variations: {e}; select a mesh with faces")
-        if settings.shape_variation_prompt and not settings.prompt.strip():
+        steer = settings.shape_variation_prompt and fields.has_field(pipeline, "prompt", described(pipeline))
+        if steer and not settings.prompt.strip():
             return _fail(self, context, sess, "'Steer with Prompt' is on but the prompt is empty: type one, or turn "
                                               "it off")
         gap = float(settings.shape_spacing)
         target = VariationsTarget(source.name, tuple(source.matrix_world.translation),
                                   float(arrays.v_pos[:, 0].max()) + gap, gap)
-        params = shape_params(settings, pipeline, described(pipeline), prompt=settings.shape_variation_prompt)
+        params = shape_role_params(settings, pipeline, prompt=steer)
         failed = _connect_and_submit(self, context, sess, pipeline, params, arrays.wire_arrays("mesh"), target)
         if failed:
             return failed
@@ -421,8 +537,8 @@ class LATENTFORGE_OT_shape_variations(bpy.types.Operator):
 
 
 class LATENTFORGE_OT_shape_interpolate(bpy.types.Operator):
-    """Make in-between shapes of the two selected meshes with Michelangelo (from the other selected mesh to the
-    active one); they appear between the two"""
+    """Make in-between shapes of the two selected meshes with the Shape panel's method (Michelangelo, LION; from the
+    other selected mesh to the active one); they appear between the two"""
 
     bl_idname = "latentforge.shape_interpolate"
     bl_label = "Interpolate"
@@ -446,13 +562,112 @@ class LATENTFORGE_OT_shape_interpolate(bpy.types.Operator):
             except ValueError as e:
                 return _fail(self, context, sess, f"Interpolate: {e}; select two meshes with faces")
         target = InterpolateTarget(start.name, end.name)
-        params = shape_params(settings, pipeline, described(pipeline), prompt=False)
+        params = shape_role_params(settings, pipeline, prompt=False)
         failed = _connect_and_submit(self, context, sess, pipeline, params, arrays, target)
         if failed:
             return failed
         self.report({"INFO"}, f"Making {settings.shape_interpolate_count} shape(s) between {start.name!r} and "
                               f"{end.name!r}")
         return {"FINISHED"}
+
+
+def _submit_selected_mesh(op: bpy.types.Operator, context, task: str, role: str, what: str, make_target,
+                          make_params) -> set[str]:
+    """The body of an operator that sends the active selected mesh (evaluated, world space, no UVs) as group
+    ``mesh`` to the pipeline ``role`` of ``task``'s chosen method.
+
+    Args:
+        what: the action, for messages ("refine").
+        make_target: ``(obj, MeshArrays) -> target``. make_params: ``pipeline -> params``.
+    """
+    settings = context.scene.latentforge
+    sess = _session_or_report(op)
+    if sess is None:
+        return {"CANCELLED"}
+    try:
+        pipeline = pipeline_of(settings, task, role)
+        source = selected_mesh(context, what)
+        arrays = mesh_io.evaluated_mesh_arrays(source, context.evaluated_depsgraph_get(), None)
+    except ValueError as e:
+        return _fail(op, context, sess, f"{what.capitalize()}: {e}")
+    params = make_params(pipeline)
+    failed = _connect_and_submit(op, context, sess, pipeline, params, arrays.wire_arrays("mesh"),
+                                 make_target(source, arrays))
+    if failed:
+        return failed
+    op.report({"INFO"}, f"Sent {source.name!r} ({arrays.t_pos_idx.shape[0]} triangles) to {pipeline}")
+    return {"FINISHED"}
+
+
+class LATENTFORGE_OT_shapes_from_blockout(bpy.types.Operator):
+    """Make shapes that follow the active mesh, a rough blockout, with the Shape panel's method (LION: the blockout's
+    voxels, diffused and denoised); the first stands where the blockout stands, at its size, the others beside it"""
+
+    bl_idname = "latentforge.shapes_from_blockout"
+    bl_label = "Shapes from Blockout"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context):
+        obj = context.active_object
+        return obj is not None and obj.type == "MESH"
+
+    def execute(self, context):
+        settings = context.scene.latentforge
+        gap = float(settings.shape_spacing)
+
+        def target(source, arrays):
+            return BlockoutTarget(source.name, tuple(source.matrix_world.translation),
+                                  float(arrays.v_pos[:, 0].min()), gap)
+
+        return _submit_selected_mesh(self, context, "shape", "blockout", "make shapes from",
+                                     target, lambda pipeline: shape_role_params(settings, pipeline, prompt=False))
+
+
+class LATENTFORGE_OT_denoise_selected(bpy.types.Operator):
+    """Clean up the active mesh (e.g. a noisy scan) with the Shape panel's method (LION: diffuse a little, denoise);
+    the clean shape appears where it stands"""
+
+    bl_idname = "latentforge.denoise_selected"
+    bl_label = "Denoise Selected"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context):
+        obj = context.active_object
+        return obj is not None and obj.type == "MESH"
+
+    def execute(self, context):
+        settings = context.scene.latentforge
+        return _submit_selected_mesh(self, context, "shape", "denoise", "denoise",
+                                     lambda source, _arrays: DenoiseTarget(source.name),
+                                     lambda pipeline: shape_role_params(settings, pipeline, prompt=False))
+
+
+class LATENTFORGE_OT_refine_selected(bpy.types.Operator):
+    """Refine the active mesh from the prompt with the Refine panel's method (Magic3D's fine stage; runs on the
+    backend): a new textured object placed on it; the original is hidden or kept visible (Original)"""
+
+    bl_idname = "latentforge.refine_selected"
+    bl_label = "Refine Selected"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context):
+        obj = context.active_object
+        return obj is not None and obj.type == "MESH"
+
+    def execute(self, context):
+        settings = context.scene.latentforge
+        if not settings.prompt.strip():
+            sess = _session_or_report(self)
+            if sess is None:
+                return {"CANCELLED"}
+            return _fail(self, context, sess, "The prompt is empty: describe what the refined mesh should show")
+        hide = settings.original_mode == "HIDE"
+        return _submit_selected_mesh(self, context, "refine", "refine", "refine",
+                                     lambda source, _arrays: RefineTarget(source.name, hide),
+                                     lambda pipeline: method_params(settings, pipeline, described(pipeline)))
 
 
 class LATENTFORGE_OT_set_backend_field(bpy.types.Operator):
@@ -596,8 +811,9 @@ class LATENTFORGE_OT_load_more_jobs(bpy.types.Operator):
 
 
 class LATENTFORGE_OT_import_job(bpy.types.Operator):
-    """Import a finished job's result: a texture onto its object if it still exists (same name and vertex count),
-    else as a new object; a generated mesh, and generated shapes, always as new objects"""
+    """Import a finished job's result: a texture (and a CLIP-Mesh normal map) onto its object if it still exists (same
+    name and vertex count), else as a new object; generated, refined and reshaped meshes, and shapes, always as new
+    objects"""
 
     bl_idname = "latentforge.import_job"
     bl_label = "Import Result"
@@ -662,7 +878,8 @@ class LATENTFORGE_OT_delete_job(bpy.types.Operator):
 
 
 classes = (LATENTFORGE_OT_texture_selected, LATENTFORGE_OT_generate, LATENTFORGE_OT_generate_shape,
-           LATENTFORGE_OT_shape_variations, LATENTFORGE_OT_shape_interpolate, LATENTFORGE_OT_set_backend_field,
+           LATENTFORGE_OT_shape_variations, LATENTFORGE_OT_shape_interpolate, LATENTFORGE_OT_shapes_from_blockout,
+           LATENTFORGE_OT_denoise_selected, LATENTFORGE_OT_refine_selected, LATENTFORGE_OT_set_backend_field,
            LATENTFORGE_OT_cancel_job,
            LATENTFORGE_OT_connect, LATENTFORGE_OT_disconnect, LATENTFORGE_OT_start_backend, LATENTFORGE_OT_stop_backend,
            LATENTFORGE_OT_refresh_jobs, LATENTFORGE_OT_load_more_jobs, LATENTFORGE_OT_import_job,

@@ -2,14 +2,15 @@
 artist's task.
 
 - ``LATENTFORGE_PT_main``: the connection, the prompt, the active job's progress, Cancel, the last message.
-- One sub-panel per task of :data:`.core.tasks.TASKS` (:data:`TASK_PANELS`): Texture, Generate, Shape. Each draws
-  its "Method" choice (``scene.latentforge.<task>_method``), the chosen method's settings and operators, and, when
+- One sub-panel per task of :data:`.core.tasks.TASKS` (:data:`TASK_PANELS`): Texture, Generate, Shape, Refine. Each
+  draws its "Method" choice (``scene.latentforge.<task>_method``), the chosen method's settings and operators, and, when
   a backend is connected, a red line if a setting lies outside what that backend accepts
   (:func:`.core.fields.check_params` on its ``welcome``'s pipeline descriptions).
 - Preview and Jobs sub-panels.
 
-A new task (e.g. Refine) = a row in ``TASKS`` + one :class:`_TaskPanel` subclass added to :data:`TASK_PANELS`; a task
-panel is drawn only while its task has a method.
+A new task = a row in ``TASKS`` + one :class:`_TaskPanel` subclass added to :data:`TASK_PANELS`; a task panel is
+drawn only while its task has a method. A method whose pipeline is not Latent-Paint's or Latent-NeRF's draws its
+settings from the backend's description (:func:`draw_method_settings`): the shared widgets it has, then its own.
 """
 
 import json
@@ -178,7 +179,8 @@ class _TaskPanel(_SidebarPanel):
 
 
 class LATENTFORGE_PT_texture(_TaskPanel, bpy.types.Panel):
-    """Texture the selected mesh from the prompt (Latent-Paint)."""
+    """Texture the selected mesh from the prompt (Latent-Paint; CLIP-Mesh: a texture and a normal map on the mesh
+    kept exactly, or a reshaped copy placed on it)."""
 
     bl_idname = "LATENTFORGE_PT_texture"
     bl_label = "Texture"
@@ -187,15 +189,25 @@ class LATENTFORGE_PT_texture(_TaskPanel, bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         settings = draw_method_choice(layout, context, "texture")
-        _draw_diffusion_settings(layout, settings)
-        layout.prop(settings, "uv_method")
-        draw_backend_check(layout, lambda: (operators.pipeline_of(settings, "texture", "texture"),
-                                            operators.texture_params(settings)))
+        method = tasks.method_of("texture", settings.texture_method)
+        pipeline = method.pipelines["texture"]
+        if pipeline == "latent_paint":
+            _draw_diffusion_settings(layout, settings)
+            layout.prop(settings, "uv_method")
+        else:
+            layout.row().prop(settings, "clip_mesh_mode", expand=True)
+            layout.prop(settings, "uv_method")
+            if settings.clip_mesh_mode != "texture":
+                layout.prop(settings, "original_mode")
+            draw_method_settings(layout, settings, pipeline, method.label)
+        draw_backend_check(layout, lambda: (pipeline, operators.texture_task_params(
+            settings, pipeline, fields.described_params(pipeline, _backend_pipelines()))))
         _big_operator(layout, "latentforge.texture_selected", "TEXTURE")
 
 
 class LATENTFORGE_PT_generate(_TaskPanel, bpy.types.Panel):
-    """Generate a new textured mesh from the prompt, optionally shaped like a sketch mesh (Latent-NeRF)."""
+    """Generate a new textured mesh from the prompt: Latent-NeRF (optionally shaped like a sketch mesh), CLIP-Mesh
+    (from a sphere, or from the selected mesh with From Selected), Dream Fields."""
 
     bl_idname = "LATENTFORGE_PT_generate"
     bl_label = "Generate"
@@ -204,29 +216,56 @@ class LATENTFORGE_PT_generate(_TaskPanel, bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         settings = draw_method_choice(layout, context, "generate")
-        layout.label(text="Sketch Shape:")
-        layout.row().prop(settings, "sketch_mode", expand=True)
-        if settings.sketch_mode == "OBJECT":
-            layout.prop(settings, "sketch_object", text="")
-        draw_sketch_status(layout, context, settings)
-        _draw_diffusion_settings(layout, settings)
-        sub = layout.column(align=True)
-        sub.prop(settings, "mesh_resolution")
-        sub.prop(settings, "partial_every")
-        draw_backend_check(layout, lambda: (operators.pipeline_of(settings, "generate", "generate"),
-                                            operators.generate_params(settings)))
+        method = tasks.method_of("generate", settings.generate_method)
+        pipeline = method.pipelines["generate"]
+        if pipeline == "latent_nerf":
+            layout.label(text="Sketch Shape:")
+            layout.row().prop(settings, "sketch_mode", expand=True)
+            if settings.sketch_mode == "OBJECT":
+                layout.prop(settings, "sketch_object", text="")
+            draw_sketch_status(layout, context, settings)
+            _draw_diffusion_settings(layout, settings)
+            sub = layout.column(align=True)
+            sub.prop(settings, "mesh_resolution")
+            sub.prop(settings, "partial_every")
+        else:
+            if pipeline == "clip_mesh":
+                layout.prop(settings, "from_selected")
+                _status_line(layout, lambda: operators.clip_mesh_start(context, settings),
+                             lambda obj: (f"Starts from {obj.name!r}", "MESH_DATA") if obj is not None
+                             else ("Starts from a sphere", "MESH_UVSPHERE"))
+            draw_method_settings(layout, settings, pipeline, method.label)
+        draw_backend_check(layout, lambda: (pipeline, operators.generate_task_params(
+            settings, pipeline, fields.described_params(pipeline, _backend_pipelines()))))
         _big_operator(layout, "latentforge.generate", "PLAY")
 
 
-def draw_model_fields(layout, settings, pipeline: str, description: dict | None, title: str) -> None:
+def draw_method_settings(layout, settings, pipeline: str, title: str) -> None:
+    """The settings of a method drawn from the backend's description of ``pipeline`` (CLIP-Mesh, Dream Fields,
+    Refine): its shared numeric widgets (:func:`.core.fields.shared_settings`), the Model text setting when it has a
+    ``model`` field, then its own settings (:func:`draw_model_fields`)."""
+    description = fields.described_params(pipeline, _backend_pipelines())
+    rows = fields.shared_settings(pipeline, description)
+    if rows or fields.has_field(pipeline, "model", description):
+        col = layout.column(align=True)
+        if fields.has_field(pipeline, "model", description):
+            col.prop(settings, "model")
+        for row in rows:
+            col.prop(settings, row.prop)
+    draw_model_fields(layout, settings, pipeline, description, title)
+
+
+def draw_model_fields(layout, settings, pipeline: str, description: dict | None, title: str,
+                      rows: list | None = None) -> None:
     """The chosen model's own settings (:func:`.core.fields.model_fields` of the backend's description of
-    ``pipeline``): a bool/number/text field as its ``scene.latentforge["<pipeline>.<field>"]`` ID property, a field
-    with choices as one button per choice (:class:`.operators.LATENTFORGE_OT_set_backend_field`). Without a
-    description, one line saying that connecting shows them."""
+    ``pipeline``, or the given ``rows``): a bool/number/text field as its ``scene.latentforge["<pipeline>.<field>"]``
+    ID property, a field with choices as one button per choice
+    (:class:`.operators.LATENTFORGE_OT_set_backend_field`). Without a description, one line saying that connecting
+    shows them."""
     if description is None:
         layout.label(text=f"Connect to the backend to see {title}'s own settings", icon="INFO")
         return
-    rows = fields.model_fields(pipeline, description)
+    rows = fields.model_fields(pipeline, description) if rows is None else rows
     if not rows:
         return
     col = layout.column(align=True)
@@ -246,9 +285,22 @@ def draw_model_fields(layout, settings, pipeline: str, description: dict | None,
             col.prop(settings, f'["{f.key}"]', text=f.label)
 
 
+def draw_role_fields(layout, settings, pipeline: str, main: str, main_description: dict | None, title: str) -> None:
+    """The own settings of a method's other pipeline (variations, in-betweens, denoise, blockout): those it does not
+    share with the main pipeline ``main`` (:func:`.core.fields.role_model_fields`); nothing offline (the main
+    pipeline's line already says that connecting shows them)."""
+    backend = _backend_pipelines()
+    description = fields.described_params(pipeline, backend)
+    if description is None:
+        return
+    own, _shared = fields.role_model_fields(pipeline, description, main, main_description)
+    draw_model_fields(layout, settings, pipeline, description, title, own)
+
+
 class LATENTFORGE_PT_shape(_TaskPanel, bpy.types.Panel):
-    """Shapes in seconds, by the chosen model (Michelangelo, Shap-E, Point-E): Generate Shape (prompt or image) for
-    every model, Variations of Selected and Interpolate where the model can; the settings drawn are those the
+    """Shapes in seconds, by the chosen model (Michelangelo, Shap-E, Point-E, LION): Generate Shape (prompt or image;
+    LION: unconditional) for every model, Variations of Selected, Interpolate, Shapes from Blockout and Denoise
+    Selected where the model can; the settings drawn are those the
     connected backend describes for the model's pipeline (shared ones once, the model's own below them). Jobs share
     the main panel's progress, Cancel and the Jobs list."""
 
@@ -268,7 +320,9 @@ class LATENTFORGE_PT_shape(_TaskPanel, bpy.types.Panel):
         box.label(text="Generate shapes from text or an image", icon="MESH_ICOSPHERE")
         if fields.takes_input(pipeline, "image", backend):
             box.row().prop(settings, "shape_input", expand=True)
-        if settings.shape_input == "PROMPT" or not fields.takes_input(pipeline, "image", backend):
+        if not fields.has_field(pipeline, "prompt", description):
+            box.label(text=f"{method.label} generates without a prompt", icon="INFO")
+        elif settings.shape_input == "PROMPT" or not fields.takes_input(pipeline, "image", backend):
             box.prop(settings, "prompt")
         elif settings.shape_input == "IMAGE":
             box.template_ID(settings, "shape_image", open="image.open")
@@ -279,23 +333,47 @@ class LATENTFORGE_PT_shape(_TaskPanel, bpy.types.Panel):
         _big_operator(box, "latentforge.generate_shape", "PLAY")
 
         if "variations" in method.pipelines:
+            role = method.pipelines["variations"]
+            role_description = fields.described_params(role, backend)
+            role_shared = {row.prop for row in fields.shared_settings(role, role_description)}
             box = layout.box()
             box.label(text="Variations of a mesh", icon="MOD_ARRAY")
             _status_line(box, lambda: operators.variation_source(context),
                          lambda obj: (f"Varies {obj.name!r}", "MESH_DATA"))
             sub = box.column(align=True)
-            sub.prop(settings, "shape_strength")
-            sub.prop(settings, "shape_variation_count")
-            box.prop(settings, "shape_variation_prompt")
+            for prop in ("shape_strength", "shape_variation_count"):
+                if prop in role_shared:
+                    sub.prop(settings, prop)
+            if fields.has_field(role, "prompt", role_description):
+                box.prop(settings, "shape_variation_prompt")
+            draw_role_fields(box, settings, role, pipeline, description, f"{method.label} variations")
             _big_operator(box, "latentforge.shape_variations", "PLAY")
 
         if "interpolate" in method.pipelines:
+            role = method.pipelines["interpolate"]
             box = layout.box()
             box.label(text="In-between shapes of two meshes", icon="ARROW_LEFTRIGHT")
             _status_line(box, lambda: operators.interpolation_pair(context),
                          lambda pair: (f"From {pair[0].name!r} to {pair[1].name!r}", "MESH_DATA"))
-            box.prop(settings, "shape_interpolate_count")
+            if "shape_interpolate_count" in {row.prop for row in fields.shared_settings(
+                    role, fields.described_params(role, backend))}:
+                box.prop(settings, "shape_interpolate_count")
+            draw_role_fields(box, settings, role, pipeline, description, f"{method.label} in-betweens")
             _big_operator(box, "latentforge.shape_interpolate", "PLAY")
+
+        for role, title, icon, idname, verb in (
+                ("blockout", "Shapes that follow a blockout", "MOD_REMESH", "latentforge.shapes_from_blockout",
+                 "Follows"),
+                ("denoise", "Clean up a noisy mesh", "MOD_SMOOTH", "latentforge.denoise_selected", "Cleans")):
+            if role not in method.pipelines:
+                continue
+            box = layout.box()
+            box.label(text=title, icon=icon)
+            _status_line(box, lambda: operators.selected_mesh(context, "use"),
+                         lambda obj, verb=verb: (f"{verb} {obj.name!r}", "MESH_DATA"))
+            draw_role_fields(box, settings, method.pipelines[role], pipeline, description,
+                             f"{method.label} {role}")
+            _big_operator(box, idname, "PLAY")
 
         col = layout.column(align=True)
         col.label(text="Shape settings:")
@@ -313,7 +391,28 @@ class LATENTFORGE_PT_shape(_TaskPanel, bpy.types.Panel):
         draw_backend_check(layout, lambda: (pipeline, operators.shape_params(settings, pipeline, description)))
 
 
-TASK_PANELS = (LATENTFORGE_PT_texture, LATENTFORGE_PT_generate, LATENTFORGE_PT_shape)
+class LATENTFORGE_PT_refine(_TaskPanel, bpy.types.Panel):
+    """Refine the selected mesh from the prompt (Magic3D's fine stage): a new textured object placed on it."""
+
+    bl_idname = "LATENTFORGE_PT_refine"
+    bl_label = "Refine"
+    task = "refine"
+
+    def draw(self, context):
+        layout = self.layout
+        settings = draw_method_choice(layout, context, "refine")
+        method = tasks.method_of("refine", settings.refine_method)
+        pipeline = method.pipelines["refine"]
+        _status_line(layout, lambda: operators.selected_mesh(context, "refine"),
+                     lambda obj: (f"Refines {obj.name!r}", "MESH_DATA"))
+        layout.prop(settings, "original_mode")
+        draw_method_settings(layout, settings, pipeline, method.label)
+        draw_backend_check(layout, lambda: (pipeline, operators.method_params(
+            settings, pipeline, fields.described_params(pipeline, _backend_pipelines()))))
+        _big_operator(layout, "latentforge.refine_selected", "MODIFIER")
+
+
+TASK_PANELS = (LATENTFORGE_PT_texture, LATENTFORGE_PT_generate, LATENTFORGE_PT_shape, LATENTFORGE_PT_refine)
 """The task sub-panels, in sidebar order (one per task of :data:`.core.tasks.TASKS`)."""
 
 

@@ -35,6 +35,22 @@ SKETCH_MODES = (
 """``scene.latentforge.sketch_mode`` items: where Generate's sketch shape comes from."""
 
 
+CLIP_MESH_MODES = (
+    ("texture", "Texture", "Paint a texture and a normal map on the selected mesh; its mesh (vertices, faces, UVs, "
+                           "modifiers, transform) is kept exactly"),
+    ("shape_texture", "Shape + Texture", "Deform a copy of the selected mesh and paint it: a new object placed on it"),
+    ("shape", "Shape", "Deform a copy of the selected mesh only: a new object placed on it"),
+)
+"""``scene.latentforge.clip_mesh_mode`` items: the ``mode`` the Texture panel's CLIP-Mesh sends (identifiers = the
+backend's values)."""
+
+ORIGINAL_MODES = (
+    ("HIDE", "Hide", "Hide the original once the new object is in (it stays in the scene: unhide it to compare)"),
+    ("KEEP", "Keep Visible", "Leave the original visible, under the new object"),
+)
+"""``scene.latentforge.original_mode`` items: what happens to the selected mesh when Refine Selected (or CLIP-Mesh's
+Shape modes) put a new object on it."""
+
 SHAPE_INPUTS = (
     ("PROMPT", "Prompt", "Generate from the prompt (text-conditioned model)"),
     ("IMAGE", "Image", "Generate from an image already in the .blend (image-conditioned model)"),
@@ -76,7 +92,8 @@ class LATENTFORGE_PG_settings(bpy.types.PropertyGroup):
     texture_size: IntProperty(name="Texture Size", description="Width = height of the texture image, pixels",
                               **fields.limits("texture_size"))
     model: StringProperty(name="Model",
-                          description="Diffusion model id or local path; empty = the backend's default "
+                          description="Model id or local path (Stable Diffusion for Latent-Paint, Latent-NeRF and "
+                                      "Refine; CLIP for CLIP-Mesh and Dream Fields); empty = the backend's default "
                                       "('tiny-random' = tiny random weights, for testing)",
                           default="")
     uv_method: EnumProperty(name="UVs", description="Where the UV map of the texture comes from", items=UV_METHODS,
@@ -88,6 +105,15 @@ class LATENTFORGE_PG_settings(bpy.types.PropertyGroup):
     mesh_resolution: IntProperty(name="Mesh Resolution",
                                  description="Marching-cubes grid of the generated mesh (cells per side)",
                                  **fields.limits("mesh_resolution"))
+    clip_mesh_mode: EnumProperty(name="CLIP-Mesh Mode", description="What CLIP-Mesh does to the selected mesh",
+                                 items=CLIP_MESH_MODES, default="texture")
+    from_selected: BoolProperty(name="From Selected",
+                                description="CLIP-Mesh (Generate): start from the active selected mesh instead of a "
+                                            "sphere; the new object is placed on it",
+                                default=False)
+    original_mode: EnumProperty(name="Original", description="What happens to the selected mesh when a new object "
+                                                             "is put on it (Refine Selected, CLIP-Mesh's Shape modes)",
+                                items=ORIGINAL_MODES, default="HIDE")
     partial_every: IntProperty(name="Preview Mesh Every",
                                description="Steps between intermediate meshes shown as the temporary object "
                                            "'LatentForge preview' (0 = none)",

@@ -61,6 +61,16 @@ def test_every_method_pipeline_exists_and_every_pipeline_has_an_importer_row():
         for method in methods:
             for role, pipeline in method.pipelines.items():
                 assert pipeline in PIPELINES, f"{task}/{method.identifier}/{role}: no backend pipeline {pipeline!r}"
+    # the importer table (bpy-side: read from its source) has a row for every pipeline a method submits
+    import ast
+
+    from conftest import REPO_ROOT
+
+    tree = ast.parse((REPO_ROOT / "blender_addon" / "results" / "__init__.py").read_text(encoding="utf-8"))
+    table = next(node.value for node in tree.body if isinstance(node, ast.AnnAssign)
+                 and getattr(node.target, "id", "") == "RESULT_IMPORTERS")
+    importers = {key.value for key in table.keys}
+    assert set(tasks.all_pipelines()) <= importers, sorted(set(tasks.all_pipelines()) - importers)
     assert tasks.pipeline_for("shape", "shape_ldm", "variations") == "shape_variations"
     with pytest.raises(ValueError, match="cannot texture"):
         tasks.pipeline_for("shape", "shape_ldm", "texture")
@@ -78,8 +88,8 @@ def test_check_params_against_a_welcome():
         fields.check_params("shape_ldm", {"grid_resolution": 8}, welcome)
     with pytest.raises(ValueError, match=r"weighting = 'x' is not one of"):
         fields.check_params("latent_nerf", {"weighting": "x"}, welcome)
-    with pytest.raises(ValueError, match="no pipeline 'clip_mesh'"):
-        fields.check_params("clip_mesh", {}, welcome)
+    with pytest.raises(ValueError, match="no pipeline 'no_such_method'"):
+        fields.check_params("no_such_method", {}, welcome)
 
 
 def test_core_imports_without_bpy():
@@ -167,11 +177,59 @@ def test_inputs_follow_the_welcome():
 
 def test_the_shape_task_offers_each_model_and_hides_what_a_model_cannot_do():
     shape = {m.identifier: m for m in tasks.TASKS["shape"]}
-    assert list(shape) == ["shape_ldm", "shap_e", "point_e"]
-    assert [i[1] for i in tasks.enum_items("shape")] == ["Michelangelo", "Shap-E", "Point-E"]
+    assert list(shape) == ["shape_ldm", "shap_e", "point_e", "lion_generate"]
+    assert [i[1] for i in tasks.enum_items("shape")] == ["Michelangelo", "Shap-E", "Point-E", "LION"]
     for name in ("shap_e", "point_e"):
         assert tasks.pipeline_for("shape", name, "generate") == name
         with pytest.raises(ValueError, match=r"cannot variations \(it can: generate\)"):
             tasks.pipeline_for("shape", name, "variations")
     assert tasks.method_of("shape", "point_e").label == "Point-E"
     assert tasks.method_of("shape", "gone").identifier == "shape_ldm"  # an old .blend's method: the default
+
+
+def test_the_new_methods_are_rows_of_their_tasks():
+    assert [m.identifier for m in tasks.TASKS["texture"]] == ["latent_paint", "clip_mesh"]
+    assert [m.label for m in tasks.TASKS["generate"]] == ["Latent-NeRF", "CLIP-Mesh", "Dream Fields"]
+    assert tasks.pipeline_for("texture", "clip_mesh", "texture") == "clip_mesh"
+    assert tasks.pipeline_for("generate", "dream_fields", "generate") == "dream_fields"
+    lion = tasks.method_of("shape", "lion_generate")
+    assert lion.pipelines == {"generate": "lion_generate", "variations": "lion_variations",
+                              "interpolate": "lion_interpolate", "denoise": "lion_denoise",
+                              "blockout": "lion_from_blockout"}
+    with pytest.raises(ValueError, match=r"cannot blockout \(it can: generate, variations, interpolate\)"):
+        tasks.pipeline_for("shape", "shape_ldm", "blockout")
+    assert tasks.pipeline_for("refine", "refine_mesh", "refine") == "refine_mesh"
+    assert tasks.method_property("refine") == "refine_method"
+    for pipeline in ("clip_mesh", "dream_fields", "refine_mesh", "lion_from_blockout", "lion_denoise"):
+        assert pipeline in tasks.all_pipelines()
+
+
+def test_operator_fields_are_never_model_settings():
+    described = {"mode": {"default": "shape_texture", "type": "str", "low": None, "high": None,
+                          "choices": ["shape_texture", "texture", "shape"], "doc": "what"},
+                 "use_prior": {"default": True, "type": "bool", "low": None, "high": None, "choices": None,
+                               "doc": "prior"}}
+    assert [f.field for f in fields.model_fields("clip_mesh", described)] == ["use_prior"]
+    assert [f.field for f in fields.model_fields("dream_fields", described)] == ["mode", "use_prior"]
+    assert fields.model_params("clip_mesh", described, {"clip_mesh.mode": "shape", "clip_mesh.use_prior": False}) \
+        == {"use_prior": False}
+
+
+def test_a_role_pipeline_shares_the_identical_fields_of_the_main_one():
+    main = {k: FAKE_MODEL[k] for k in ("seed", "frame_size", "sampler", "scale")}
+    role = {**main, "scale": {**FAKE_MODEL["scale"], "default": 0.5},  # another default: its own setting
+            "tau": {"default": 0.3, "type": "float", "low": 0.0, "high": 1.0, "choices": None, "doc": "noise"}}
+    own, shared = fields.role_model_fields("lion_variations", role, "lion_generate", main)
+    assert [f.field for f in own] == ["scale", "tau"]
+    assert shared == {"lion_variations.frame_size": "lion_generate.frame_size",  # seed: a shared widget
+                      "lion_variations.sampler": "lion_generate.sampler"}
+    values = {"lion_generate.frame_size": 32, "lion_generate.sampler": "ddim", "lion_variations.frame_size": 128,
+              "lion_variations.tau": 0.7, "lion_variations.scale": 0.5}
+    # the shared fields take the main pipeline's values; the own ones their own; defaults are not sent
+    assert fields.role_params("lion_variations", role, "lion_generate", main, values) == \
+        {"frame_size": 32, "sampler": "ddim", "tau": 0.7}
+    # the main pipeline itself, or no description of the main one: every field its own
+    assert fields.role_model_fields("lion_generate", main, "lion_generate", main)[1] == {}
+    own, shared = fields.role_model_fields("lion_variations", role, "lion_generate", None)
+    assert shared == {} and [f.field for f in own] == ["frame_size", "sampler", "scale", "tau"]
+    assert fields.role_model_fields("lion_variations", None, "lion_generate", main) == ([], {})

@@ -28,10 +28,15 @@ from typing import Any
 TEXTURE = ("latent_paint",)
 GENERATE = ("latent_nerf",)
 SD_METHODS = TEXTURE + GENERATE
+SEEDED_ALIKE = ("dream_fields", "refine_mesh")
+"""Methods drawn from the backend's description whose seed means what the shared Seed means, with its default (0):
+it is their one shared widget. CLIP-Mesh's seed (99 by default, the official code's) is its own setting."""
 SHAPES = ("shape_ldm", "shape_variations", "shape_interpolate")
-SHAPE_MODELS = ("shape_ldm", "shap_e", "point_e")
+SHAPE_MODELS = ("shape_ldm", "shap_e", "point_e", "lion_generate")
 """The Shape panel's models (its Generate Shape pipelines); their shared settings are one widget each."""
-SHAPE_ALL = SHAPES + SHAPE_MODELS[1:]
+LION_ROLES = ("lion_variations", "lion_interpolate", "lion_denoise", "lion_from_blockout")
+"""LION's pipelines beside ``lion_generate`` (the Shape panel's other boxes)."""
+SHAPE_ALL = SHAPES + SHAPE_MODELS[1:] + LION_ROLES
 """Settings with the same meaning and default for every shape model (seed) are shared by all of them; the sampler's
 steps, guidance and grid are Michelangelo's widgets only, because each model has its own defaults there (Shap-E:
 64 Heun steps, guidance 15 / 3, a 128³ grid; Point-E: 64 Karras steps, guidance 3, 128³): for Shap-E and Point-E
@@ -75,7 +80,8 @@ class SettingField:
 
 
 SETTING_FIELDS: tuple[SettingField, ...] = (
-    SettingField("seed", "Seed", "seed", SD_METHODS + SHAPE_ALL, default=0, min=0, max=BLENDER_INT_MAX),
+    SettingField("seed", "Seed", "seed", SD_METHODS + SEEDED_ALIKE + SHAPE_ALL, default=0, min=0,
+                 max=BLENDER_INT_MAX),
     SettingField("iterations", "Iterations", "iterations", SD_METHODS, default=5000, min=1, max=100_000,
                  soft_max=20_000),
     SettingField("guidance_scale", "Guidance Scale", "guidance_scale", SD_METHODS, default=100.0, min=0.0,
@@ -94,8 +100,8 @@ SETTING_FIELDS: tuple[SettingField, ...] = (
     SettingField("shape_steps", "Steps", "num_inference_steps", SHAPES, default=50, min=1, max=1000,
                  soft_max=200),
     SettingField("shape_strength", "Strength", "strength", ("shape_variations",), default=0.5, min=0.01, max=1.0),
-    SettingField("shape_variation_count", "Variations", "num_samples", ("shape_variations",), default=4, min=1,
-                 max=16),
+    SettingField("shape_variation_count", "Variations", "num_samples", ("shape_variations", "lion_variations"),
+                 default=4, min=1, max=16),
     SettingField("shape_interpolate_count", "In-Between Shapes", "num_shapes", ("shape_interpolate",), default=3,
                  min=1, max=32),
 )
@@ -122,6 +128,11 @@ def label_for(pipeline: str, field: str) -> str:
 TEXT_SETTINGS: dict[str, str] = {"prompt": "Prompt", "negative_prompt": "Negative Prompt", "model": "Model"}
 """Backend text fields served by shared text settings (the panel's Prompt, Negative Prompt and Model widgets), field ->
 label; never model settings."""
+
+OPERATOR_FIELDS: dict[str, tuple[str, ...]] = {"clip_mesh": ("mode",)}
+"""Pipeline -> fields its operators set themselves (from the panel's own widgets or from what is selected), never
+model settings: CLIP-Mesh's ``mode`` is the Texture panel's *CLIP-Mesh Mode* (``texture``, ``shape_texture``,
+``shape``) and ``shape_texture`` from the Generate panel."""
 
 SCALAR_TYPES = ("bool", "int", "float", "str")
 """Description types a model setting can have (others, e.g. tuples of numbers, are left to the backend default)."""
@@ -210,7 +221,8 @@ def model_fields(pipeline: str, described: Mapping[str, Any] | None) -> list[Bac
     without a description."""
     if not described:
         return []
-    shared = {s.field for s in SETTING_FIELDS if pipeline in s.pipelines} | set(TEXT_SETTINGS)
+    shared = ({s.field for s in SETTING_FIELDS if pipeline in s.pipelines} | set(TEXT_SETTINGS)
+              | set(OPERATOR_FIELDS.get(pipeline, ())))
     out = []
     for name, spec in described.items():
         if name in shared or not isinstance(spec, Mapping) or spec.get("type") not in SCALAR_TYPES:
@@ -218,6 +230,46 @@ def model_fields(pipeline: str, described: Mapping[str, Any] | None) -> list[Bac
         out.append(BackendField(pipeline, name, spec["type"], spec.get("default"), str(spec.get("doc") or ""),
                                 spec.get("low"), spec.get("high"), tuple(spec.get("choices") or ())))
     return out
+
+
+def _same_field(a: BackendField, b: BackendField) -> bool:
+    """Whether two model settings describe the same thing: the same field name, type, default, range and choices."""
+    return (a.field, a.type, a.default, a.low, a.high, a.choices) == (b.field, b.type, b.default, b.low, b.high,
+                                                                       b.choices)
+
+
+def role_model_fields(pipeline: str, described: Mapping[str, Any] | None, main: str,
+                      main_described: Mapping[str, Any] | None) -> tuple[list[BackendField], dict[str, str]]:
+    """The model settings of a method's other pipeline (e.g. LION's ``lion_variations`` beside its main pipeline
+    ``lion_generate``), split into those it shares with the main pipeline and its own.
+
+    A field the main pipeline describes identically (name, type, default, range, choices: e.g. both pipelines'
+    ``num_inference_steps``) is one setting, drawn once with the main pipeline's widgets and sent to both; only the
+    others are the role's own widgets.
+
+    Returns:
+        ``(own rows in description order, {role key: main key} of the shared ones)``; ``([], {})`` without a
+        description.
+    """
+    main_rows = {f.field: f for f in model_fields(main, main_described)}
+    own, shared = [], {}
+    for f in model_fields(pipeline, described):
+        twin = main_rows.get(f.field)
+        if pipeline != main and twin is not None and _same_field(f, twin):
+            shared[f.key] = twin.key
+        else:
+            own.append(f)
+    return own, shared
+
+
+def role_params(pipeline: str, described: Mapping[str, Any] | None, main: str,
+                main_described: Mapping[str, Any] | None, values: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`model_params` of a method's other pipeline: the fields it shares with the main pipeline (see
+    :func:`role_model_fields`) take the main pipeline's stored values."""
+    _own, shared = role_model_fields(pipeline, described, main, main_described)
+    merged = dict(values)
+    merged.update({key: values[twin] for key, twin in shared.items() if twin in values})
+    return model_params(pipeline, described, merged)
 
 
 def model_params(pipeline: str, described: Mapping[str, Any] | None, values: Mapping[str, Any]) -> dict[str, Any]:

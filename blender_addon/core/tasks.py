@@ -1,7 +1,7 @@
 """bpy-free table of the artist's tasks and the methods (backend pipelines) that serve each.
 
-The sidebar has one panel per task (Texture, Generate, Shape; Refine when a method for it exists) and each panel a
-"Method" choice listing :data:`TASKS` ``[task]``. A method names the pipeline it submits for each of the task's
+The sidebar has one panel per task (Texture, Generate, Shape, Refine) and each panel a "Method" choice listing
+:data:`TASKS` ``[task]``. A method names the pipeline it submits for each of the task's
 operator roles, e.g. Shape's ``shape_ldm`` method: ``{"generate": "shape_ldm", "variations": "shape_variations",
 "interpolate": "shape_interpolate"}``.
 
@@ -36,11 +36,19 @@ TASKS: dict[str, tuple[Method, ...]] = {
     "texture": (
         Method("latent_paint", "Latent-Paint", "Score distillation on a latent UV texture of the mesh (minutes)",
                {"texture": "latent_paint"}),
+        Method("clip_mesh", "CLIP-Mesh", "CLIP-guided texture and normal map of the mesh (Texture mode: the mesh is "
+                                         "kept exactly), or a reshaped copy of it (Shape modes)",
+               {"texture": "clip_mesh"}),
     ),
     "generate": (
         Method("latent_nerf", "Latent-NeRF", "A NeRF in Stable Diffusion's latent space, optionally following a "
                                              "sketch shape; baked to a textured mesh (minutes)",
                {"generate": "latent_nerf"}),
+        Method("clip_mesh", "CLIP-Mesh", "A CLIP-guided deformation of a sphere (or of the selected mesh, with From "
+                                         "Selected): a low-poly mesh with UVs, a texture and a normal map",
+               {"generate": "clip_mesh"}),
+        Method("dream_fields", "Dream Fields", "A CLIP-guided RGB NeRF kept sparse by a transmittance loss; baked to "
+                                               "a textured mesh", {"generate": "dream_fields"}),
     ),
     "shape": (
         Method("shape_ldm", "Michelangelo", "Aligned shape latent diffusion: untextured shapes from text or an image, "
@@ -52,6 +60,16 @@ TASKS: dict[str, tuple[Method, ...]] = {
         Method("point_e", "Point-E", "Point-cloud diffusion (OpenAI Point-E): coloured point clouds from text or an "
                                      "image, and meshes from them on request (seconds)",
                {"generate": "point_e"}),
+        Method("lion_generate", "LION", "Latent point diffusion (LION): point clouds and meshes made from them; "
+                                        "variations, in-betweens, denoising, and shapes that follow a blockout "
+                                        "(seconds)",
+               {"generate": "lion_generate", "variations": "lion_variations", "interpolate": "lion_interpolate",
+                "denoise": "lion_denoise", "blockout": "lion_from_blockout"}),
+    ),
+    "refine": (
+        Method("refine_mesh", "Magic3D", "Magic3D's fine stage: the selected mesh as a DMTet surface refined by score "
+                                         "distillation at high resolution, with a baked texture (minutes)",
+               {"refine": "refine_mesh"}),
     ),
 }
 """Task name -> its methods, first = default. Tasks with no method yet have no row (and no panel)."""

@@ -1,9 +1,11 @@
 """How each pipeline's results enter the scene: ONE table, :data:`RESULT_IMPORTERS`, pipeline name -> importer.
 
 One file per pipeline family: ``texture.py`` (``latent_paint``: the texture goes onto the object that was sent),
-``generate.py`` (``latent_nerf``: a new textured object), ``shapes.py`` (``shape_ldm``, ``shape_variations``,
-``shape_interpolate``, ``shap_e``, ``point_e``: one new object per mesh or point cloud), and ``preview.py`` (the live preview image and the one temporary
-preview object, shared by all). Each family file holds its job-target dataclass (what the add-on remembers per job
+``generate.py`` (``latent_nerf``, ``dream_fields``: a new textured object), ``clip_mesh.py`` (``clip_mesh``: a texture
+and normal map onto the object that was sent, or a new reshaped object), ``refine.py`` (``refine_mesh``: a new
+textured object on the source), ``shapes.py`` (``shape_ldm``, ``shape_variations``, ``shape_interpolate``, ``shap_e``,
+``point_e``, the ``lion_*`` pipelines: one new object per mesh or point cloud), and ``preview.py`` (the live preview
+image and the one temporary preview object, shared by all). Each family file holds its job-target dataclass (what the add-on remembers per job
 to place the result: ``to_record``/``from_record``, see :class:`.common.ResultTarget`) and its apply function.
 
 **Adding a pipeline's result import = one file (its target + apply function + a** :class:`.common.ResultImporter`
@@ -19,10 +21,12 @@ from typing import Any
 import bpy
 import numpy as np
 
-from . import generate, shapes, texture
+from . import clip_mesh, generate, refine, shapes, texture
+from .clip_mesh import ClipMeshTarget
 from .common import ApplyReport, ResultImporter, ResultTarget
 from .generate import GenerateTarget
-from .shapes import InterpolateTarget, ShapeTarget, VariationsTarget
+from .refine import RefineTarget
+from .shapes import BlockoutTarget, DenoiseTarget, InterpolateTarget, ShapeTarget, VariationsTarget
 from .texture import TextureTarget
 
 RESULT_IMPORTERS: dict[str, ResultImporter] = {
@@ -33,11 +37,20 @@ RESULT_IMPORTERS: dict[str, ResultImporter] = {
     "shape_interpolate": shapes.INTERPOLATE_IMPORTER,
     "shap_e": shapes.MODEL_SHAPE_IMPORTER,
     "point_e": shapes.MODEL_SHAPE_IMPORTER,
+    "clip_mesh": clip_mesh.IMPORTER,
+    "dream_fields": generate.IMPORTER,
+    "refine_mesh": refine.IMPORTER,
+    "lion_generate": shapes.MODEL_SHAPE_IMPORTER,
+    "lion_variations": shapes.MODEL_VARIATIONS_IMPORTER,
+    "lion_interpolate": shapes.MODEL_INTERPOLATE_IMPORTER,
+    "lion_denoise": shapes.DENOISE_IMPORTER,
+    "lion_from_blockout": shapes.BLOCKOUT_IMPORTER,
 }
 """Pipeline name -> its :class:`.common.ResultImporter`."""
 
-__all__ = ["RESULT_IMPORTERS", "ApplyReport", "GenerateTarget", "InterpolateTarget", "ResultImporter", "ResultTarget",
-           "ShapeTarget", "TextureTarget", "VariationsTarget", "apply_result", "preview_mesh", "target_from_record"]
+__all__ = ["RESULT_IMPORTERS", "ApplyReport", "BlockoutTarget", "ClipMeshTarget", "DenoiseTarget", "GenerateTarget",
+           "InterpolateTarget", "RefineTarget", "ResultImporter", "ResultTarget", "ShapeTarget", "TextureTarget",
+           "VariationsTarget", "apply_result", "preview_mesh", "target_from_record"]
 
 
 def importer_for(pipeline: str) -> ResultImporter:

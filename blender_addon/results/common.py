@@ -10,6 +10,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import bpy
 
+from .. import mesh_io
+
+NORMAL_MAP_ARRAY = "mesh.normal_map"
+"""The result array holding a mesh's tangent-space normal map: (H, W, 3) uint8, row 0 = top, OpenGL convention
+(Blender's: +Y green up), on the mesh's UVs (CLIP-Mesh)."""
+
 OBJECT_NAME_MAX_CHARS = 40
 """Longest object name :func:`object_name_from_prompt` makes (Blender's limit is 63 UTF-8 bytes)."""
 
@@ -105,6 +111,28 @@ def short_name(name: str, max_chars: int) -> str:
         name = name[:-1]
     return name.rstrip() or "Shape"
 
+
+
+def normal_map_image(job_id: str, obj_name: str, result_arrays: Mapping[str, Any]):
+    """The image datablock of the result's normal map (:data:`NORMAL_MAP_ARRAY`), or None when it has none; named
+    ``"LatentForge <object> <job> normal"`` (saved or packed like the texture; the material sets it Non-Color)."""
+    normal = result_arrays.get(NORMAL_MAP_ARRAY)
+    if normal is None:
+        return None
+    return mesh_io.create_texture_image(f"LatentForge {obj_name} {job_id[:8]} normal", normal)
+
+
+def hide_original(obj: bpy.types.Object | None, hide: bool) -> bool:
+    """Hide ``obj`` (viewport and render; it stays in the scene, so unhiding brings it back) when ``hide`` is true
+    and it exists; returns whether it was hidden."""
+    if obj is None or not hide:
+        return False
+    try:
+        obj.hide_set(True)
+    except RuntimeError:  # not in the current view layer (another scene): hide it everywhere instead
+        obj.hide_viewport = True
+    obj.hide_render = True
+    return True
 
 
 def set_custom_properties(obj: bpy.types.Object, props: Mapping[str, Any]) -> None:

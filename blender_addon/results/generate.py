@@ -1,4 +1,6 @@
-"""Generated results (``latent_nerf``): a new textured object named after the prompt (bpy side; main thread only).
+"""Generated results (``latent_nerf``, ``dream_fields``): a new textured object named after the prompt (bpy side; main
+thread only). :func:`new_textured_object` is the textured new object every such result makes (CLIP-Mesh and Refine
+results too).
 
 The backend already placed the mesh where the sketch stood (world frame), so the object keeps the identity
 transform. Adding a generator's import = a file like this one (a target dataclass + an apply function + an
@@ -13,7 +15,7 @@ import bpy
 import numpy as np
 
 from .. import materials, mesh_io
-from .common import (ApplyReport, ResultImporter, common_properties, object_name_from_prompt,
+from .common import (ApplyReport, ResultImporter, common_properties, normal_map_image, object_name_from_prompt,
                      set_custom_properties)
 
 
@@ -34,10 +36,35 @@ class GenerateTarget:
         return cls(str(record.get("sketch", "")))
 
 
+def new_textured_object(context: bpy.types.Context, name: str, job_id: str, result_arrays: dict[str, np.ndarray]
+                        ) -> tuple[bpy.types.Object, bpy.types.Image, bpy.types.Image | None]:
+    """A new object (identity transform: the result's ``mesh.v_pos`` are world coordinates) with the UV map
+    :data:`..mesh_io.UV_MAP_NAME`, a material with the result's ``texture`` and, when the result has one, its normal
+    map (:data:`.common.NORMAL_MAP_ARRAY`), and the colour attribute of ``mesh.v_color`` when present.
+
+    Returns:
+        ``(object, texture image, normal-map image or None)``.
+
+    Raises:
+        KeyError: ``mesh.v_pos``/``t_pos_idx``/``uv``/``uv_idx`` or ``texture`` missing. ValueError: degenerate
+            triangles or a bad ``v_color`` shape.
+    """
+    obj = mesh_io.new_uv_mesh_object(context, name, result_arrays["mesh.v_pos"], result_arrays["mesh.t_pos_idx"],
+                                     result_arrays["mesh.uv"], result_arrays["mesh.uv_idx"])
+    if "mesh.v_color" in result_arrays:
+        mesh_io.write_vertex_colors(obj.data, result_arrays["mesh.v_color"])
+    image = mesh_io.create_texture_image(f"LatentForge {obj.name} {job_id[:8]}", result_arrays["texture"])
+    normal = normal_map_image(job_id, obj.name, result_arrays)
+    material = materials.make_texture_material(f"LatentForge {obj.name}", image, mesh_io.UV_MAP_NAME, normal)
+    materials.assign_material(obj, material)
+    return obj, image, normal
+
+
 def apply_generated_result(context: bpy.types.Context, job_id: str, result_arrays: dict[str, np.ndarray],
                            metadata: dict, target: GenerateTarget | None,
                            pipeline: str = "latent_nerf") -> ApplyReport:
-    """Make a new object from a generator's result (``latent_nerf``): named after the prompt, identity transform.
+    """Make a new object from a generator's result (``latent_nerf``, ``dream_fields``): named after the prompt,
+    identity transform.
 
     Args:
         result_arrays: ``mesh.v_pos`` (N,3) float32 world frame (already placed where the sketch stood),
@@ -54,17 +81,8 @@ def apply_generated_result(context: bpy.types.Context, job_id: str, result_array
     Raises:
         KeyError: a required array is missing. ValueError: degenerate triangles or a bad ``v_color`` shape.
     """
-    v_pos = result_arrays["mesh.v_pos"]
-    texture = result_arrays["texture"]
     prompt = str(metadata.get("prompt", ""))
-    obj = mesh_io.new_uv_mesh_object(context, object_name_from_prompt(prompt), v_pos,
-                                     result_arrays["mesh.t_pos_idx"], result_arrays["mesh.uv"],
-                                     result_arrays["mesh.uv_idx"])
-    if "mesh.v_color" in result_arrays:
-        mesh_io.write_vertex_colors(obj.data, result_arrays["mesh.v_color"])
-    image = mesh_io.create_texture_image(f"LatentForge {obj.name} {job_id[:8]}", texture)
-    material = materials.make_texture_material(f"LatentForge {obj.name}", image, mesh_io.UV_MAP_NAME)
-    materials.assign_material(obj, material)
+    obj, image, _normal = new_textured_object(context, object_name_from_prompt(prompt), job_id, result_arrays)
     if target is not None:
         sketch = target.sketch_name
     else:
@@ -81,4 +99,4 @@ def apply_generated_result(context: bpy.types.Context, job_id: str, result_array
 
 IMPORTER = ResultImporter(apply_generated_result, GenerateTarget,
                           ("mesh.v_pos", "mesh.t_pos_idx", "mesh.uv", "mesh.uv_idx", "texture"))
-"""The ``latent_nerf`` row of :data:`.RESULT_IMPORTERS`."""
+"""The ``latent_nerf`` and ``dream_fields`` rows of :data:`.RESULT_IMPORTERS`."""

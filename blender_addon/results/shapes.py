@@ -1,5 +1,6 @@
 """Shape results (Michelangelo: ``shape_ldm``, ``shape_variations``, ``shape_interpolate``; Shap-E: ``shap_e``;
-Point-E: ``point_e``): one new object per mesh and per point cloud, named and placed by the job's target (bpy side;
+Point-E: ``point_e``; LION: ``lion_generate``, ``lion_variations``, ``lion_interpolate``, ``lion_from_blockout``,
+``lion_denoise``): one new object per mesh and per point cloud, named and placed by the job's target (bpy side;
 main thread only).
 
 Meshes come in the protocol groups ``mesh``, ``mesh_1``, …, point clouds in ``points``, ``points_1``, … (Blender world
@@ -198,12 +199,97 @@ class InterpolateTarget:
 
 
 
+@dataclass
+class BlockoutTarget:
+    """What the add-on remembers about a ``lion_from_blockout`` job: the blockout and where the shapes go.
+
+    The backend returns every shape where the blockout stands, at its size. The first shape stays there (its left
+    edge at the blockout's left edge, :attr:`start_x`); the others follow it along +X, ``gap`` apart, so that they
+    can be compared side by side. Each object's origin sits where the blockout's origin sits relative to its shape.
+
+    Attributes:
+        source: the blockout object's name at submit time.
+        origin: (x, y, z) its world location at submit time, metres.
+        start_x: world X of its bounding box's left edge (where the first shape's left edge goes), metres; None =
+            in a row right of where the shapes stand.
+        gap: free space between neighbouring shapes along X, metres.
+    """
+
+    source: str = ""
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    start_x: float | None = None
+    gap: float = DEFAULT_SHAPE_GAP
+
+    def to_record(self) -> dict:
+        """The JSON-able record saved in the scene (``start_x`` None is left out)."""
+        return VariationsTarget(self.source, self.origin, self.start_x, self.gap).to_record()
+
+    @classmethod
+    def from_record(cls, record) -> BlockoutTarget:
+        """Inverse of :meth:`to_record`. Raises KeyError / ValueError on a broken record."""
+        v = VariationsTarget.from_record(record)
+        return cls(v.source, v.origin, v.start_x, v.gap)
+
+    @classmethod
+    def fallback(cls, context: bpy.types.Context, metadata: dict) -> BlockoutTarget:
+        """For a job whose target was not recorded: a row right of where the shapes stand."""
+        return cls("", (0.0, 0.0, 0.0), None, DEFAULT_SHAPE_GAP)
+
+    def placements(self, boxes: list[placement.Box]) -> list[placement.Placement]:
+        """``(anchor, location)`` per mesh: a row from :attr:`start_x` (:func:`.placement.row_starting_at`)."""
+        return placement.row_starting_at(boxes, self.origin, self.gap, self.start_x)
+
+    def names(self, n: int, metadata: dict) -> list[str]:
+        """``"<source> from blockout"`` for one shape, ``"<source> from blockout 1"``, … for several."""
+        base = f"{short_name(self.source, 30) if self.source else 'Blockout'} from blockout"
+        return [base] if n == 1 else [f"{base} {i + 1}" for i in range(n)]
+
+    def properties(self, index: int, metadata: dict) -> dict:
+        """Custom properties of shape ``index`` beyond the common ones."""
+        return {"latentforge_source": self.source}
+
+
+@dataclass
+class DenoiseTarget:
+    """What the add-on remembers about a ``lion_denoise`` job: the noisy source's name. The backend returns the clean
+    shape where the source stands; it stays there (origin at its box centre)."""
+
+    source: str = ""
+
+    def to_record(self) -> dict:
+        """The JSON-able record saved in the scene."""
+        return {"source": self.source}
+
+    @classmethod
+    def from_record(cls, record) -> DenoiseTarget:
+        """Inverse of :meth:`to_record`."""
+        return cls(str(record.get("source", "")))
+
+    @classmethod
+    def fallback(cls, context: bpy.types.Context, metadata: dict) -> DenoiseTarget:
+        """For a job whose target was not recorded (the source is unknown)."""
+        return cls("")
+
+    def placements(self, boxes: list[placement.Box]) -> list[placement.Placement]:
+        """``(anchor, location)`` per mesh: in place (:func:`.placement.in_place_at_box_centres`)."""
+        return placement.in_place_at_box_centres(boxes)
+
+    def names(self, n: int, metadata: dict) -> list[str]:
+        """``"<source> denoised"`` (numbered when there are several)."""
+        base = f"{short_name(self.source, 30) if self.source else 'Shape'} denoised"
+        return [base] if n == 1 else [f"{base} {i + 1}" for i in range(n)]
+
+    def properties(self, index: int, metadata: dict) -> dict:
+        """Custom properties of shape ``index`` beyond the common ones."""
+        return {"latentforge_source": self.source}
+
+
 def shape_material() -> bpy.types.Material:
     """The plain material :data:`SHAPE_MATERIAL_NAME` (a light grey Principled BSDF), made once, then reused."""
     return materials.plain_material(SHAPE_MATERIAL_NAME, (0.8, 0.8, 0.8, 1.0), roughness=0.5)
 
 
-ShapeTargets = ShapeTarget | VariationsTarget | InterpolateTarget
+ShapeTargets = ShapeTarget | VariationsTarget | InterpolateTarget | BlockoutTarget | DenoiseTarget
 """Any target of the shape pipelines."""
 
 
@@ -228,7 +314,8 @@ def apply_shape_result(context: bpy.types.Context, job_id: str, result_arrays: d
     """Make one new object per mesh and per point cloud of a shape result (``shape_ldm``, ``shape_variations``,
     ``shape_interpolate``, ``shap_e``, ``point_e``).
 
-    ``target`` (:class:`ShapeTarget`, :class:`VariationsTarget`, :class:`InterpolateTarget`; the dispatcher passes
+    ``target`` (:class:`ShapeTarget`, :class:`VariationsTarget`, :class:`InterpolateTarget`, :class:`BlockoutTarget`,
+    :class:`DenoiseTarget`; the dispatcher passes
     the class's ``fallback`` when none was recorded) names and places them: meshes first, then point clouds (named
     ``"<name> points"``). Geometry goes in with the attribute API (no per-vertex Python). Every mesh object gets
     smooth shading (marching-cubes surfaces are smooth; ``metadata["shading"] == "flat"`` asks for flat) and either
@@ -325,6 +412,14 @@ VARIATIONS_IMPORTER = ResultImporter(apply_shape_result, VariationsTarget, _SHAP
 INTERPOLATE_IMPORTER = ResultImporter(apply_shape_result, InterpolateTarget, _SHAPE_ARRAYS, shape_preview_mesh)
 """The ``shape_interpolate`` row of :data:`.RESULT_IMPORTERS`."""
 MODEL_SHAPE_IMPORTER = ResultImporter(apply_shape_result, ShapeTarget, (), shape_preview_mesh)
-"""The rows of the Shape panel's other models (``shap_e``: meshes; ``point_e``: point clouds, and meshes when asked)
-in :data:`.RESULT_IMPORTERS`: a row at the 3D cursor like ``shape_ldm``'s; no array is required on its own (the
-protocol already holds a result to at least one mesh or point cloud)."""
+"""The rows of the Shape panel's other models (``shap_e``: meshes; ``point_e``, ``lion_generate``: point clouds, and
+meshes when asked) in :data:`.RESULT_IMPORTERS`: a row at the 3D cursor like ``shape_ldm``'s; no array is required on
+its own (the protocol already holds a result to at least one mesh or point cloud)."""
+MODEL_VARIATIONS_IMPORTER = ResultImporter(apply_shape_result, VariationsTarget, (), shape_preview_mesh)
+"""``lion_variations``: variants (point clouds and/or meshes) in a row next to the source, like Michelangelo's."""
+MODEL_INTERPOLATE_IMPORTER = ResultImporter(apply_shape_result, InterpolateTarget, (), shape_preview_mesh)
+"""``lion_interpolate``: in-between shapes (point clouds and/or meshes) where the backend put them."""
+BLOCKOUT_IMPORTER = ResultImporter(apply_shape_result, BlockoutTarget, (), shape_preview_mesh)
+"""``lion_from_blockout``: shapes that follow a blockout, the first where it stands, the others beside it."""
+DENOISE_IMPORTER = ResultImporter(apply_shape_result, DenoiseTarget, (), shape_preview_mesh)
+"""``lion_denoise``: the clean shape where the noisy one stands."""

@@ -1,4 +1,5 @@
-"""Texture results (``latent_paint``): the texture goes onto the object that was sent (bpy side; main thread only).
+"""Texture results (``latent_paint``; ``clip_mesh`` in Texture mode, with its normal map): the texture goes onto the
+object that was sent (bpy side; main thread only).
 
 Adding a texturing pipeline's import = a file like this one (a target dataclass + an apply function + an
 ``IMPORTER``) and a row in :data:`.RESULT_IMPORTERS`.
@@ -13,7 +14,7 @@ import numpy as np
 
 from .. import materials, mesh_io
 from ..core import arrays as lf_arrays
-from .common import ApplyReport, ResultImporter, common_properties, set_custom_properties
+from .common import ApplyReport, ResultImporter, common_properties, normal_map_image, set_custom_properties
 
 
 @dataclass
@@ -70,6 +71,8 @@ def apply_texture_result(context: bpy.types.Context, job_id: str, result_arrays:
     Args:
         result_arrays: the result message's arrays: ``mesh.v_pos`` (N,3) float32, ``mesh.t_pos_idx`` (F,3) int32,
             ``mesh.uv`` (M,2) float32, ``mesh.uv_idx`` (F,3) int32, ``texture`` (H,W,3|4) uint8 row 0 = top.
+            Optional ``mesh.normal_map`` (H,W,3) uint8 tangent-space normal map on the same UVs (CLIP-Mesh): wired
+            into the material through a Normal Map node (:func:`..materials.make_texture_material`).
         metadata: the result's metadata (prompt, seed, model, uv_source...).
 
     When the recorded object's base mesh no longer carries the sent triangles (its topology changed), the result
@@ -103,11 +106,14 @@ def apply_texture_result(context: bpy.types.Context, job_id: str, result_arrays:
     if created:
         obj = mesh_io.new_uv_mesh_object(context, f"LatentForge {job_id[:8]}", v_pos, t_pos_idx, uv, uv_idx)
     image = mesh_io.create_texture_image(f"LatentForge {obj.name} {job_id[:8]}", texture)
-    mat = materials.make_texture_material(f"LatentForge {obj.name}", image, uv_map)
+    normal = normal_map_image(job_id, obj.name, result_arrays)
+    mat = materials.make_texture_material(f"LatentForge {obj.name}", image, uv_map, normal)
     materials.assign_material(obj, mat)
     set_custom_properties(obj, common_properties(job_id, pipeline, metadata))
     where = "a new object" if created else "the object"
-    message = f"job {job_id}: texture applied to {where} {obj.name!r} (UV map {uv_map!r}, image {image.name!r})"
+    extra = f", normal map {normal.name!r}" if normal is not None else ""
+    message = (f"job {job_id}: texture applied to {where} {obj.name!r} (UV map {uv_map!r}, image {image.name!r}"
+               f"{extra})")
     return ApplyReport(obj, uv_map, image, created, conflicts, message, [obj])
 
 
