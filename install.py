@@ -49,6 +49,9 @@ MIN_PYTHON = (3, 10)
 TORCH_SPEC = "torch==2.14.1"
 TORCHVISION_SPEC = "torchvision==0.29.1"
 NUMPY_SPEC = "numpy<2"
+# Not a requirement of ours: dalle2-pytorch pulls it in (through embedding-reader) and Ray imports it when present.
+# pyarrow 26 refuses to import beside NumPy 1.x, so the constraints file keeps it below 26 (25 was checked).
+PYARROW_CONSTRAINT = "pyarrow<26"
 BACKEND_REQUIREMENTS = (
     "diffusers",
     "transformers",
@@ -344,9 +347,9 @@ def plan_pip_groups(torch_spec: str, cuda: bool, dev: bool, python_version: tupl
 
 def write_constraints(venv_dir: Path, torch_spec: str, torchvision_spec: str = TORCHVISION_SPEC) -> Path:
     """Write the pip constraints file that pins torch, torchvision and numpy for every group (so no group can swap
-    them)."""
+    them), and keeps pyarrow where NumPy 1.x can import it (:data:`PYARROW_CONSTRAINT`)."""
     path = venv_dir / "latentforge-constraints.txt"
-    path.write_text(f"{torch_spec}\n{torchvision_spec}\n{NUMPY_SPEC}\n", encoding="utf-8")
+    path.write_text(f"{torch_spec}\n{torchvision_spec}\n{NUMPY_SPEC}\n{PYARROW_CONSTRAINT}\n", encoding="utf-8")
     return path
 
 

@@ -301,7 +301,7 @@ def test_pip_plan_dev_bpy_needs_python_311():
 
 def test_pip_command_and_constraints(tmp_path):
     constraints = install.write_constraints(tmp_path, "torch==2.13.0", "torchvision==0.28.0")
-    assert constraints.read_text().split() == ["torch==2.13.0", "torchvision==0.28.0", "numpy<2"]
+    assert constraints.read_text().split() == ["torch==2.13.0", "torchvision==0.28.0", "numpy<2", "pyarrow<26"]
     group = install.PipGroup("data", ("pyvista==0.49.1",), no_deps=True)
     cmd = install.pip_command(Path("/v/bin/python"), group, constraints, quiet=True)
     assert cmd == ["/v/bin/python", "-m", "pip", "install", "-q", "--no-deps", "-c", str(constraints),
