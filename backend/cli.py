@@ -54,6 +54,8 @@ from .geometry.mesh import MeshError, load_mesh
 from .michelangelo.conditioner import load_image
 from .michelangelo.model import PUBLIC_FILES, download_public_checkpoint
 from .metrics.one_nna import METRICS as NNA_METRICS, evaluate_1nna, load_clouds
+from .lion.checkpoint import download_checkpoint as download_lion
+from .lion.config import PRESETS as LION_PRESETS
 from .lion.train import TRAINERS as LION_TRAINERS
 from .michelangelo.train import TRAINERS as MICHELANGELO_TRAINERS
 from .models.cache import ModelCache
@@ -324,14 +326,15 @@ def build_parser() -> argparse.ArgumentParser:
                            "127.0.0.1 are always added)")
 
     download = sub.add_parser("download", help="download a Stable Diffusion model, a Michelangelo checkpoint, a "
-                                               "Shap-E or Point-E model, or a CLIP model")
+                                               "Shap-E, Point-E or LION model, or a CLIP model")
     _add_verbosity(download)
     download.add_argument("model", nargs="?", default=DEFAULT_SD_MODEL,
                           help=f"a Stable Diffusion Hugging Face id (default {DEFAULT_SD_MODEL}), or text-ASLDM-256, "
                                f"image-ASLDM-256, shapevae-256 (Michelangelo, with CLIP ViT-L/14), or "
                                f"{', '.join(SHAP_E_MODELS)} (Shap-E), or {', '.join(POINT_E_PRESETS)} (Point-E), or "
                                f"{DEFAULT_CLIP_MODEL} / another open_clip <arch>/<tag> / openai/clip-vit-base-patch32 "
-                               f"(CLIP guidance), or {CLIP_MESH_PRIOR} (CLIP-Mesh's diffusion prior)")
+                               f"(CLIP guidance), or {CLIP_MESH_PRIOR} (CLIP-Mesh's diffusion prior), or "
+                               f"{', '.join(LION_PRESETS)} (LION's released models)")
     return parser
 
 
@@ -681,6 +684,8 @@ def cmd_download(args) -> int:
             path = download_clip(args.model)
         elif args.model in PRIOR_MODELS:
             path = download_prior(args.model)
+        elif args.model in LION_PRESETS:
+            path = download_lion(args.model)
         else:
             path = download_stable_diffusion(args.model)
     except Exception as err:  # noqa: BLE001 — offline, unknown id, hub errors: one line, never a traceback

@@ -180,6 +180,19 @@ def test_an_offline_download_is_one_line(tmp_path):
     assert lines[0].startswith("error: could not download 'text-ASLDM-256'")
 
 
+def test_download_routes_each_model_family_to_its_fetcher(monkeypatch, capsys, tmp_path):
+    """The released LION models and CLIP-Mesh's prior are download ids beside the others (fetchers replaced: no
+    network here)."""
+    calls = []
+    for name in ("download_lion", "download_prior", "download_point_e", "download_stable_diffusion"):
+        monkeypatch.setattr(cli, name, lambda model, name=name: calls.append((name, model)) or tmp_path / model)
+    for model in ("chair", "NasirKhalid24/Dalle2-Diffusion-Prior", "base40M", "some/sd-model"):
+        assert cli.main(["download", model]) == 0
+    assert [c[0] for c in calls] == ["download_lion", "download_prior", "download_point_e",
+                                     "download_stable_diffusion"]
+    assert capsys.readouterr().out.split()[0] == str(tmp_path / "chair")
+
+
 def test_help_shows_each_flag_s_default_range_and_choices():
     parser = cli.build_parser()
     text = parser._subparsers._group_actions[0].choices["run"]._subparsers._group_actions[0].choices[
