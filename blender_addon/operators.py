@@ -304,18 +304,22 @@ def sketch_object(context, settings) -> bpy.types.Object | None:
     return obj
 
 
-class LATENTFORGE_OT_texture_selected(bpy.types.Operator):
+class _ActiveMeshOperator:
+    """Mix-in of the operators that act on the active object: available when it is a mesh."""
+
+    @classmethod
+    def poll(cls, context):
+        obj = context.active_object
+        return obj is not None and obj.type == "MESH"
+
+
+class LATENTFORGE_OT_texture_selected(_ActiveMeshOperator, bpy.types.Operator):
     """Texture the active mesh from the prompt with the Texture panel's method (Latent-Paint; CLIP-Mesh: a texture
     and a normal map on the mesh kept exactly, or a reshaped copy placed on it); runs on the backend"""
 
     bl_idname = "latentforge.texture_selected"
     bl_label = "Texture Selected"
     bl_options = {"REGISTER", "UNDO"}
-
-    @classmethod
-    def poll(cls, context):
-        obj = context.active_object
-        return obj is not None and obj.type == "MESH"
 
     def execute(self, context):
         settings = context.scene.latentforge
@@ -493,18 +497,13 @@ class LATENTFORGE_OT_generate_shape(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class LATENTFORGE_OT_shape_variations(bpy.types.Operator):
+class LATENTFORGE_OT_shape_variations(_ActiveMeshOperator, bpy.types.Operator):
     """Make variations of the active mesh with the Shape panel's method (Michelangelo, LION: encode it, noise it,
     denoise); they appear in a row next to it"""
 
     bl_idname = "latentforge.shape_variations"
     bl_label = "Variations of Selected"
     bl_options = {"REGISTER"}
-
-    @classmethod
-    def poll(cls, context):
-        obj = context.active_object
-        return obj is not None and obj.type == "MESH"
 
     def execute(self, context):
         settings = context.scene.latentforge
@@ -599,18 +598,13 @@ def _submit_selected_mesh(op: bpy.types.Operator, context, task: str, role: str,
     return {"FINISHED"}
 
 
-class LATENTFORGE_OT_shapes_from_blockout(bpy.types.Operator):
+class LATENTFORGE_OT_shapes_from_blockout(_ActiveMeshOperator, bpy.types.Operator):
     """Make shapes that follow the active mesh, a rough blockout, with the Shape panel's method (LION: the blockout's
     voxels, diffused and denoised); the first stands where the blockout stands, at its size, the others beside it"""
 
     bl_idname = "latentforge.shapes_from_blockout"
     bl_label = "Shapes from Blockout"
     bl_options = {"REGISTER"}
-
-    @classmethod
-    def poll(cls, context):
-        obj = context.active_object
-        return obj is not None and obj.type == "MESH"
 
     def execute(self, context):
         settings = context.scene.latentforge
@@ -624,18 +618,13 @@ class LATENTFORGE_OT_shapes_from_blockout(bpy.types.Operator):
                                      target, lambda pipeline: shape_role_params(settings, pipeline, prompt=False))
 
 
-class LATENTFORGE_OT_denoise_selected(bpy.types.Operator):
+class LATENTFORGE_OT_denoise_selected(_ActiveMeshOperator, bpy.types.Operator):
     """Clean up the active mesh (e.g. a noisy scan) with the Shape panel's method (LION: diffuse a little, denoise);
     the clean shape appears where it stands"""
 
     bl_idname = "latentforge.denoise_selected"
     bl_label = "Denoise Selected"
     bl_options = {"REGISTER"}
-
-    @classmethod
-    def poll(cls, context):
-        obj = context.active_object
-        return obj is not None and obj.type == "MESH"
 
     def execute(self, context):
         settings = context.scene.latentforge
@@ -644,18 +633,13 @@ class LATENTFORGE_OT_denoise_selected(bpy.types.Operator):
                                      lambda pipeline: shape_role_params(settings, pipeline, prompt=False))
 
 
-class LATENTFORGE_OT_refine_selected(bpy.types.Operator):
+class LATENTFORGE_OT_refine_selected(_ActiveMeshOperator, bpy.types.Operator):
     """Refine the active mesh from the prompt with the Refine panel's method (Magic3D's fine stage; runs on the
     backend): a new textured object placed on it; the original is hidden or kept visible (Original)"""
 
     bl_idname = "latentforge.refine_selected"
     bl_label = "Refine Selected"
     bl_options = {"REGISTER"}
-
-    @classmethod
-    def poll(cls, context):
-        obj = context.active_object
-        return obj is not None and obj.type == "MESH"
 
     def execute(self, context):
         settings = context.scene.latentforge

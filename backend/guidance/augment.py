@@ -45,6 +45,16 @@ class ViewAugmentConfig(Config):
             raise ValueError(f"crop_scale = ({lo}, {hi}) has min > max")
 
 
+AUGMENT_FIELDS = ("background", "num_augmentations", "crop_scale", "perspective", "perspective_probability")
+"""The :class:`ViewAugmentConfig` fields a CLIP pipeline's config repeats flat (the CLI makes flags of flat fields)."""
+
+
+def augment_config_of(settings) -> ViewAugmentConfig:
+    """The :class:`ViewAugmentConfig` of a pipeline config that has the :data:`AUGMENT_FIELDS` as its own fields
+    (``CLIPMeshConfig``, ``DreamFieldsConfig``: each with its method's defaults). Raises ParamError for bad values."""
+    return ViewAugmentConfig(**{name: getattr(settings, name) for name in AUGMENT_FIELDS})
+
+
 def random_backgrounds(kind: str, batch: int, height: int, width: int, generator: torch.Generator,
                        device: torch.device | str = "cpu") -> torch.Tensor:
     """``(batch, 3, height, width)`` float32 backgrounds in [0, 1] (display RGB).

@@ -44,7 +44,7 @@ from ..geometry.render import Rasterizer, antialias_silhouettes, make_rasterizer
 from ..geometry.shading import shade, vertex_normals
 from ..geometry.subdivision import LoopSurface, scipy_to_torch
 from ..geometry.tangents import perturb_normals, unit_to_normal_map, uv_tangents
-from ..guidance.augment import BACKGROUNDS, ViewAugmentConfig, ViewAugmenter
+from ..guidance.augment import BACKGROUNDS, ViewAugmentConfig, ViewAugmenter, augment_config_of
 from ..guidance.clip import CLIPGuidance
 from ..models.clip import DEFAULT_CLIP_MODEL, load_clip
 from ..models.clip_prior import CLIP_MESH_PRIOR, clip_target, load_prior
@@ -163,9 +163,7 @@ class CLIPMeshConfig(Config):
 
     def augment_config(self) -> ViewAugmentConfig:
         """The backgrounds and augmentations of :class:`~backend.guidance.augment.ViewAugmenter` from this config."""
-        return ViewAugmentConfig(background=self.background, num_augmentations=self.num_augmentations,
-                                 crop_scale=self.crop_scale, perspective=self.perspective,
-                                 perspective_probability=self.perspective_probability)
+        return augment_config_of(self)
 
 
 def check_inputs(config: CLIPMeshConfig, inputs: PipelineInputs) -> None:

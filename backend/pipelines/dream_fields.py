@@ -43,7 +43,7 @@ from ..geometry.extract import clean_mesh, marching_cubes, sample_grid
 from ..geometry.frames import bottom_up_to_top_down
 from ..geometry.mesh import TriMesh
 from ..geometry.render import make_rasterizer
-from ..guidance.augment import BACKGROUNDS, ViewAugmentConfig, ViewAugmenter
+from ..guidance.augment import BACKGROUNDS, ViewAugmentConfig, ViewAugmenter, augment_config_of
 from ..guidance.clip import CLIPEmbedder, CLIPGuidance, ReferenceViews
 from ..latent_nerf.field import LatentNeRF, NeRFConfig
 from ..latent_nerf.occupancy import OccupancyGrid
@@ -131,9 +131,7 @@ class DreamFieldsConfig(Config):
 
     def augment_config(self) -> ViewAugmentConfig:
         """The backgrounds and augmentations of this run (:class:`backend.guidance.augment.ViewAugmentConfig`)."""
-        return ViewAugmentConfig(background=self.background, num_augmentations=self.num_augmentations,
-                                 crop_scale=self.crop_scale, perspective=self.perspective,
-                                 perspective_probability=self.perspective_probability)
+        return augment_config_of(self)
 
     def nerf_config(self) -> NeRFConfig:
         """The field: the project's hash-grid NeRF over [-1, 1]³ with 3 sigmoid colour channels (an RGB head)."""
