@@ -229,7 +229,8 @@ def sync_backend_fields(settings: LATENTFORGE_PG_settings, pipelines: dict | Non
     backend's ``welcome`` ``pipelines``) as ID properties of ``settings``, keyed ``"<pipeline>.<field>"``: a missing
     one (or one whose stored value no longer fits the field: another type, out of range, not a choice) gets the
     backend's default; each gets the field's doc as tooltip, its default, and its ``low``/``high`` as the UI range.
-    Values the user set and that still fit are kept. Returns how many properties were (re)set to the default.
+    Values the user set and that still fit are kept; a value still equal to the default of the backend that made it
+    (never touched) follows a new backend's other default. Returns how many properties were (re)set to the default.
     Main thread only (writes ID data)."""
     reset = 0
     for pipeline in tasks.all_pipelines():
@@ -237,7 +238,8 @@ def sync_backend_fields(settings: LATENTFORGE_PG_settings, pipelines: dict | Non
             default = float(f.default) if f.type == "float" and f.default is not None else f.default
             if default is None:
                 continue
-            if f.key not in settings.keys() or not f.accepts(settings[f.key]):
+            if f.key not in settings.keys() or not f.accepts(settings[f.key]) or (
+                    settings[f.key] != default and settings[f.key] == _made_default(settings, f.key)):
                 settings[f.key] = default
                 reset += 1
             ui = {"description": f.doc or f.label, "default": default}
@@ -248,6 +250,14 @@ def sync_backend_fields(settings: LATENTFORGE_PG_settings, pipelines: dict | Non
                         ui[name] = ui["soft_" + name] = _ui_bound(bound, integer)
             settings.id_properties_ui(f.key).update(**ui)
     return reset
+
+
+def _made_default(settings: LATENTFORGE_PG_settings, key: str):
+    """The backend default a model setting was made with (its UI default), or None."""
+    try:
+        return settings.id_properties_ui(key).as_dict().get("default")
+    except TypeError:  # a stored value Blender gives no UI data (not a number / string / bool)
+        return None
 
 
 def reset_runtime(state: LATENTFORGE_PG_runtime) -> None:

@@ -275,6 +275,15 @@ def test_the_model_choice_draws_and_sends_what_the_backend_describes(scene):
         # a reconnect keeps what fits, resets what no longer does
         sess.connection.show_connected("127.0.0.1", 0, fake.welcome)
         assert s["point_e.upsample_steps"] == 64 and s["point_e.sampler"] == "euler"
+        # a backend with another default: an untouched setting follows it, one the artist set stays
+        import copy
+
+        other = copy.deepcopy(fake.welcome)
+        other["pipelines"]["point_e"]["params"]["upsample_steps"]["default"] = 32
+        other["pipelines"]["point_e"]["params"]["sampler"]["default"] = "heun"
+        sess.connection.show_connected("127.0.0.1", 0, other)
+        assert s["point_e.upsample_steps"] == 32 and s["point_e.sampler"] == "euler"
+        sess.connection.show_connected("127.0.0.1", 0, fake.welcome)
         with pytest.raises(RuntimeError, match="No model setting 'nope.x'"):
             bpy.ops.latentforge.set_backend_field(key="nope.x", value="1")
     finally:
