@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..models.base import TINY_RANDOM, ModelNotFoundError
 from ..models.devices import resolve_device
+from ..models.state_dicts import CheckpointError, check_state_dict, load_state_dict_checked, preview_keys
 from ..params import ParamError, config_from_dict, config_to_dict
 from .config import HF_REPO, PRESETS, TINY_PRESETS, LionConfig, get_preset
 from .model import LionModel
@@ -47,10 +47,6 @@ CACHE_ENV = "LATENTFORGE_LION_CKPT"
 FORMAT_NAME = "latentforge-lion"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read or does not match the architecture (the message lists every bad key)."""
 
 
 def cache_dir() -> Path:
@@ -160,36 +156,8 @@ def read_public_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> dic
         raise CheckpointError(f"{where}: not a LION checkpoint (no vae_state_dict / dae_state_dict; keys: {keys})")
     bad = sorted(k for k, v in state.items() if not isinstance(v, torch.Tensor))
     if bad:
-        raise CheckpointError(f"{where}: {len(bad)} entries are not tensors: {_preview(bad)}")
+        raise CheckpointError(f"{where}: {len(bad)} entries are not tensors: {preview_keys(bad)}")
     return state
-
-
-def _preview(keys: list[str], limit: int = 20) -> str:
-    return ", ".join(keys[:limit]) + (f", … (+{len(keys) - limit} more)" if len(keys) > limit else "")
-
-
-def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], where: str = "<state_dict>") -> None:
-    """Raise unless ``state`` has exactly ``module``'s keys with its shapes (works on a meta-device module).
-
-    Raises:
-        CheckpointError: one message with every unexpected, missing and wrong-shape key (expected vs found).
-    """
-    want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    unexpected = sorted(k for k in state if k not in want)
-    missing = sorted(k for k in want if k not in state)
-    wrong = sorted(f"{k}: expected {list(want[k])}, found {list(state[k].shape)}"
-                   for k in want if k in state and tuple(state[k].shape) != want[k])
-    problems = [f"{len(keys)} {what}: {_preview(keys)}" for what, keys in
-                (("unexpected key(s)", unexpected), ("missing key(s)", missing),
-                 ("key(s) with the wrong shape", wrong)) if keys]
-    if problems:
-        raise CheckpointError(f"{where} does not match {type(module).__name__}: " + "; ".join(problems))
-
-
-def load_state_dict_checked(module: nn.Module, state: Mapping[str, torch.Tensor], where: str = "<state_dict>") -> None:
-    """:func:`check_state_dict`, then copy the tensors in (strict)."""
-    check_state_dict(module, state, where)
-    module.load_state_dict(dict(state), strict=True)
 
 
 def build_model(config: LionConfig, seed: int | None = 0) -> LionModel:

@@ -23,9 +23,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from ..models.base import ModelNotFoundError
+from ..models.state_dicts import CheckpointError, check_state_dict, load_state_dict_checked, preview_keys
 from .config import PRESETS, PointEPreset, get_preset
 
 __all__ = ["BASE_URL", "CheckpointError", "cache_dir", "checkpoint_url", "checkpoint_path", "download_checkpoint",
@@ -33,10 +33,6 @@ __all__ = ["BASE_URL", "CheckpointError", "cache_dir", "checkpoint_url", "checkp
 
 BASE_URL = "https://openaipublic.azureedge.net/main/point-e/"
 CACHE_ENV = "LATENTFORGE_POINT_E_CACHE"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read or does not match the architecture (the message lists every bad key)."""
 
 
 def cache_dir() -> Path:
@@ -120,38 +116,8 @@ def read_state_dict(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> d
         raise CheckpointError(f"{where}: expected a state dict, got {type(data).__name__}")
     bad = sorted(str(k) for k, v in data.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor))
     if bad:
-        raise CheckpointError(f"{where}: {len(bad)} entries are not (str -> tensor): {_preview(bad)}")
+        raise CheckpointError(f"{where}: {len(bad)} entries are not (str -> tensor): {preview_keys(bad)}")
     return dict(data)
-
-
-def _preview(keys: list[str], limit: int = 20) -> str:
-    return ", ".join(keys[:limit]) + (f", … (+{len(keys) - limit} more)" if len(keys) > limit else "")
-
-
-def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], where: str = "<state_dict>") -> None:
-    """Raise unless ``state`` has exactly ``module``'s keys (parameters and buffers) with its shapes.
-
-    Works on a module built on the meta device (shapes only).
-
-    Raises:
-        CheckpointError: one message with every unexpected, missing and wrong-shape key (expected vs found).
-    """
-    want = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    unexpected = sorted(k for k in state if k not in want)
-    missing = sorted(k for k in want if k not in state)
-    wrong = sorted(f"{k}: expected {list(want[k])}, found {list(state[k].shape)}"
-                   for k in want if k in state and tuple(state[k].shape) != want[k])
-    problems = [f"{len(keys)} {what}: {_preview(keys)}" for what, keys in
-                (("unexpected key(s)", unexpected), ("missing key(s)", missing),
-                 ("key(s) with the wrong shape", wrong)) if keys]
-    if problems:
-        raise CheckpointError(f"{where} does not match {type(module).__name__}: " + "; ".join(problems))
-
-
-def load_state_dict_checked(module: nn.Module, state: Mapping[str, torch.Tensor], where: str = "<state_dict>") -> None:
-    """:func:`check_state_dict`, then copy the tensors in (strict)."""
-    check_state_dict(module, state, where)
-    module.load_state_dict(dict(state), strict=True)
 
 
 def detect_preset(state: Mapping[str, torch.Tensor]) -> PointEPreset:
