@@ -181,24 +181,19 @@ def ode_encode(eps_fn: EpsFn, x0: torch.Tensor, schedule: Schedule, steps: int =
                callback: StepCallback | None = None) -> torch.Tensor:
     """Probability-flow ODE (DDIM η = 0) run forward: clean latents → x_T (deterministic; the inverse of
     :func:`ode_decode` up to discretisation error). x0 is taken as the state at t = 1."""
-    seq = list(reversed(timestep_sequence(schedule.timesteps, steps)))
-    x = x0
-    for i, t in enumerate(seq[:-1]):
-        s = seq[i + 1]
-        ab_t, ab_s = schedule.ab(t), schedule.ab(s)
-        eps = eps_fn(x, _full(x, t))
-        x = ab_s.sqrt() * (x - (1 - ab_t).sqrt() * eps) / ab_t.sqrt() + (1 - ab_s).sqrt() * eps
-        if callback is not None:
-            callback(i + 1, len(seq) - 1, x)
-    return x
+    return _ode_steps(eps_fn, x0, schedule, list(reversed(timestep_sequence(schedule.timesteps, steps))), callback)
 
 
 def ode_decode(eps_fn: EpsFn, x_T: torch.Tensor, schedule: Schedule, steps: int = 50,
                callback: StepCallback | None = None) -> torch.Tensor:
     """Probability-flow ODE (DDIM η = 0) from x_T to clean latents, on the same timesteps as :func:`ode_encode`
     (ending at t = 1)."""
-    seq = timestep_sequence(schedule.timesteps, steps)
-    x = x_T
+    return _ode_steps(eps_fn, x_T, schedule, timestep_sequence(schedule.timesteps, steps), callback)
+
+
+def _ode_steps(eps_fn: EpsFn, x: torch.Tensor, schedule: Schedule, seq: list[int],
+               callback: StepCallback | None) -> torch.Tensor:
+    """DDIM (η = 0) steps from each timestep of ``seq`` to the next (up or down the schedule alike)."""
     for i, t in enumerate(seq[:-1]):
         s = seq[i + 1]
         ab_t, ab_s = schedule.ab(t), schedule.ab(s)
