@@ -201,15 +201,16 @@ TINY_PARAMS = {"prompt": "a rusty metal barrel", "model": "tiny-random", "iterat
 _SUZANNE_SCRIPT = """
 import sys
 import bpy
-import bmesh
 import numpy as np
+bpy.ops.wm.read_factory_settings(use_empty=True)
 bpy.ops.mesh.primitive_monkey_add()
-bm = bmesh.new()
-bm.from_mesh(bpy.context.active_object.data)
-bmesh.ops.triangulate(bm, faces=bm.faces[:])
-v_pos = np.array([v.co[:] for v in bm.verts], np.float32)
-t_pos_idx = np.array([[loop.vert.index for loop in f.loops] for f in bm.faces], np.int32)
-np.savez(sys.argv[1], v_pos=v_pos, t_pos_idx=t_pos_idx)
+mesh = bpy.context.active_object.data
+mesh.calc_loop_triangles()
+v = np.empty(len(mesh.vertices) * 3, np.float32)
+mesh.vertices.foreach_get("co", v)
+t = np.empty(len(mesh.loop_triangles) * 3, np.int32)
+mesh.loop_triangles.foreach_get("vertices", t)
+np.savez(sys.argv[1], v_pos=v.reshape(-1, 3), t_pos_idx=t.reshape(-1, 3))
 """
 
 

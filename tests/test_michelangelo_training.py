@@ -14,12 +14,10 @@ make other single samples stray (one machine drew an empty ball), so the denoise
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import shutil
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -42,22 +40,6 @@ GRID = 40
 """IoU grid: 40³ points over [-1.05, 1.05]³ of the model frame."""
 SURFACE_POINTS = 512
 
-SUZANNE = textwrap.dedent("""
-    import sys
-    import bpy
-    import numpy as np
-    bpy.ops.wm.read_factory_settings(use_empty=True)
-    bpy.ops.mesh.primitive_monkey_add()
-    mesh = bpy.context.active_object.data
-    mesh.calc_loop_triangles()
-    v = np.empty(len(mesh.vertices) * 3, np.float32)
-    mesh.vertices.foreach_get("co", v)
-    t = np.empty(len(mesh.loop_triangles) * 3, np.int32)
-    mesh.loop_triangles.foreach_get("vertices", t)
-    np.savez(sys.argv[1], v_pos=v.reshape(-1, 3), t_pos_idx=t.reshape(-1, 3))
-""")
-
-
 @pytest.fixture(scope="module", autouse=True)
 def two_threads():
     previous = torch.get_num_threads()
@@ -71,19 +53,14 @@ def _ply(path, v, f) -> None:
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    """A folder with sphere.ply, suzanne.ply, torus.ply (Blender frame, Z up)."""
-    if importlib.util.find_spec("bpy") is None:
-        pytest.skip("needs the bpy module for Suzanne")
+def shapes(tmp_path_factory, suzanne):
+    """A folder with sphere.ply, suzanne.ply, torus.ply (Blender frame, Z up; Suzanne from conftest's fixture)."""
     root = tmp_path_factory.mktemp("shapes")
     sphere = trimesh.creation.icosphere(subdivisions=3)
     _ply(root / "sphere.ply", sphere.vertices, sphere.faces)
     torus = trimesh.creation.torus(major_radius=1.0, minor_radius=0.35)
     _ply(root / "torus.ply", torus.vertices, torus.faces)
-    npz = root.parent / "suzanne.npz"
-    subprocess.run([sys.executable, "-c", SUZANNE, str(npz)], check=True, capture_output=True, timeout=120)
-    data = np.load(npz)
-    _ply(root / "suzanne.ply", data["v_pos"], data["t_pos_idx"])
+    _ply(root / "suzanne.ply", *suzanne)
     return root
 
 
