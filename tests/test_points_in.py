@@ -292,3 +292,13 @@ def test_a_backend_takes_a_cloud_over_the_wire(backend_server):
     np.testing.assert_array_equal(again.recv_until("result", job_id).arrays["points.v_pos"],
                                   result.arrays["points.v_pos"])
     again.close()
+
+
+def test_the_addon_knows_which_roles_take_a_cloud():
+    """The add-on's methods table (used before a backend is connected) names exactly the add-on's pipelines that
+    take a point cloud in place of a mesh."""
+    from blender_addon.core import tasks
+
+    backend = {name for name in tasks.all_pipelines() if any(p.alternative_to for p in PIPELINES[name].point_inputs)}
+    assert set(tasks.point_cloud_pipelines()) == backend - {"lion_interpolate"}  # Interpolate sends meshes (for now)
+    assert "lion_denoise" in backend and "lion_variations" in backend
