@@ -22,13 +22,12 @@ import trimesh
 
 from backend import cli
 from backend.geometry.frames import gltf_to_blender
-from backend.geometry.mesh import MeshError, TriMesh, load_point_cloud
+from backend.geometry.mesh import MeshError, load_point_cloud
 from backend.models.cache import ModelCache
 from backend.params import ParamError, parse_config
 from backend.pipelines import PIPELINES, io
 from backend.pipelines.base import JobContext, PipelineInputs
 from backend.serving.service import JobService
-from blender_addon.core import protocol
 from conftest import REPO_ROOT, WireClient
 
 CENTRE = np.array([2.0, -1.0, 0.5])
