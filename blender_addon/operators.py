@@ -301,19 +301,22 @@ def variation_source(context, points: bool = False) -> bpy.types.Object:
     return selected_mesh(context, "make variations of", points)
 
 
-def interpolation_pair(context) -> tuple[bpy.types.Object, bpy.types.Object]:
-    """The two meshes Interpolate goes between: ``(start, end)`` = (the other selected mesh, the active one);
-    when neither is active, by name.
+def interpolation_pair(context, points: bool = False) -> tuple[bpy.types.Object, bpy.types.Object]:
+    """The two shapes Interpolate goes between: ``(start, end)`` = (the other selected object, the active one);
+    when neither is active, by name. Meshes, or with ``points`` (the method takes point clouds: LION) also point
+    clouds.
 
     Raises:
-        ValueError: not exactly two selected objects, or one of them is not a mesh.
+        ValueError: not exactly two selected objects, or one of them is not a mesh (nor a point cloud).
     """
+    nouns = "meshes or point clouds" if points else "meshes"
     selected = list(context.selected_objects)
     if len(selected) != 2:
-        raise ValueError(f"Select exactly two meshes to interpolate between ({len(selected)} selected)")
+        raise ValueError(f"Select exactly two {nouns} to interpolate between ({len(selected)} selected)")
     for obj in selected:
-        if obj.type != "MESH":
-            raise ValueError(f"{obj.name!r} is a {obj.type}, not a mesh: select two meshes to interpolate between")
+        if obj.type != "MESH" and not (points and obj.type == "POINTCLOUD"):
+            raise ValueError(f"{obj.name!r} is a {obj.type}, not a {'mesh or a point cloud' if points else 'mesh'}: "
+                             f"select two {nouns} to interpolate between")
     active = context.active_object
     if active in selected:
         start = selected[0] if selected[1] == active else selected[1]
@@ -594,8 +597,8 @@ class LATENTFORGE_OT_shape_variations(_ActiveShapeOperator, bpy.types.Operator):
 
 
 class LATENTFORGE_OT_shape_interpolate(bpy.types.Operator):
-    """Make in-between shapes of the two selected meshes with the Shape panel's method (Michelangelo, LION; from the
-    other selected mesh to the active one); they appear between the two"""
+    """Make in-between shapes of the two selected meshes (LION: or point clouds) with the Shape panel's method
+    (Michelangelo, LION; from the other selected object to the active one); they appear between the two"""
 
     bl_idname = "latentforge.shape_interpolate"
     bl_label = "Interpolate"
@@ -608,16 +611,19 @@ class LATENTFORGE_OT_shape_interpolate(bpy.types.Operator):
             return {"CANCELLED"}
         try:
             pipeline = pipeline_of(settings, "shape", "interpolate")
-            start, end = interpolation_pair(context)
+            points = takes_points(pipeline)
+            start, end = interpolation_pair(context, points)
         except ValueError as e:
             return _fail(self, context, sess, str(e))
         arrays = {}
         depsgraph = context.evaluated_depsgraph_get()
-        for obj, group in ((start, "mesh"), (end, "mesh_b")):
+        for obj, group, cloud in ((start, "mesh", "points"), (end, "mesh_b", "points_b")):
             try:
-                arrays.update(mesh_io.evaluated_mesh_arrays(obj, depsgraph, None).wire_arrays(group))
+                shape = mesh_io.evaluated_shape_arrays(obj, depsgraph, points)
             except ValueError as e:
-                return _fail(self, context, sess, f"Interpolate: {e}; select two meshes with faces")
+                needed = "meshes or point clouds" if points else "meshes with faces"
+                return _fail(self, context, sess, f"Interpolate: {e}; select two {needed}")
+            arrays.update(shape.wire_arrays(cloud if isinstance(shape, mesh_io.PointArrays) else group))
         target = InterpolateTarget(start.name, end.name)
         params = shape_role_params(settings, pipeline, prompt=False)
         failed = _connect_and_submit(self, context, sess, pipeline, params, arrays, target)

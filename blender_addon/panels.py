@@ -358,9 +358,11 @@ class LATENTFORGE_PT_shape(_TaskPanel, bpy.types.Panel):
 
         if "interpolate" in method.pipelines:
             role = method.pipelines["interpolate"]
+            points = operators.takes_points(role)
             box = layout.box()
-            box.label(text="In-between shapes of two meshes", icon="ARROW_LEFTRIGHT")
-            _status_line(box, lambda: operators.interpolation_pair(context),
+            box.label(text="In-between shapes of two meshes or point clouds" if points else
+                      "In-between shapes of two meshes", icon="ARROW_LEFTRIGHT")
+            _status_line(box, lambda: operators.interpolation_pair(context, points),
                          lambda pair: (f"From {pair[0].name!r} to {pair[1].name!r}", "MESH_DATA"))
             if "shape_interpolate_count" in {row.prop for row in fields.shared_settings(
                     role, fields.described_params(role, backend))}:

@@ -4,8 +4,8 @@
   method that takes no point cloud (Michelangelo) refuses one by name, and what is read is the world-space points.
 - With a real backend on loopback: LION's Denoise Selected on a faceless mesh (a scan imported as loose vertices) and
   on a ``POINTCLOUD`` object, each moved, rotated and scaled; the clean shapes stand where the scan stands; Variations
-  of Selected on the point cloud makes a row beside it; the denoise job is listed and imported again after a
-  reconnect.
+  of Selected on the point cloud makes a row beside it; Interpolate goes from one to the other; the denoise job is
+  listed and imported again after a reconnect.
 
 The scan: 400 points on a sphere of radius 0.5 (local units) with 1 % noise, seeded.
 """
@@ -116,6 +116,11 @@ def test_scans_are_read_in_world_space_and_the_operators_say_what_they_need(scen
     labels = panel_labels(draw_panel(bpy, "LATENTFORGE_PT_shape"))
     assert "Clean up a noisy mesh or scan" in labels and "Cleans 'Cloud'" in labels
     assert "Variations of a mesh or point cloud" in labels and "Varies 'Cloud'" in labels
+    scan.select_set(True)
+    assert operators.interpolation_pair(bpy.context, points=True) == (scan, cloud)
+    assert "From 'Scan' to 'Cloud'" in panel_labels(draw_panel(bpy, "LATENTFORGE_PT_shape"))
+    with pytest.raises(ValueError, match="'Cloud' is a POINTCLOUD, not a mesh: select two meshes to interpolate"):
+        operators.interpolation_pair(bpy.context)
     bpy.ops.object.light_add(type="POINT")
     assert not bpy.ops.latentforge.denoise_selected.poll()
     with pytest.raises(ValueError, match="'Point' is a LIGHT, not a mesh or a point cloud: select a mesh or a point "
@@ -143,7 +148,8 @@ def test_denoise_a_faceless_scan_and_a_point_cloud_where_they_stand(scene, conne
     set_lion(addon)
     addon.settings["lion_denoise.tau"] = 10
     jobs = []
-    for obj, seed in ((faceless_scan(bpy), 0), (point_cloud_scan(addon), 1)):
+    scan, cloud = faceless_scan(bpy), point_cloud_scan(addon)
+    for obj, seed in ((scan, 0), (cloud, 1)):
         make_active(bpy, obj)
         scan_world = world_points(obj, scan_points(seed=seed))
         objs = run_and_wait(addon, bpy.ops.latentforge.denoise_selected, "lion_denoise", 2, f"denoise {obj.name}")
@@ -159,6 +165,14 @@ def test_denoise_a_faceless_scan_and_a_point_cloud_where_they_stand(scene, conne
     assert variants and all(o["latentforge_source"] == "Cloud" for o in variants)
     right = scan_world[:, 0].max()
     assert all(world_of_result(o, mesh_io)[:, 0].min() > right for o in variants)
+
+    # Interpolate from the faceless scan to the point cloud (both sent as points)
+    addon.settings["lion_interpolate.ode_steps"] = 2
+    make_active(bpy, scan)
+    scan.select_set(True)
+    cloud.select_set(True)
+    between = run_and_wait(addon, bpy.ops.latentforge.shape_interpolate, "lion_interpolate", None, "in-betweens")
+    assert {(o["latentforge_source_a"], o["latentforge_source_b"]) for o in between} == {("Cloud", "Scan")}
 
     job_id, scan_world = jobs[0]  # after a reconnect, from the job list: the same place
     before = {o.name for o in bpy.data.objects}

@@ -299,5 +299,4 @@ def test_the_addon_knows_which_roles_take_a_cloud():
     from blender_addon.core import tasks
 
     backend = {name for name in tasks.all_pipelines() if any(p.alternative_to for p in PIPELINES[name].point_inputs)}
-    assert set(tasks.point_cloud_pipelines()) == backend - {"lion_interpolate"}  # Interpolate sends meshes (for now)
-    assert "lion_denoise" in backend and "lion_variations" in backend
+    assert set(tasks.point_cloud_pipelines()) == backend == {"lion_denoise", "lion_variations", "lion_interpolate"}
