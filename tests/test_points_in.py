@@ -229,7 +229,7 @@ def test_point_cloud_files_load_into_the_blender_frame(tmp_path):
         load_point_cloud(tmp_path / "nope.ply")
 
 
-def test_the_cli_denoises_a_scan_file_and_refuses_two_inputs(tmp_path):
+def test_the_cli_denoises_a_scan_file_and_refuses_two_inputs_or_none(tmp_path, capsys):
     trimesh.PointCloud(noisy_sphere()).export(tmp_path / "scan.ply")
     out = tmp_path / "clean.glb"
     base = [sys.executable, "-m", "backend", "run", "lion_denoise", "--model", "tiny-random", "--tau", "10",
@@ -246,9 +246,16 @@ def test_the_cli_denoises_a_scan_file_and_refuses_two_inputs(tmp_path):
                           text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "got both an --mesh and an --points for one role" in proc.stderr
+    neither = ["run", "lion_denoise", "--model", "tiny-random", "--data-dir", str(tmp_path / "data"), "--device", "cpu",
+               "--out", str(out)]
+    assert cli.main(neither) == 2
+    assert "lion_denoise needs an --mesh (arrays mesh.v_pos and mesh.t_pos_idx) or an --points" in \
+        capsys.readouterr().err
+    assert cli.main(neither + ["--points", str(tmp_path / "missing.ply")]) == 2
+    assert "--points: point cloud file" in capsys.readouterr().err
 
 
-def test_the_store_keeps_the_cloud_for_a_restarted_service_and_export(tmp_path, capsys):
+def test_the_store_keeps_the_cloud_for_a_restarted_service_and_export(tmp_path):
     scan = noisy_sphere()
     data = tmp_path / "data"
     service = JobService(data, torch.device("cpu"), ModelCache(1, False), start_worker=False)
