@@ -228,7 +228,8 @@ def takes_points(pipeline: str) -> bool:
     return pipeline in tasks.point_cloud_pipelines()
 
 
-def shape_source(context, what: str, pipeline: str) -> tuple[bpy.types.Object, "mesh_io.MeshArrays | mesh_io.PointArrays"]:
+def shape_source(context, what: str,
+                 pipeline: str) -> tuple[bpy.types.Object, "mesh_io.MeshArrays | mesh_io.PointArrays"]:
     """The active selected object a shape role (variations, denoise) sends, with its arrays: a mesh with faces (group
     ``mesh``) or, when ``pipeline`` takes one (:func:`takes_points`), a point cloud (group ``points``): a
     ``POINTCLOUD`` object or a mesh of loose vertices (a scan).

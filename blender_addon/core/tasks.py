@@ -68,7 +68,8 @@ TASKS: dict[str, tuple[Method, ...]] = {
                                         "variations, in-betweens, denoising, and shapes that follow a blockout "
                                         "(seconds)",
                {"generate": "lion_generate", "variations": "lion_variations", "interpolate": "lion_interpolate",
-                "denoise": "lion_denoise", "blockout": "lion_from_blockout"}, point_roles=("variations", "interpolate", "denoise")),
+                "denoise": "lion_denoise", "blockout": "lion_from_blockout"},
+               point_roles=("variations", "interpolate", "denoise")),
     ),
     "refine": (
         Method("refine_mesh", "Magic3D", "Magic3D's fine stage: the selected mesh as a DMTet surface refined by score "
