@@ -50,7 +50,7 @@ from blender_addon.core.text import format_duration
 
 from . import __version__
 from .cli_progress import ProgressReporter
-from .geometry.mesh import MeshError, load_mesh
+from .geometry.mesh import MeshError, load_mesh, load_point_cloud
 from .michelangelo.conditioner import load_image
 from .michelangelo.model import PUBLIC_FILES, download_public_checkpoint
 from .metrics.one_nna import METRICS as NNA_METRICS, evaluate_1nna, load_clouds
@@ -236,12 +236,19 @@ def build_parser() -> argparse.ArgumentParser:
     run_sub = run.add_subparsers(dest="pipeline", required=True)
     for name, spec in PIPELINES.items():
         p = run_sub.add_parser(name, help=spec.summary, description=spec.summary)
-        for mesh_input in spec.mesh_inputs:
+        replaced = {c.alternative_to for c in spec.point_inputs if c.alternative_to}
+        for mesh_input in spec.mesh_inputs:  # a mesh a point cloud may replace: one of the two (checked at submit)
             p.add_argument(f"--{mesh_input.group.replace('_', '-')}", dest=mesh_input.group, type=Path,
-                           required=mesh_input.required, help=f"{mesh_input.help} (OBJ/PLY/STL/GLB…)")
-        if spec.mesh_inputs:
+                           required=mesh_input.required and mesh_input.group not in replaced,
+                           help=f"{mesh_input.help} (OBJ/PLY/STL/GLB…)")
+        for cloud_input in spec.point_inputs:
+            p.add_argument(f"--{cloud_input.group.replace('_', '-')}", dest=cloud_input.group, type=Path,
+                           required=cloud_input.required and not cloud_input.alternative_to,
+                           help=f"{cloud_input.help} (PLY/XYZ/OBJ point cloud, or a mesh file: its vertices)")
+        if spec.mesh_inputs or spec.point_inputs:
             p.add_argument("--up-axis", choices=("auto", "Y", "Z"), default="auto",
-                           help="up axis of the input mesh files (auto: Y for glb/gltf/obj, Z otherwise)")
+                           help="up axis of the input mesh and point cloud files (auto: Y for glb/gltf/obj, Z "
+                                "otherwise)")
         for image_input in spec.image_inputs:
             p.add_argument(f"--{image_input.name.replace('_', '-')}", dest=image_input.name, type=Path,
                            required=image_input.required, help=f"{image_input.help} (PNG/JPEG…)")
@@ -478,6 +485,15 @@ def cmd_run(args) -> int:
         except MeshError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+    for cloud_input in spec.point_inputs:
+        path = getattr(args, cloud_input.group)
+        if path is None:
+            continue
+        try:
+            inputs.point_clouds[cloud_input.group] = load_point_cloud(path, args.up_axis)
+        except MeshError as err:
+            print(f"error: --{cloud_input.group.replace('_', '-')}: {err}", file=sys.stderr)
+            return 2
     for image_input in spec.image_inputs:
         path = getattr(args, image_input.name)
         if path is None:
@@ -703,8 +719,9 @@ def cmd_download(args) -> int:
 
 
 def _input_names(spec) -> tuple[str, ...]:
-    """The names of a pipeline's input meshes and images (each is a ``--<name>`` flag of ``run``)."""
-    return tuple(m.group for m in spec.mesh_inputs) + tuple(i.name for i in spec.image_inputs)
+    """The names of a pipeline's input meshes, point clouds and images (each is a ``--<name>`` flag of ``run``)."""
+    return tuple(m.group for m in spec.mesh_inputs) + tuple(c.group for c in spec.point_inputs) + \
+        tuple(i.name for i in spec.image_inputs)
 
 
 def _in_flag_words(message: str, config_class: type, input_names: tuple[str, ...] = ()) -> str:
@@ -717,7 +734,8 @@ def _in_flag_words(message: str, config_class: type, input_names: tuple[str, ...
         message = message.replace(f"'{f.name}'", f"'{flag}'")  # "missing required parameter 'prompt'"
     for name in input_names:  # "an image (input array 'image')" → "an image (--image)"
         flag = "--" + name.replace("_", "-")
-        message = message.replace(f"input array '{name}'", flag).replace(f"input mesh '{name}'", flag)
+        message = message.replace(f"input array '{name}'", flag).replace(f"input mesh '{name}'", flag) \
+            .replace(f"input point cloud '{name}'", flag)
     return message
 
 

@@ -158,6 +158,72 @@ def evaluated_mesh_arrays(obj: bpy.types.Object, depsgraph: bpy.types.Depsgraph,
         obj_eval.to_mesh_clear()
 
 
+@dataclass
+class PointArrays:
+    """A point cloud to send (a ``POINTCLOUD`` object, or a mesh of loose vertices such as an imported scan).
+
+    Attributes:
+        v_pos: (N,3) float32 world-space positions, metres (object transform applied, modifiers evaluated).
+    """
+
+    v_pos: np.ndarray
+
+    def wire_arrays(self, group: str = "points") -> dict[str, np.ndarray]:
+        """``{"points.v_pos"}`` for a ``submit`` (positions only: no pipeline reads a scan's colours)."""
+        return {f"{group}.v_pos": self.v_pos}
+
+
+def evaluated_point_arrays(obj: bpy.types.Object, depsgraph: bpy.types.Depsgraph) -> PointArrays:
+    """The evaluated points of ``obj`` in world space: a ``POINTCLOUD``'s ``position`` attribute, or a mesh's
+    vertices (faces, if any, ignored), each through ``matrix_world``.
+
+    Raises:
+        ValueError: the object is neither a mesh nor a point cloud, or it has no point after modifiers.
+    """
+    if obj.type not in ("MESH", "POINTCLOUD"):
+        raise ValueError(f"{obj.name!r} is a {obj.type}, not a mesh or a point cloud")
+    if obj.mode == "EDIT":
+        obj.update_from_editmode()
+        depsgraph.update()
+    obj_eval = obj.evaluated_get(depsgraph)
+    matrix = np.array(obj_eval.matrix_world, dtype=np.float64)
+    if obj.type == "POINTCLOUD":
+        data = obj_eval.data
+        co = np.empty(len(data.points) * 3, dtype=np.float32)
+        if len(co):
+            data.attributes["position"].data.foreach_get("vector", co)
+    else:
+        mesh = obj_eval.to_mesh()
+        try:
+            co = np.empty(len(mesh.vertices) * 3, dtype=np.float32)
+            mesh.vertices.foreach_get("co", co)
+        finally:
+            obj_eval.to_mesh_clear()
+    if len(co) == 0:
+        raise ValueError(f"{obj.name!r} has no points after modifiers")
+    return PointArrays(lf_arrays.transform_points(co.reshape(-1, 3), matrix))
+
+
+def evaluated_shape_arrays(obj: bpy.types.Object, depsgraph: bpy.types.Depsgraph,
+                           points: bool) -> MeshArrays | PointArrays:
+    """What a shape operator sends for ``obj``: a mesh with faces as :func:`evaluated_mesh_arrays` (no UVs); with
+    ``points`` (the pipeline takes a point cloud), a ``POINTCLOUD`` object or a mesh without faces (a scan) as
+    :func:`evaluated_point_arrays`.
+
+    Raises:
+        ValueError: not a mesh (or, with ``points``, a point cloud); a mesh without faces when ``points`` is False;
+            nothing to send.
+    """
+    if points and obj.type == "POINTCLOUD":
+        return evaluated_point_arrays(obj, depsgraph)
+    try:
+        return evaluated_mesh_arrays(obj, depsgraph, None)
+    except ValueError:
+        if not points or obj.type != "MESH":
+            raise
+    return evaluated_point_arrays(obj, depsgraph)  # a mesh without faces: its vertices are the points
+
+
 def ensure_uv_map(context: bpy.types.Context, obj: bpy.types.Object, angle_limit_deg: float = 66.0,
                   island_margin: float = 0.02) -> tuple[str, bool]:
     """Return the name of ``obj``'s active UV map, making one with Smart UV Project when it has none.

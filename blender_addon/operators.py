@@ -199,18 +199,63 @@ def shape_role_params(settings, pipeline: str, prompt: bool) -> dict:
                         main_description=main_description)
 
 
-def selected_mesh(context, what: str) -> bpy.types.Object:
-    """The active object, if it is a selected mesh (the one ``what`` acts on, e.g. "refine").
+def selected_mesh(context, what: str, points: bool = False) -> bpy.types.Object:
+    """The active object, if it is a selected mesh (the one ``what`` acts on, e.g. "refine") or, with ``points``, a
+    selected point cloud (a ``POINTCLOUD`` object; a mesh without faces is a mesh here, told apart when sent).
 
     Raises:
-        ValueError: no active selected object, or it is not a mesh.
+        ValueError: no active selected object, or it is not a mesh (nor, with ``points``, a point cloud).
     """
+    noun = "mesh or point cloud" if points else "mesh"
     obj = context.active_object
     if obj is None or not obj.select_get():
-        raise ValueError(f"Select the mesh to {what} (it must be the active object)")
-    if obj.type != "MESH":
-        raise ValueError(f"{obj.name!r} is a {obj.type}, not a mesh: select a mesh to {what}")
-    return obj
+        raise ValueError(f"Select the {noun} to {what} (it must be the active object)")
+    if obj.type == "MESH" or (points and obj.type == "POINTCLOUD"):
+        return obj
+    article = "a mesh or a point cloud" if points else "a mesh"
+    raise ValueError(f"{obj.name!r} is a {obj.type}, not {article}: select {article} to {what}")
+
+
+def takes_points(pipeline: str) -> bool:
+    """Whether ``pipeline`` takes a point cloud in place of its mesh: ``points.v_pos`` in the connected backend's
+    ``welcome``, or, while not connected, the methods table (:func:`.core.tasks.point_cloud_pipelines`)."""
+    try:
+        pipelines = session.get_session().connection.pipelines
+    except RuntimeError:
+        pipelines = None
+    if pipelines and pipeline in pipelines:
+        return fields.takes_input(pipeline, "points.v_pos", pipelines)
+    return pipeline in tasks.point_cloud_pipelines()
+
+
+def shape_source(context, what: str,
+                 pipeline: str) -> tuple[bpy.types.Object, "mesh_io.MeshArrays | mesh_io.PointArrays"]:
+    """The active selected object a shape role (variations, denoise) sends, with its arrays: a mesh with faces (group
+    ``mesh``) or, when ``pipeline`` takes one (:func:`takes_points`), a point cloud (group ``points``): a
+    ``POINTCLOUD`` object or a mesh of loose vertices (a scan).
+
+    Raises:
+        ValueError: nothing usable is selected (the message says what is needed).
+    """
+    points = takes_points(pipeline)
+    source = selected_mesh(context, what, points)
+    try:
+        arrays = mesh_io.evaluated_shape_arrays(source, context.evaluated_depsgraph_get(), points)
+    except ValueError as e:
+        raise ValueError(f"{e}; select {'a mesh or a point cloud' if points else 'a mesh with faces'}") from None
+    return source, arrays
+
+
+def shape_summary(arrays) -> str:
+    """``"1234 triangles"`` or ``"5000 points"``: what a shape operator sent."""
+    if isinstance(arrays, mesh_io.PointArrays):
+        return f"{len(arrays.v_pos)} points"
+    return f"{arrays.t_pos_idx.shape[0]} triangles"
+
+
+def shape_arrays_wire(arrays) -> dict:
+    """The ``submit`` arrays of a shape source: group ``mesh`` for a mesh, ``points`` for a point cloud."""
+    return arrays.wire_arrays("points" if isinstance(arrays, mesh_io.PointArrays) else "mesh")
 
 
 def clip_mesh_start(context, settings) -> bpy.types.Object | None:
@@ -247,28 +292,32 @@ def shape_input_image(settings) -> tuple[np.ndarray | None, str]:
     return mesh_io.read_image_file(path), bpy.path.basename(bpy.path.abspath(path))
 
 
-def variation_source(context) -> bpy.types.Object:
-    """The mesh Variations of Selected varies: the active object, if it is a selected mesh.
+def variation_source(context, points: bool = False) -> bpy.types.Object:
+    """The shape Variations of Selected varies: the active object, if it is a selected mesh or, with ``points`` (the
+    method takes point clouds: LION), a selected point cloud.
 
     Raises:
-        ValueError: no active selected object, or it is not a mesh.
+        ValueError: no active selected object, or it is not a mesh (nor a point cloud).
     """
-    return selected_mesh(context, "make variations of")
+    return selected_mesh(context, "make variations of", points)
 
 
-def interpolation_pair(context) -> tuple[bpy.types.Object, bpy.types.Object]:
-    """The two meshes Interpolate goes between: ``(start, end)`` = (the other selected mesh, the active one);
-    when neither is active, by name.
+def interpolation_pair(context, points: bool = False) -> tuple[bpy.types.Object, bpy.types.Object]:
+    """The two shapes Interpolate goes between: ``(start, end)`` = (the other selected object, the active one);
+    when neither is active, by name. Meshes, or with ``points`` (the method takes point clouds: LION) also point
+    clouds.
 
     Raises:
-        ValueError: not exactly two selected objects, or one of them is not a mesh.
+        ValueError: not exactly two selected objects, or one of them is not a mesh (nor a point cloud).
     """
+    nouns = "meshes or point clouds" if points else "meshes"
     selected = list(context.selected_objects)
     if len(selected) != 2:
-        raise ValueError(f"Select exactly two meshes to interpolate between ({len(selected)} selected)")
+        raise ValueError(f"Select exactly two {nouns} to interpolate between ({len(selected)} selected)")
     for obj in selected:
-        if obj.type != "MESH":
-            raise ValueError(f"{obj.name!r} is a {obj.type}, not a mesh: select two meshes to interpolate between")
+        if obj.type != "MESH" and not (points and obj.type == "POINTCLOUD"):
+            raise ValueError(f"{obj.name!r} is a {obj.type}, not a {'mesh or a point cloud' if points else 'mesh'}: "
+                             f"select two {nouns} to interpolate between")
     active = context.active_object
     if active in selected:
         start = selected[0] if selected[1] == active else selected[1]
@@ -311,6 +360,20 @@ class _ActiveMeshOperator:
     def poll(cls, context):
         obj = context.active_object
         return obj is not None and obj.type == "MESH"
+
+
+class _ActiveShapeOperator:
+    """Mix-in of the shape operators that also take a point cloud (Variations of Selected, Denoise Selected):
+    available when the active object is a mesh or a point cloud (whether the method takes a cloud is checked when
+    it runs)."""
+
+    @classmethod
+    def poll(cls, context):
+        obj = context.active_object
+        if obj is not None and obj.type in ("MESH", "POINTCLOUD"):
+            return True
+        cls.poll_message_set("Select a mesh or a point cloud")
+        return False
 
 
 class LATENTFORGE_OT_texture_selected(_ActiveMeshOperator, bpy.types.Operator):
@@ -497,9 +560,9 @@ class LATENTFORGE_OT_generate_shape(bpy.types.Operator):
         return {"FINISHED"}
 
 
-class LATENTFORGE_OT_shape_variations(_ActiveMeshOperator, bpy.types.Operator):
-    """Make variations of the active mesh with the Shape panel's method (Michelangelo, LION: encode it, noise it,
-    denoise); they appear in a row next to it"""
+class LATENTFORGE_OT_shape_variations(_ActiveShapeOperator, bpy.types.Operator):
+    """Make variations of the active mesh (LION: or point cloud) with the Shape panel's method (Michelangelo, LION:
+    encode it, noise it, denoise); they appear in a row next to it"""
 
     bl_idname = "latentforge.shape_variations"
     bl_label = "Variations of Selected"
@@ -515,10 +578,9 @@ class LATENTFORGE_OT_shape_variations(_ActiveMeshOperator, bpy.types.Operator):
         except ValueError as e:
             return _fail(self, context, sess, str(e))
         try:
-            source = variation_source(context)
-            arrays = mesh_io.evaluated_mesh_arrays(source, context.evaluated_depsgraph_get(), None)
+            source, arrays = shape_source(context, "make variations of", pipeline)
         except ValueError as e:
-            return _fail(self, context, sess, f"Variations: {e}; select a mesh with faces")
+            return _fail(self, context, sess, f"Variations: {e}")
         steer = settings.shape_variation_prompt and fields.has_field(pipeline, "prompt", described(pipeline))
         if steer and not settings.prompt.strip():
             return _fail(self, context, sess, "'Steer with Prompt' is on but the prompt is empty: type one, or turn "
@@ -527,17 +589,17 @@ class LATENTFORGE_OT_shape_variations(_ActiveMeshOperator, bpy.types.Operator):
         target = VariationsTarget(source.name, tuple(source.matrix_world.translation),
                                   float(arrays.v_pos[:, 0].max()) + gap, gap)
         params = shape_role_params(settings, pipeline, prompt=steer)
-        failed = _connect_and_submit(self, context, sess, pipeline, params, arrays.wire_arrays("mesh"), target)
+        failed = _connect_and_submit(self, context, sess, pipeline, params, shape_arrays_wire(arrays), target)
         if failed:
             return failed
         self.report({"INFO"}, f"Making {settings.shape_variation_count} variation(s) of {source.name!r} "
-                              f"({arrays.t_pos_idx.shape[0]} triangles)")
+                              f"({shape_summary(arrays)})")
         return {"FINISHED"}
 
 
 class LATENTFORGE_OT_shape_interpolate(bpy.types.Operator):
-    """Make in-between shapes of the two selected meshes with the Shape panel's method (Michelangelo, LION; from the
-    other selected mesh to the active one); they appear between the two"""
+    """Make in-between shapes of the two selected meshes (LION: or point clouds) with the Shape panel's method
+    (Michelangelo, LION; from the other selected object to the active one); they appear between the two"""
 
     bl_idname = "latentforge.shape_interpolate"
     bl_label = "Interpolate"
@@ -550,16 +612,19 @@ class LATENTFORGE_OT_shape_interpolate(bpy.types.Operator):
             return {"CANCELLED"}
         try:
             pipeline = pipeline_of(settings, "shape", "interpolate")
-            start, end = interpolation_pair(context)
+            points = takes_points(pipeline)
+            start, end = interpolation_pair(context, points)
         except ValueError as e:
             return _fail(self, context, sess, str(e))
         arrays = {}
         depsgraph = context.evaluated_depsgraph_get()
-        for obj, group in ((start, "mesh"), (end, "mesh_b")):
+        for obj, group, cloud in ((start, "mesh", "points"), (end, "mesh_b", "points_b")):
             try:
-                arrays.update(mesh_io.evaluated_mesh_arrays(obj, depsgraph, None).wire_arrays(group))
+                shape = mesh_io.evaluated_shape_arrays(obj, depsgraph, points)
             except ValueError as e:
-                return _fail(self, context, sess, f"Interpolate: {e}; select two meshes with faces")
+                needed = "meshes or point clouds" if points else "meshes with faces"
+                return _fail(self, context, sess, f"Interpolate: {e}; select two {needed}")
+            arrays.update(shape.wire_arrays(cloud if isinstance(shape, mesh_io.PointArrays) else group))
         target = InterpolateTarget(start.name, end.name)
         params = shape_role_params(settings, pipeline, prompt=False)
         failed = _connect_and_submit(self, context, sess, pipeline, params, arrays, target)
@@ -571,13 +636,14 @@ class LATENTFORGE_OT_shape_interpolate(bpy.types.Operator):
 
 
 def _submit_selected_mesh(op: bpy.types.Operator, context, task: str, role: str, what: str, make_target,
-                          make_params) -> set[str]:
+                          make_params, points: bool = False) -> set[str]:
     """The body of an operator that sends the active selected mesh (evaluated, world space, no UVs) as group
-    ``mesh`` to the pipeline ``role`` of ``task``'s chosen method.
+    ``mesh`` to the pipeline ``role`` of ``task``'s chosen method; with ``points``, a point cloud (a ``POINTCLOUD``
+    object or a mesh without faces) as group ``points`` where that pipeline takes one (:func:`shape_source`).
 
     Args:
         what: the action, for messages ("refine").
-        make_target: ``(obj, MeshArrays) -> target``. make_params: ``pipeline -> params``.
+        make_target: ``(obj, MeshArrays | PointArrays) -> target``. make_params: ``pipeline -> params``.
     """
     settings = context.scene.latentforge
     sess = _session_or_report(op)
@@ -585,16 +651,19 @@ def _submit_selected_mesh(op: bpy.types.Operator, context, task: str, role: str,
         return {"CANCELLED"}
     try:
         pipeline = pipeline_of(settings, task, role)
-        source = selected_mesh(context, what)
-        arrays = mesh_io.evaluated_mesh_arrays(source, context.evaluated_depsgraph_get(), None)
+        if points:
+            source, arrays = shape_source(context, what, pipeline)
+        else:
+            source = selected_mesh(context, what)
+            arrays = mesh_io.evaluated_mesh_arrays(source, context.evaluated_depsgraph_get(), None)
     except ValueError as e:
         return _fail(op, context, sess, f"{what.capitalize()}: {e}")
     params = make_params(pipeline)
-    failed = _connect_and_submit(op, context, sess, pipeline, params, arrays.wire_arrays("mesh"),
+    failed = _connect_and_submit(op, context, sess, pipeline, params, shape_arrays_wire(arrays),
                                  make_target(source, arrays))
     if failed:
         return failed
-    op.report({"INFO"}, f"Sent {source.name!r} ({arrays.t_pos_idx.shape[0]} triangles) to {pipeline}")
+    op.report({"INFO"}, f"Sent {source.name!r} ({shape_summary(arrays)}) to {pipeline}")
     return {"FINISHED"}
 
 
@@ -618,9 +687,9 @@ class LATENTFORGE_OT_shapes_from_blockout(_ActiveMeshOperator, bpy.types.Operato
                                      target, lambda pipeline: shape_role_params(settings, pipeline, prompt=False))
 
 
-class LATENTFORGE_OT_denoise_selected(_ActiveMeshOperator, bpy.types.Operator):
-    """Clean up the active mesh (e.g. a noisy scan) with the Shape panel's method (LION: diffuse a little, denoise);
-    the clean shape appears where it stands"""
+class LATENTFORGE_OT_denoise_selected(_ActiveShapeOperator, bpy.types.Operator):
+    """Clean up the active mesh or point cloud (e.g. a noisy scan: a point cloud object, or a mesh of loose vertices)
+    with the Shape panel's method (LION: diffuse a little, denoise); the clean shape appears where it stands"""
 
     bl_idname = "latentforge.denoise_selected"
     bl_label = "Denoise Selected"
@@ -630,7 +699,8 @@ class LATENTFORGE_OT_denoise_selected(_ActiveMeshOperator, bpy.types.Operator):
         settings = context.scene.latentforge
         return _submit_selected_mesh(self, context, "shape", "denoise", "denoise",
                                      lambda source, _arrays: DenoiseTarget(source.name),
-                                     lambda pipeline: shape_role_params(settings, pipeline, prompt=False))
+                                     lambda pipeline: shape_role_params(settings, pipeline, prompt=False),
+                                     points=True)
 
 
 class LATENTFORGE_OT_refine_selected(_ActiveMeshOperator, bpy.types.Operator):

@@ -68,6 +68,11 @@ def _status_line(layout, compute, describe) -> None:
     layout.label(text=text, icon=icon)
 
 
+def _shape_icon(obj) -> str:
+    """The icon of a shape source: a point cloud's or a mesh's."""
+    return "POINTCLOUD_DATA" if obj.type == "POINTCLOUD" else "MESH_DATA"
+
+
 def _backend_pipelines() -> dict | None:
     """The connected backend's pipeline descriptions, or None (not connected / not registered)."""
     try:
@@ -336,10 +341,12 @@ class LATENTFORGE_PT_shape(_TaskPanel, bpy.types.Panel):
             role = method.pipelines["variations"]
             role_description = fields.described_params(role, backend)
             role_shared = {row.prop for row in fields.shared_settings(role, role_description)}
+            points = operators.takes_points(role)
             box = layout.box()
-            box.label(text="Variations of a mesh", icon="MOD_ARRAY")
-            _status_line(box, lambda: operators.variation_source(context),
-                         lambda obj: (f"Varies {obj.name!r}", "MESH_DATA"))
+            box.label(text="Variations of a mesh or point cloud" if points else "Variations of a mesh",
+                      icon="MOD_ARRAY")
+            _status_line(box, lambda: operators.variation_source(context, points),
+                         lambda obj: (f"Varies {obj.name!r}", _shape_icon(obj)))
             sub = box.column(align=True)
             for prop in ("shape_strength", "shape_variation_count"):
                 if prop in role_shared:
@@ -351,9 +358,11 @@ class LATENTFORGE_PT_shape(_TaskPanel, bpy.types.Panel):
 
         if "interpolate" in method.pipelines:
             role = method.pipelines["interpolate"]
+            points = operators.takes_points(role)
             box = layout.box()
-            box.label(text="In-between shapes of two meshes", icon="ARROW_LEFTRIGHT")
-            _status_line(box, lambda: operators.interpolation_pair(context),
+            box.label(text="In-between shapes of two meshes or point clouds" if points else
+                      "In-between shapes of two meshes", icon="ARROW_LEFTRIGHT")
+            _status_line(box, lambda: operators.interpolation_pair(context, points),
                          lambda pair: (f"From {pair[0].name!r} to {pair[1].name!r}", "MESH_DATA"))
             if "shape_interpolate_count" in {row.prop for row in fields.shared_settings(
                     role, fields.described_params(role, backend))}:
@@ -367,10 +376,11 @@ class LATENTFORGE_PT_shape(_TaskPanel, bpy.types.Panel):
                 ("denoise", "Clean up a noisy mesh", "MOD_SMOOTH", "latentforge.denoise_selected", "Cleans")):
             if role not in method.pipelines:
                 continue
+            points = role == "denoise" and operators.takes_points(method.pipelines[role])
             box = layout.box()
-            box.label(text=title, icon=icon)
-            _status_line(box, lambda: operators.selected_mesh(context, "use"),
-                         lambda obj, verb=verb: (f"{verb} {obj.name!r}", "MESH_DATA"))
+            box.label(text="Clean up a noisy mesh or scan" if points else title, icon=icon)
+            _status_line(box, lambda points=points: operators.selected_mesh(context, "use", points),
+                         lambda obj, verb=verb: (f"{verb} {obj.name!r}", _shape_icon(obj)))
             draw_role_fields(box, settings, method.pipelines[role], pipeline, description,
                              f"{method.label} {role}")
             _big_operator(box, idname, "PLAY")

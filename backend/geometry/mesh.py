@@ -281,3 +281,39 @@ def load_mesh(path: str | Path, up_axis: str = "auto") -> TriMesh:
     if uv is not None and len(uv) == len(v):
         mesh.uv, mesh.uv_idx = np.asarray(uv, dtype=np.float32), faces.copy()
     return validate_mesh(mesh, name=path.name)
+
+
+
+def load_point_cloud(path: str | Path, up_axis: str = "auto") -> np.ndarray:
+    """Read a point cloud file (PLY of vertices, XYZ, OBJ of ``v`` lines…) with trimesh into the Blender frame; a
+    mesh file gives its vertices (a scan saved with faces is still its points).
+
+    Args:
+        up_axis: as :func:`load_mesh` (``"auto"``: Y for .glb/.gltf/.obj, Z otherwise).
+
+    Returns:
+        (N, 3) float32 positions, metres, Blender world frame. Colours in the file are not read.
+
+    Raises:
+        MeshError: a missing or unreadable file, or one without points.
+    """
+    import trimesh
+
+    path = Path(path)
+    if not path.is_file():
+        raise MeshError(f"point cloud file {str(path)!r} does not exist")
+    try:
+        loaded = trimesh.load(path, process=False)
+    except Exception as err:  # trimesh raises many types for malformed files
+        raise MeshError(f"could not read {str(path)!r}: {err}") from err
+    geometries = loaded.dump() if isinstance(loaded, trimesh.Scene) else [loaded]
+    parts = [np.asarray(g.vertices, dtype=np.float64).reshape(-1, 3) for g in geometries if hasattr(g, "vertices")]
+    v = np.concatenate(parts) if parts else np.zeros((0, 3))
+    if len(v) == 0:
+        raise MeshError(f"{str(path)!r} contains no points")
+    if up_axis == "auto":
+        up_axis = "Y" if path.suffix.lower() in (".glb", ".gltf", ".obj") else "Z"
+    if up_axis not in ("Y", "Z"):
+        raise MeshError(f"up_axis must be 'Y', 'Z' or 'auto', got {up_axis!r}")
+    v = gltf_to_blender(v) if up_axis == "Y" else v
+    return np.ascontiguousarray(v, dtype=np.float32)

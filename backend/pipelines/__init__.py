@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from . import (clip_mesh, dream_fields, latent_nerf, latent_paint, lion, point_e, refine_mesh, shap_e,
                shape_interpolate, shape_ldm, shape_variations)
-from .base import ImageInput, MeshInput, PipelineSpec
+from .base import ImageInput, MeshInput, PipelineSpec, PointCloudInput
 
 PIPELINES: dict[str, PipelineSpec] = {
     "latent_paint": PipelineSpec(
@@ -83,14 +83,22 @@ PIPELINES: dict[str, PipelineSpec] = {
     "lion_variations": PipelineSpec(
         lion.LionVariationsConfig, lion.run_variations,
         "Variations of a shape (LION's diffuse-denoise); results stand where it stands.",
-        mesh_inputs=(MeshInput("mesh", True, "shape to make variations of"),)),
+        mesh_inputs=(MeshInput("mesh", True, "shape to make variations of (or --points)"),),
+        point_inputs=(PointCloudInput("points", "shape to make variations of, as a point cloud (or --mesh)",
+                                      alternative_to="mesh"),)),
     "lion_interpolate": PipelineSpec(
         lion.LionInterpolateConfig, lion.run_interpolate,
         "In-between shapes of two shapes (LION: interpolation in the diffusion prior through the ODE).",
-        mesh_inputs=(MeshInput("mesh", True, "start shape"), MeshInput("mesh_b", True, "end shape"))),
+        mesh_inputs=(MeshInput("mesh", True, "start shape (or --points)"),
+                     MeshInput("mesh_b", True, "end shape (or --points-b)")),
+        point_inputs=(PointCloudInput("points", "start shape as a point cloud (or --mesh)", alternative_to="mesh"),
+                      PointCloudInput("points_b", "end shape as a point cloud (or --mesh-b)",
+                                      alternative_to="mesh_b"))),
     "lion_denoise": PipelineSpec(
         lion.LionDenoiseConfig, lion.run_denoise,
         "Clean up a noisy shape or scan (LION: encode, diffuse a little, denoise); results stand where it stands.",
-        mesh_inputs=(MeshInput("mesh", True, "noisy shape or scan (its surface, or its vertices with --source "
-                                             "vertices)"),)),
+        mesh_inputs=(MeshInput("mesh", True, "noisy shape (its surface, or its vertices with --source vertices; or "
+                                             "--points)"),),
+        point_inputs=(PointCloudInput("points", "noisy scan: its points as they are (or --mesh)",
+                                      alternative_to="mesh"),)),
 }

@@ -62,10 +62,17 @@ class PipelineInputs:
         meshes: input group → mesh (``"mesh"``, ``"mesh_b"``, ``"sketch"``…, as the pipeline's
             :class:`MeshInput` names them), Blender world frame, validated (float32 / int32, finite, with faces).
         images: input name → (H, W, 3|4) uint8 image, row 0 = top.
+        point_clouds: input group → (N, 3) float32 C-contiguous positions (``"points"``, ``"points_b"``, as the
+            pipeline's :class:`PointCloudInput` names them), Blender world frame, metres; validated (N >= 1, finite,
+            within ``MAX_COORDINATE``, not all at one point). A scan, or a point cloud object.
+        point_colors: input group → (N, 3|4) float32 linear RGB(A) in [0, 1] of the cloud of that group, when the
+            client sent colours (validated; no pipeline reads them yet).
     """
 
     meshes: dict[str, TriMesh] = field(default_factory=dict)
     images: dict[str, np.ndarray] = field(default_factory=dict)
+    point_clouds: dict[str, np.ndarray] = field(default_factory=dict)
+    point_colors: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -102,6 +109,27 @@ class MeshInput:
 
 
 @dataclass(frozen=True)
+class PointCloudInput:
+    """A point cloud a pipeline takes as input, by group name: wire arrays ``<group>.v_pos`` (N, 3) float32 (Blender
+    world frame, metres) and optional ``<group>.v_color`` (N, 3|4) float32; CLI flag ``--<group> FILE`` (underscores
+    as dashes: ``--points-b``; a PLY/XYZ/OBJ point cloud, or a mesh file whose vertices are the points).
+
+    Attributes:
+        group: the wire group (``"points"``).
+        help: one line for ``--help`` and the add-on.
+        alternative_to: the :class:`MeshInput` group this cloud stands in for (``"mesh"``): the two are one role, and
+            exactly one of them is given when that mesh input is required (at most one otherwise). Empty = an input
+            of its own.
+        required: an input of its own that must be given (ignored with ``alternative_to``).
+    """
+
+    group: str
+    help: str
+    alternative_to: str = ""
+    required: bool = False
+
+
+@dataclass(frozen=True)
 class ImageInput:
     """An image a pipeline takes as input: wire array ``<name>`` (H, W, 3|4) uint8, row 0 = top; CLI flag
     ``--<name> FILE`` (PNG, JPEG, …)."""
@@ -119,7 +147,8 @@ class PipelineSpec:
         config_class: its config dataclass (fields made with :func:`backend.params.param`).
         run: ``run(config, inputs, context) -> PipelineResult``, the same signature for every pipeline.
         summary: one line for ``--help`` and the add-on.
-        mesh_inputs, image_inputs: what it takes besides its parameters.
+        mesh_inputs, image_inputs, point_inputs: what it takes besides its parameters (a point cloud may stand in
+            for a mesh: :attr:`PointCloudInput.alternative_to`).
         check_inputs: ``(config, inputs) -> None`` run at submit time, after the inputs decoded, raising
             ``ParamError``/``ValueError`` for inputs the pipeline cannot use (e.g. neither a prompt nor an image).
         textured: its result carries a texture (the CLI writes it beside the GLB as PNG).
@@ -130,6 +159,7 @@ class PipelineSpec:
     summary: str
     mesh_inputs: tuple[MeshInput, ...] = ()
     image_inputs: tuple[ImageInput, ...] = ()
+    point_inputs: tuple[PointCloudInput, ...] = ()
     check_inputs: Callable[[Any, PipelineInputs], None] | None = None
     textured: bool = False
 

@@ -9,11 +9,17 @@ and latent points h0, and a DDM on each) and this file:
   longest side; a voxel is filled when the mesh's generalised winding number at its centre exceeds 0.5, robust to
   open blockouts), points are sampled uniformly on the voxels' exposed faces, encoded, diffused to step ``tau`` and
   denoised (``num_samples`` times with different noise), decoded: detailed shapes that follow the blocks.
-- ``lion_variations`` (multimodal generation): the same diffuse-denoise from an input mesh's surface points.
-- ``lion_denoise``: the same from a noisy mesh or scan (its surface, or its vertices as the points), with a small τ.
+- ``lion_variations`` (multimodal generation): the same diffuse-denoise from an input mesh's surface points, or from
+  an input point cloud.
+- ``lion_denoise``: the same from a noisy mesh (its surface, or its vertices as the points) or a scanned point cloud,
+  with a small τ.
 - ``lion_interpolate``: both inputs encoded (posterior means) and carried to the DDMs' noise through the
   probability-flow ODE, ``z^s = √s·z^A + √(1−s)·z^B`` (likewise h), s from 1 (A) to 0 (B), back through the ODE,
   decoded.
+
+Inputs: variations, denoising and interpolation take a point cloud (``inputs.point_clouds['points']``, ``'points_b'``)
+in place of a mesh: its points are used as they are, subsampled (or, when there are fewer, repeated) to the model's
+``num_points`` with the job's seed; ``source`` applies to meshes only.
 
 Frames and placement: input points are taken from the world (Blender's frame), normalised per shape
 (:func:`backend.lion.data.normalize_points`: mean point at the origin, coordinate standard deviation 1) and, for the
@@ -120,8 +126,9 @@ class LionFromBlockoutConfig(_DiffuseDenoiseConfig):
 class LionVariationsConfig(_DiffuseDenoiseConfig):
     """Settings of variations of a shape (LION's diffuse-denoise)."""
 
-    source: str = param("surface", doc="Points of the input: surface (sampled uniformly on its faces) or vertices "
-                                       "(the mesh's vertices, e.g. a scan).", choices=SOURCES)
+    source: str = param("surface", doc="Points of an input mesh: surface (sampled uniformly on its faces) or "
+                                       "vertices (the mesh's vertices, e.g. a scan); an input point cloud is used as "
+                                       "it is.", choices=SOURCES)
 
 
 @dataclass
@@ -131,8 +138,9 @@ class LionDenoiseConfig(_DiffuseDenoiseConfig):
     tau: int = param(50, doc="Diffusion step the input's latents are noised to before denoising (small: keep the "
                              "shape, remove the noise).", low=1, high=MAX_TAU)
     num_samples: int = param(1, doc="Clean-ups to make (same input, different noise).", low=1, high=64)
-    source: str = param("surface", doc="Points of the input: surface (sampled uniformly on its faces) or vertices "
-                                       "(the mesh's vertices, e.g. a scan).", choices=SOURCES)
+    source: str = param("surface", doc="Points of an input mesh: surface (sampled uniformly on its faces) or "
+                                       "vertices (the mesh's vertices, e.g. a scan); an input point cloud is used as "
+                                       "it is.", choices=SOURCES)
 
 
 @dataclass
@@ -142,8 +150,8 @@ class LionInterpolateConfig(LionBaseConfig):
     num_shapes: int = param(5, doc="Shapes from the first input to the second, both ends included.", low=2, high=64)
     ode_steps: int = param(50, doc="Steps of the probability-flow ODE each way (encode to noise, decode back).",
                            low=2, high=1000)
-    source: str = param("surface", doc="Points of the inputs: surface (sampled uniformly on their faces) or "
-                                       "vertices.", choices=SOURCES)
+    source: str = param("surface", doc="Points of input meshes: surface (sampled uniformly on their faces) or "
+                                       "vertices; input point clouds are used as they are.", choices=SOURCES)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -207,13 +215,20 @@ class _Model:
         return lambda step, total, _x=None: self.ctx.progress(stage, int(step), int(total))
 
 
+def _resampled(points: np.ndarray, count: int, rng: np.random.Generator, name: str) -> np.ndarray:
+    """``count`` of ``points`` ((N, 3)): a random subset when N >= count, else every point once plus random repeats
+    (each draw from ``rng``). Raises ValueError: NaN/Inf or no point (naming ``name``)."""
+    v = check_points(points, name)
+    if len(v) >= count:
+        return v[rng.choice(len(v), count, replace=False)]
+    return v[np.concatenate([rng.permutation(len(v)), rng.integers(0, len(v), count - len(v))])]
+
+
 def _points_of(mesh: TriMesh, count: int, source: str, seed: int, name: str) -> np.ndarray:
     """``count`` points of an input mesh: uniform on its surface, or its vertices (subsampled / repeated to count)."""
     rng = np.random.default_rng(seed)
     if source == "vertices":
-        v = check_points(mesh.v_pos, f"{name} vertices")
-        idx = rng.choice(len(v), count, replace=len(v) < count)
-        return v[idx]
+        return _resampled(mesh.v_pos, count, rng, f"{name} vertices")
     import trimesh
 
     tm = trimesh.Trimesh(mesh.v_pos, mesh.t_pos_idx, process=False)
@@ -221,6 +236,26 @@ def _points_of(mesh: TriMesh, count: int, source: str, seed: int, name: str) -> 
         raise MeshError(f"{name} has no surface area to sample points from")
     points, _ = trimesh.sample.sample_surface(tm, count, seed=int(rng.integers(2**31 - 1)))
     return check_points(points, f"{name} points")
+
+
+def _input_points(inputs: PipelineInputs, mesh_group: str, cloud_group: str, count: int, source: str,
+                  seed: int) -> tuple[np.ndarray, str]:
+    """``count`` world points (N, 3) of one input role and what they came from: the point cloud ``cloud_group`` as it
+    is (subsampled / repeated to ``count`` with ``seed``; ``source`` does not apply), else the mesh ``mesh_group`` by
+    ``source`` (:func:`_points_of`).
+
+    Returns:
+        ``(points (count, 3) float64 world, "points" | "surface" | "vertices")``.
+
+    Raises:
+        ParamError: neither is given (the pipeline was called without :func:`~.io.inputs_from_arrays`' checks).
+    """
+    if cloud_group in inputs.point_clouds:
+        rng = np.random.default_rng(seed)
+        return _resampled(inputs.point_clouds[cloud_group], count, rng, cloud_group), "points"
+    if mesh_group not in inputs.meshes:
+        raise ParamError(f"needs an input mesh {mesh_group!r} or an input point cloud {cloud_group!r}")
+    return _points_of(inputs.meshes[mesh_group], count, source, seed, mesh_group), source
 
 
 def _check_tau(config: _DiffuseDenoiseConfig, net: LionModel) -> None:
@@ -419,35 +454,37 @@ def run_from_blockout(config: LionFromBlockoutConfig, inputs: PipelineInputs, ct
 
 
 def run_variations(config: LionVariationsConfig, inputs: PipelineInputs, ctx: JobContext) -> PipelineResult:
-    """``lion_variations``: ``inputs.meshes['mesh']`` → points → encode → diffuse to ``tau`` → denoise
-    (``num_samples`` times) → variants standing where the input stands.
+    """``lion_variations``: ``inputs.meshes['mesh']`` (points by ``source``) or ``inputs.point_clouds['points']`` (as
+    they are) → encode → diffuse to ``tau`` → denoise (``num_samples`` times) → variants standing where the input
+    stands.
 
     Raises:
         MeshError: an input without area (surface source). ParamError: tau beyond T. JobCancelled.
     """
     timings: dict[str, float] = {}
     model = _Model(config, ctx)
-    points = _points_of(inputs.meshes["mesh"], model.num_points, config.source, config.seed, "mesh")
+    points, source = _input_points(inputs, "mesh", "points", model.num_points, config.source, config.seed)
     decoded, placement, _ = _diffuse_denoise(model, points, config, ctx, timings)
     metadata = {"pipeline": "lion_variations", "tau": config.tau, "num_samples": config.num_samples,
-                "source": config.source}
+                "source": source}
     return _finish(model, decoded, [placement] * config.num_samples, config, ctx, metadata, timings,
                    {"input_points": points})
 
 
 def run_denoise(config: LionDenoiseConfig, inputs: PipelineInputs, ctx: JobContext) -> PipelineResult:
-    """``lion_denoise``: a noisy mesh or scan (``inputs.meshes['mesh']``; its vertices with ``source='vertices'``)
-    → encode → diffuse a little (``tau``) → denoise → clean shapes where the input stands.
+    """``lion_denoise``: a noisy mesh (``inputs.meshes['mesh']``; its vertices with ``source='vertices'``) or scan
+    (``inputs.point_clouds['points']``, used as it is: subsampled or repeated to the model's ``num_points`` with the
+    seed) → encode → diffuse a little (``tau``) → denoise → clean shapes where the input stands.
 
     Raises:
         ValueError: NaN vertices. MeshError: an input without area. ParamError: tau beyond T. JobCancelled.
     """
     timings: dict[str, float] = {}
     model = _Model(config, ctx)
-    points = _points_of(inputs.meshes["mesh"], model.num_points, config.source, config.seed, "mesh")
+    points, source = _input_points(inputs, "mesh", "points", model.num_points, config.source, config.seed)
     decoded, placement, _ = _diffuse_denoise(model, points, config, ctx, timings)
     metadata = {"pipeline": "lion_denoise", "tau": config.tau, "num_samples": config.num_samples,
-                "source": config.source}
+                "source": source}
     return _finish(model, decoded, [placement] * config.num_samples, config, ctx, metadata, timings,
                    {"input_points": points})
 
@@ -458,7 +495,8 @@ def interpolation_weights(num_shapes: int) -> np.ndarray:
 
 
 def run_interpolate(config: LionInterpolateConfig, inputs: PipelineInputs, ctx: JobContext) -> PipelineResult:
-    """``lion_interpolate``: ``inputs.meshes['mesh']`` (A) and ``['mesh_b']`` (B) → encode (means) → ODE to noise →
+    """``lion_interpolate``: A (``inputs.meshes['mesh']`` or ``inputs.point_clouds['points']``) and B (``'mesh_b'`` or
+    ``'points_b'``; a cloud is used as it is, a mesh by ``source``) → encode (means) → ODE to noise →
     ``√s·A + √(1−s)·B`` for s from 1 to 0 → ODE back → decode; shape k stands at the blend of A's and B's placements.
 
     Raises:
@@ -470,9 +508,10 @@ def run_interpolate(config: LionInterpolateConfig, inputs: PipelineInputs, ctx: 
         raise ParamError(f"ode_steps = {config.ode_steps} exceeds the model's T = {model.net.config.timesteps}")
     t0 = time.perf_counter()
     ctx.progress("encode", 0, 1)
-    normalised, placements = [], []
-    for k, group in enumerate(("mesh", "mesh_b")):
-        pts = _points_of(inputs.meshes[group], model.num_points, config.source, config.seed + k, group)
+    normalised, placements, sources = [], [], []
+    for k, (group, cloud) in enumerate((("mesh", "points"), ("mesh_b", "points_b"))):
+        pts, source = _input_points(inputs, group, cloud, model.num_points, config.source, config.seed + k)
+        sources.append(source)
         p, placement = model.normalise(pts)
         normalised.append(p)
         placements.append(placement)
@@ -491,5 +530,5 @@ def run_interpolate(config: LionInterpolateConfig, inputs: PipelineInputs, ctx: 
     timings["interpolate"] = time.perf_counter() - t0
     blends = [placements[0].lerp(placements[1], 1.0 - float(w)) for w in s.cpu()]
     metadata = {"pipeline": "lion_interpolate", "num_shapes": config.num_shapes, "ode_steps": config.ode_steps,
-                "s": [round(float(w), 6) for w in s.cpu()]}
+                "s": [round(float(w), 6) for w in s.cpu()], "sources": sources}
     return _finish(model, decoded, blends, config, ctx, metadata, timings, {"latents": latents, "noise": noise})

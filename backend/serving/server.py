@@ -48,7 +48,7 @@ from ..models.devices import device_memory
 from ..models.stable_diffusion import DEFAULT_SD_MODEL, RANDOM_SD15
 from ..params import describe_config
 from ..pipelines import PIPELINES
-from ..pipelines.io import optional_input_names, required_input_names
+from ..pipelines.io import one_of_input_names, optional_input_names, required_input_names
 from .identities import Identities, Identity
 from .service import JobError, JobService, error_code
 from .store import StoreError
@@ -484,6 +484,7 @@ class BackendServer:
         if self._welcome is None:
             pipelines = {name: {"summary": spec.summary, "inputs": required_input_names(spec),
                                 "optional_inputs": optional_input_names(spec),
+                                "one_of_inputs": one_of_input_names(spec),
                                 "params": describe_config(spec.config_class)} for name, spec in PIPELINES.items()}
             self._welcome = {"protocol_version": protocol.PROTOCOL_VERSION, "server_version": __version__,
                              "device": device_description(self.service.device), "pipelines": pipelines,

@@ -1,4 +1,4 @@
-"""LatentForge wire protocol, version 2: framing, message schema, validation, socket helpers.
+"""LatentForge wire protocol (version :data:`PROTOCOL_VERSION`): framing, message schema, validation, socket helpers.
 
 The one source of truth for the bytes exchanged between the Blender add-on and the backend. Stdlib + numpy only
 (it runs inside Blender and in the backend, which imports it as ``from blender_addon.core import protocol``).
@@ -56,14 +56,16 @@ __all__ = [
 # Constants
 # ---------------------------------------------------------------------------------------------------------------
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 """Version carried in every header's ``"v"`` and in hello/welcome ``protocol_version``; a mismatch is fatal.
 History: 1 = first release; 2 = ``partial``/``result`` may carry several meshes (groups ``mesh``, ``mesh_1``, …);
 3 = length/range limits on fields, valid-Unicode strings only, ``list_jobs`` pages (``cursor`` → ``next_cursor``),
 ``delete_job`` → ``deleted``; 4 = ``partial``/``result`` may carry point clouds (groups ``points``, ``points_1``, …)
 beside or instead of meshes; identities (``welcome.identity``/``role``, job records' ``owner``, an artist sees and
 touches only their own jobs) and TLS (``tls_required``); ``welcome.memory_total_bytes``/``memory_free_bytes`` and the
-``out_of_memory`` server code."""
+``out_of_memory`` server code; 5 = the ``normal_map`` kind and slot; 6 = a ``submit`` may carry point clouds as inputs
+(``points.v_pos``, optional ``points.v_color``; ``points_b.*``) where a pipeline takes one, in place of a mesh of the
+same role (LION's variations, denoising, interpolation); ``welcome.pipelines[name].one_of_inputs``."""
 
 MAGIC = b"LFRG"
 """First 4 bytes of every frame."""
@@ -98,7 +100,8 @@ characters; checked by the server at submit (``bad_params``) together with: vali
 other than tab and newline."""
 
 MAX_COORDINATE = 1e6
-"""Largest absolute vertex coordinate of a submitted mesh, metres (|x|, |y|, |z|); larger is ``bad_mesh`` at submit."""
+"""Largest absolute vertex coordinate of a submitted mesh or point cloud, metres (|x|, |y|, |z|); larger is
+``bad_mesh`` at submit."""
 
 ECHO_CHARS = 200
 """At most this many characters of a client's value are quoted back in an error message (see :func:`safe_text`)."""
@@ -163,7 +166,8 @@ ERROR_CODES: Mapping[str, str] = MappingProxyType({
 
 SERVER_ERROR_CODES: Mapping[str, str] = MappingProxyType({
     "bad_params": "unknown pipeline, invalid params, or a text parameter that is too long or not valid text",
-    "bad_mesh": "an input mesh is unusable (degenerate, or a coordinate beyond MAX_COORDINATE metres)",
+    "bad_mesh": "an input mesh or point cloud is unusable (degenerate, empty, or a coordinate beyond MAX_COORDINATE "
+                "metres)",
     "bad_input": "another unusable input (e.g. a 1x1 image)",
     "not_found": "no job with that id",
     "not_attached": "cancel of a job this connection neither submitted nor attached to (attach first)",
@@ -431,7 +435,8 @@ MESSAGE_TYPES: Mapping[str, MessageSpec] = MappingProxyType({
         "pipeline": _f("str", doc="pipeline name from welcome.pipelines, e.g. latent_paint", max_len=MAX_NAME_CHARS),
         "params": _f("object", doc="pipeline parameters (prompt, seed, steps, ...), checked by the pipeline"),
         "request_id": _f("str", False, doc="client's id for this request, echoed in accepted", max_len=MAX_ID_CHARS),
-    }), arrays_allowed=True, doc="queue a job; arrays are the pipeline inputs (e.g. mesh.v_pos, sketch.v_pos)"),
+    }), arrays_allowed=True, doc="queue a job; arrays are the pipeline inputs (e.g. mesh.v_pos, sketch.v_pos, "
+                                 "points.v_pos)"),
     "cancel": _job_request("job to cancel (queued or running, submitted or attached on this connection)",
                            "cancel a job; answered by cancelled (or error)"),
     "attach": _job_request("job whose status/progress/preview/partial/result stream to resume",
@@ -458,7 +463,8 @@ MESSAGE_TYPES: Mapping[str, MessageSpec] = MappingProxyType({
                                                    "absent when unknown", minimum=0),
         "memory_free_bytes": _f("int", False, doc="what is free on it when the client connected, bytes; absent when "
                                                   "unknown", minimum=0),
-        "pipelines": _f("object", doc="pipeline name -> description object (inputs, defaults)"),
+        "pipelines": _f("object", doc="pipeline name -> description object (summary, inputs, optional_inputs, "
+                                      "one_of_inputs, params)"),
         "default_model": _f("str", doc="model used when params do not name one"),
         "models": _f("array", doc="available models (ids or description objects)"),
         "identity": _f("str", doc='who the token belongs to, e.g. "alice"; "admin" for the token file',

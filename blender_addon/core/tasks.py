@@ -24,12 +24,16 @@ class Method:
         label: what the Method menu shows.
         description: its tooltip.
         pipelines: operator role -> backend pipeline name.
+        point_roles: the roles whose pipeline also takes a point cloud in place of the mesh (a ``POINTCLOUD`` object
+            or a mesh of loose vertices, sent as ``points.v_pos``); the connected backend's ``welcome`` has the last
+            word.
     """
 
     identifier: str
     label: str
     description: str
     pipelines: dict[str, str]
+    point_roles: tuple[str, ...] = ()
 
 
 TASKS: dict[str, tuple[Method, ...]] = {
@@ -64,7 +68,8 @@ TASKS: dict[str, tuple[Method, ...]] = {
                                         "variations, in-betweens, denoising, and shapes that follow a blockout "
                                         "(seconds)",
                {"generate": "lion_generate", "variations": "lion_variations", "interpolate": "lion_interpolate",
-                "denoise": "lion_denoise", "blockout": "lion_from_blockout"}),
+                "denoise": "lion_denoise", "blockout": "lion_from_blockout"},
+               point_roles=("variations", "interpolate", "denoise")),
     ),
     "refine": (
         Method("refine_mesh", "Magic3D", "Magic3D's fine stage: the selected mesh as a DMTet surface refined by score "
@@ -112,3 +117,8 @@ def pipeline_for(task: str, method: str, role: str) -> str:
 def all_pipelines() -> list[str]:
     """Every pipeline some method submits, in table order, without repeats."""
     return list(dict.fromkeys(p for methods in TASKS.values() for m in methods for p in m.pipelines.values()))
+
+
+def point_cloud_pipelines() -> list[str]:
+    """Every pipeline some method submits for a role that takes a point cloud (:attr:`Method.point_roles`)."""
+    return list(dict.fromkeys(m.pipelines[r] for methods in TASKS.values() for m in methods for r in m.point_roles))
