@@ -456,8 +456,8 @@ class LATENTFORGE_OT_generate(bpy.types.Operator):
 
 class LATENTFORGE_OT_generate_shape(bpy.types.Operator):
     """Generate shapes from the prompt or an image with the Shape panel's model (Michelangelo, Shap-E, Point-E; LION
-    unconditionally, or from the prompt with a text-conditioned model; runs on the backend); each sample becomes an object (a mesh or a point cloud), side by side
-    along X at the 3D cursor"""
+    unconditionally, or from the prompt with a text-conditioned model; runs on the backend); each sample becomes an
+    object (a mesh or a point cloud), side by side along X at the 3D cursor"""
 
     bl_idname = "latentforge.generate_shape"
     bl_label = "Generate Shape"

@@ -120,6 +120,14 @@ class LionModel(nn.Module):
         feat = check_clip_feat(clip_feat, self.config.clip_dim, batch)
         return None if feat is None else feat.to(self.device, torch.float32)
 
+    def _eps_z_of(self, feat: torch.Tensor | None):
+        """``eps(x, t)`` of the shape-latent DDM (with ``feat`` bound; :meth:`eps_z` itself when unconditional)."""
+        return self.eps_z if feat is None else (lambda x, t: self.eps_z(x, t, feat))
+
+    def _eps_h_of(self, z: torch.Tensor, feat: torch.Tensor | None):
+        """``eps(x, t)`` of the latent-point DDM given z0 (and ``feat`` when conditioned)."""
+        return (lambda x, t: self.eps_h(x, t, z)) if feat is None else (lambda x, t: self.eps_h(x, t, z, feat))
+
     def _check_prior_points(self, h: torch.Tensor, name: str) -> None:
         if self.config.mixed_prediction and h.shape[1] != self.config.num_points:
             raise ValueError(f"{name} has {h.shape[1]} latent points; this prior (mixing logits) needs "
@@ -253,7 +261,8 @@ class LionModel(nn.Module):
         t = torch.randint(1, self.config.timesteps + 1, (b,), generator=generator, device=gen_device).to(x0.device)
         noise = randn(x0.shape, generator, x0.device, x0.dtype)
         x_t = q_sample(self.schedule(), x0, t, noise)
-        eps = self.eps_z(x_t, t.float(), feat) if which == "z" else self.eps_h(x_t, t.float(), latents.z, feat)
+        eps_fn = self._eps_z_of(feat) if which == "z" else self._eps_h_of(latents.z, feat)
+        eps = eps_fn(x_t, t.float())
         return F.mse_loss(eps, noise)
 
     @torch.no_grad()
@@ -281,10 +290,10 @@ class LionModel(nn.Module):
         eta = c.ddim_eta if eta is None else float(eta)
         device = self.device
         z_T = randn((num, c.style_dim), generator, device)
-        z = self._run(sampler, lambda x, t: self.eps_z(x, t, feat), z_T, c.timesteps, steps, generator, callback, 0,
+        z = self._run(sampler, self._eps_z_of(feat), z_T, c.timesteps, steps, generator, callback, 0,
                       2 * steps, eta)
         h_T = randn((num, c.num_points, c.latent_point_dim), generator, device)
-        h = self._run(sampler, lambda x, t: self.eps_h(x, t, z, feat), h_T, c.timesteps, steps, generator, callback,
+        h = self._run(sampler, self._eps_h_of(z, feat), h_T, c.timesteps, steps, generator, callback,
                       steps, 2 * steps, eta)
         return LionLatents(z, h)
 
@@ -318,11 +327,11 @@ class LionModel(nn.Module):
         z = latents.z
         if diffuse_z:
             z_t = q_sample(schedule, z, t, randn(z.shape, generator, z.device, z.dtype))
-            z = self._run(sampler, lambda x, tt: self.eps_z(x, tt, feat), z_t, tau, steps, generator, callback, 0,
+            z = self._run(sampler, self._eps_z_of(feat), z_t, tau, steps, generator, callback, 0,
                           stages * steps, eta)
         h = latents.h
         h_t = q_sample(schedule, h, t, randn(h.shape, generator, h.device, h.dtype))
-        h = self._run(sampler, lambda x, tt: self.eps_h(x, tt, z, feat), h_t, tau, steps, generator, callback,
+        h = self._run(sampler, self._eps_h_of(z, feat), h_t, tau, steps, generator, callback,
                       (stages - 1) * steps, stages * steps, eta)
         return LionLatents(z, h)
 
@@ -341,9 +350,9 @@ class LionModel(nn.Module):
         self._check_prior_points(latents.h, "latents.h")
         feat = self._clip(clip_feat, len(latents))
         z0 = latents.z
-        z_T = ode_encode(lambda x, t: self.eps_z(x, t, feat), z0, self.schedule(), steps,
+        z_T = ode_encode(self._eps_z_of(feat), z0, self.schedule(), steps,
                          self._offset(callback, 0, 2 * (steps - 1)))
-        h_T = ode_encode(lambda x, t: self.eps_h(x, t, z0, feat), latents.h, self.schedule(), steps,
+        h_T = ode_encode(self._eps_h_of(z0, feat), latents.h, self.schedule(), steps,
                          self._offset(callback, steps - 1, 2 * (steps - 1)))
         return LionLatents(z_T, h_T)
 
@@ -360,9 +369,9 @@ class LionModel(nn.Module):
         self._check_latents(noise, "noise")
         self._check_prior_points(noise.h, "noise.h")
         feat = self._clip(clip_feat, len(noise))
-        z0 = ode_decode(lambda x, t: self.eps_z(x, t, feat), noise.z, self.schedule(), steps,
+        z0 = ode_decode(self._eps_z_of(feat), noise.z, self.schedule(), steps,
                         self._offset(callback, 0, 2 * (steps - 1)))
-        h0 = ode_decode(lambda x, t: self.eps_h(x, t, z0, feat), noise.h, self.schedule(), steps,
+        h0 = ode_decode(self._eps_h_of(z0, feat), noise.h, self.schedule(), steps,
                         self._offset(callback, steps - 1, 2 * (steps - 1)))
         return LionLatents(z0, h0)
 
