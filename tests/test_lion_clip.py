@@ -357,6 +357,31 @@ def test_each_training_row_is_conditioned_on_its_own_shapes_feature(shapes, vae,
     assert len({tuple(i) for i in drawn}) > 1 or len(set(drawn[0])) > 1  # the rows are not all one shape
 
 
+def test_a_resumed_conditioned_run_recomputes_the_features_and_continues_exactly(shapes, vae, tmp_path):
+    oracle = OracleCLIPEmbedder(image_size=32, pool_size=8, embed_dim=24)
+
+    def cfg(out, **extra):
+        return {**dict(data=str(shapes), vae=str(vae), out=str(out), steps=4, batch_size=2, lr=1e-3, device="cpu",
+                       save_every=2, log_every=1, seed=3, pool_factor=2, clip_views=2, clip_model="oracle"), **extra}
+
+    whole = train_lion_ddm(cfg(tmp_path / "whole"), progress=False, clip_embedder=oracle)
+    seen = []
+
+    def crash_after_3(step, record):
+        seen.append(record)
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_lion_ddm(cfg(tmp_path / "cut"), progress=False, callback=crash_after_3, clip_embedder=oracle)
+    # resumed with the recorded clip_views (2), whatever the flags say now
+    resumed = train_lion_ddm(cfg(tmp_path / "cut", resume=True, clip_views=5), progress=False, clip_embedder=oracle)
+    assert [h["step"] for h in resumed.history] == [3, 4] and resumed.metadata["clip_views"] == 2
+    assert [h["loss"] for h in seen[:2] + resumed.history] == [h["loss"] for h in whole.history]
+    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+
+
 # ---------------------------------------------------------------------------------------------------- mechanism
 
 def test_a_trained_conditioned_prior_uses_its_shapes_own_feature(shapes, vae):
