@@ -306,6 +306,9 @@ def test_the_cli_trains_a_text_conditioned_ddm_and_generates_from_a_prompt(shape
     assert by_image.metadata["condition"] == "image"
     with pytest.raises(ParamError, match="needs a prompt or an image"):
         _run("lion_generate", dict(model=str(out), num_samples=1, num_inference_steps=2, make_mesh=False))
+    both = parse_config(PIPELINES["lion_generate"].config_class, dict(model=str(out), prompt="a stool"))
+    with pytest.raises(ParamError, match="a prompt or an image, not both"):
+        PIPELINES["lion_generate"].check_inputs(both, PipelineInputs(meshes={}, images={"image": image}))
     with pytest.raises(ParamError, match="takes unconditional LION models only"):
         mesh = _mesh(trimesh.creation.icosphere(2))
         spec = PIPELINES["lion_variations"]

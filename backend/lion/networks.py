@@ -321,6 +321,7 @@ class PriorSEDrop(nn.Module):
     temb = Conv(4E → nf)(Conv(E → 4E)(sinusoid_E(t))) (no activation between, as public); x → ``input_layer`` →
     ``prior_blocks`` × [x + SE(ReLU(conv2(dropout(ReLU(conv1(x + temb))))))] → ``output_layer``. 1×1 convs on
     (B, C, 1, 1) as the public code. ``mixing_logit`` (1, style_dim, 1, 1) when ``cfg.mixed_prediction``.
+    ``forward``'s ``clip_feat`` must be None (an unconditional network; :class:`PriorSEClip` takes one).
     """
 
     def __init__(self, cfg: LionConfig):

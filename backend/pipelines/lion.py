@@ -418,6 +418,14 @@ def run_generate(config: LionGenerateConfig, inputs: PipelineInputs, ctx: JobCon
                    {"latents": latents, "clip_feat": clip_feat})
 
 
+def check_generate_inputs(config: LionGenerateConfig, inputs: PipelineInputs) -> None:
+    """Submit-time rule of ``lion_generate``: a prompt or an image, not both (whether the model takes either is known
+    once it is loaded). Raises ParamError."""
+    if IMAGE_INPUT in inputs.images and config.prompt.strip():
+        raise ParamError("lion_generate takes a prompt or an image, not both (a text-conditioned model is conditioned "
+                         "on one CLIP feature)")
+
+
 def _condition(model: _Model, prompt: str, inputs: PipelineInputs, ctx: JobContext
                ) -> tuple[torch.Tensor | None, str]:
     """The CLIP feature ``lion_generate`` samples with and what it came from (``text``, ``image`` or ``none``)."""
