@@ -38,7 +38,7 @@ from backend.lion.model import LionLatents, LionModel
 from backend.lion.networks import PriorSEClip, PriorSEDrop, PVCNN2Prior
 from backend.lion.train import PointCloudFolder, train_lion_ddm, train_lion_vae
 from backend.models.cache import ModelCache
-from backend.models.clip import load_clip
+from backend.models.clip import load_clip, open_clip_available
 from backend.params import ParamError, parse_config
 from backend.pipelines import PIPELINES
 from backend.pipelines.base import JobContext, PipelineInputs
@@ -254,12 +254,18 @@ def test_renders_are_grey_shapes_on_white_and_features_are_raw_view_averages():
         render_views(TriMesh(np.zeros((3, 3), np.float32), np.array([[0, 1, 2]], np.int32)), 2, 48)
 
 
-def test_text_and_image_features_are_the_raw_clip_embeddings():
-    clip = load_clip("tiny-random", "cpu")
+@pytest.mark.parametrize("backend", ["open_clip", "transformers"])
+def test_text_and_image_features_are_the_raw_clip_embeddings(backend):
+    if backend == "open_clip" and not open_clip_available():
+        pytest.skip("open_clip does not import here")
+    clip = load_clip("tiny-random", "cpu", backend=backend)
     text = text_features(clip, ["a chair"])
     assert text.shape == (1, clip.embed_dim)
     assert torch.allclose(text / text.norm(dim=1, keepdim=True), clip.encode_texts(["a chair"]), atol=1e-5)
     assert abs(float(text.norm()) - 1.0) > 1e-3  # not normalised (the public demo's encode_text(...).float())
+    pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    raw = clip.encode_images(pixels, normalize=False)
+    assert torch.allclose(raw / raw.norm(dim=1, keepdim=True), clip.encode_images(pixels), atol=1e-5)
     rgba = np.zeros((40, 40, 4), np.uint8)
     rgba[10:30, 10:30] = (200, 50, 50, 255)  # a red square, transparent around it → white
     rgb = np.full((40, 40, 3), 255, np.uint8)
