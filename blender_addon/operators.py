@@ -519,8 +519,8 @@ class LATENTFORGE_OT_generate(bpy.types.Operator):
 
 class LATENTFORGE_OT_generate_shape(bpy.types.Operator):
     """Generate shapes from the prompt or an image with the Shape panel's model (Michelangelo, Shap-E, Point-E; LION
-    unconditionally; runs on the backend); each sample becomes an object (a mesh or a point cloud), side by side
-    along X at the 3D cursor"""
+    unconditionally, or from the prompt with a text-conditioned model; runs on the backend); each sample becomes an
+    object (a mesh or a point cloud), side by side along X at the 3D cursor"""
 
     bl_idname = "latentforge.generate_shape"
     bl_label = "Generate Shape"
@@ -541,8 +541,8 @@ class LATENTFORGE_OT_generate_shape(bpy.types.Operator):
             return _fail(self, context, sess, f"The connected backend's {pipeline} takes no image: set Shape From to "
                                               "'Prompt'")
         description = fields.described_params(pipeline, backend)
-        conditioned = fields.has_field(pipeline, "prompt", description)  # LION's generator is unconditional
-        if image is None and conditioned and not settings.prompt.strip():
+        conditioned = fields.has_field(pipeline, "prompt", description)  # an older backend's LION has no prompt
+        if image is None and conditioned and not settings.prompt.strip() and pipeline not in fields.PROMPT_OPTIONAL:
             return _fail(self, context, sess, "The prompt is empty and no image is chosen: type a prompt, or set "
                                               "Shape From to 'Image' or 'File'")
         label = image_label or (settings.prompt.strip() if conditioned else "") \

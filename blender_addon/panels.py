@@ -329,6 +329,8 @@ class LATENTFORGE_PT_shape(_TaskPanel, bpy.types.Panel):
             box.label(text=f"{method.label} generates without a prompt", icon="INFO")
         elif settings.shape_input == "PROMPT" or not fields.takes_input(pipeline, "image", backend):
             box.prop(settings, "prompt")
+            if pipeline in fields.PROMPT_OPTIONAL:
+                box.label(text="Text-conditioned models only: leave empty for the others", icon="INFO")
         elif settings.shape_input == "IMAGE":
             box.template_ID(settings, "shape_image", open="image.open")
         else:

@@ -33,14 +33,15 @@ class CLIPEmbedder(Protocol):
     image_size: int
     embed_dim: int
 
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+    def encode_images(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """``(B, 3, H, W)`` float display-RGB (sRGB-encoded) images in [0, 1], any H, W (resized to
-        ``image_size``, then normalised with the model's mean/std) → ``(B, D)`` float32 unit vectors;
-        differentiable with respect to ``images``."""
+        ``image_size``, then normalised with the model's mean/std) → ``(B, D)`` float32 unit vectors (the raw
+        projected embeddings with ``normalize=False``: LION's conditioning); differentiable with respect to
+        ``images``."""
         ...
 
-    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """``N`` prompts → ``(N, D)`` float32 unit vectors (no gradient)."""
+    def encode_texts(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
+        """``N`` prompts → ``(N, D)`` float32 unit vectors (raw with ``normalize=False``; no gradient)."""
         ...
 
 

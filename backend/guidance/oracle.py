@@ -59,12 +59,13 @@ class OracleCLIPEmbedder:
         self.projection = torch.randn((embed_dim, features + 1), generator=generator) / embed_dim ** 0.5
         self.constant = 0.25 * features ** 0.5  # the norm of a typical centred image's features
 
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` float images → ``(B, D)`` unit vectors (differentiable)."""
+    def encode_images(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """``(B, 3, H, W)`` float images → ``(B, D)`` unit vectors (the projection itself with
+        ``normalize=False``; differentiable)."""
         pooled = torch.nn.functional.adaptive_avg_pool2d(images.float(), self.pool_size).flatten(1) - 0.5
         constant = torch.full((pooled.shape[0], 1), self.constant, device=pooled.device)
         embeds = torch.cat([pooled, constant], dim=1) @ self.projection.to(images.device).T
-        return torch.nn.functional.normalize(embeds, dim=-1)
+        return torch.nn.functional.normalize(embeds, dim=-1) if normalize else embeds
 
-    def encode_texts(self, texts) -> torch.Tensor:
+    def encode_texts(self, texts, normalize: bool = True) -> torch.Tensor:
         raise ValueError("the oracle CLIP embedder has no text tower: give CLIPGuidance a ReferenceViews target")

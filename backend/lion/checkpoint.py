@@ -10,6 +10,14 @@ schedulers). Our module names are the public ones, so the mapping is ``vae.<key>
 ``module.`` (DistributedDataParallel) is dropped. Loading is strict: a missing, unexpected or wrong-shape key raises
 :class:`CheckpointError` listing every such key with expected vs found shapes.
 
+A conditioned public checkpoint (``script/train_prior_clip.sh``: ``clipforge.enable``, the shape-latent prior a
+``PriorSEClip``) has the same VAE and the extra prior keys ``0.clip_feat_mapping.{weight,bias}`` (Conv1d, (nf,
+feat_dim, 1)), ``0.all_modules.<i>.conv1.weight`` (nf, 2·nf, 1, 1) instead of (nf, nf, 1, 1), and
+``1.clip_forge_mapping.{weight,bias}`` (Linear feat_dim → time_dim), ``1.style_clip.{weight,bias}`` (Linear
+style_dim + time_dim → style_dim). :func:`public_config` reads ``clip_dim`` from ``clip_feat_mapping``; the CLIP is
+the public scripts' ViT-B/32 (``ViT-B-32/openai``). None has been released (the public ``demo.py`` names one that
+"is not released yet").
+
 Where files are looked for: ``$LATENTFORGE_LION_CKPT`` (the unzipped ``lion_ckpt`` folder), else
 ``~/.cache/latentforge/lion``. Only :func:`download_checkpoint` (or ``allow_download``) touches the network.
 Files are read with ``torch.load(weights_only=True)``.
@@ -26,6 +34,7 @@ import pickle
 import shutil
 import zipfile
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +49,7 @@ from .model import LionModel
 
 __all__ = ["CheckpointError", "ARCHIVE", "FORMAT_NAME", "cache_dir", "public_member", "checkpoint_path",
            "download_checkpoint", "read_public_state_dict", "check_state_dict", "load_state_dict_checked",
-           "build_model", "save_checkpoint", "load_checkpoint", "load_lion"]
+           "public_config", "build_model", "save_checkpoint", "load_checkpoint", "load_lion"]
 
 ARCHIVE = "lion_ckpt.zip"
 CACHE_ENV = "LATENTFORGE_LION_CKPT"
@@ -160,6 +169,20 @@ def read_public_state_dict(source: str | os.PathLike | Mapping[str, Any]) -> dic
     return state
 
 
+CLIP_KEY = "priors.0.clip_feat_mapping.weight"
+"""The key that marks a CLIP-conditioned checkpoint (public ``PriorSEClip.clip_feat_mapping``)."""
+
+
+def public_config(state: Mapping[str, torch.Tensor], base: LionConfig) -> LionConfig:
+    """The config of a public-format state dict (our names): ``base`` (a released preset), with ``clip_dim`` =
+    ``clip_feat_mapping``'s input width when the checkpoint is CLIP-conditioned (else ``base`` unchanged; the strict
+    load then checks every other key and shape)."""
+    weight = state.get(CLIP_KEY)
+    if weight is None or weight.dim() != 3:
+        return base
+    return replace(base, clip_dim=int(weight.shape[1]))
+
+
 def build_model(config: LionConfig, seed: int | None = 0) -> LionModel:
     """A :class:`LionModel` with random weights (public init), seeded when ``seed`` is not None (torch's global
     generator is restored afterwards)."""
@@ -229,7 +252,8 @@ def load_lion(model: str, device: str | torch.device = "auto", dtype: torch.dtyp
     """Load a LION model for the model cache (eval mode, no gradients).
 
     ``model`` is a released preset (``chair``, ``airplane``, ``car``: the file in :func:`cache_dir`), a path to a
-    released ``model.pt`` (the chair architecture; all released models share it), a :func:`save_checkpoint` folder,
+    public-format ``model.pt`` (the chair architecture, which all released models share; CLIP-conditioned when its
+    keys say so, :func:`public_config`), a :func:`save_checkpoint` folder,
     or ``tiny`` / ``tiny-random`` (seeded random weights, no file).
 
     Raises:
@@ -255,6 +279,7 @@ def load_lion(model: str, device: str | torch.device = "auto", dtype: torch.dtyp
                                          f"{', '.join([*PRESETS, 'tiny', TINY_RANDOM])}, a model.pt path or a "
                                          f"checkpoint folder")
             state = read_public_state_dict(source)
+            config = public_config(state, config)
             with torch.device("meta"):
                 net = LionModel(config)
             net = net.to_empty(device="cpu")

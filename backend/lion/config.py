@@ -24,6 +24,10 @@ code (github.com/nv-tlabs/LION): the released prior configs ``config/{chair,airp
   β_t (``fixedlarge``), ``ddpm.ddim_step`` = 200 for the fast sampler. ``sde.mixed_prediction`` is **false** in the
   released configs (``models/lion.py`` asserts it) although the paper trains with the mixed score; when true,
   ``sde.mixing_logit_init`` = −6 initialises one learned logit per latent dimension (:mod:`.diffusion`).
+- Text / image conditioning (``script/train_prior_clip.sh``, CLIP-Forge style): ``clipforge.enable`` with
+  ``clipforge.feat_dim`` = 512 and ``clipforge.clip_model`` = ViT-B/32; the VAE is the unconditional one, only the two
+  priors take the CLIP feature (``PriorSEClip`` as ``latent_pts.style_prior``; ``clip_forge_mapping`` and
+  ``style_clip`` in the latent-point prior). The released checkpoints are unconditional (``clip_dim`` = 0).
 - Data (``datasets/pointflow_datasets.py``): ShapeNetCore.v2.PC15k, ``normalize_global`` (one mean (3,) and one
   scalar std over the training set); see :mod:`.data`.
 """
@@ -91,6 +95,10 @@ class LionConfig(Config):
                             "(sde.ddim_kappa).", low=0.0, high=1.0)
     kl_weight: float = param(0.5, doc="Final KL coefficient of VAE training (sde.kl_max_coeff_vada).", low=0.0,
                              high=100.0)
+    clip_dim: int = param(0, doc="Width of the CLIP feature both priors are conditioned on (clipforge.feat_dim: 512 "
+                          "for ViT-B/32); 0 = unconditional (the released models).", low=0, high=4096)
+    clip_model: str = param("ViT-B-32/openai", doc="The CLIP whose raw (unnormalised) embeddings condition the priors "
+                            "(clipforge.clip_model ViT-B/32); used only when clip_dim > 0.")
 
     def validate(self) -> None:
         if self.beta_start >= self.beta_end:
@@ -104,6 +112,8 @@ class LionConfig(Config):
             if channels < self.group_norm_groups or channels % self.group_norm_groups:
                 raise ParamError(f"width_multiplier = {self.width_multiplier} gives {channels} channels, not a "
                                  f"multiple of group_norm_groups = {self.group_norm_groups}")
+        if self.clip_dim > 0 and not self.clip_model.strip():
+            raise ParamError(f"clip_model must name a CLIP model when clip_dim = {self.clip_dim} > 0")
         if int(self.voxel_resolution_multiplier * 8) < 1:
             raise ParamError(f"voxel_resolution_multiplier = {self.voxel_resolution_multiplier} makes the 8³ grid "
                              f"empty")
@@ -117,6 +127,11 @@ class LionConfig(Config):
     def latent_point_dim(self) -> int:
         """Numbers per latent point: xyz + ``latent_dim`` features."""
         return 3 + self.latent_dim
+
+    @property
+    def conditioned(self) -> bool:
+        """Whether both priors take a CLIP feature (``clip_dim`` > 0)."""
+        return self.clip_dim > 0
 
 
 PRESETS: dict[str, LionConfig] = {

@@ -21,7 +21,7 @@ from .config import LionConfig
 from .data import check_points
 from .diffusion import (Schedule, StepCallback, ddim_sample, ddpm_sample, mixed_eps, ode_decode, ode_encode, q_sample,
                         randn)
-from .networks import LionVAE, PriorSEDrop, PVCNN2Prior
+from .networks import LionVAE, PriorSEClip, PriorSEDrop, PVCNN2Prior, check_clip_feat
 
 __all__ = ["LionLatents", "LionModel", "SAMPLERS"]
 
@@ -64,7 +64,15 @@ def _kl_normal(mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
 
 class LionModel(nn.Module):
     """LION: ``vae`` (:class:`~.networks.LionVAE`) + ``priors`` = [shape-latent DDM
-    (:class:`~.networks.PriorSEDrop`), latent-point DDM (:class:`~.networks.PVCNN2Prior`)].
+    (:class:`~.networks.PriorSEDrop`, or :class:`~.networks.PriorSEClip` when ``config.clip_dim`` > 0), latent-point
+    DDM (:class:`~.networks.PVCNN2Prior`)].
+
+    A conditioned model (``config.clip_dim`` > 0, LION's text / single-view-image application, CLIP-Forge style) takes
+    ``clip_feat``: (B, clip_dim), (1, clip_dim) or (clip_dim,) float raw CLIP embeddings (the public code trains on
+    the view-averaged image embeddings of each shape and samples from ``encode_text``, neither normalised) in every
+    DDM method (:meth:`eps_z`, :meth:`eps_h`, :meth:`ddm_loss`, :meth:`sample`, :meth:`diffuse_denoise`,
+    :meth:`to_noise`, :meth:`from_noise`); there it is required, and an unconditional model refuses it (a ValueError
+    naming ``clip_feat``). The VAE is the same either way.
 
     Point clouds in and out are (B, N, 3) float in the normalised model frame (:func:`.data.normalize_points`);
     N ≥ ``config.sa_centers[0]`` for the VAE, N = ``config.num_points`` for generation (and for the prior when it has
@@ -76,7 +84,8 @@ class LionModel(nn.Module):
         super().__init__()
         self.config = config
         self.vae = LionVAE(config)
-        self.priors = nn.ModuleList([PriorSEDrop(config), PVCNN2Prior(config)])
+        shape_prior = PriorSEClip(config) if config.clip_dim > 0 else PriorSEDrop(config)
+        self.priors = nn.ModuleList([shape_prior, PVCNN2Prior(config)])
         self._schedule: Schedule | None = None
 
     # -- helpers -------------------------------------------------------------------------------------------------------
@@ -107,20 +116,46 @@ class LionModel(nn.Module):
         if not (bool(torch.isfinite(z).all()) and bool(torch.isfinite(h).all())):
             raise ValueError(f"{name} contains NaN or infinite values")
 
+    def _clip(self, clip_feat: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        feat = check_clip_feat(clip_feat, self.config.clip_dim, batch)
+        return None if feat is None else feat.to(self.device, torch.float32)
+
+    def _eps_z_of(self, feat: torch.Tensor | None):
+        """``eps(x, t)`` of the shape-latent DDM (with ``feat`` bound; :meth:`eps_z` itself when unconditional)."""
+        return self.eps_z if feat is None else (lambda x, t: self.eps_z(x, t, feat))
+
+    def _eps_h_of(self, z: torch.Tensor, feat: torch.Tensor | None):
+        """``eps(x, t)`` of the latent-point DDM given z0 (and ``feat`` when conditioned)."""
+        return (lambda x, t: self.eps_h(x, t, z)) if feat is None else (lambda x, t: self.eps_h(x, t, z, feat))
+
     def _check_prior_points(self, h: torch.Tensor, name: str) -> None:
         if self.config.mixed_prediction and h.shape[1] != self.config.num_points:
             raise ValueError(f"{name} has {h.shape[1]} latent points; this prior (mixing logits) needs "
                              f"{self.config.num_points}")
 
-    def eps_z(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """Mixed ε̂ of the shape-latent DDM: z_t (B, style_dim), t (B,) float in 1..T → (B, style_dim)."""
-        prior = self.priors[0]
-        return mixed_eps(prior(z_t, t), z_t, t, self.schedule(), prior.mixing_coeff())
+    def eps_z(self, z_t: torch.Tensor, t: torch.Tensor, clip_feat: torch.Tensor | None = None) -> torch.Tensor:
+        """Mixed ε̂ of the shape-latent DDM: z_t (B, style_dim), t (B,) float in 1..T[, clip_feat (B, clip_dim)] →
+        (B, style_dim).
 
-    def eps_h(self, h_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """Mixed ε̂ of the latent-point DDM: h_t (B, N, 3 + latent_dim), t (B,), condition z0 (B, style_dim)."""
+        Raises:
+            ValueError: ``clip_feat`` missing for a conditioned model, given to an unconditional one, or mis-shaped.
+        """
+        prior = self.priors[0]
+        feat = self._clip(clip_feat, z_t.shape[0])
+        out = prior(z_t, t) if feat is None else prior(z_t, t, feat)
+        return mixed_eps(out, z_t, t, self.schedule(), prior.mixing_coeff())
+
+    def eps_h(self, h_t: torch.Tensor, t: torch.Tensor, z: torch.Tensor, clip_feat: torch.Tensor | None = None
+              ) -> torch.Tensor:
+        """Mixed ε̂ of the latent-point DDM: h_t (B, N, 3 + latent_dim), t (B,), condition z0 (B, style_dim)[,
+        clip_feat (B, clip_dim)].
+
+        Raises:
+            ValueError: as :meth:`eps_z`.
+        """
         prior = self.priors[1]
-        return mixed_eps(prior(h_t, t, z), h_t, t, self.schedule(), prior.mixing_coeff())
+        feat = self._clip(clip_feat, h_t.shape[0])
+        return mixed_eps(prior(h_t, t, z, feat), h_t, t, self.schedule(), prior.mixing_coeff())
 
     def _run(self, sampler: str, eps_fn, x: torch.Tensor, start: int, steps: int, generator, callback, offset: int,
              total: int, eta: float) -> torch.Tensor:
@@ -204,19 +239,20 @@ class LionModel(nn.Module):
 
     # -- the latent DDMs -----------------------------------------------------------------------------------------------
 
-    def ddm_loss(self, latents: LionLatents, which: str = "z", generator: torch.Generator | None = None
-                 ) -> torch.Tensor:
+    def ddm_loss(self, latents: LionLatents, which: str = "z", generator: torch.Generator | None = None,
+                 clip_feat: torch.Tensor | None = None) -> torch.Tensor:
         """ε-prediction loss of one latent DDM (public ``train_2prior``, ``pvd_mse_loss``): t ~ U{1..T},
         x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε, loss = mean (ε̂ − ε)² with the mixed ε̂. ``which`` = ``z`` (shape latent) or
         ``h`` (latent points, conditioned on ``latents.z``). Latents are the VAE's (detach them for prior-only
-        training).
+        training). ``clip_feat`` (B, clip_dim): each shape's raw CLIP feature, for a conditioned model.
 
         Raises:
-            ValueError: unknown ``which`` or bad latents.
+            ValueError: unknown ``which``, bad latents, ``clip_feat`` missing / refused / mis-shaped.
         """
         if which not in ("z", "h"):
             raise ValueError(f"which = {which!r} must be 'z' or 'h'")
         self._check_latents(latents)
+        feat = self._clip(clip_feat, len(latents))
         x0 = latents.z if which == "z" else latents.h
         if which == "h":
             self._check_prior_points(x0, "latents.h")
@@ -225,13 +261,14 @@ class LionModel(nn.Module):
         t = torch.randint(1, self.config.timesteps + 1, (b,), generator=generator, device=gen_device).to(x0.device)
         noise = randn(x0.shape, generator, x0.device, x0.dtype)
         x_t = q_sample(self.schedule(), x0, t, noise)
-        eps = self.eps_z(x_t, t.float()) if which == "z" else self.eps_h(x_t, t.float(), latents.z)
+        eps_fn = self._eps_z_of(feat) if which == "z" else self._eps_h_of(latents.z, feat)
+        eps = eps_fn(x_t, t.float())
         return F.mse_loss(eps, noise)
 
     @torch.no_grad()
     def sample(self, num: int, steps: int | None = None, sampler: str = "ddpm",
                generator: torch.Generator | None = None, callback: StepCallback | None = None,
-               eta: float | None = None) -> LionLatents:
+               eta: float | None = None, clip_feat: torch.Tensor | None = None) -> LionLatents:
         """Generate ``num`` latents: z0 from the shape-latent DDM, then h0 (``config.num_points`` points) from the
         latent-point DDM conditioned on z0. Decode them with :meth:`decode`.
 
@@ -240,40 +277,47 @@ class LionModel(nn.Module):
             sampler: ``ddpm`` (ancestral) or ``ddim``.
             eta: DDIM noise (default ``config.ddim_eta``); ignored by ddpm.
             callback: ``callback(step, total, x)`` with total = 2 · steps (both DDMs); may raise to cancel.
+            clip_feat: (num | 1, clip_dim) raw CLIP features of a conditioned model (public ``demo.py``:
+                ``encode_text(tokens).float()``); None for an unconditional one.
         Raises:
-            ValueError: num < 1, unknown sampler, steps outside 1..T.
+            ValueError: num < 1, unknown sampler, steps outside 1..T, ``clip_feat`` missing / refused / mis-shaped.
         """
         if not isinstance(num, int) or isinstance(num, bool) or num < 1:
             raise ValueError(f"num = {num!r} must be a positive integer")
+        feat = self._clip(clip_feat, num)
         c = self.config
         steps = self._steps(sampler, steps, c.timesteps)
         eta = c.ddim_eta if eta is None else float(eta)
         device = self.device
         z_T = randn((num, c.style_dim), generator, device)
-        z = self._run(sampler, self.eps_z, z_T, c.timesteps, steps, generator, callback, 0, 2 * steps, eta)
+        z = self._run(sampler, self._eps_z_of(feat), z_T, c.timesteps, steps, generator, callback, 0,
+                      2 * steps, eta)
         h_T = randn((num, c.num_points, c.latent_point_dim), generator, device)
-        h = self._run(sampler, lambda x, t: self.eps_h(x, t, z), h_T, c.timesteps, steps, generator, callback,
+        h = self._run(sampler, self._eps_h_of(z, feat), h_T, c.timesteps, steps, generator, callback,
                       steps, 2 * steps, eta)
         return LionLatents(z, h)
 
     @torch.no_grad()
     def diffuse_denoise(self, latents: LionLatents, tau: int, steps: int | None = None, sampler: str = "ddpm",
                         generator: torch.Generator | None = None, callback: StepCallback | None = None,
-                        diffuse_z: bool = True, eta: float | None = None) -> LionLatents:
+                        diffuse_z: bool = True, eta: float | None = None, clip_feat: torch.Tensor | None = None
+                        ) -> LionLatents:
         """Diffuse latents to timestep ``tau`` with q(x_τ | x_0), then denoise back (LION §3.3: multimodal generation,
         voxel-guided synthesis and denoising; public ``trainers/denoise_pts.py``). z0 first (unless ``diffuse_z`` is
         false: z0 kept), then h0 conditioned on the new z0. Small τ keeps the input, τ near T forgets it.
 
         Args:
             tau: integer in 1..T. steps: denoising steps per DDM in 1..τ (default τ for ddpm, min(ddim_steps, τ)).
+            clip_feat: (B | 1, clip_dim) raw CLIP features (conditioned models only).
         Raises:
-            ValueError: tau outside 1..T (the message names ``tau``), bad steps / sampler / latents.
+            ValueError: tau outside 1..T (the message names ``tau``), bad steps / sampler / latents / ``clip_feat``.
         """
         c = self.config
         if not isinstance(tau, int) or isinstance(tau, bool) or not 1 <= tau <= c.timesteps:
             raise ValueError(f"tau = {tau!r} must be an integer in 1..{c.timesteps}")
         self._check_latents(latents)
         self._check_prior_points(latents.h, "latents.h")
+        feat = self._clip(clip_feat, len(latents))
         steps = self._steps(sampler, steps, tau)
         eta = c.ddim_eta if eta is None else float(eta)
         schedule = self.schedule()
@@ -283,42 +327,51 @@ class LionModel(nn.Module):
         z = latents.z
         if diffuse_z:
             z_t = q_sample(schedule, z, t, randn(z.shape, generator, z.device, z.dtype))
-            z = self._run(sampler, self.eps_z, z_t, tau, steps, generator, callback, 0, stages * steps, eta)
+            z = self._run(sampler, self._eps_z_of(feat), z_t, tau, steps, generator, callback, 0,
+                          stages * steps, eta)
         h = latents.h
         h_t = q_sample(schedule, h, t, randn(h.shape, generator, h.device, h.dtype))
-        h = self._run(sampler, lambda x, tt: self.eps_h(x, tt, z), h_t, tau, steps, generator, callback,
+        h = self._run(sampler, self._eps_h_of(z, feat), h_t, tau, steps, generator, callback,
                       (stages - 1) * steps, stages * steps, eta)
         return LionLatents(z, h)
 
     @torch.no_grad()
-    def to_noise(self, latents: LionLatents, steps: int = 50, callback: StepCallback | None = None) -> LionLatents:
+    def to_noise(self, latents: LionLatents, steps: int = 50, callback: StepCallback | None = None,
+                 clip_feat: torch.Tensor | None = None) -> LionLatents:
         """Deterministic encoding of latents into the DDMs' noise through the probability-flow ODE (DDIM η = 0):
-        z0 → z_T, then h0 → h_T conditioned on z0. Interpolate in this space, then :meth:`from_noise`.
+        z0 → z_T, then h0 → h_T conditioned on z0 (and ``clip_feat`` (B | 1, clip_dim) for a conditioned model).
+        Interpolate in this space, then :meth:`from_noise`.
 
         Raises:
-            ValueError: steps outside 2..T, bad latents.
+            ValueError: steps outside 2..T, bad latents, ``clip_feat`` missing / refused / mis-shaped.
         """
         steps = self._ode_steps(steps)
         self._check_latents(latents)
         self._check_prior_points(latents.h, "latents.h")
+        feat = self._clip(clip_feat, len(latents))
         z0 = latents.z
-        z_T = ode_encode(self.eps_z, z0, self.schedule(), steps, self._offset(callback, 0, 2 * (steps - 1)))
-        h_T = ode_encode(lambda x, t: self.eps_h(x, t, z0), latents.h, self.schedule(), steps,
+        z_T = ode_encode(self._eps_z_of(feat), z0, self.schedule(), steps,
+                         self._offset(callback, 0, 2 * (steps - 1)))
+        h_T = ode_encode(self._eps_h_of(z0, feat), latents.h, self.schedule(), steps,
                          self._offset(callback, steps - 1, 2 * (steps - 1)))
         return LionLatents(z_T, h_T)
 
     @torch.no_grad()
-    def from_noise(self, noise: LionLatents, steps: int = 50, callback: StepCallback | None = None) -> LionLatents:
-        """Inverse of :meth:`to_noise`: z_T → z0, then h_T → h0 conditioned on the new z0 (probability-flow ODE).
+    def from_noise(self, noise: LionLatents, steps: int = 50, callback: StepCallback | None = None,
+                   clip_feat: torch.Tensor | None = None) -> LionLatents:
+        """Inverse of :meth:`to_noise`: z_T → z0, then h_T → h0 conditioned on the new z0 (probability-flow ODE;
+        ``clip_feat`` as :meth:`to_noise`).
 
         Raises:
-            ValueError: steps outside 2..T, bad noise latents.
+            ValueError: steps outside 2..T, bad noise latents, ``clip_feat`` missing / refused / mis-shaped.
         """
         steps = self._ode_steps(steps)
         self._check_latents(noise, "noise")
         self._check_prior_points(noise.h, "noise.h")
-        z0 = ode_decode(self.eps_z, noise.z, self.schedule(), steps, self._offset(callback, 0, 2 * (steps - 1)))
-        h0 = ode_decode(lambda x, t: self.eps_h(x, t, z0), noise.h, self.schedule(), steps,
+        feat = self._clip(clip_feat, len(noise))
+        z0 = ode_decode(self._eps_z_of(feat), noise.z, self.schedule(), steps,
+                        self._offset(callback, 0, 2 * (steps - 1)))
+        h0 = ode_decode(self._eps_h_of(z0, feat), noise.h, self.schedule(), steps,
                         self._offset(callback, steps - 1, 2 * (steps - 1)))
         return LionLatents(z0, h0)
 

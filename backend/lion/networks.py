@@ -11,6 +11,8 @@
 - :class:`PVCNN2Prior` (``models/latent_points_ada_localprior.py``): the latent-point DDM network, ε(h_t, t; z0).
 - :class:`PriorSEDrop` (``models/score_sde/resnet.py``): the shape-latent DDM network, ε(z_t, t) — 1×1-conv residual
   blocks with squeeze-excitation and dropout (the released configs' ``latent_pts.style_prior``).
+- :class:`PriorSEClip` (same file): its CLIP-conditioned form, ε(z_t, t, c) (``script/train_prior_clip.sh``); with
+  ``cfg.clip_dim`` > 0 :class:`PVCNN2Prior` also takes c (``clip_forge_mapping``, ``style_clip``).
 
 All point tensors at the public boundary are (B, N, C) in the model frame (the normalised data frame, see
 :mod:`.data`); inside the PVCNN they are channels-first.
@@ -28,7 +30,7 @@ from .pvcnn import LinearAttention, SharedMLP, build_fp_stages, build_sa_stages,
 
 __all__ = ["VAE_SA_BLOCKS", "VAE_FP_BLOCKS", "PRIOR_SA_BLOCKS", "STYLE_SA_BLOCKS", "timestep_embedding",
            "PVCNN2Unet", "PointNetPlusEncoder", "PointTransPVC", "LatentPointDecPVC", "LionVAE", "PVCNN2Prior",
-           "PriorSEDrop"]
+           "PriorSEDrop", "PriorSEClip", "check_clip_feat"]
 
 VAE_SA_BLOCKS = (  # (conv: out, blocks, resolution), (sa: centres, radius, neighbours, widths)
     ((32, 2, 32), (1024, 0.1, 32, (32, 64))),
@@ -220,21 +222,66 @@ class LionVAE(nn.Module):
         self.decoder = LatentPointDecPVC(cfg)
 
 
+def check_clip_feat(clip_feat: torch.Tensor | None, clip_dim: int, batch: int) -> torch.Tensor | None:
+    """The CLIP feature a prior is called with, checked against its ``clip_dim``.
+
+    Args:
+        clip_feat: (batch, clip_dim), (1, clip_dim) or (clip_dim,) float raw CLIP embedding(s), or None.
+        clip_dim: the network's ``cfg.clip_dim`` (0 = unconditional).
+        batch: B of the call.
+    Returns:
+        (batch, clip_dim) float tensor (one row broadcast to all), or None for an unconditional network.
+    Raises:
+        ValueError naming ``clip_feat``: missing for a conditioned network, given to an unconditional one, wrong
+        shape, not float or not finite.
+    """
+    if clip_dim == 0:
+        if clip_feat is not None:
+            raise ValueError("clip_feat must be None: this LION model is unconditional (clip_dim = 0)")
+        return None
+    if clip_feat is None:
+        raise ValueError(f"clip_feat is required: this LION model is conditioned on CLIP features (clip_dim = "
+                         f"{clip_dim}); pass a ({batch}, {clip_dim}) tensor")
+    if not isinstance(clip_feat, torch.Tensor) or not clip_feat.is_floating_point():
+        what = clip_feat.dtype if isinstance(clip_feat, torch.Tensor) else type(clip_feat).__name__
+        raise ValueError(f"clip_feat must be a float tensor, got {what}")
+    feat = clip_feat[None] if clip_feat.dim() == 1 else clip_feat
+    if feat.dim() != 2 or feat.shape[1] != clip_dim or feat.shape[0] not in (1, batch):
+        raise ValueError(f"clip_feat must have shape ({batch}, {clip_dim}), (1, {clip_dim}) or ({clip_dim},), got "
+                         f"{tuple(clip_feat.shape)}")
+    if not bool(torch.isfinite(feat).all()):
+        raise ValueError("clip_feat contains NaN or infinite values")
+    return feat.expand(batch, -1)
+
+
 class PVCNN2Prior(PVCNN2Unet):
-    """Latent-point DDM network: ε̂(h_t (B, N, 3 + latent_dim), t (B,) in 1..T, z0 (B, style_dim)) → (B, N, 3 +
-    latent_dim). ``mixing_logit`` (1, N·(3 + latent_dim), 1, 1) exists when ``cfg.mixed_prediction``."""
+    """Latent-point DDM network: ε̂(h_t (B, N, 3 + latent_dim), t (B,) in 1..T, z0 (B, style_dim)[, c (B, clip_dim)])
+    → (B, N, 3 + latent_dim). ``mixing_logit`` (1, N·(3 + latent_dim), 1, 1) exists when ``cfg.mixed_prediction``.
+
+    With ``cfg.clip_dim`` > 0 (public ``clipforge.enable``, ``models/latent_points_ada.py``) the style every AdaGN
+    sees is ``style_clip([z0, clip_forge_mapping(c)])``: ``clip_forge_mapping`` = Linear(clip_dim → time_dim),
+    ``style_clip`` = Linear(style_dim + time_dim → style_dim); c is the raw CLIP embedding.
+    """
 
     def __init__(self, cfg: LionConfig):
         super().__init__(cfg, cfg.latent_point_dim, cfg.time_dim, cfg.latent_dim, PRIOR_SA_BLOCKS, VAE_FP_BLOCKS,
                          cfg.vae_dropout)
         self.num_points = cfg.num_points
+        self.clip_dim = cfg.clip_dim
+        if cfg.clip_dim > 0:
+            self.clip_forge_mapping = nn.Linear(cfg.clip_dim, cfg.time_dim)
+            self.style_clip = nn.Linear(cfg.style_dim + cfg.time_dim, cfg.style_dim)
         if cfg.mixed_prediction:
             self.mixing_logit = nn.Parameter(torch.full((1, cfg.num_points * cfg.latent_point_dim, 1, 1),
                                                         cfg.mixing_logit_init))
         else:
             self.mixing_logit = None
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, style: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(self, x: torch.Tensor, t: torch.Tensor, style: torch.Tensor,  # type: ignore[override]
+                clip_feat: torch.Tensor | None = None) -> torch.Tensor:
+        feat = check_clip_feat(clip_feat, self.clip_dim, x.shape[0])
+        if feat is not None:
+            style = self.style_clip(torch.cat([style, self.clip_forge_mapping(feat.to(style.dtype))], dim=1))
         return super().forward(x.transpose(1, 2).contiguous(), style, t).transpose(1, 2)
 
     def mixing_coeff(self) -> torch.Tensor | None:
@@ -274,6 +321,7 @@ class PriorSEDrop(nn.Module):
     temb = Conv(4E → nf)(Conv(E → 4E)(sinusoid_E(t))) (no activation between, as public); x → ``input_layer`` →
     ``prior_blocks`` × [x + SE(ReLU(conv2(dropout(ReLU(conv1(x + temb))))))] → ``output_layer``. 1×1 convs on
     (B, C, 1, 1) as the public code. ``mixing_logit`` (1, style_dim, 1, 1) when ``cfg.mixed_prediction``.
+    ``forward``'s ``clip_feat`` must be None (an unconditional network; :class:`PriorSEClip` takes one).
     """
 
     def __init__(self, cfg: LionConfig):
@@ -282,14 +330,18 @@ class PriorSEDrop(nn.Module):
         self.embedding_dim, self.embedding_scale = emb, cfg.embedding_scale
         self.temb_layer = nn.Sequential(nn.Conv2d(emb, emb * 4, 1, 1), nn.Conv2d(emb * 4, nf, 1, 1))
         self.input_layer = nn.Conv2d(cfg.style_dim, nf, 1, 1)
-        self.all_modules = nn.ModuleList([_ResBlockSEDrop(nf, cfg.prior_dropout) for _ in range(cfg.prior_blocks)])
+        self.all_modules = nn.ModuleList([self._block(cfg) for _ in range(cfg.prior_blocks)])
         self.output_layer = nn.Conv2d(nf, cfg.style_dim, 1, 1)
         if cfg.mixed_prediction:
             self.mixing_logit = nn.Parameter(torch.full((1, cfg.style_dim, 1, 1), cfg.mixing_logit_init))
         else:
             self.mixing_logit = None
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def _block(self, cfg: LionConfig) -> nn.Module:
+        return _ResBlockSEDrop(cfg.prior_channels, cfg.prior_dropout)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, clip_feat: torch.Tensor | None = None) -> torch.Tensor:
+        check_clip_feat(clip_feat, 0, x.shape[0])
         temb = timestep_embedding(t.reshape(-1).expand(x.shape[0]), self.embedding_dim, self.embedding_scale)
         temb = self.temb_layer(temb[:, :, None, None])
         h = self.input_layer(x[:, :, None, None])
@@ -300,3 +352,50 @@ class PriorSEDrop(nn.Module):
     def mixing_coeff(self) -> torch.Tensor | None:
         """sigmoid(mixing_logit) as (1, style_dim), or None."""
         return None if self.mixing_logit is None else torch.sigmoid(self.mixing_logit).view(1, -1)
+
+
+class _ResBlockSEClip(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.conv1 = nn.Conv2d(2 * dim, dim, 1, 1)
+        self.conv2 = nn.Conv2d(dim, dim, 1, 1)
+        self.SE = _SE(dim)
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        out = torch.cat([x + temb[:, :self.dim], temb[:, self.dim:]], dim=1)
+        out = torch.relu(self.conv2(torch.relu(self.conv1(out))))
+        return x + self.SE(out)
+
+
+class PriorSEClip(PriorSEDrop):
+    """The CLIP-conditioned shape-latent DDM network (public ``PriorSEClip``, ``models/score_sde/resnet.py``):
+    ε̂(z_t (B, style_dim), t (B,) in 1..T, c (B, clip_dim) raw CLIP embedding) → (B, style_dim).
+
+    ``clip_feat_mapping`` = Conv1d(clip_dim → nf, 1) maps c to (B, nf, 1, 1), concatenated after the time embedding
+    (B, 2nf, 1, 1); each block (``ResBlockSEClip``, no dropout) is x + SE(ReLU(conv2(ReLU(conv1([x + temb_t,
+    temb_c]))))) with conv1 2nf → nf. Parameter names as public; ``temb_layer``, ``input_layer``, ``output_layer`` and
+    ``mixing_logit`` as :class:`PriorSEDrop`.
+    """
+
+    def __init__(self, cfg: LionConfig):
+        if cfg.clip_dim <= 0:
+            raise ValueError("PriorSEClip needs cfg.clip_dim > 0 (use PriorSEDrop for an unconditional prior)")
+        super().__init__(cfg)
+        self.clip_dim = cfg.clip_dim
+        self.clip_feat_mapping = nn.Conv1d(cfg.clip_dim, cfg.prior_channels, 1)
+
+    def _block(self, cfg: LionConfig) -> nn.Module:
+        return _ResBlockSEClip(cfg.prior_channels)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor,  # type: ignore[override]
+                clip_feat: torch.Tensor | None = None) -> torch.Tensor:
+        feat = check_clip_feat(clip_feat, self.clip_dim, x.shape[0])
+        temb = timestep_embedding(t.reshape(-1).expand(x.shape[0]), self.embedding_dim, self.embedding_scale)
+        temb = self.temb_layer(temb[:, :, None, None])
+        cond = self.clip_feat_mapping(feat.to(temb.dtype)[:, :, None])[:, :, :, None]  # (B, nf, 1, 1)
+        temb = torch.cat([temb, cond], dim=1)
+        h = self.input_layer(x[:, :, None, None])
+        for block in self.all_modules:
+            h = block(h, temb)
+        return self.output_layer(h)[:, :, 0, 0]

@@ -10,6 +10,11 @@ public scripts (``script/train_vae.sh``, ``script/train_prior.sh``) for the valu
 - DDMs: the VAE is frozen; each step encodes the batch (posterior samples by default, as the public prior trainer
   encodes with ``sample`` draws) and trains the shape-latent DDM on z0 and the latent-point DDM on h0 conditioned on
   z0 with the ε-prediction loss (:meth:`~backend.lion.model.LionModel.ddm_loss`, t ~ U{1..T}); the loss is their sum.
+- Text-driven DDMs (``clip_views`` > 0; the public ``script/train_prior_clip.sh``, CLIP-Forge style): the same VAE,
+  priors conditioned on CLIP features (``PriorSEClip``; ``LionConfig.clip_dim`` = the CLIP's width, ``clip_model``
+  recorded): each training mesh is rendered from ``clip_views`` views, its raw CLIP image embeddings averaged
+  (:func:`backend.lion.clip_features.shape_features`), ONCE before the loop; every step conditions each shape's
+  ε-losses on its own feature. No classifier-free dropout of the feature (the public code has none).
 
 Data: each mesh of ``data`` (:func:`backend.geometry.mesh.load_mesh`: OBJ/GLB read Y up, others Z up, all returned in
 Blender's frame) is sampled once, uniformly on its surface with trimesh (a pool of ``pool_factor`` × ``num_points``
@@ -38,10 +43,13 @@ import numpy as np
 import torch
 
 from ..geometry.mesh import MeshError, load_mesh
+from ..guidance.clip import CLIPEmbedder
+from ..models.clip import DEFAULT_CLIP_MODEL, load_clip
 from ..models.devices import resolve_device
 from ..models.training import TrainingError, batch_indices, load_state, prepare_out, train_loop
 from ..params import Config, ParamError, param, parse_config
 from .checkpoint import CheckpointError, build_model, load_checkpoint, save_checkpoint
+from .clip_features import MAX_VIEWS, shape_features
 from .config import PRESETS, TINY_PRESETS, LionConfig, get_preset
 from .data import normalize_points
 from .model import LionModel
@@ -116,11 +124,19 @@ class LionDDMTrainConfig(_LionCommon):
     vae: str = param("", doc="the trained VAE: an output folder of `train lion_vae` (required)")
     lr: float = param(1e-4, doc="peak learning rate of AdamW", low=0.0)
     sample_posterior: bool = param(True, doc="train on posterior samples of the VAE (public) instead of its means")
+    clip_views: int = param(0, doc="text-driven LION: render each mesh from this many views and condition both DDMs "
+                                   "on its view-averaged raw CLIP image embedding (0 = unconditional)", low=0,
+                            high=MAX_VIEWS)
+    clip_model: str = param(DEFAULT_CLIP_MODEL, doc="the CLIP of the conditioning (with --clip-views > 0): an "
+                                                    "open_clip '<arch>/<tag>', a transformers id or folder, or "
+                                                    "tiny-random")
 
     def validate(self) -> None:
         super().validate()
         if not self.vae:
             raise ParamError("vae is required: the output folder of `python -m backend train lion_vae`")
+        if self.clip_views > 0 and not self.clip_model.strip():
+            raise ParamError(f"clip_model is required with clip_views = {self.clip_views}")
 
 
 @dataclass
@@ -157,6 +173,8 @@ class PointCloudFolder:
         files: the mesh files, sorted by name.
         pools: per file, (pool, 3) float32 normalised points (LION's frame, Blender's axes).
         scales: per file, the normalisation scale (metres per normalised unit).
+        clip_features: (len(files), D) float32 per-shape CLIP features once :meth:`compute_clip_features` ran, else
+            None.
 
     Raises:
         TrainingError: not a folder, or no mesh in it. MeshError: a mesh that cannot be read or has no area (named).
@@ -188,6 +206,25 @@ class PointCloudFolder:
             normalised, (_, scale) = normalize_points(torch.from_numpy(np.asarray(points, np.float32))[None])
             self.pools.append(normalised[0].numpy())
             self.scales.append(float(scale))
+        self.clip_features: torch.Tensor | None = None
+
+    def compute_clip_features(self, embedder: CLIPEmbedder, views: int) -> torch.Tensor:
+        """Render every mesh (re-read one at a time) from ``views`` views and keep its view-averaged raw CLIP image
+        embedding (:func:`backend.lion.clip_features.shape_features`) in :attr:`clip_features`.
+
+        Returns:
+            (len(files), D) float32 CPU tensor.
+        Raises:
+            MeshError: a mesh that cannot be rendered (named).
+        """
+        rows = []
+        for path in self.files:
+            try:
+                rows.append(shape_features(embedder, [load_mesh(path)], views)[0])
+            except MeshError as err:
+                raise MeshError(f"{path.name}: {err}") from None
+        self.clip_features = torch.stack(rows)
+        return self.clip_features
 
     def __len__(self) -> int:
         return len(self.files)
@@ -231,19 +268,25 @@ def _step_rng_scope(device: torch.device, seed: int, i: int):
         yield
 
 
+LossFn = Callable[[int, torch.Tensor, torch.Generator, list[int]], tuple[torch.Tensor, dict]]
+"""``loss_fn(step, points (B, N, 3), generator, shape indices)`` → (loss, {term: float})."""
+
+
 def _run(kind: str, cfg: _LionCommon, model: LionModel, trainable: torch.nn.Module, state: dict[str, Any] | None,
-         data: PointCloudFolder, loss_fn: Callable[[int, torch.Tensor, torch.Generator], tuple[torch.Tensor, dict]],
+         data: PointCloudFolder, loss_fn: LossFn,
          metadata: dict[str, Any], out: Path, device: torch.device, progress: bool,
          callback: Callable[[int, dict[str, float]], None] | None) -> LionTrainResult:
     train_config = dataclasses.asdict(cfg)
 
-    def make_batch(i: int, rng: np.random.Generator) -> tuple[int, torch.Tensor]:
-        return i, data.batch(batch_indices(rng, len(data), cfg.batch_size), rng)
+    def make_batch(i: int, rng: np.random.Generator) -> tuple[int, list[int], torch.Tensor]:
+        indices = [int(k) for k in batch_indices(rng, len(data), cfg.batch_size)]
+        return i, indices, data.batch(indices, rng)
 
-    def step_fn(batch: tuple[int, torch.Tensor], gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        i, points = batch
+    def step_fn(batch: tuple[int, list[int], torch.Tensor], gen: torch.Generator
+                ) -> tuple[torch.Tensor, dict[str, float]]:
+        i, indices, points = batch
         with _step_rng_scope(device, cfg.seed, i):
-            return loss_fn(i, points.to(device), gen)
+            return loss_fn(i, points.to(device), gen, indices)
 
     def save_weights(step: int, history: list[dict[str, float]]) -> None:
         metadata.update(kind=kind, step=step, train_config=train_config,
@@ -304,7 +347,8 @@ def train_lion_vae(cfg: LionVAETrainConfig | dict[str, Any], model_config: LionC
     metadata.update(frame=FRAME_BLENDER, data_scale=float(np.mean(data.scales)), shapes=[f.name for f in data.files])
     model.priors.requires_grad_(False)
 
-    def loss_fn(i: int, points: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss_fn(i: int, points: torch.Tensor, gen: torch.Generator, _indices: list[int]
+                ) -> tuple[torch.Tensor, dict[str, float]]:
         weight = kl_coefficient(i, cfg.steps, cfg.kl_min, cfg.kl_weight, cfg.kl_anneal)
         terms = model.vae_loss(points, weight, weight, generator=gen)
         return terms["loss"], {"recon": float(terms["recon"].detach()), "kl_z": float(terms["kl_z"].detach()),
@@ -318,19 +362,29 @@ def train_lion_vae(cfg: LionVAETrainConfig | dict[str, Any], model_config: LionC
 # ---------------------------------------------------------------------------------------------------------------------
 
 def train_lion_ddm(cfg: LionDDMTrainConfig | dict[str, Any], progress: bool = True,
-                   callback: Callable[[int, dict[str, float]], None] | None = None) -> LionTrainResult:
+                   callback: Callable[[int, dict[str, float]], None] | None = None,
+                   clip_embedder: CLIPEmbedder | None = None) -> LionTrainResult:
     """Train both latent DDMs on the frozen VAE of ``cfg.vae`` (its config and weights), on ``cfg.data``.
 
     The priors start from fresh seeded weights (``cfg.seed``); the result holds the VAE and the trained priors (a
-    complete model for ``load_lion(out)``).
+    complete model for ``load_lion(out)``). With ``cfg.clip_views`` > 0 the priors are CLIP-conditioned (see the
+    module docstring): the model's ``clip_dim`` is the CLIP's width, its ``clip_model`` ``cfg.clip_model``, and the
+    metadata records ``clip_views`` and ``clip_model``; a resumed run recomputes the features with the recorded
+    settings.
+
+    Args:
+        clip_embedder: the CLIP to embed the renders with instead of loading ``cfg.clip_model`` (tests: an oracle);
+            its ``model_id`` (else ``cfg.clip_model``) is recorded.
 
     Raises:
-        ParamError, TrainingError (``cfg.vae`` not a ``train lion_vae`` folder, output already used), MeshError.
+        ParamError, TrainingError (``cfg.vae`` not a ``train lion_vae`` folder, output already used), MeshError,
+        ModelNotFoundError (the CLIP is not on this machine).
     """
     cfg = _resolve(cfg, LionDDMTrainConfig)
     device = resolve_device(cfg.device)
     out = prepare_out(cfg.out, cfg.resume, "lion_ddm", _has_checkpoint)
     state = None
+    embedder: CLIPEmbedder | None = clip_embedder
     if cfg.resume:
         state, model, metadata = _load_run(out, "lion_ddm", device)
     else:
@@ -342,11 +396,20 @@ def train_lion_ddm(cfg: LionDDMTrainConfig | dict[str, Any], progress: bool = Tr
             model, metadata = load_checkpoint(vae_dir)
         except CheckpointError as err:
             raise TrainingError(f"vae {str(vae_dir)!r}: {err}") from None
-        fresh = build_model(model.config, seed=cfg.seed)
-        model.priors.load_state_dict(fresh.priors.state_dict())
-        model = model.to(device)
+        if cfg.clip_views > 0:
+            embedder = embedder or load_clip(cfg.clip_model, device, torch.float32)
+            clip_model = cfg.clip_model if clip_embedder is None else \
+                str(getattr(clip_embedder, "model_id", "") or cfg.clip_model)
+            config = dataclasses.replace(model.config, clip_dim=int(embedder.embed_dim), clip_model=clip_model)
+        else:
+            config = dataclasses.replace(model.config, clip_dim=0)
+        fresh = build_model(config, seed=cfg.seed)
+        fresh.vae.load_state_dict(model.vae.state_dict())
+        model = fresh.to(device)
         metadata = {k: v for k, v in metadata.items() if k in ("frame", "data_scale", "shapes")}
         metadata["vae"] = str(vae_dir)
+        if config.clip_dim > 0:
+            metadata.update(clip_views=cfg.clip_views, clip_model=config.clip_model)
     num_points = cfg.num_points or model.config.num_points
     if model.config.mixed_prediction and num_points != model.config.num_points:
         raise ParamError(f"num_points = {num_points}: this model's latent-point DDM (mixing logits) needs "
@@ -354,14 +417,26 @@ def train_lion_ddm(cfg: LionDDMTrainConfig | dict[str, Any], progress: bool = Tr
     data = PointCloudFolder(cfg.data, num_points, cfg.pool_factor, cfg.seed)
     metadata.setdefault("frame", FRAME_BLENDER)
     metadata.setdefault("data_scale", float(np.mean(data.scales)))
+    if model.config.clip_dim > 0:
+        embedder = embedder or load_clip(model.config.clip_model, device, torch.float32)
+        views = int(metadata.get("clip_views") or cfg.clip_views)
+        if views < 1:
+            raise TrainingError(f"{str(out)!r} holds a CLIP-conditioned model without recorded clip_views; give "
+                                f"--clip-views")
+        features = data.compute_clip_features(embedder, views)
+        if features.shape[1] != model.config.clip_dim:
+            raise TrainingError(f"the CLIP gives {features.shape[1]}-wide features; the model was made for "
+                                f"clip_dim = {model.config.clip_dim}")
     model.vae.eval().requires_grad_(False)
     model.priors.requires_grad_(True)
 
-    def loss_fn(_i: int, points: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss_fn(_i: int, points: torch.Tensor, gen: torch.Generator, indices: list[int]
+                ) -> tuple[torch.Tensor, dict[str, float]]:
         with torch.no_grad():
             latents = model.encode(points, sample=cfg.sample_posterior, generator=gen).detach()
-        loss_z = model.ddm_loss(latents, "z", generator=gen)
-        loss_h = model.ddm_loss(latents, "h", generator=gen)
+        feat = None if data.clip_features is None else data.clip_features[indices].to(device)
+        loss_z = model.ddm_loss(latents, "z", generator=gen, clip_feat=feat)
+        loss_h = model.ddm_loss(latents, "h", generator=gen, clip_feat=feat)
         return loss_z + loss_h, {"mse_z": float(loss_z.detach()), "mse_h": float(loss_h.detach())}
 
     result = _run("lion_ddm", cfg, model, model.priors, state, data, loss_fn, metadata, out, device, progress,

@@ -187,10 +187,10 @@ class TorchCLIPEmbedder:
         std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
         return ((x - mean) / std).to(self.dtype)
 
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+    def encode_images(self, images: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """``(B, 3, H, W)`` display-RGB images in [0, 1] (see :meth:`preprocess`) → ``(B, D)`` float32 unit vectors:
-        the projected pooled image embedding (``encode_image`` / ``get_image_features``), L2-normalised;
-        differentiable with respect to ``images`` (the weights are frozen).
+        the projected pooled image embedding (``encode_image`` / ``get_image_features``), L2-normalised (as is, in
+        float32, with ``normalize=False``); differentiable with respect to ``images`` (the weights are frozen).
 
         Raises:
             ValueError: as :meth:`preprocess`.
@@ -201,7 +201,7 @@ class TorchCLIPEmbedder:
         else:
             pooled = self.model.vision_model(pixel_values=pixels).pooler_output
             embeds = self.model.visual_projection(pooled)
-        return F.normalize(embeds.float(), dim=-1)
+        return F.normalize(embeds.float(), dim=-1) if normalize else embeds.float()
 
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(ids (N, context_length) int64, attention mask or None)`` on the model's device; prompts longer than the
@@ -214,9 +214,9 @@ class TorchCLIPEmbedder:
         return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
 
     @torch.no_grad()
-    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+    def encode_texts(self, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
         """``N`` prompts → ``(N, D)`` float32 unit vectors (the projected end-token embedding, ``encode_text`` /
-        ``get_text_features``, L2-normalised); no gradient.
+        ``get_text_features``, L2-normalised; as is, in float32, with ``normalize=False``); no gradient.
 
         Raises:
             ValueError: ``texts`` not a non-empty list of strings.
@@ -227,7 +227,7 @@ class TorchCLIPEmbedder:
         else:
             pooled = self.model.text_model(input_ids=ids, attention_mask=mask).pooler_output
             embeds = self.model.text_projection(pooled)
-        return F.normalize(embeds.float(), dim=-1)
+        return F.normalize(embeds.float(), dim=-1) if normalize else embeds.float()
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:

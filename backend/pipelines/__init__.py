@@ -73,8 +73,12 @@ PIPELINES: dict[str, PipelineSpec] = {
         check_inputs=shap_e.check_inputs, textured=True),
     "lion_generate": PipelineSpec(
         lion.LionGenerateConfig, lion.run_generate,
-        "Generate point clouds (and meshes) of a category in seconds (LION: latent point diffusion).",
-        mesh_inputs=()),
+        "Generate point clouds (and meshes) of a category in seconds (LION: latent point diffusion); from a prompt "
+        "or an image with a CLIP-conditioned model.",
+        mesh_inputs=(),
+        image_inputs=(ImageInput("image", False, "concept image (RGB or RGBA; alpha composited on white) instead of "
+                                                 "a prompt, for a CLIP-conditioned LION model"),),
+        check_inputs=lion.check_generate_inputs),
     "lion_from_blockout": PipelineSpec(
         lion.LionFromBlockoutConfig, lion.run_from_blockout,
         "Detailed shapes that follow a blockout mesh (LION's voxel-guided synthesis); results stand where the "

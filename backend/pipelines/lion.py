@@ -4,7 +4,11 @@ Zeng et al., "LION: Latent Point Diffusion Models for 3D Shape Generation" (Neur
 pipelines share one model (:class:`backend.lion.model.LionModel`: a hierarchical VAE with a global shape latent z0
 and latent points h0, and a DDM on each) and this file:
 
-- ``lion_generate``: z0 then h0 from the DDMs (DDPM or DDIM), decoded → ``num_samples`` clouds.
+- ``lion_generate``: z0 then h0 from the DDMs (DDPM or DDIM), decoded → ``num_samples`` clouds. With a
+  CLIP-conditioned model (``train lion_ddm --clip-views N``; LION's text-driven generation, CLIP-Forge style) the
+  ``prompt`` — or a concept ``image``, LION's single-view reconstruction — is embedded by the model's CLIP
+  (:mod:`backend.lion.clip_features`: raw features, as the public ``demo.py``) and conditions both DDMs; no
+  classifier-free guidance (the public code has none). The other four pipelines take unconditional models only.
 - ``lion_from_blockout`` (voxel-guided synthesis): the input mesh is voxelised (``voxel_resolution`` voxels along its
   longest side; a voxel is filled when the mesh's generalised winding number at its centre exceeds 0.5, robust to
   open blockouts), points are sampled uniformly on the voxels' exposed faces, encoded, diffused to step ``tau`` and
@@ -48,11 +52,14 @@ from ..geometry.mesh import MeshError, TriMesh
 from ..geometry.queries import winding_number
 from ..geometry.sap import check_points, reconstruct_surface
 from ..lion.checkpoint import load_lion
+from ..lion.clip_features import image_features, text_features
 from ..lion.config import PRESETS
 from ..lion.data import denormalize_points, normalize_points
 from ..lion.model import SAMPLERS, LionLatents, LionModel
+from ..models.clip import load_clip
 from ..params import Config, ParamError, param
 from .base import JobContext, PipelineInputs, PipelineResult, ResultMesh, ResultPointCloud
+from .conditions import IMAGE_INPUT, prompt_or_image
 
 DEFAULT_MODEL = "chair"
 SOURCES = ("surface", "vertices")
@@ -97,8 +104,11 @@ class LionSamplingConfig(LionBaseConfig):
 
 @dataclass
 class LionGenerateConfig(LionSamplingConfig):
-    """Settings of unconditional LION generation."""
+    """Settings of LION generation: unconditional, or from a prompt or an image with a CLIP-conditioned model."""
 
+    prompt: str = param("", doc="What to generate, for a text-conditioned model (trained with --clip-views), e.g. "
+                                "'a chair with armrests'; leave empty for an unconditional model or when an image is "
+                                "given.")
     num_samples: int = param(4, doc="Shapes to generate (each a point cloud, and a mesh when meshes are made).",
                              low=1, high=64)
     size: float = param(1.0, doc="Largest extent of each generated shape, metres (shapes centred at the origin).",
@@ -195,6 +205,12 @@ class _Model:
 
     def to_world_axes(self, points: np.ndarray) -> np.ndarray:
         return lion_shapenet_to_blender(points) if self.shapenet else points
+
+    def unconditional_only(self, pipeline: str) -> None:
+        """Raise ParamError when the model is CLIP-conditioned (``pipeline`` does not take a prompt)."""
+        if self.net.config.clip_dim > 0:
+            raise ParamError(f"{pipeline} takes unconditional LION models only; {self.name!r} is conditioned on CLIP "
+                             f"features (text): use it with lion_generate and a prompt")
 
     def steps(self, config: LionSamplingConfig) -> int | None:
         return config.num_inference_steps or None
@@ -392,13 +408,19 @@ def voxel_surface_points(occupancy: np.ndarray, origin: np.ndarray, h: float, co
 def run_generate(config: LionGenerateConfig, inputs: PipelineInputs, ctx: JobContext) -> PipelineResult:
     """``lion_generate``: ``num_samples`` shapes from the DDMs (z0, then h0 given z0), decoded.
 
+    A CLIP-conditioned model needs ``config.prompt`` or ``inputs.images['image']`` (one of them), embedded by its
+    ``clip_model`` (through the model cache) into the raw feature every sample is conditioned on; an unconditional
+    model takes neither.
+
     Returns:
         :class:`PipelineResult`: ``point_clouds`` (``num_points`` each, centred at the origin, largest extent
         ``size`` m, Blender frame), ``meshes`` (with ``make_mesh``), ``extras['points_model']`` (B, N, 3) normalised
-        model points, ``extras['latents']`` (:class:`LionLatents`).
+        model points, ``extras['latents']`` (:class:`LionLatents`), ``extras['clip_feat']`` (1, clip_dim) or None.
 
     Raises:
-        ParamError: steps beyond the model's T. ModelNotFoundError. MeshError: a shape whose mesh failed. JobCancelled.
+        ParamError: steps beyond the model's T; a prompt or image for an unconditional model; neither (or both) for
+        a conditioned one; a CLIP whose width is not the model's clip_dim. ValueError: a bad image.
+        ModelNotFoundError. MeshError: a shape whose mesh failed. JobCancelled.
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -408,9 +430,12 @@ def run_generate(config: LionGenerateConfig, inputs: PipelineInputs, ctx: JobCon
         raise ParamError(f"num_inference_steps = {config.num_inference_steps} exceeds the model's T = "
                          f"{model.net.config.timesteps}")
     t0 = time.perf_counter()
+    clip_feat, condition = _condition(model, config.prompt, inputs, ctx)
+    timings["condition"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     generator = torch.Generator(device="cpu").manual_seed(config.seed)
     latents = model.net.sample(config.num_samples, model.steps(config), config.sampler, generator,
-                               model.progress("sample"))
+                               model.progress("sample"), clip_feat=clip_feat)
     with torch.no_grad():
         decoded = model.net.decode(latents)
     timings["sample"] = time.perf_counter() - t0
@@ -420,8 +445,43 @@ def run_generate(config: LionGenerateConfig, inputs: PipelineInputs, ctx: JobCon
         if not math.isfinite(extent) or extent <= 0:
             raise MeshError("a generated shape collapsed to one point")
         placements.append(Placement(-cloud.mean(axis=0) * config.size / extent, config.size / extent))
-    metadata = {"pipeline": "lion_generate", "num_samples": config.num_samples, "size": config.size}
-    return _finish(model, decoded, placements, config, ctx, metadata, timings, {"latents": latents})
+    metadata = {"pipeline": "lion_generate", "num_samples": config.num_samples, "size": config.size,
+                "prompt": config.prompt, "condition": condition}
+    if condition != "none":
+        metadata["clip_model"] = model.net.config.clip_model
+    return _finish(model, decoded, placements, config, ctx, metadata, timings,
+                   {"latents": latents, "clip_feat": clip_feat})
+
+
+def check_generate_inputs(config: LionGenerateConfig, inputs: PipelineInputs) -> None:
+    """Submit-time rule of ``lion_generate``: a prompt or an image, not both (whether the model takes either is known
+    once it is loaded). Raises ParamError."""
+    if IMAGE_INPUT in inputs.images and config.prompt.strip():
+        raise ParamError("lion_generate takes a prompt or an image, not both (a text-conditioned model is conditioned "
+                         "on one CLIP feature)")
+
+
+def _condition(model: _Model, prompt: str, inputs: PipelineInputs, ctx: JobContext
+               ) -> tuple[torch.Tensor | None, str]:
+    """The CLIP feature ``lion_generate`` samples with and what it came from (``text``, ``image`` or ``none``)."""
+    image = inputs.images.get(IMAGE_INPUT)
+    clip_dim = model.net.config.clip_dim
+    if clip_dim == 0:
+        if prompt.strip():
+            raise ParamError(f"LION model {model.name!r} is unconditional; it takes no prompt (train one with "
+                             f"`train lion_ddm --clip-views N` for text-driven generation)")
+        if image is not None:
+            raise ParamError(f"LION model {model.name!r} is unconditional; it takes no image")
+        return None, "none"
+    image = prompt_or_image("lion_generate", prompt, inputs)
+    ctx.progress("condition", 0, 1)
+    clip = ctx.models.get(load_clip, model.net.config.clip_model, ctx.device)
+    feat = text_features(clip, [prompt.strip()]) if image is None else image_features(clip, image)
+    if feat.shape[1] != clip_dim:
+        raise ParamError(f"the CLIP {model.net.config.clip_model!r} gives {feat.shape[1]}-wide features; LION model "
+                         f"{model.name!r} was trained on clip_dim = {clip_dim}")
+    ctx.progress("condition", 1, 1)
+    return feat.to(model.device), ("text" if image is None else "image")
 
 
 def run_from_blockout(config: LionFromBlockoutConfig, inputs: PipelineInputs, ctx: JobContext) -> PipelineResult:
@@ -439,6 +499,7 @@ def run_from_blockout(config: LionFromBlockoutConfig, inputs: PipelineInputs, ct
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     model = _Model(config, ctx)
+    model.unconditional_only("lion_from_blockout")
     _check_tau(config, model.net)
     timings["load"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -463,6 +524,7 @@ def run_variations(config: LionVariationsConfig, inputs: PipelineInputs, ctx: Jo
     """
     timings: dict[str, float] = {}
     model = _Model(config, ctx)
+    model.unconditional_only("lion_variations")
     points, source = _input_points(inputs, "mesh", "points", model.num_points, config.source, config.seed)
     decoded, placement, _ = _diffuse_denoise(model, points, config, ctx, timings)
     metadata = {"pipeline": "lion_variations", "tau": config.tau, "num_samples": config.num_samples,
@@ -481,6 +543,7 @@ def run_denoise(config: LionDenoiseConfig, inputs: PipelineInputs, ctx: JobConte
     """
     timings: dict[str, float] = {}
     model = _Model(config, ctx)
+    model.unconditional_only("lion_denoise")
     points, source = _input_points(inputs, "mesh", "points", model.num_points, config.source, config.seed)
     decoded, placement, _ = _diffuse_denoise(model, points, config, ctx, timings)
     metadata = {"pipeline": "lion_denoise", "tau": config.tau, "num_samples": config.num_samples,
@@ -504,6 +567,7 @@ def run_interpolate(config: LionInterpolateConfig, inputs: PipelineInputs, ctx: 
     """
     timings: dict[str, float] = {}
     model = _Model(config, ctx)
+    model.unconditional_only("lion_interpolate")
     if config.ode_steps > model.net.config.timesteps:
         raise ParamError(f"ode_steps = {config.ode_steps} exceeds the model's T = {model.net.config.timesteps}")
     t0 = time.perf_counter()

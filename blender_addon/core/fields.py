@@ -129,6 +129,10 @@ TEXT_SETTINGS: dict[str, str] = {"prompt": "Prompt", "negative_prompt": "Negativ
 """Backend text fields served by shared text settings (the panel's Prompt, Negative Prompt and Model widgets), field ->
 label; never model settings."""
 
+PROMPT_OPTIONAL = ("lion_generate",)
+"""Pipelines whose prompt may stay empty: the model decides (LION's released models are unconditional and refuse a
+prompt; a text-conditioned one needs it). The backend's error names the mismatch."""
+
 OPERATOR_FIELDS: dict[str, tuple[str, ...]] = {"clip_mesh": ("mode",)}
 """Pipeline -> fields its operators set themselves (from the panel's own widgets or from what is selected), never
 model settings: CLIP-Mesh's ``mode`` is the Texture panel's *CLIP-Mesh Mode* (``texture``, ``shape_texture``,
