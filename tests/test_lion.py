@@ -7,13 +7,17 @@ their own baselines, never absolute luck:
 - VAE: reconstructions (posterior means) of each training cloud lie within 0.02 of it, and at least 10× closer to it
   than to the nearest OTHER training shape (Chamfer, squared L2, in the normalised frame where the three shapes are
   0.45–0.8 apart).
-- DDMs: their ε-prediction loss on the training shapes' latents falls well below that of untrained priors. Sample
-  quality by 1-NNA needs far longer training than a CPU test affords. Measured outside the suite (same data and
-  networks, 1-NNA-CD of 6 samples): against 2 clouds of each training shape, 300 DDM steps 0.92 (DDIM and DDPM) vs
-  random N(0, I) latents decoded 1.00; against 1 cloud of each, 1,000 steps 0.78 / 0.89 (DDIM, two seeds) and
-  0.56 (DDPM) vs random latents 0.67–0.89 — not a clear win at these sizes, so not asserted.
-- Voxel-guided synthesis on a two-box blockout: the occupancy IoU of the results' meshes with the blockout's voxels
-  beats unconditional samples placed the same way.
+- DDMs (600 steps, the paper's mixed score): their ε-prediction loss on the training shapes' latents falls well below
+  that of untrained priors, and their samples lie on the training shapes: each generated cloud's Chamfer distance to
+  its nearest reference is well below that of decoded N(0, I) latents (median 0.13 vs 0.21; two clouds of one shape
+  are ~0.07 apart).
+- Not asserted: DDM samples beating decoded random latents by 1-NNA (CD). At these sizes the priors cover
+  the three shapes unevenly (mostly box and torus, seldom the sphere), which 1-NNA punishes: 1.0 vs 1.0 here, and no
+  clear win with far longer training either — measured outside the suite (same data and networks, mixed score,
+  18 generated vs 18 reference clouds, DDIM 50): 0.89 after 1,500 DDM steps, 0.89 (3,000), 1.00 (6,000),
+  0.86 (9,000), 0.92 (12,000, ~25 min on one core); random latents 1.00.
+- Voxel-guided synthesis on a two-box blockout: the occupancy IoU of the results' points with the blockout's surface
+  voxels beats unconditional samples placed the same way.
 - Interpolation (with an exact prior ODE): along the shapes from A to B, the Chamfer distance to A minus that to B
   never decreases (beyond Chamfer noise), from negative at A to positive at B.
 
@@ -33,12 +37,12 @@ import torch
 import trimesh
 
 from backend.geometry.mesh import MeshError, TriMesh
-from backend.geometry.queries import winding_number
 from backend.lion.checkpoint import build_model
 from backend.lion.config import get_preset
 from backend.lion.data import normalize_points
+from backend.lion.model import LionLatents
 from backend.lion.train import PointCloudFolder, kl_coefficient, train_lion_ddm, train_lion_vae
-from backend.metrics.one_nna import chamfer_distance, normalize_cloud
+from backend.metrics.one_nna import chamfer_distance, evaluate_1nna, normalize_cloud
 from backend.models.cache import ModelCache
 from backend.models.training import LOSS_LOG, TrainingError
 from backend.params import ParamError, parse_config
@@ -49,7 +53,7 @@ from conftest import REPO_ROOT
 
 NUM_POINTS = 64
 VAE_STEPS = 40
-DDM_STEPS = 300
+DDM_STEPS = 600
 
 
 def _micro_config():
@@ -156,6 +160,28 @@ def test_the_trained_ddms_denoise_the_training_latents_far_better_than_untrained
         assert trained_loss < 0.6 * fresh_loss, (which, trained_loss, fresh_loss)
 
 
+def test_trained_ddm_samples_lie_on_the_training_shapes_unlike_decoded_random_latents(trained):
+    """Generated shapes from both trained DDMs (DDIM, 50 steps) against decoded N(0, I) latents (what the VAE makes
+    without its priors) with the same references (fresh clouds of the training shapes), box-normalised as
+    LION's evaluation: each generated cloud's Chamfer distance to its nearest reference (fidelity). 1-NNA itself is
+    computed and reported in the message, not asserted: see this file's docstring."""
+    model, ref = trained["model"], _box_norm(trained["reference"])
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        sampled = model.decode(model.sample(9, steps=50, sampler="ddim", generator=g)).numpy()
+        c = model.config
+        random = model.decode(LionLatents(torch.randn(9, c.style_dim, generator=g),
+                                          torch.randn(9, c.num_points, c.latent_point_dim, generator=g))).numpy()
+    report = {}
+    for name, clouds in (("ddm", sampled), ("random", random)):
+        gen = _box_norm(clouds)
+        report[name] = {"nearest": float(np.median([min(chamfer_distance(x, r) for r in ref) for x in gen])),
+                        "1nna": evaluate_1nna(gen, ref, ["cd"])["cd"]["acc"]}
+    # measured: nearest 0.13 vs 0.21, 1-NNA 1.0 vs 1.0. Two clouds of one training shape are ~0.07 apart, different
+    # training shapes 0.45+.
+    assert report["ddm"]["nearest"] < 0.8 * report["random"]["nearest"], report
+
+
 def test_a_resumed_run_continues_the_exact_trajectory(shapes, tmp_path):
     """Killed after step 3 (checkpoint at step 2), resumed: the same losses and weights as an uninterrupted run —
     with dropout on, whose draws come from the per-step seeded global generator."""
@@ -186,42 +212,51 @@ def test_a_resumed_run_continues_the_exact_trajectory(shapes, tmp_path):
 
 # ------------------------------------------------------------------------------------------------------ pipelines
 
-def _occupancy(mesh: TriMesh, origin: np.ndarray, h: float, shape: tuple[int, ...]) -> np.ndarray:
-    ijk = np.stack(np.meshgrid(*[np.arange(d) for d in shape], indexing="ij"), axis=-1).reshape(-1, 3)
-    return (np.abs(winding_number(mesh.v_pos, mesh.t_pos_idx, origin + (ijk + 0.5) * h)) > 0.5).reshape(shape)
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max((a | b).sum(), 1))
+def _surface_voxels(points: np.ndarray, lo: np.ndarray, size: float) -> set[tuple[int, ...]]:
+    return {tuple(k) for k in np.floor((points - lo) / size).astype(int)}
 
 
 def test_shapes_from_a_two_box_blockout_follow_its_voxels(trained):
-    blockout_tm = trimesh.util.concatenate([trimesh.creation.box((2.0, 0.8, 0.8)),
-                                            trimesh.creation.box((0.8, 0.8, 1.6), trimesh.transformations
-                                                                 .translation_matrix((0.6, 0.0, 1.2)))])
+    """A blockout of two separate blocks (a cube and a post 2 m apart), off the origin: the shapes made from it
+    against unconditional samples of the same model placed like it (its centre and spread), by the occupancy IoU of
+    their points' voxels with the blockout's surface voxels on a grid of 8 cells along its longest side (~0.5 m: a
+    64-point cloud marks about 40 of its 50 surface voxels when it lies on them).
+
+    Why points and not the result meshes: 64 points are too few for a surface. The pipeline's meshes (Shape As
+    Points at 32³) against the blockout's solid voxels at 12 give IoU 0.14, 0.06, 0.12 for the guided shapes and
+    0.10, 0.06, 0.12 for the unconditional ones — and 0.095 for the blockout's own 64 guide points meshed the same
+    way: the measure's ceiling here, not the shapes' (measured)."""
+    T = trimesh.transformations.translation_matrix
+    blockout_tm = trimesh.util.concatenate([trimesh.creation.box((1.0, 1.0, 1.0), T((-1.5, 0.0, 0.0))),
+                                            trimesh.creation.box((0.6, 0.6, 1.8), T((1.5, 0.0, 0.4)))])
     blockout = _mesh(blockout_tm, offset=(5.0, -2.0, 0.5))  # off the origin: results must land where it stands
     params = dict(model=str(trained["ddm"].out), tau=60, num_samples=3, voxel_resolution=12, num_inference_steps=20,
                   grid_resolution=32, seed=0)
     result = _run("lion_from_blockout", params, {"mesh": blockout})
-    occupancy, origin, h = result.extras["occupancy"], result.extras["origin"], result.extras["voxel_size"]
-    guided = [_iou(_occupancy(m.mesh, origin, h, occupancy.shape), occupancy) for m in result.meshes]
-    # Unconditional samples of the same model, placed like the blockout (its centre and spread).
     model = trained["model"]
     _, placement = normalize_points(torch.from_numpy(result.extras["guide_points"]).float()[None])
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         free = model.decode(model.sample(3, steps=20, sampler="ddim", generator=g))
-    free = free * placement[1] + placement[0]
-    from backend.geometry.sap import reconstruct_surface
+    free = (free * placement[1] + placement[0]).numpy()
+    lo = blockout.v_pos.min(axis=0)
+    size = float(np.ptp(blockout.v_pos, axis=0).max()) / 8
+    surface = trimesh.sample.sample_surface(trimesh.Trimesh(blockout.v_pos, blockout.t_pos_idx), 20_000, seed=0)[0]
+    shell = _surface_voxels(surface, lo, size)
 
-    unguided = [_iou(_occupancy(reconstruct_surface(c.numpy(), resolution=32), origin, h, occupancy.shape),
-                     occupancy) for c in free]
-    # measured: guided IoU 0.25, 0.15, 0.27 (64-point clouds meshed at 32³ are rough); unconditional 0.0, 0.07, 0.0
+    def iou(points):
+        voxels = _surface_voxels(points, lo, size)
+        return len(voxels & shell) / len(voxels | shell)
+
+    guided = [iou(c.points) for c in result.point_clouds]
+    unguided = [iou(c) for c in free]
+    # measured: guided 0.39, 0.42, 0.34; unconditional 0.13, 0.12, 0.07 (they are single compact shapes: the trained
+    # prior's; the blockout's own guide points score 0.42)
     assert np.mean(guided) > np.mean(unguided) + 0.1 and min(guided) > max(unguided), (guided, unguided)
     centre = blockout.v_pos.mean(axis=0)
     for cloud in result.point_clouds:
         assert np.linalg.norm(cloud.points.mean(axis=0) - centre) < 0.5  # where the blockout stands
-    assert result.metadata["voxels"] == int(occupancy.sum()) > 0
+    assert result.metadata["voxels"] == int(result.extras["occupancy"].sum()) > 0
 
 
 class _Models:
@@ -237,8 +272,9 @@ class _Models:
 def test_interpolation_moves_monotonically_from_a_to_b(trained, shapes):
     """With an exact prior ODE (ε̂ ≡ 0: the DDIM ODE is then a pure scaling of the latents, inverted exactly), the
     interpolation is √s·A + √(1−s)·B of the encoded latents, decoded by the trained VAE: the shapes must move from A
-    to B. (The micro prior trained here inverts too loosely for this: measured after 1,000 DDM steps, the Chamfer
-    margins along 5 shapes were −0.005, 0.32, 0.42, 0.27, 0.14 — its ODE round trip does not return to A.)"""
+    to B. (The micro prior trained here inverts too loosely for this: measured with it, the Chamfer margins along the 5
+    shapes were −0.30, 0.23, 0.23, 0.17, −0.17 with 20 ODE steps and −0.21, 0.06, 0.25, 0.13, 0.45 with 50 — its ODE
+    round trip does not return to B.)"""
     model = build_model(trained["model"].config, seed=0)
     model.load_state_dict(trained["model"].state_dict())
     model.eval()
