@@ -229,3 +229,31 @@ def suzanne(tmp_path_factory):
     subprocess.run([sys.executable, "-c", _SUZANNE_SCRIPT, str(out)], check=True, capture_output=True, timeout=120)
     data = np.load(out)
     return data["v_pos"], data["t_pos_idx"]
+
+
+LION_MICRO_POINTS = 64
+"""Points per cloud of the micro LION the LION tests train."""
+
+
+def lion_micro_config(**changes):
+    """The micro LION the LION tests train (seconds on a CPU): the ``tiny`` preset at :data:`LION_MICRO_POINTS`
+    points, an eighth of the public widths, ``changes`` on top."""
+    import dataclasses
+
+    from backend.lion.config import get_preset
+
+    return dataclasses.replace(get_preset("tiny"), num_points=LION_MICRO_POINTS, first_centers=LION_MICRO_POINTS // 2,
+                               width_multiplier=0.125, group_norm_groups=2, **changes)
+
+
+@pytest.fixture(scope="session")
+def lion_shapes(tmp_path_factory):
+    """The LION tests' training folder: a sphere (radius 1), a torus (1, 0.35) and a flat box (1.6 × 1.0 × 0.6) as PLY
+    files (``sphere.ply``, ``torus.ply``, ``box.ply``)."""
+    import trimesh
+
+    root = tmp_path_factory.mktemp("lion_shapes")
+    trimesh.creation.icosphere(3, 1.0).export(root / "sphere.ply")
+    trimesh.creation.torus(1.0, 0.35).export(root / "torus.ply")
+    trimesh.creation.box((1.6, 1.0, 0.6)).export(root / "box.ply")
+    return root

@@ -38,7 +38,6 @@ import trimesh
 
 from backend.geometry.mesh import MeshError, TriMesh
 from backend.lion.checkpoint import build_model
-from backend.lion.config import get_preset
 from backend.lion.data import normalize_points
 from backend.lion.model import LionLatents
 from backend.lion.train import PointCloudFolder, kl_coefficient, train_lion_ddm, train_lion_vae
@@ -49,16 +48,11 @@ from backend.params import ParamError, parse_config
 from backend.pipelines import PIPELINES
 from backend.pipelines.base import JobCancelled, JobContext, PipelineInputs
 from backend.pipelines.lion import voxelize
-from conftest import REPO_ROOT
+from conftest import LION_MICRO_POINTS, REPO_ROOT, lion_micro_config
 
-NUM_POINTS = 64
+NUM_POINTS = LION_MICRO_POINTS
 VAE_STEPS = 40
 DDM_STEPS = 600
-
-
-def _micro_config():
-    return dataclasses.replace(get_preset("tiny"), num_points=NUM_POINTS, first_centers=NUM_POINTS // 2,
-                               width_multiplier=0.125, group_norm_groups=2)
 
 
 def _mesh(tm: trimesh.Trimesh, offset=(0.0, 0.0, 0.0)) -> TriMesh:
@@ -74,26 +68,17 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lion_shapes")
-    trimesh.creation.icosphere(3, 1.0).export(root / "sphere.ply")
-    trimesh.creation.torus(1.0, 0.35).export(root / "torus.ply")
-    trimesh.creation.box((1.6, 1.0, 0.6)).export(root / "box.ply")
-    return root
-
-
-@pytest.fixture(scope="module")
-def trained(shapes, tmp_path_factory):
+def trained(lion_shapes, tmp_path_factory):
     """The micro LION trained once: VAE (40 steps), then both DDMs (300 steps)."""
     root = tmp_path_factory.mktemp("lion_runs")
-    vae = train_lion_vae(dict(data=str(shapes), out=str(root / "vae"), steps=VAE_STEPS, batch_size=3, lr=2e-3,
+    vae = train_lion_vae(dict(data=str(lion_shapes), out=str(root / "vae"), steps=VAE_STEPS, batch_size=3, lr=2e-3,
                               device="cpu", save_every=10_000, log_every=10, seed=0),
-                         model_config=_micro_config(), progress=False)
-    ddm = train_lion_ddm(dict(data=str(shapes), out=str(root / "ddm"), vae=str(root / "vae"), steps=DDM_STEPS,
+                         model_config=lion_micro_config(), progress=False)
+    ddm = train_lion_ddm(dict(data=str(lion_shapes), out=str(root / "ddm"), vae=str(root / "vae"), steps=DDM_STEPS,
                               batch_size=12, lr=5e-3, warmup_steps=10, device="cpu", save_every=10_000,
                               log_every=50, seed=0),
                          progress=False)
-    data = PointCloudFolder(shapes, NUM_POINTS, pool_factor=4, seed=123)  # fresh samples, not the training draws
+    data = PointCloudFolder(lion_shapes, NUM_POINTS, pool_factor=4, seed=123)  # fresh samples, not the training draws
     rng = np.random.default_rng(0)
     reference = [data.batch([k], rng)[0].numpy() for k in range(len(data)) for _ in range(2)]
     return {"vae": vae, "ddm": ddm, "model": ddm.model, "reference": reference, "names": [f.stem for f in data.files]}
@@ -182,13 +167,13 @@ def test_trained_ddm_samples_lie_on_the_training_shapes_unlike_decoded_random_la
     assert report["ddm"]["nearest"] < 0.8 * report["random"]["nearest"], report
 
 
-def test_a_resumed_run_continues_the_exact_trajectory(shapes, tmp_path):
+def test_a_resumed_run_continues_the_exact_trajectory(lion_shapes, tmp_path):
     """Killed after step 3 (checkpoint at step 2), resumed: the same losses and weights as an uninterrupted run —
     with dropout on, whose draws come from the per-step seeded global generator."""
-    config = dataclasses.replace(_micro_config(), num_points=32, first_centers=16, vae_dropout=0.1)
+    config = dataclasses.replace(lion_micro_config(), num_points=32, first_centers=16, vae_dropout=0.1)
 
     def cfg(out, **extra):
-        return dict(data=str(shapes), out=str(out), steps=4, batch_size=2, lr=1e-3, device="cpu", save_every=2,
+        return dict(data=str(lion_shapes), out=str(out), steps=4, batch_size=2, lr=1e-3, device="cpu", save_every=2,
                     log_every=1, seed=3, pool_factor=2, **extra)
 
     whole = train_lion_vae(cfg(tmp_path / "whole"), model_config=config, progress=False)
@@ -269,7 +254,7 @@ class _Models:
         return self.net
 
 
-def test_interpolation_moves_monotonically_from_a_to_b(trained, shapes):
+def test_interpolation_moves_monotonically_from_a_to_b(trained, lion_shapes):
     """With an exact prior ODE (ε̂ ≡ 0: the DDIM ODE is then a pure scaling of the latents, inverted exactly), the
     interpolation is √s·A + √(1−s)·B of the encoded latents, decoded by the trained VAE: the shapes must move from A
     to B. (The micro prior trained here inverts too loosely for this: measured with it, the Chamfer margins along the 5
@@ -280,8 +265,8 @@ def test_interpolation_moves_monotonically_from_a_to_b(trained, shapes):
     model.eval()
     model.eps_z = lambda z_t, t: torch.zeros_like(z_t)
     model.eps_h = lambda h_t, t, z: torch.zeros_like(h_t)
-    sphere = trimesh.load(shapes / "sphere.ply")
-    box = trimesh.load(shapes / "box.ply")
+    sphere = trimesh.load(lion_shapes / "sphere.ply")
+    box = trimesh.load(lion_shapes / "box.ply")
     ctx = JobContext(device=torch.device("cpu"), models=_Models(model))
     params = dict(model="trained", num_shapes=5, ode_steps=20, make_mesh=False, seed=0)
     result = _run("lion_interpolate", params, {"mesh": _mesh(sphere), "mesh_b": _mesh(box)}, ctx=ctx)
@@ -348,8 +333,8 @@ def test_the_cli_runs_lion_generate_end_to_end(tmp_path):
     assert sorted(scene.geometry) == ["mesh", "mesh_1", "points", "points_1"]
 
 
-def test_the_cli_trains_a_vae(shapes, tmp_path):
-    cmd = [sys.executable, "-m", "backend", "train", "lion_vae", "--data", str(shapes), "--out", str(tmp_path / "v"),
+def test_the_cli_trains_a_vae(lion_shapes, tmp_path):
+    cmd = [sys.executable, "-m", "backend", "train", "lion_vae", "--data", str(lion_shapes), "--out", str(tmp_path / "v"),
            "--steps", "2", "--batch-size", "2", "--device", "cpu", "--no-progress"]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -33,7 +33,7 @@ from backend.guidance.oracle import OracleCLIPEmbedder
 from backend.lion.checkpoint import (CheckpointError, build_model, check_state_dict, load_checkpoint, public_config,
                                      read_public_state_dict)
 from backend.lion.clip_features import image_features, render_views, shape_features, text_features
-from backend.lion.config import LionConfig, get_preset
+from backend.lion.config import get_preset
 from backend.lion.model import LionLatents, LionModel
 from backend.lion.networks import PriorSEClip, PriorSEDrop, PVCNN2Prior
 from backend.lion.train import PointCloudFolder, train_lion_ddm, train_lion_vae
@@ -42,10 +42,10 @@ from backend.models.clip import load_clip, open_clip_available
 from backend.params import ParamError, parse_config
 from backend.pipelines import PIPELINES
 from backend.pipelines.base import JobContext, PipelineInputs
-from conftest import REPO_ROOT
+from conftest import LION_MICRO_POINTS, REPO_ROOT, lion_micro_config
 
 DATA = Path(__file__).parent / "data"
-NUM_POINTS = 64
+NUM_POINTS = LION_MICRO_POINTS
 PRIOR_STEPS = 1500
 
 
@@ -56,11 +56,6 @@ def _layout(path: Path) -> dict[str, tuple[int, ...]]:
             key, shape = line.split()
             out[key] = () if shape == "-" else tuple(int(s) for s in shape.split("x"))
     return out
-
-
-def _micro_config(**changes) -> LionConfig:
-    return dataclasses.replace(get_preset("tiny"), num_points=NUM_POINTS, first_centers=NUM_POINTS // 2,
-                               width_multiplier=0.125, group_norm_groups=2, **changes)
 
 
 def _mesh(tm: trimesh.Trimesh) -> TriMesh:
@@ -76,20 +71,11 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lion_clip_shapes")
-    trimesh.creation.icosphere(3, 1.0).export(root / "sphere.ply")
-    trimesh.creation.torus(1.0, 0.35).export(root / "torus.ply")
-    trimesh.creation.box((1.6, 1.0, 0.6)).export(root / "box.ply")
-    return root
-
-
-@pytest.fixture(scope="module")
-def vae(shapes, tmp_path_factory):
+def vae(lion_shapes, tmp_path_factory):
     """A micro VAE (5 steps: its posterior means of the three shapes differ, which is all the priors need here)."""
     out = tmp_path_factory.mktemp("lion_clip_runs") / "vae"
-    train_lion_vae(dict(data=str(shapes), out=str(out), steps=5, batch_size=3, lr=2e-3, device="cpu",
-                        save_every=10_000, seed=0), model_config=_micro_config(), progress=False)
+    train_lion_vae(dict(data=str(lion_shapes), out=str(out), steps=5, batch_size=3, lr=2e-3, device="cpu",
+                        save_every=10_000, seed=0), model_config=lion_micro_config(), progress=False)
     return out
 
 
@@ -279,9 +265,9 @@ def test_text_and_image_features_are_the_raw_clip_embeddings(backend):
 
 # ----------------------------------------------------------------------------------------------------- training
 
-def test_the_cli_trains_a_text_conditioned_ddm_and_generates_from_a_prompt(shapes, vae, tmp_path):
+def test_the_cli_trains_a_text_conditioned_ddm_and_generates_from_a_prompt(lion_shapes, vae, tmp_path):
     out = tmp_path / "ddm"
-    cmd = [sys.executable, "-m", "backend", "train", "lion_ddm", "--data", str(shapes), "--vae", str(vae), "--out",
+    cmd = [sys.executable, "-m", "backend", "train", "lion_ddm", "--data", str(lion_shapes), "--vae", str(vae), "--out",
            str(out), "--steps", "2", "--batch-size", "3", "--clip-model", "tiny-random", "--clip-views", "2",
            "--device", "cpu", "--no-progress"]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
@@ -338,7 +324,7 @@ def test_an_unconditional_model_takes_no_prompt():
              images={"image": np.zeros((32, 32, 3), np.uint8)})
 
 
-def test_each_training_row_is_conditioned_on_its_own_shapes_feature(shapes, vae, tmp_path, monkeypatch):
+def test_each_training_row_is_conditioned_on_its_own_shapes_feature(lion_shapes, vae, tmp_path, monkeypatch):
     oracle = OracleCLIPEmbedder(image_size=32, pool_size=8, embed_dim=24)
     drawn, seen = [], []
     batch, ddm_loss = PointCloudFolder.batch, LionModel.ddm_loss
@@ -353,11 +339,11 @@ def test_each_training_row_is_conditioned_on_its_own_shapes_feature(shapes, vae,
 
     monkeypatch.setattr(PointCloudFolder, "batch", spy_batch)
     monkeypatch.setattr(LionModel, "ddm_loss", spy_loss)
-    result = train_lion_ddm(dict(data=str(shapes), vae=str(vae), out=str(tmp_path / "ddm"), steps=3, batch_size=5,
+    result = train_lion_ddm(dict(data=str(lion_shapes), vae=str(vae), out=str(tmp_path / "ddm"), steps=3, batch_size=5,
                                  device="cpu", clip_views=2, clip_model="oracle", save_every=10_000),
                             progress=False, clip_embedder=oracle)
     assert result.model.config.clip_dim == 24 and result.metadata["clip_model"] == "oracle"
-    files = PointCloudFolder(shapes, NUM_POINTS).files
+    files = PointCloudFolder(lion_shapes, NUM_POINTS).files
     expected = shape_features(oracle, [load_mesh(f) for f in files], 2)
     assert len(drawn) == 3 and len(seen) == 6  # z and h per step
     for k, indices in enumerate(drawn):
@@ -366,11 +352,11 @@ def test_each_training_row_is_conditioned_on_its_own_shapes_feature(shapes, vae,
     assert len({tuple(i) for i in drawn}) > 1 or len(set(drawn[0])) > 1  # the rows are not all one shape
 
 
-def test_a_resumed_conditioned_run_recomputes_the_features_and_continues_exactly(shapes, vae, tmp_path):
+def test_a_resumed_conditioned_run_recomputes_the_features_and_continues_exactly(lion_shapes, vae, tmp_path):
     oracle = OracleCLIPEmbedder(image_size=32, pool_size=8, embed_dim=24)
 
     def cfg(out, **extra):
-        return {**dict(data=str(shapes), vae=str(vae), out=str(out), steps=4, batch_size=2, lr=1e-3, device="cpu",
+        return {**dict(data=str(lion_shapes), vae=str(vae), out=str(out), steps=4, batch_size=2, lr=1e-3, device="cpu",
                        save_every=2, log_every=1, seed=3, pool_factor=2, clip_views=2, clip_model="oracle"), **extra}
 
     whole = train_lion_ddm(cfg(tmp_path / "whole"), progress=False, clip_embedder=oracle)
@@ -393,7 +379,7 @@ def test_a_resumed_conditioned_run_recomputes_the_features_and_continues_exactly
 
 # ---------------------------------------------------------------------------------------------------- mechanism
 
-def test_a_trained_conditioned_prior_uses_its_shapes_own_feature(shapes, vae):
+def test_a_trained_conditioned_prior_uses_its_shapes_own_feature(lion_shapes, vae):
     """1,500 AdamW steps (cosine decay) of the shape-latent DDM (PriorSEClip, 32 wide) on the three shapes' posterior
     means, each conditioned on its oracle feature (view-averaged over 2 renders), then the ε-loss of each shape's
     latent under each shape's feature, 8 × 64 seeded (t, ε) draws, the same draws for every feature.
@@ -405,7 +391,7 @@ def test_a_trained_conditioned_prior_uses_its_shapes_own_feature(shapes, vae):
     vae_model, _ = load_checkpoint(vae)
     model = build_model(dataclasses.replace(vae_model.config, clip_dim=32), seed=1).eval()  # no dropout in tiny
     model.vae.load_state_dict(vae_model.vae.state_dict())
-    data = PointCloudFolder(shapes, NUM_POINTS, seed=123)
+    data = PointCloudFolder(lion_shapes, NUM_POINTS, seed=123)
     feats = data.compute_clip_features(oracle, 2)
     x = torch.cat([data.batch([k], np.random.default_rng(0)) for k in range(len(data))])
     with torch.no_grad():
