@@ -69,7 +69,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def trained(lion_shapes, tmp_path_factory):
-    """The micro LION trained once: VAE (40 steps), then both DDMs (300 steps)."""
+    """The micro LION trained once: VAE (40 steps), then both DDMs (600 steps, the mixed score)."""
     root = tmp_path_factory.mktemp("lion_runs")
     vae = train_lion_vae(dict(data=str(lion_shapes), out=str(root / "vae"), steps=VAE_STEPS, batch_size=3, lr=2e-3,
                               device="cpu", save_every=10_000, log_every=10, seed=0),
