@@ -13,9 +13,9 @@ their own baselines, never absolute luck:
   are ~0.07 apart).
 - Not asserted: DDM samples beating decoded random latents by 1-NNA (CD). At these sizes the priors cover
   the three shapes unevenly (mostly box and torus, seldom the sphere), which 1-NNA punishes: 1.0 vs 1.0 here, and no
-  clear win with far longer training either — measured outside the suite (same data and networks, mixed score,
-  18 generated vs 18 reference clouds, DDIM 50): 0.89 after 1,500 DDM steps, 0.89 (3,000), 1.00 (6,000),
-  0.86 (9,000), 0.92 (12,000, ~25 min on one core); random latents 1.00.
+  clear win with far longer training either — measured by ``benchmarks/bench_lion_quality.py`` (the same data and
+  networks, 18 generated vs 18 reference clouds): 0.94, 0.89, 0.86 after 1,000, 2,000, 3,000 DDM steps and 0.86–0.94
+  up to 12,000; decoded random latents 1.00.
 - Voxel-guided synthesis on a two-box blockout: the occupancy IoU of the results' points with the blockout's surface
   voxels beats unconditional samples placed the same way.
 - Interpolation (with an exact prior ODE): along the shapes from A to B, the Chamfer distance to A minus that to B
