@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, work: Path) -> int:
     data = Path(args.data) if args.data else _primitives(work / "shapes")
     config = dataclasses.replace(get_preset("tiny"), num_points=args.points, first_centers=max(args.points // 2, 1),
-                                 width_multiplier=args.width, group_norm_groups=2 if args.width < 0.25 else 4)
+                                 width_multiplier=args.width,
+                                 group_norm_groups=2 if args.width < 0.25 else 4 if args.width < 0.5 else 8)
     t0 = time.perf_counter()
     train_lion_vae(dict(data=str(data), out=str(work / "vae"), steps=args.vae_steps, batch_size=3, lr=2e-3,
                         device=args.device, save_every=10**9, seed=args.seed), model_config=config, progress=False)
