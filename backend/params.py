@@ -43,7 +43,8 @@ def param(default: Any = dataclasses.MISSING, doc: str = "", low: float | None =
     Args:
         default: the default value (a list/dict/set default is copied per instance); omit for a required field.
         doc: one line for users (CLI help, the add-on's ``welcome`` description).
-        low, high: inclusive bounds of a number, or of every item of a tuple of numbers; ``None`` = unbounded.
+        low, high: inclusive bounds of a number, or of every item of a tuple of numbers; ``None`` = unbounded. A
+            tuple of two numbers is a (min, max) range (the CLI's ``MIN MAX``): min > max is refused.
         choices: the allowed values (``None`` in an ``X | None`` field is always allowed).
         low_exclusive: ``low`` itself is not allowed (``low=0.0, low_exclusive=True`` = strictly positive).
         default_factory: builds the default instead of ``default`` (nested configs).
@@ -155,6 +156,8 @@ def _check_field(owner: str, f: dataclasses.Field, tp: Any, value: Any) -> None:
             fail(f"is not above the minimum {low}" if meta.get("low_exclusive") else f"is below the minimum {low}")
         if high is not None and v > high:
             fail(f"is above the maximum {high}")
+    if isinstance(value, tuple) and len(value) == 2 and all(map(_is_number, value)) and value[0] > value[1]:
+        raise ParamError(f"{name} = ({value[0]}, {value[1]}) has min > max")
     if meta.get("choices") and value not in meta["choices"]:
         fail(f"is not one of {list(meta['choices'])}")
 

@@ -39,11 +39,6 @@ class ViewAugmentConfig(Config):
     perspective_probability: float = param(0.5, doc="Probability of the perspective warp per image.",
                                            low=0.0, high=1.0)
 
-    def validate(self) -> None:
-        lo, hi = self.crop_scale
-        if lo > hi:
-            raise ValueError(f"crop_scale = ({lo}, {hi}) has min > max")
-
 
 AUGMENT_FIELDS = ("background", "num_augmentations", "crop_scale", "perspective", "perspective_probability")
 """The :class:`ViewAugmentConfig` fields a CLIP pipeline's config repeats flat (the CLI makes flags of flat fields)."""

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from ..models.devices import default_dtype, resolve_device
 from ..models.base import TINY_RANDOM, ModelNotFoundError
-from ..models.tokenizers import byte_level_clip_tokenizer
+from ..models.tokenizers import byte_level_clip_tokenizer, check_texts
 from .config import CLIP_BACKENDS, CONDITIONS, CLIPConditionerConfig, get_preset
 
 log = logging.getLogger(__name__)
@@ -180,17 +180,6 @@ def tiny_clip_config() -> CLIPConditionerConfig:
     """The conditioner config of the ``tiny`` preset (text/vision width 32, 32² images in 8² patches: 17 tokens)."""
 
     return get_preset("tiny").clip
-
-
-def _check_prompts(prompts: Sequence[str]) -> list[str]:
-    if isinstance(prompts, str) or not isinstance(prompts, Sequence):
-        raise ValueError(f"prompts must be a list of strings, got {type(prompts).__name__}")
-    if not prompts:
-        raise ValueError("prompts is empty: need at least one prompt")
-    for i, p in enumerate(prompts):
-        if not isinstance(p, str):
-            raise ValueError(f"prompt {i} must be a string, got {type(p).__name__}")
-    return list(prompts)
 
 
 class CLIPConditioner:
@@ -424,7 +413,7 @@ class CLIPConditioner:
 
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
         """(B, text_tokens) int64 ids: start token, prompt, end token, padded with the end token, truncated to fit."""
-        prompts = _check_prompts(prompts)
+        prompts = check_texts(prompts, "prompt")
         n = self.config.text_tokens
         if self.backend == "transformers":
             ids = self.tokenizer(prompts, truncation=True, max_length=n, padding="max_length",

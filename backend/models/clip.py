@@ -46,7 +46,7 @@ import torch.nn.functional as F
 
 from .base import TINY_RANDOM, ModelNotFoundError
 from .devices import default_dtype, resolve_device
-from .tokenizers import byte_level_clip_tokenizer
+from .tokenizers import byte_level_clip_tokenizer, check_texts
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class TorchCLIPEmbedder:
     def tokenize(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(ids (N, context_length) int64, attention mask or None)`` on the model's device; prompts longer than the
         context are truncated (CLIP's tokenizers keep the end token)."""
-        texts = _check_texts(texts)
+        texts = check_texts(texts)
         if self.backend == "open_clip":
             return self.tokenizer(texts, context_length=self.context_length).to(self.device), None
         batch = self.tokenizer(texts, truncation=True, max_length=self.context_length, padding="max_length",
@@ -228,17 +228,6 @@ class TorchCLIPEmbedder:
             pooled = self.model.text_model(input_ids=ids, attention_mask=mask).pooler_output
             embeds = self.model.text_projection(pooled)
         return F.normalize(embeds.float(), dim=-1) if normalize else embeds.float()
-
-
-def _check_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str) or not isinstance(texts, Sequence):
-        raise ValueError(f"texts must be a list of strings, got {type(texts).__name__}")
-    if not texts:
-        raise ValueError("texts is empty: need at least one prompt")
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise ValueError(f"text {i} must be a string, got {type(t).__name__}")
-    return list(texts)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -11,6 +11,11 @@ from __future__ import annotations
 from . import (clip_mesh, dream_fields, latent_nerf, latent_paint, lion, point_e, refine_mesh, shap_e,
                shape_interpolate, shape_ldm, shape_variations)
 from .base import ImageInput, MeshInput, PipelineSpec, PointCloudInput
+from .conditions import IMAGE_INPUT
+
+CONCEPT_IMAGE = ImageInput(IMAGE_INPUT, False, "concept image (RGB or RGBA; alpha composited on white) instead of a "
+                                              "prompt")
+"""The image input of the generators conditioned on a prompt or an image (:mod:`.conditions`)."""
 
 PIPELINES: dict[str, PipelineSpec] = {
     "latent_paint": PipelineSpec(
@@ -45,8 +50,7 @@ PIPELINES: dict[str, PipelineSpec] = {
         shape_ldm.ShapeLDMConfig, shape_ldm.run,
         "Generate shapes from text or an image in seconds (Michelangelo: aligned shape latent diffusion); one mesh "
         "per sample.",
-        image_inputs=(ImageInput("image", False, "concept image (RGB or RGBA; alpha composited on white) instead of "
-                                                 "a prompt"),),
+        image_inputs=(CONCEPT_IMAGE,),
         check_inputs=shape_ldm.check_inputs),
     "shape_variations": PipelineSpec(
         shape_variations.ShapeVariationsConfig, shape_variations.run,
@@ -61,23 +65,20 @@ PIPELINES: dict[str, PipelineSpec] = {
         point_e.PointEConfig, point_e.run,
         "Generate coloured point clouds from text or an image in seconds (Point-E), and a mesh per cloud from its "
         "SDF model.",
-        image_inputs=(ImageInput("image", False, "concept image (RGB or RGBA; alpha composited on white) instead of "
-                                                 "a prompt"),),
+        image_inputs=(CONCEPT_IMAGE,),
         check_inputs=point_e.check_inputs),
     "shap_e": PipelineSpec(
         shap_e.ShapEConfig, shap_e.run,
         "Generate coloured shapes from text or an image (Shap-E); one mesh with vertex colours per sample, "
         "optionally a baked texture.",
-        image_inputs=(ImageInput("image", False, "concept image (RGB or RGBA; alpha composited on white) instead of "
-                                                 "a prompt"),),
+        image_inputs=(CONCEPT_IMAGE,),
         check_inputs=shap_e.check_inputs, textured=True),
     "lion_generate": PipelineSpec(
         lion.LionGenerateConfig, lion.run_generate,
         "Generate point clouds (and meshes) of a category in seconds (LION: latent point diffusion); from a prompt "
         "or an image with a CLIP-conditioned model.",
-        mesh_inputs=(),
-        image_inputs=(ImageInput("image", False, "concept image (RGB or RGBA; alpha composited on white) instead of "
-                                                 "a prompt, for a CLIP-conditioned LION model"),),
+        image_inputs=(ImageInput(IMAGE_INPUT, False, "concept image (RGB or RGBA; alpha composited on white) instead "
+                                                     "of a prompt, for a CLIP-conditioned LION model"),),
         check_inputs=lion.check_generate_inputs),
     "lion_from_blockout": PipelineSpec(
         lion.LionFromBlockoutConfig, lion.run_from_blockout,

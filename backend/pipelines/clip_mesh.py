@@ -144,10 +144,6 @@ class CLIPMeshConfig(Config):
             raise ParamError("prior_model must not be empty when use_prior is on")
         if self.blur_kernel % 2 == 0:
             raise ParamError(f"blur_kernel = {self.blur_kernel} must be odd")
-        for name in ("camera_distances", "fovy", "azimuth", "crop_scale"):
-            lo, hi = getattr(self, name)
-            if lo > hi:
-                raise ParamError(f"{name} = ({lo}, {hi}) has min > max")
         if self.azimuth[1] - self.azimuth[0] > 360.0:
             raise ParamError(f"azimuth = {self.azimuth} spans more than 360 degrees")
 

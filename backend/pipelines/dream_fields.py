@@ -121,10 +121,6 @@ class DreamFieldsConfig(Config):
             raise ParamError("prompt must not be empty")
         if not self.model.strip():
             raise ParamError("model must not be empty")
-        for name in ("radius_range", "elevation_range", "fovy_range", "crop_scale"):
-            lo, hi = getattr(self, name)
-            if lo > hi:
-                raise ParamError(f"{name} = ({lo}, {hi}) has min > max")
         if self.radius_range[0] <= math.sqrt(3.0):
             raise ParamError(f"radius_range = {self.radius_range}: cameras must stay outside the scene box [-1, 1]³ "
                              f"(distance > √3 ≈ 1.73)")

@@ -119,9 +119,6 @@ class RefineMeshConfig(SDSPipelineConfig):
         if self.albedo_probability + self.textureless_probability > 1.0:
             raise ParamError(f"albedo_probability + textureless_probability = "
                              f"{self.albedo_probability + self.textureless_probability} must be <= 1")
-        lo, hi = self.light_distance_range
-        if lo > hi:
-            raise ParamError(f"light_distance_range = ({lo}, {hi}) has min > max")
 
 
 class ColorField(nn.Module):

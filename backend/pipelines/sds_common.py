@@ -67,10 +67,6 @@ class SDSPipelineConfig(Config):
             raise ParamError("prompt must not be empty")
         if not self.model.strip():
             raise ParamError("model must not be empty")
-        for name in ("radius_range", "elevation_range", "fovy_range"):
-            lo, hi = getattr(self, name)
-            if lo > hi:
-                raise ParamError(f"{name} = ({lo}, {hi}) has min > max")
         if self.min_step_percent > self.max_step_percent:
             raise ParamError("min_step_percent must be <= max_step_percent")
         if self.anneal_start and self.min_step_percent > self.anneal_max_step_percent:
